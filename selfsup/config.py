@@ -1,0 +1,92 @@
+"""Run configuration: typed dataclasses resolved with OmegaConf.
+
+Precedence, lowest first: these dataclass defaults, the method's recommended
+settings (``Method.defaults``), a YAML file (``--config``), command-line flags,
+then ``key=value`` overrides (e.g. ``optim.lr=0.5 simclr.temperature=0.2``).
+Unknown keys and values of the wrong type are errors that name the valid keys.
+The method's own hyperparameters live under a key named after the method.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from selfsup.errors import SelfSupError
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"                 # sgd | lars
+    lr: float = 0.05                  # peak learning rate (per 256 images if scale_lr)
+    scale_lr: bool = False            # lr x global_batch / 256 (linear scaling rule)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0        # linear warmup from 0, per iteration
+    min_lr: float = 0.0               # cosine decay to this value, per iteration
+    exclude_bias_norm: bool = True    # biases and norm parameters: no weight decay, no LARS adaptation
+    lars_eta: float = 0.001           # LARS trust coefficient
+
+
+@dataclass
+class TrainConfig:
+    method: str = "simclr"
+    data: str = ""                    # dataset SPEC: [FORMAT:]PATH[?options]
+    backbone: str = "resnet18"
+    cifar_stem: bool = False          # 3x3 stride-1 stem without max-pool (32 px inputs)
+    image_size: Optional[int] = None  # view size; default: the dataset's image size
+    epochs: int = 100
+    batch_size: int = 256             # global batch (split across processes)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    out: str = "runs/latest"
+    seed: int = 0
+    device: str = "auto"              # auto | cpu | cuda
+    precision: str = "auto"           # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    channels_last: bool = True
+    sync_bn: bool = True              # SyncBatchNorm when distributed
+    log_every: int = 10               # steps between metrics.jsonl records
+    save_every: int = 0               # also keep epoch_N.pt every N epochs (0: only last.pt)
+    resume: bool = False
+    progress: bool = True             # tqdm bar
+
+
+def _format_error(exc: OmegaConfBaseException, where: str) -> SelfSupError:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+    msg = str(exc).splitlines()[0]
+    if "Key" in type(exc).__name__ or "not in struct" in msg or "Could not override" in msg:
+        return SelfSupError(f"unknown config key {key!r} in {where}: check the spelling (see `selfsup pretrain --help`)")
+    return SelfSupError(f"bad config value for {key!r} in {where}: {msg}")
+
+
+def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | None = None,
+                   overrides: list[str] | None = None) -> DictConfig:
+    """Build the typed config for ``method_cls`` from the layers above."""
+    base = OmegaConf.structured(TrainConfig)
+    method_base = OmegaConf.structured(method_cls.Config)
+    OmegaConf.set_struct(base, False)
+    base[method_cls.name] = method_base
+    OmegaConf.set_struct(base, True)
+    layers: list[tuple[str, Any]] = [("method defaults", method_cls.defaults)]
+    if file:
+        try:
+            layers.append((file, OmegaConf.load(file)))
+        except (OSError, Exception) as exc:  # yaml errors are not OmegaConf errors
+            raise SelfSupError(f"cannot read config file {file}: {str(exc).splitlines()[0]}") from None
+    layers.append(("command-line flags", {k: v for k, v in (flags or {}).items() if v is not None}))
+    for where, layer in layers:
+        try:
+            base = OmegaConf.merge(base, layer)
+        except OmegaConfBaseException as exc:
+            raise _format_error(exc, where) from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise SelfSupError(f"cannot parse override {item!r}: write key=value, e.g. optim.lr=0.1")
+        try:
+            base = OmegaConf.merge(base, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise _format_error(exc, f"override {item!r}") from None
+    if base.method != method_cls.name:
+        raise SelfSupError(f"config says method {base.method!r} but {method_cls.name!r} was asked for: drop one of them")
+    return base

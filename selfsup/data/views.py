@@ -1,0 +1,263 @@
+"""View recipes as batched tensor augmentations with per-sample random parameters.
+
+Images arrive as a uint8 batch (B x C x H x W, C = 1 or 3) already on the training
+device; every augmentation works on the whole batch at once with parameters drawn
+per sample from a ``torch.Generator``, so the input pipeline costs a few batched
+tensor ops per step instead of per-image PIL work. The operations follow
+torchvision's definitions (RandomResizedCrop, ColorJitter with a random order of
+its four parts, RandomGrayscale, GaussianBlur, RandomSolarize, horizontal flip).
+
+Recipes (each a list of ``ViewSpec``, one per view, parameterised by image size):
+- ``simclr``: Chen et al. 2020, App. A: crop (0.08, 1), flip, jitter (0.8, 0.8,
+  0.8, 0.2) p=0.8, grayscale p=0.2, blur p=0.5 (kept only for views of 96 px or more,
+  as the SimCLR CIFAR setting drops it).
+- ``mocov2``: the MoCo v2 policy (METHODS.md 1.1): crop (0.2, 1), jitter (0.4, 0.4,
+  0.4, 0.1) p=0.8, grayscale p=0.2, blur p=0.5 with sigma in [0.1, 2], flip.
+- ``byol``: Grill et al. 2020 (METHODS.md 7.1): crop (0.08, 1), flip, jitter (0.4,
+  0.4, 0.2, 0.1) p=0.8, grayscale p=0.2, blur p=1.0 / 0.1, solarize p=0 / 0.2.
+
+Blur sigmas are given in pixels of a 224 px view and scale with the view size.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from selfsup.errors import SelfSupError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """The augmentation of one view; probabilities of 0 switch a step off."""
+
+    size: int
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_prob: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    jitter_prob: float = 0.8
+    gray_prob: float = 0.2
+    blur_prob: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_prob: float = 0.0
+
+
+def simclr_views(size: int, n: int = 2) -> list[ViewSpec]:
+    spec = ViewSpec(size, jitter=(0.8, 0.8, 0.8, 0.2), blur_prob=0.5 if size >= 96 else 0.0)
+    return [spec] * n
+
+
+def mocov2_views(size: int, n: int = 2) -> list[ViewSpec]:
+    return [ViewSpec(size, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), blur_prob=0.5)] * n
+
+
+def byol_views(size: int) -> list[ViewSpec]:
+    spec = ViewSpec(size, jitter=(0.4, 0.4, 0.2, 0.1))
+    return [replace(spec, blur_prob=1.0), replace(spec, blur_prob=0.1, solarize_prob=0.2)]
+
+
+VIEW_RECIPES = {"simclr": simclr_views, "mocov2": mocov2_views, "byol": byol_views}
+
+
+def view_recipe(name: str, size: int) -> list[ViewSpec]:
+    if name not in VIEW_RECIPES:
+        raise SelfSupError(f"unknown view recipe {name!r}: choose one of {', '.join(VIEW_RECIPES)}")
+    return VIEW_RECIPES[name](size)
+
+
+# ---------------------------------------------------------------- batched operations
+
+def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device) * (high - low) + low
+
+
+def _coin(n: int, p: float, g: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device) < p
+
+
+def crop_boxes(n: int, height: int, width: int, scale, ratio, g: torch.Generator, device) -> torch.Tensor:
+    """RandomResizedCrop boxes (x1, y1, x2, y2) per sample, torchvision's algorithm:
+    up to 10 draws of (area, log-ratio), the first that fits, else a central crop."""
+    tries = 10
+    area = height * width * _uniform(n * tries, *scale, g, device).view(n, tries)
+    log_r = _uniform(n * tries, math.log(ratio[0]), math.log(ratio[1]), g, device).view(n, tries)
+    r = torch.exp(log_r)
+    w = torch.round(torch.sqrt(area * r))
+    h = torch.round(torch.sqrt(area / r))
+    ok = (w > 0) & (h > 0) & (w <= width) & (h <= height)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1, device=device))
+    # fallback: whole image, clamped to the ratio range
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fw, fh = round(height * ratio[1]), height
+    else:
+        fw, fh = width, height
+    idx = first.clamp(min=0)
+    w = torch.where(first >= 0, w.gather(1, idx[:, None])[:, 0], torch.full_like(w[:, 0], fw))
+    h = torch.where(first >= 0, h.gather(1, idx[:, None])[:, 0], torch.full_like(h[:, 0], fh))
+    u = torch.rand(n, 2, generator=g, device=device)
+    x1 = torch.where(first >= 0, torch.floor(u[:, 0] * (width - w + 1)), torch.floor((width - w) / 2))
+    y1 = torch.where(first >= 0, torch.floor(u[:, 1] * (height - h + 1)), torch.floor((height - h) / 2))
+    return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop each image to its box (pixel units) and resize it to size x size.
+
+    roi_align averages several bilinear samples per output pixel when shrinking,
+    which acts like an antialiasing filter."""
+    rois = torch.cat([torch.arange(len(x), device=x.device, dtype=x.dtype)[:, None], boxes.to(x.dtype)], dim=1)
+    return roi_align(x, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601-2 luma, as torchvision: B x 1 x H x W."""
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (factor.view(-1, 1, 1, 1) * a + (1 - factor.view(-1, 1, 1, 1)) * b).clamp_(0, 1)
+
+
+def adjust_brightness(x, factor):
+    return (x * factor.view(-1, 1, 1, 1)).clamp_(0, 1)
+
+
+def adjust_contrast(x, factor):
+    return _blend(x, grayscale(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def adjust_saturation(x, factor):
+    return _blend(x, grayscale(x), factor)
+
+
+def adjust_hue(x, shift):
+    """Rotate the hue of each image by ``shift`` (a fraction of the circle, in [-0.5, 0.5])."""
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(1)
+    minc, _ = x.min(1)
+    v = maxc
+    delta = maxc - minc
+    s = delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc))
+    dc = torch.where(delta > 0, delta, torch.ones_like(delta))
+    rc, gc, bc = (maxc - r) / dc, (maxc - g) / dc, (maxc - b) / dc
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
+    h = (h + shift.view(-1, 1, 1)) % 1.0
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    i = i.long() % 6
+    choices = torch.stack([
+        torch.stack([v, q, p, p, t, v]), torch.stack([t, v, v, q, p, p]), torch.stack([p, p, t, v, v, q])])
+    return choices.gather(1, i[None, None].expand(3, 1, *i.shape)).squeeze(1).permute(1, 0, 2, 3)
+
+
+def color_jitter(x, strengths, g: torch.Generator) -> torch.Tensor:
+    """torchvision ColorJitter with per-sample factors and a per-sample random order."""
+    n, device = len(x), x.device
+    bri, con, sat, hue = strengths
+    ops = []
+    if bri > 0:
+        ops.append((adjust_brightness, _uniform(n, max(0.0, 1 - bri), 1 + bri, g, device)))
+    if con > 0:
+        ops.append((adjust_contrast, _uniform(n, max(0.0, 1 - con), 1 + con, g, device)))
+    if sat > 0:
+        ops.append((adjust_saturation, _uniform(n, max(0.0, 1 - sat), 1 + sat, g, device)))
+    if hue > 0:
+        ops.append((adjust_hue, _uniform(n, -hue, hue, g, device)))
+    order = torch.rand(n, len(ops), generator=g, device=device).argsort(1)  # order[i, step] = op index
+    for step in range(len(ops)):
+        for k, (fn, factor) in enumerate(ops):
+            sel = (order[:, step] == k).nonzero()[:, 0]
+            if len(sel):
+                x[sel] = fn(x[sel], factor[sel])
+    return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma (pixels) per image, reflect padding."""
+    n, c, h, w = x.shape
+    radius = max(1, min(int(math.ceil(3 * float(sigma.max()))), (min(h, w) - 1) // 2 if min(h, w) > 2 else 1))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-(t[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)                  # (n*c) x (2r+1)
+    y = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k[:, None, None, :], groups=n * c)
+    y = F.conv2d(y, k[:, None, :, None], groups=n * c)
+    return y.view(n, c, h, w)
+
+
+def augment(x: torch.Tensor, spec: ViewSpec, g: torch.Generator) -> torch.Tensor:
+    """One view of a float batch in [0, 1] (B x 3 x H x W); returns B x 3 x size x size in [0, 1]."""
+    n, device = len(x), x.device
+    boxes = crop_boxes(n, x.shape[2], x.shape[3], spec.scale, spec.ratio, g, device)
+    v = resized_crop(x, boxes, spec.size)
+    if spec.flip_prob > 0:
+        flip = _coin(n, spec.flip_prob, g, device)
+        v = torch.where(flip.view(-1, 1, 1, 1), v.flip(3), v)
+    if spec.jitter_prob > 0 and any(s > 0 for s in spec.jitter):
+        sel = _coin(n, spec.jitter_prob, g, device).nonzero()[:, 0]
+        v[sel] = color_jitter(v[sel], spec.jitter, g)
+    if spec.gray_prob > 0:
+        gray = _coin(n, spec.gray_prob, g, device)
+        v = torch.where(gray.view(-1, 1, 1, 1), grayscale(v).expand_as(v), v)
+    if spec.blur_prob > 0:
+        sel = _coin(n, spec.blur_prob, g, device).nonzero()[:, 0]
+        if len(sel):
+            sigma = _uniform(len(sel), *spec.blur_sigma, g, device) * (spec.size / 224)
+            v[sel] = gaussian_blur(v[sel], sigma)
+    if spec.solarize_prob > 0:
+        sol = _coin(n, spec.solarize_prob, g, device).view(-1, 1, 1, 1)
+        v = torch.where(sol & (v >= 0.5), 1 - v, v)
+    return v
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 B x C x H x W -> float32 in [0, 1] with 3 channels (grayscale repeated)."""
+    x = images.float().div_(255)
+    return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
+
+
+def normalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+class ViewMaker:
+    """Callable turning a uint8 batch into the list of normalised views of a recipe."""
+
+    def __init__(self, specs: list[ViewSpec], mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.specs, self.mean, self.std = list(specs), mean, std
+
+    def __call__(self, images: torch.Tensor, g: torch.Generator) -> list[torch.Tensor]:
+        x = to_float(images)
+        return [normalize(augment(x, spec, g), self.mean, self.std) for spec in self.specs]
+
+
+class EvalTransform:
+    """Evaluation view: resize (shorter side) and centre-crop to ``size``, normalise."""
+
+    def __init__(self, size: int | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.size, self.mean, self.std = size, mean, std
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = to_float(images)
+        if self.size is not None and (x.shape[2] != self.size or x.shape[3] != self.size):
+            h, w = x.shape[2:]
+            s = self.size / min(h, w)
+            x = F.interpolate(x, size=(max(self.size, round(h * s)), max(self.size, round(w * s))),
+                              mode="bilinear", antialias=True, align_corners=False)
+            top, left = (x.shape[2] - self.size) // 2, (x.shape[3] - self.size) // 2
+            x = x[:, :, top:top + self.size, left:left + self.size]
+        return normalize(x, self.mean, self.std)

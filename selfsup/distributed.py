@@ -1,0 +1,81 @@
+"""Small helpers for torch.distributed (one process per device, launched by torchrun).
+
+Everything here is a no-op in a single process, so the same code runs everywhere.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(device_type: str) -> bool:
+    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1).
+
+    gloo on CPU, NCCL on CUDA. Returns True when running distributed.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_initialized():
+        return is_initialized()
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every process along dim 0, keeping gradients.
+
+    The backward pass sends each process the gradient of its own slice summed over
+    all processes (torch.distributed.nn.all_gather), so a loss over the gathered
+    batch, averaged by DDP, has the gradient of the loss over the global batch.
+    """
+    if world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+@torch.no_grad()
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every process along dim 0, without gradients."""
+    if world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, dim=0)
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    if world_size() > 1:
+        dist.all_reduce(x)
+    return x
+
+
+def broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    if world_size() > 1:
+        dist.broadcast(x, src)
+    return x
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()

@@ -1,0 +1,77 @@
+"""Optimisers (SGD, LARS) and the per-iteration warmup + cosine schedule."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from selfsup.errors import SelfSupError
+
+
+def param_groups(model: nn.Module, weight_decay: float, exclude_bias_norm: bool) -> list[dict]:
+    """Two groups: regular weights, and biases + normalisation parameters.
+
+    The second group gets no weight decay and, under LARS, no trust-ratio adaptation
+    (as in SimCLR, BYOL and VICReg); with ``exclude_bias_norm=False`` it is treated
+    like the first (as SwAV's LARC does).
+    """
+    regular, excluded = [], []
+    for module in model.modules():
+        is_norm = isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            (excluded if exclude_bias_norm and (is_norm or name == "bias") else regular).append(p)
+    groups = [{"params": regular, "weight_decay": weight_decay, "lars_exclude": False}]
+    if excluded:
+        groups.append({"params": excluded, "weight_decay": 0.0, "lars_exclude": True})
+    return groups
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017).
+
+    For every parameter not in a ``lars_exclude`` group the update
+    g + wd * w is rescaled by eta * ||w|| / ||g + wd * w|| before momentum.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad.clone()
+                if not group["lars_exclude"]:
+                    w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+                    trust = torch.where((w_norm > 0) & (d_norm > 0), group["eta"] * w_norm / d_norm, torch.ones_like(w_norm))
+                    d.mul_(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = d
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(d)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, cfg.exclude_bias_norm)
+    if cfg.name == "sgd":
+        for g in groups:
+            g.pop("lars_exclude")
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.name == "lars":
+        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, eta=cfg.lars_eta)
+    raise SelfSupError(f"unknown optimiser {cfg.name!r}: set optim.name to sgd or lars")
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, final: float = 0.0) -> float:
+    """Linear warmup from 0 to ``peak`` over ``warmup_steps``, then cosine decay to ``final``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * min(1.0, t)))

@@ -1,0 +1,77 @@
+"""Frozen features of a backbone at any tap, batched, cached on disk."""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from selfsup.data.views import EvalTransform
+from selfsup.engine.checkpoint import save_atomic
+from selfsup.errors import SelfSupError
+
+
+def pool_features(fmap: torch.Tensor, pool: str = "avg", target_dims: int = 9216) -> torch.Tensor:
+    """Flatten a B x C x h x w map: global average ("avg"), or average-pooled to an
+    s x s grid with C * s^2 close to ``target_dims`` ("9k", Goyal et al. 2019 §6.1 style)."""
+    if pool == "avg":
+        return torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1)
+    if pool == "9k":
+        c, h, w = fmap.shape[1:]
+        s = max(1, min(h, w, round(math.sqrt(target_dims / c))))
+        return torch.flatten(F.adaptive_avg_pool2d(fmap, s), 1)
+    raise SelfSupError(f"unknown pooling {pool!r}: use avg or 9k")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SELFSUP_CACHE", Path.home() / ".cache" / "selfsup"))
+
+
+@torch.no_grad()
+def extract_features(backbone, dataset, tap: str | None = None, pool: str = "avg", image_size: int | None = None,
+                     batch_size: int = 256, device: str | torch.device = "cpu", cache_key: str | None = None,
+                     cache_dir: str | Path | None = None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (N x D float32) and labels (N) of ``dataset`` through ``backbone``.
+
+    The backbone runs in eval mode without gradients; images are resized and
+    centre-cropped to ``image_size`` (default: the dataset's size) and normalised.
+    With ``cache_key`` (e.g. a checkpoint's hash) the result is stored under
+    ``cache_dir/features`` and reused when the same checkpoint, dataset, tap,
+    pooling and size come again.
+    """
+    tap = backbone.check_taps([tap])[0] if tap else backbone.taps[-1]
+    cache_file = None
+    if cache_key is not None:
+        key = hashlib.sha1(f"{cache_key}|{dataset.fingerprint}|{tap}|{pool}|{image_size}".encode()).hexdigest()[:20]
+        cache_file = Path(cache_dir or default_cache_dir()) / "features" / f"{key}.pt"
+        if cache_file.exists():
+            cached = torch.load(cache_file, map_location="cpu")
+            return cached["features"], cached["labels"]
+    device = torch.device(device)
+    was_training = backbone.training
+    backbone.eval().to(device)
+    transform = EvalTransform(image_size)
+    chunks = []
+    n = len(dataset)
+    from tqdm import tqdm
+
+    for start in tqdm(range(0, n, batch_size), desc="features", disable=not progress, leave=False):
+        images = torch.from_numpy(np.ascontiguousarray(dataset.images[start:start + batch_size])).to(device)
+        fmap = backbone.forward_taps(transform(images), (tap,))[tap]
+        chunks.append(pool_features(fmap.float(), pool).cpu())
+    backbone.train(was_training)
+    feats = torch.cat(chunks) if chunks else torch.empty(0)
+    labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64))
+    if cache_file is not None:
+        save_atomic({"features": feats, "labels": labels}, cache_file)
+    return feats, labels
+
+
+def file_hash(path: str | Path) -> str:
+    """Cheap identity of a file for cache keys: path, size and modification time."""
+    st = Path(path).stat()
+    return hashlib.sha1(f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]

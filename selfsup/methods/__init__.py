@@ -1,0 +1,34 @@
+"""Methods by name: ``build_method("simclr", backbone="resnet18", temperature=0.2)``."""
+from __future__ import annotations
+
+from dataclasses import fields
+
+from selfsup.errors import SelfSupError
+from selfsup.methods.base import Method, MethodConfig
+from selfsup.methods.simclr import SimCLR
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR,)}
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise SelfSupError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def build_method(name: str, backbone="resnet18", image_size: int = 224, cifar_stem: bool = False,
+                 **overrides) -> Method:
+    """Create a method with its paper defaults, overriding any field of its Config."""
+    from selfsup.models import build_backbone
+
+    cls = get_method(name)
+    valid = {f.name for f in fields(cls.Config)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise SelfSupError(f"unknown option {unknown[0]!r} for method {name}: valid options are {', '.join(sorted(valid))}")
+    if isinstance(backbone, str):
+        backbone = build_backbone(backbone, cifar_stem=cifar_stem)
+    return cls(backbone, cls.Config(**overrides), image_size)
+
+
+__all__ = ["METHODS", "Method", "MethodConfig", "build_method", "get_method"]

@@ -1,0 +1,78 @@
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from selfsup.data import views as V
+
+
+def batch(n=8, size=32, channels=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("recipe", list(V.VIEW_RECIPES))
+def test_recipes_shapes_and_determinism(recipe):
+    maker = V.ViewMaker(V.view_recipe(recipe, 24))
+    x = batch()
+    a = maker(x, torch.Generator().manual_seed(3))
+    b = maker(x, torch.Generator().manual_seed(3))
+    c = maker(x, torch.Generator().manual_seed(4))
+    assert len(a) == 2 and all(v.shape == (8, 3, 24, 24) for v in a)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+    assert not torch.equal(a[0], a[1])          # two views differ
+
+
+def test_grayscale_input_becomes_three_channels():
+    maker = V.ViewMaker(V.simclr_views(28))
+    out = maker(batch(channels=1, size=28), torch.Generator().manual_seed(0))
+    assert out[0].shape == (8, 3, 28, 28)
+
+
+def test_crop_boxes_inside_and_in_range():
+    g = torch.Generator().manual_seed(0)
+    boxes = V.crop_boxes(2000, 32, 48, (0.08, 1.0), (3 / 4, 4 / 3), g, "cpu")
+    x1, y1, x2, y2 = boxes.unbind(1)
+    assert (x1 >= 0).all() and (y1 >= 0).all() and (x2 <= 48).all() and (y2 <= 32).all()
+    area = (x2 - x1) * (y2 - y1) / (32 * 48)
+    assert area.min() > 0.05 and area.max() <= 1.0
+    ratio = (x2 - x1) / (y2 - y1)
+    assert ratio.min() > 0.6 and ratio.max() < 1.6
+
+
+def test_full_box_crop_is_identity():
+    x = batch().float() / 255
+    boxes = torch.tensor([[0.0, 0.0, 32.0, 32.0]]).repeat(8, 1)
+    assert torch.allclose(V.resized_crop(x, boxes, 32), x, atol=2e-4)
+
+
+def test_colour_ops_match_torchvision():
+    x = batch().float() / 255
+    f = torch.full((8,), 1.3)
+    assert torch.allclose(V.adjust_brightness(x.clone(), f), TF.adjust_brightness(x, 1.3), atol=2e-4)
+    assert torch.allclose(V.adjust_contrast(x.clone(), f), TF.adjust_contrast(x, 1.3), atol=2e-4)
+    assert torch.allclose(V.adjust_saturation(x.clone(), f), TF.adjust_saturation(x, 1.3), atol=2e-4)
+    for h in (-0.4, 0.1, 0.5):
+        assert torch.allclose(V.adjust_hue(x, torch.full((8,), h)), TF.adjust_hue(x, h), atol=2e-4)
+    assert torch.allclose(V.grayscale(x), TF.rgb_to_grayscale(x), atol=2e-4)
+
+
+def test_per_sample_factors_are_independent():
+    x = batch().float() / 255
+    f = torch.linspace(0.5, 1.5, 8)
+    out = V.adjust_saturation(x.clone(), f)
+    for i in range(8):
+        assert torch.allclose(out[i], TF.adjust_saturation(x[i], float(f[i])), atol=2e-4)
+
+
+def test_blur_preserves_constant_images_and_smooths_noise():
+    const = torch.full((2, 3, 32, 32), 0.4)
+    assert torch.allclose(V.gaussian_blur(const, torch.tensor([1.0, 2.0])), const, atol=1e-6)
+    noise = torch.rand(2, 3, 32, 32)
+    assert V.gaussian_blur(noise, torch.tensor([1.5, 1.5])).std() < noise.std() / 2
+
+
+def test_eval_transform_resizes_and_normalises():
+    out = V.EvalTransform(24)(batch(size=32))
+    assert out.shape == (8, 3, 24, 24)
+    assert V.EvalTransform(None)(batch()).shape == (8, 3, 32, 32)
