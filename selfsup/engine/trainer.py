@@ -108,13 +108,13 @@ class Trainer:
         np.random.seed(cfg.seed + self.rank)
         random.seed(cfg.seed + self.rank)
 
+        method_cls = get_method(cfg.method)
+        method_cfg = OmegaConf.to_object(cfg[cfg.method])
+        self.backbone = build_backbone(cfg.backbone, cifar_stem=cfg.cifar_stem)
         self.dataset = load_dataset(cfg.data)
         image_size = cfg.image_size or self.dataset.images.shape[-1]
         if len(self.dataset) < cfg.batch_size:
             raise SelfSupError(f"the dataset has {len(self.dataset)} images, fewer than batch_size={cfg.batch_size}: lower --batch-size")
-        method_cls = get_method(cfg.method)
-        method_cfg = OmegaConf.to_object(cfg[cfg.method])
-        self.backbone = build_backbone(cfg.backbone, cifar_stem=cfg.cifar_stem)
         self.method = method_cls(self.backbone, method_cfg, image_size).to(self.device)
         if cfg.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)

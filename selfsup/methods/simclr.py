@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from selfsup.data.views import ViewMaker, view_recipe
 from selfsup.losses import nt_xent
 from selfsup.methods.base import Method, MethodConfig
@@ -39,6 +41,6 @@ class SimCLR(Method):
         return ViewMaker(view_recipe(self.cfg.views, self.image_size))
 
     def forward(self, batch):
-        x1, x2 = batch.views
-        z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
+        # both views in one backbone pass (batch-norm statistics over the 2N views, as SimCLR)
+        z1, z2 = self.projector(self.backbone(torch.cat(batch.views))).chunk(2)
         return {"loss": nt_xent(z1, z2, self.cfg.temperature)}

@@ -1,0 +1,63 @@
+"""Markdown tables and PNG plots of runs (matplotlib, headless)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def loss_curve(metrics: list[dict], png: str | Path, title: str = "training loss") -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([m["step"] for m in metrics], [m["loss"] for m in metrics])
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def accuracy_bars(results: dict[str, dict[str, float]], png: str | Path, title: str = "top-1 accuracy") -> None:
+    """``results[model][protocol] = top-1``: grouped bars, one group per protocol."""
+    plt = _plt()
+    models = list(results)
+    protocols = sorted({p for r in results.values() for p in r})
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, model in enumerate(models):
+        xs = [j + i * width for j in range(len(protocols))]
+        vals = [100 * results[model].get(p, 0.0) for p in protocols]
+        bars = ax.bar(xs, vals, width, label=model)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(protocols))], protocols)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)

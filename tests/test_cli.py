@@ -1,0 +1,87 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import TINY
+from selfsup.cli import main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def pretrain(capsys, out, *extra):
+    return run(capsys, "pretrain", "simclr", "--data", TINY, "--backbone", "convnet", "--epochs", 1,
+               "--batch-size", 16, "--out", out, "progress=false", "device=cpu", *extra)
+
+
+def test_pretrain_then_eval_json(tmp_path, capsys):
+    code, out, err = pretrain(capsys, tmp_path / "run")
+    assert code == 0, err
+    for protocol in ("knn", "linear"):
+        code, out, err = run(capsys, "eval", protocol, "--checkpoint", tmp_path / "run" / "last.pt",
+                             "--train-data", TINY, "--test-data", TINY + "&seed=1",
+                             "--probe-epochs", 5, "--json")
+        assert code == 0, err
+        result = json.loads(out.strip().splitlines()[-1])
+        assert 0.0 <= result["top1"] <= 1.0 and result["protocol"] == protocol
+
+
+def test_eval_accepts_a_torchvision_state_dict(tmp_path, capsys):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "tv.pt")
+    code, out, err = run(capsys, "eval", "knn", "--checkpoint", tmp_path / "tv.pt", "--train-data", TINY,
+                         "--test-data", TINY, "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["feature_dim"] == 512
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["pretrain", "simclr", "--data", "/no/such/path"], "does not exist"),
+    (["pretrain", "simclrr", "--data", TINY], "unknown method"),
+    (["pretrain", "simclr", "--data", TINY, "--backbone", "vgg"], "unknown backbone"),
+    (["pretrain", "simclr", "--data", TINY, "optim.lrr=1"], "unknown config key"),
+    (["pretrain", "simclr", "--data", TINY, "optim.lr=fast"], "bad config value"),
+    (["pretrain", "simclr", "--data", TINY, "epochs"], "key=value"),
+    (["pretrain", "simclr", "--data", "nosuchformat:/tmp"], "unknown format"),
+    (["pretrain", "simclr", "--data", TINY, "--config", "/no/such.yaml"], "cannot read config"),
+    (["eval", "knn", "--checkpoint", "/no/such.pt", "--train-data", TINY, "--test-data", TINY], "does not exist"),
+])
+def test_bad_input_gets_one_line_error(capsys, argv, fragment):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("selfsup: error:") and fragment in lines[0], err
+
+
+def test_checkpoint_of_another_architecture(tmp_path, capsys):
+    assert pretrain(capsys, tmp_path / "run")[0] == 0
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    ckpt["backbone"] = "resnet18"                      # claims resnet18, holds convnet weights
+    torch.save(ckpt, tmp_path / "bad.pt")
+    code, _, err = run(capsys, "eval", "knn", "--checkpoint", tmp_path / "bad.pt", "--train-data", TINY, "--test-data", TINY)
+    assert code == 2 and "does not fit backbone resnet18" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    code, _, err = run(capsys, "eval", "knn", "--checkpoint", tmp_path / "junk.pt", "--train-data", TINY, "--test-data", TINY)
+    assert code == 2 and "cannot read checkpoint" in err
+    code, _, err = pretrain(capsys, tmp_path / "run", "--resume", "backbone=resnet18")
+    assert code == 2 and "resume with the same method and backbone" in err
+
+
+def test_every_command_has_help():
+    for argv in (["--help"], ["pretrain", "--help"], ["eval", "--help"], ["demo", "--help"]):
+        proc = subprocess.run([sys.executable, "-m", "selfsup", *argv], capture_output=True, text=True)
+        assert proc.returncode == 0 and "usage: selfsup" in proc.stdout
+
+
+def test_real_process_exit_code_and_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "selfsup", "pretrain", "simclr", "--data", "/no/such/dir"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("selfsup: error:")
