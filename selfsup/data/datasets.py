@@ -20,7 +20,6 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl
 
 import numpy as np
 from PIL import Image
@@ -76,7 +75,7 @@ def parse_spec(spec: str) -> tuple[str | None, str, dict[str, str]]:
         fmt, body = head.lower(), rest
         if fmt not in FORMATS:
             raise SelfSupError(f"unknown format {head!r} in {spec!r}: use one of {', '.join(FORMATS)}")
-    options = dict(parse_qsl(query, keep_blank_values=True))
+    options = dict(item.partition("=")[::2] for item in query.split("&") if item)   # no URL decoding: '+' stays
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise SelfSupError(f"unknown data option {unknown[0]!r} in {spec!r}: valid options are {', '.join(OPTIONS)}")
