@@ -109,7 +109,7 @@ def main():
     print(f"in-memory views : {mem_rate:8.1f} images/s ({len(ready)} steps)")
     print(f"full epoch      : {full_rate:8.1f} images/s ({n} images, loading + augmentation included)")
     print(f"ratio full / in-memory = {full_rate / mem_rate:.3f} (target >= 0.80)")
-    augmentation_only(torch.from_numpy(np.ascontiguousarray(data.images[:args.batch_size])), size)
+    augmentation_only(torch.from_numpy(np.array(data.images[:args.batch_size])), size)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ class TrainConfig:
     device: str = "auto"              # auto | cpu | cuda
     precision: str = "auto"           # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     channels_last: bool = True
-    sync_bn: bool = True              # SyncBatchNorm when distributed
+    sync_bn: bool = True              # SyncBatchNorm when distributed on CUDA (per-process BN on CPU)
     log_every: int = 10               # steps between metrics.jsonl records
     save_every: int = 0               # also keep epoch_N.pt every N epochs (0: only last.pt)
     resume: bool = False

@@ -43,3 +43,25 @@ def test_nt_xent_gathers_negatives_across_processes():
     g1 = torch.cat([out[0][1], out[1][1]])
     g2 = torch.cat([out[0][2], out[1][2]])
     assert torch.allclose(g1, r1.grad, atol=1e-6) and torch.allclose(g2, r2.grad, atol=1e-6)
+
+
+def test_pretrain_under_torchrun_two_gloo_processes(tmp_path):
+    """The same pretrain command under torchrun: DDP on CPU with gloo, one checkpoint."""
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import TINY
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "selfsup", "pretrain", "simclr", "--data", TINY, "--backbone", "convnet",
+           "--epochs", "1", "--batch-size", "16", "--out", str(tmp_path / "run"), "progress=false", "device=cpu", "log_every=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert ckpt["epoch"] == 1
+    records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(records) == 4        # 64 images / global batch 16, logged once per step by rank 0 only

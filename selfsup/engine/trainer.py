@@ -120,7 +120,7 @@ class Trainer:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.model: nn.Module = self.method
         if self.distributed:
-            if cfg.sync_bn:
+            if cfg.sync_bn and self.device.type == "cuda":     # PyTorch's SyncBatchNorm is CUDA-only
                 self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
                 self.backbone = self.method.backbone
             self.model = nn.parallel.DistributedDataParallel(

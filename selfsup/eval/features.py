@@ -60,7 +60,7 @@ def extract_features(backbone, dataset, tap: str | None = None, pool: str = "avg
     from tqdm import tqdm
 
     for start in tqdm(range(0, n, batch_size), desc="features", disable=not progress, leave=False):
-        images = torch.from_numpy(np.ascontiguousarray(dataset.images[start:start + batch_size])).to(device)
+        images = torch.from_numpy(np.array(dataset.images[start:start + batch_size])).to(device)
         fmap = backbone.forward_taps(transform(images), (tap,))[tap]
         chunks.append(pool_features(fmap.float(), pool).cpu())
     backbone.train(was_training)
