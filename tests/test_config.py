@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import pytest
+
+from selfsup.config import resolve_config
+from selfsup.errors import SelfSupError
+from selfsup.methods import METHODS, build_method, get_method
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_resolve(path):
+    import yaml
+
+    method = yaml.safe_load(path.read_text())["method"]
+    cfg = resolve_config(get_method(method), str(path))
+    assert cfg.method == method and cfg.epochs > 0
+
+
+def test_precedence_defaults_file_flags_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("epochs: 7\noptim:\n  lr: 0.2\nsimclr:\n  temperature: 0.3\n")
+    m = get_method("simclr")
+    cfg = resolve_config(m)
+    assert cfg.optim.name == "lars" and cfg.simclr.temperature == 0.1        # paper recipe over base defaults
+    cfg = resolve_config(m, str(f), {"epochs": 9}, ["optim.lr=0.4"])
+    assert cfg.epochs == 9 and cfg.optim.lr == 0.4 and cfg.simclr.temperature == 0.3
+
+
+def test_bad_config_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("epoch: 7\n")
+    with pytest.raises(SelfSupError, match="unknown config key 'epoch'"):
+        resolve_config(get_method("simclr"), str(f))
+    f.write_text("epochs: [1, 2\n")
+    with pytest.raises(SelfSupError, match="cannot read config file"):
+        resolve_config(get_method("simclr"), str(f))
+
+
+def test_build_method_library_api():
+    assert "simclr" in METHODS
+    m = build_method("simclr", backbone="convnet", image_size=16, temperature=0.2)
+    assert m.cfg.temperature == 0.2
+    with pytest.raises(SelfSupError, match="unknown option"):
+        build_method("simclr", backbone="convnet", temprature=0.2)

@@ -1,0 +1,43 @@
+import torch
+
+from selfsup.data.datasets import load_dataset
+from selfsup.eval.features import extract_features
+from selfsup.models import build_backbone
+
+
+def test_features_from_any_tap_and_pooling():
+    data = load_dataset("synthetic:20?classes=2&size=16")
+    net = build_backbone("convnet").train()
+    f, y = extract_features(net, data, batch_size=7)
+    assert f.shape == (20, net.out_dim) and torch.equal(y, torch.from_numpy(data.labels))
+    assert net.training                                   # mode restored
+    f2, _ = extract_features(net, data, tap="conv2", pool="9k")
+    assert f2.shape == (20, 48 * 16)                      # 4 x 4 map of conv2 kept (48 channels)
+    f3, _ = extract_features(net, data, image_size=24)
+    assert f3.shape == f.shape and not torch.allclose(f3, f)
+
+
+def test_features_are_in_eval_mode_and_batch_independent():
+    data = load_dataset("synthetic:12?classes=3&size=16")
+    net = build_backbone("convnet")
+    a, _ = extract_features(net, data, batch_size=12)
+    b, _ = extract_features(net, data, batch_size=5)      # BN in eval mode: batch size does not matter
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_feature_cache(tmp_path, monkeypatch):
+    data = load_dataset("synthetic:10?classes=2&size=16")
+    net = build_backbone("convnet")
+    a, _ = extract_features(net, data, cache_key="ckpt1", cache_dir=tmp_path)
+    assert len(list((tmp_path / "features").iterdir())) == 1
+
+    def fail(*args, **kw):
+        raise AssertionError("backbone ran again")
+
+    monkeypatch.setattr(net, "forward_taps", fail)
+    b, _ = extract_features(net, data, cache_key="ckpt1", cache_dir=tmp_path)
+    assert torch.equal(a, b)
+    other = load_dataset("synthetic:10?classes=2&size=16&seed=1")
+    monkeypatch.undo()
+    extract_features(net, other, cache_key="ckpt1", cache_dir=tmp_path)
+    assert len(list((tmp_path / "features").iterdir())) == 2
