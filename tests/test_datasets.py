@@ -244,3 +244,12 @@ def test_shared_cifar10_tar(tmp_path):
     d = load_dataset(f"{SHARED_TAR}?val_per_class=500&part=val", cache_dir=tmp_path)
     assert d.images.shape == (5000, 3, 32, 32) and d.classes[0] == "airplane"
     assert np.bincount(d.labels).tolist() == [500] * 10
+
+
+def test_subset_of_cached_dataset_stays_on_disk(folder, tmp_path):
+    root, _ = folder
+    d = load_dataset(str(root), cache_dir=tmp_path / "cache")
+    sub = d.subset([1, 5, 7]).subset([0, 2])
+    assert isinstance(sub.images, D.IndexedArray) and sub.images.shape == (2, 3, 8, 8)
+    assert np.array_equal(np.asarray(sub.images), np.asarray(d.images)[[1, 7]])
+    assert np.array_equal(sub.images[[1]], np.asarray(d.images)[[7]]) and list(sub.labels) == list(d.labels[[1, 7]])

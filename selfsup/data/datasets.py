@@ -33,9 +33,27 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".t
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
+class IndexedArray:
+    """Rows ``index`` of a (memory-mapped) array, read lazily: a subset of a dataset
+    on disk stays on disk. Supports ``len``, ``shape``, ``dtype`` and row indexing."""
+
+    def __init__(self, base: np.ndarray, index: np.ndarray):
+        self.base, self.index = base, np.asarray(index, dtype=np.int64)
+        self.shape, self.dtype, self.ndim = (len(self.index),) + tuple(base.shape[1:]), base.dtype, base.ndim
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key):
+        return self.base[self.index[key]]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.base[self.index], dtype=dtype)
+
+
 @dataclass
 class ImageArrayDataset:
-    images: np.ndarray        # uint8 N x C x H x W (possibly memory-mapped)
+    images: np.ndarray        # uint8 N x C x H x W (possibly memory-mapped, or an IndexedArray of one)
     labels: np.ndarray        # int64 N, -1 where unlabeled
     classes: list[str]
     fingerprint: str          # identifies source, options and contents, for caches
@@ -54,7 +72,12 @@ class ImageArrayDataset:
     def subset(self, indices) -> "ImageArrayDataset":
         indices = np.asarray(indices, dtype=np.int64)
         tag = hashlib.sha1(indices.tobytes()).hexdigest()[:12]
-        images = self.images[indices] if len(indices) != len(self) or (indices != np.arange(len(self))).any() else self.images
+        if isinstance(self.images, IndexedArray):
+            images = IndexedArray(self.images.base, self.images.index[indices])
+        elif isinstance(self.images, np.memmap):
+            images = IndexedArray(self.images, indices)
+        else:
+            images = self.images[indices]
         return ImageArrayDataset(images, self.labels[indices], self.classes, f"{self.fingerprint}-{tag}")
 
 

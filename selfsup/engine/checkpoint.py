@@ -40,16 +40,16 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def load_backbone(path: str | Path):
+def load_backbone(path: str | Path, ckpt: dict | None = None):
     """The backbone of a checkpoint, ready for evaluation (eval mode, on CPU).
 
     Accepts a ``selfsup pretrain`` checkpoint (which records the backbone's name)
-    or a plain torchvision ResNet state dict (named via ``backbone`` in the dict is
-    not needed: the depth is inferred from its keys).
+    or a plain torchvision ResNet state dict (its depth is inferred from the keys).
+    Pass ``ckpt`` when the file is already loaded.
     """
     from selfsup.models import build_backbone
 
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     if "backbone_state" in ckpt:
         name, cifar_stem, state = ckpt["backbone"], ckpt.get("cifar_stem", False), ckpt["backbone_state"]
     else:

@@ -9,11 +9,6 @@ from selfsup.eval.knn import knn_scores, topk_accuracy
 from selfsup.eval.linear import linear_probe
 
 
-def checkpoint_image_size(path) -> int | None:
-    cfg = load_checkpoint(path).get("config") or {}
-    return cfg.get("image_size")
-
-
 def labelled(dataset, spec: str):
     if (dataset.labels < 0).any():
         raise SelfSupError(f"{spec} has unlabeled images: evaluation needs labels (use a labelled split, e.g. ?split=train)")
@@ -27,10 +22,11 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
     """Run ``protocol`` ("knn" or "linear") and return its metrics as a dict."""
     if protocol not in ("knn", "linear"):
         raise SelfSupError(f"unknown evaluation {protocol!r}: use knn or linear")
-    backbone = load_backbone(checkpoint)
+    ckpt = load_checkpoint(checkpoint)
+    backbone = load_backbone(checkpoint, ckpt)
     train = labelled(load_dataset(train_spec), train_spec)
     test = labelled(load_dataset(test_spec), test_spec)
-    image_size = image_size or checkpoint_image_size(checkpoint)
+    image_size = image_size or (ckpt.get("config") or {}).get("image_size")   # the pretraining view size
     key = file_hash(checkpoint) if cache else None
     common = dict(tap=tap, pool=pool, image_size=image_size, batch_size=batch_size, device=device,
                   cache_key=key, progress=progress)
