@@ -40,18 +40,31 @@ def init_from_env(device_type: str) -> bool:
     return True
 
 
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every process along dim 0, keeping gradients.
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        out = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out, dim=0)
 
-    The backward pass sends each process the gradient of its own slice summed over
-    all processes (torch.distributed.nn.all_gather), so a loss over the gathered
-    batch, averaged by DDP, has the gradient of the loss over the global batch.
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()          # collectives need contiguous buffers (grads of permuted views are not)
+        dist.all_reduce(grad)
+        n = grad.shape[0] // world_size()
+        return grad[rank() * n:(rank() + 1) * n]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (same shape on every process) along dim 0, keeping gradients.
+
+    The backward pass gives each process the gradient of its own slice summed over
+    all processes, so a loss over the gathered batch, averaged by DDP, has the
+    gradient of the loss over the global batch.
     """
     if world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 @torch.no_grad()

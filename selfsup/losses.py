@@ -40,3 +40,29 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> tor
     pos_idx = torch.cat([local + big_b, local])                              # the other view
     self_mask = F.one_hot(self_idx, 2 * big_b).bool()
     return F.cross_entropy(logits.masked_fill(self_mask, float("-inf")), pos_idx)
+
+
+def jigclu_clustering(z: torch.Tensor, image_ids: torch.Tensor, temperature: float = 0.3) -> torch.Tensor:
+    """JigClu's clustering loss (Chen et al. 2021, eq. 1-2).
+
+    ``z``: embeddings of all n*m*m patches (normalised here), ``image_ids``: the
+    source image of each patch. For patches i, j of the same image,
+
+        l_ij = -log( exp(cos(z_i, z_j)/t) / sum_{k != i} exp(cos(z_i, z_k)/t) )      (eq. 1)
+        L    = 1/(n m m) sum_i 1/(m m - 1) sum_{j in C_i} l_ij                         (eq. 2)
+
+    with C_i the other patches of i's image (the denominator keeps the positives,
+    excludes only i itself). The official code's extra factor t / 0.07 is not part
+    of this function (see the JigClu method's ``official_loss_factor``).
+
+    >>> z, ids = torch.randn(16, 128), torch.arange(4).repeat(4)
+    >>> loss = jigclu_clustering(z, ids, temperature=0.3)
+    """
+    z = F.normalize(z, dim=1)
+    logits = z @ z.T / temperature
+    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    log_den = torch.logsumexp(logits.masked_fill(self_mask, float("-inf")), dim=1)
+    pos = (image_ids[:, None] == image_ids[None, :]) & ~self_mask
+    n_pos = pos.sum(1)
+    pos_logits = (logits * pos).sum(1) / n_pos.clamp(min=1)
+    return (log_den - pos_logits)[n_pos > 0].mean()

@@ -65,3 +65,45 @@ def test_pretrain_under_torchrun_two_gloo_processes(tmp_path):
     assert ckpt["epoch"] == 1
     records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(records) == 4        # 64 images / global batch 16, logged once per step by rank 0 only
+
+
+def _jigclu_worker(rank, world, init_file, images, out):
+    from selfsup.data.loader import Batch
+    from selfsup.methods import build_method
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        method = build_method("jigclu", backbone="convnet", image_size=16).eval()   # BN on running stats
+        n = len(images) // world
+        views = method.view_maker()(images[rank * n:(rank + 1) * n], torch.Generator().manual_seed(rank))
+        torch.manual_seed(7)                           # the permutation comes from rank 0
+        loss = method(Batch(views, torch.zeros(n), torch.arange(n)))["loss"]
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in method.parameters()])
+        dist.all_reduce(grads)
+        out[rank] = (loss.detach(), grads / world, views[0])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_jigclu_montage_over_the_global_batch():
+    """Two processes, each with half the images: the same loss and (DDP-averaged)
+    gradients as one process with all the images and the same permutation."""
+    from selfsup.data.loader import Batch
+    from selfsup.methods import build_method
+
+    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = run_two_processes(_jigclu_worker, images)
+    torch.manual_seed(0)
+    method = build_method("jigclu", backbone="convnet", image_size=16).eval()
+    mm, n = 4, 3
+    # the single-process batch: the two halves' patches, position-major over all 6 images
+    halves = [out[r][2].view(mm, n, 3, 8, 8) for r in range(2)]
+    patches = torch.cat(halves, dim=1).reshape(mm * 2 * n, 3, 8, 8)
+    torch.manual_seed(7)
+    loss = method(Batch([patches], torch.zeros(6), torch.arange(6)))["loss"]
+    loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in method.parameters()])
+    assert out[0][0].item() == pytest.approx(loss.item(), abs=1e-5) and out[1][0].item() == pytest.approx(loss.item(), abs=1e-5)
+    assert torch.allclose(out[0][1], grads, atol=1e-5) and torch.allclose(out[1][1], grads, atol=1e-5)

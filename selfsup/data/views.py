@@ -110,12 +110,15 @@ def crop_boxes(n: int, height: int, width: int, scale, ratio, g: torch.Generator
     return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
 
 
-def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """Crop each image to its box (pixel units) and resize it to size x size.
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, source: torch.Tensor | None = None) -> torch.Tensor:
+    """Crop image ``source[i]`` (default: image i) to box i (x1, y1, x2, y2 in pixels)
+    and resize it to size x size: one output per box.
 
     roi_align averages several bilinear samples per output pixel when shrinking,
     which acts like an antialiasing filter."""
-    rois = torch.cat([torch.arange(len(x), device=x.device, dtype=x.dtype)[:, None], boxes.to(x.dtype)], dim=1)
+    if source is None:
+        source = torch.arange(len(boxes), device=x.device)
+    rois = torch.cat([source.to(x.dtype)[:, None], boxes.to(x.dtype)], dim=1)
     return roi_align(x, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
@@ -199,9 +202,13 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 def augment(x: torch.Tensor, spec: ViewSpec, g: torch.Generator) -> torch.Tensor:
     """One view of a float batch in [0, 1] (B x 3 x H x W); returns B x 3 x size x size in [0, 1]."""
-    n, device = len(x), x.device
-    boxes = crop_boxes(n, x.shape[2], x.shape[3], spec.scale, spec.ratio, g, device)
-    v = resized_crop(x, boxes, spec.size)
+    boxes = crop_boxes(len(x), x.shape[2], x.shape[3], spec.scale, spec.ratio, g, x.device)
+    return photometric(resized_crop(x, boxes, spec.size), spec, g)
+
+
+def photometric(v: torch.Tensor, spec: ViewSpec, g: torch.Generator) -> torch.Tensor:
+    """Every step of a view after the crop: flip, colour jitter, grayscale, blur, solarize."""
+    n, device = len(v), v.device
     if spec.flip_prob > 0:
         flip = _coin(n, spec.flip_prob, g, device)
         v = torch.where(flip.view(-1, 1, 1, 1), v.flip(3), v)

@@ -5,9 +5,10 @@ from dataclasses import fields
 
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method, MethodConfig
+from selfsup.methods.jigclu import JigClu
 from selfsup.methods.simclr import SimCLR
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR,)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, JigClu)}
 
 
 def get_method(name: str) -> type[Method]:
