@@ -19,7 +19,7 @@ from selfsup.errors import SelfSupError
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"                 # sgd | lars
+    name: str = "sgd"                 # sgd | lars | larc (apex LARC, clip=False: SwAV)
     lr: float = 0.05                  # peak learning rate (per 256 images if scale_lr)
     scale_lr: bool = False            # lr x global_batch / 256 (linear scaling rule)
     momentum: float = 0.9

@@ -6,6 +6,8 @@ gradients, so that under DDP they equal the single-process loss on the global ba
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -66,3 +68,75 @@ def jigclu_clustering(z: torch.Tensor, image_ids: torch.Tensor, temperature: flo
     n_pos = pos.sum(1)
     pos_logits = (logits * pos).sum(1) / n_pos.clamp(min=1)
     return (log_den - pos_logits)[n_pos > 0].mean()
+
+
+def _logsumexp_across(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """logsumexp over ``dim`` of the tensor concatenated along ``dim`` over every process."""
+    m = x.amax(dim=dim, keepdim=True)
+    if dist.world_size() > 1:
+        torch.distributed.all_reduce(m, op=torch.distributed.ReduceOp.MAX)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s = dist.all_reduce_sum(torch.exp(x - m).sum(dim=dim, keepdim=True))
+    return torch.log(s) + m
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3,
+             log_space: bool | None = None) -> torch.Tensor:
+    """Soft codes by the Sinkhorn-Knopp algorithm (SwAV, Caron et al. 2020, eq. 3-5).
+
+    Solves max_Q Tr(Q^T C^T Z) + epsilon H(Q) over the transportation polytope of
+    eq. 4 (each of the K prototypes receives B/K of the mass, each of the B samples
+    1), whose solution is eq. 5: Q* = Diag(u) exp(C^T Z / epsilon) Diag(v), with u, v
+    found by alternately normalising rows and columns ``iterations`` times.
+
+    ``scores`` is B_local x K (z^T c, detached). Under torch.distributed the B
+    columns are the samples of every process: prototype-wise sums are all-reduced,
+    sample-wise sums stay local, so each process gets the rows of its own samples
+    of the global solution. Returns B_local x K codes whose rows each sum to 1,
+    ending on the sample normalisation as the official code does.
+
+    ``log_space`` (default: when epsilon < 0.03 or the scores are half precision)
+    runs the same iterations on log Q with logsumexp, which cannot overflow.
+    """
+    if log_space is None:
+        log_space = epsilon < 0.03 or scores.dtype in (torch.float16, torch.bfloat16)
+    s = scores.detach().float().T / epsilon                    # K x b
+    k, b = s.shape
+    big_b = b * dist.world_size()
+    if log_space:
+        log_q = s
+        for _ in range(iterations):
+            log_q = log_q - _logsumexp_across(log_q, dim=1) - math.log(k)          # prototypes: 1/K each
+            log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(big_b)  # samples: 1/B each
+        return torch.exp(log_q + math.log(big_b)).T
+    q = torch.exp(s)
+    q /= dist.all_reduce_sum(q.sum())
+    for _ in range(iterations):
+        q /= dist.all_reduce_sum(q.sum(dim=1, keepdim=True))
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)
+        q /= big_b
+    return (q * big_b).T
+
+
+def swav(scores: list[torch.Tensor], codes: dict[int, torch.Tensor], temperature: float = 0.1) -> torch.Tensor:
+    """SwAV's swapped prediction loss (Caron et al. 2020, eq. 1-2 and 6).
+
+    ``scores[v]``: B x K prototype scores z_v^T C of crop v; ``codes[i]``: the
+    codes q_i of assignment crop i (from ``sinkhorn``). Every other crop predicts
+    them: l(z_v, q_i) = -sum_k q_ik log softmax(z_v^T C / t)_k (eq. 2), averaged
+    over the batch, then over the V - 1 other crops, then over the assignment
+    crops, as the official code does.
+
+    >>> s = [torch.randn(8, 30) for _ in range(4)]
+    >>> loss = swav(s, {0: sinkhorn(s[0]), 1: sinkhorn(s[1])}, temperature=0.1)
+    """
+    total = 0.0
+    for i, q in codes.items():
+        sub = 0.0
+        for v, s in enumerate(scores):
+            if v != i:
+                sub = sub - (q * F.log_softmax(s.float() / temperature, dim=1)).sum(dim=1).mean()
+        total = total + sub / (len(scores) - 1)
+    return total / len(codes)

@@ -15,6 +15,10 @@ Recipes (each a list of ``ViewSpec``, one per view, parameterised by image size)
   0.4, 0.1) p=0.8, grayscale p=0.2, blur p=0.5 with sigma in [0.1, 2], flip.
 - ``byol``: Grill et al. 2020 (METHODS.md 7.1): crop (0.08, 1), flip, jitter (0.4,
   0.4, 0.2, 0.1) p=0.8, grayscale p=0.2, blur p=1.0 / 0.1, solarize p=0 / 0.2.
+- ``multicrop``: SwAV's multi-crop (Caron et al. 2020, §3.2; METHODS.md 5.2): 2 global
+  crops at the image size, scale (0.14, 1), and 6 local crops at 96/224 of it, scale
+  (0.05, 0.14), each with SimCLR's colour distortion and blur p=0.5;
+  ``multicrop:2x160+4x96`` names the crop counts and sizes.
 
 Blur sigmas are given in pixels of a 224 px view and scale with the view size.
 """
@@ -63,13 +67,41 @@ def byol_views(size: int) -> list[ViewSpec]:
     return [replace(spec, blur_prob=1.0), replace(spec, blur_prob=0.1, solarize_prob=0.2)]
 
 
-VIEW_RECIPES = {"simclr": simclr_views, "mocov2": mocov2_views, "byol": byol_views}
+def parse_crops(crops: str) -> list[tuple[int, int]]:
+    """"2x224+6x96" -> [(2, 224), (6, 96)]: crop counts and sizes, global crops first."""
+    try:
+        groups = [tuple(int(v) for v in part.split("x")) for part in crops.split("+")]
+        if not groups or any(len(g) != 2 or g[0] < 1 or g[1] < 1 for g in groups):
+            raise ValueError
+    except ValueError:
+        raise SelfSupError(f"cannot parse crops {crops!r}: write COUNTxSIZE groups joined by '+', e.g. 2x224+6x96") from None
+    return groups  # type: ignore[return-value]
+
+
+def multicrop_views(size: int, crops: str = "", global_scale=(0.14, 1.0), local_scale=(0.05, 0.14),
+                    color_strength: float = 1.0, blur_prob: float = 0.5) -> list[ViewSpec]:
+    """SwAV multi-crop (§3.2): the first group of ``crops`` are the global crops, the
+    others local ones; "" means 2 x size + 6 x round(size * 96 / 224). Colour
+    distortion of strength s: jitter (0.8 s, 0.8 s, 0.8 s, 0.2 s) p=0.8, grayscale p=0.2."""
+    groups = parse_crops(crops) if crops else [(2, size), (6, max(1, round(size * 96 / 224)))]
+    s = color_strength
+    specs = []
+    for k, (count, crop_size) in enumerate(groups):
+        spec = ViewSpec(crop_size, scale=tuple(global_scale if k == 0 else local_scale),
+                        jitter=(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s), blur_prob=blur_prob)
+        specs += [spec] * count
+    return specs
+
+
+VIEW_RECIPES = {"simclr": simclr_views, "mocov2": mocov2_views, "byol": byol_views, "multicrop": multicrop_views}
 
 
 def view_recipe(name: str, size: int) -> list[ViewSpec]:
-    if name not in VIEW_RECIPES:
-        raise SelfSupError(f"unknown view recipe {name!r}: choose one of {', '.join(VIEW_RECIPES)}")
-    return VIEW_RECIPES[name](size)
+    """A recipe by name; ``multicrop:2x160+4x96`` gives the crops of a multi-crop recipe."""
+    base, _, arg = name.partition(":")
+    if base not in VIEW_RECIPES or (arg and base != "multicrop"):
+        raise SelfSupError(f"unknown view recipe {name!r}: choose one of {', '.join(VIEW_RECIPES)} (or multicrop:2x224+6x96)")
+    return multicrop_views(size, arg) if arg else VIEW_RECIPES[base](size)
 
 
 # ---------------------------------------------------------------- batched operations

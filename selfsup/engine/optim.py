@@ -34,10 +34,14 @@ class LARS(torch.optim.Optimizer):
 
     For every parameter not in a ``lars_exclude`` group the update
     g + wd * w is rescaled by eta * ||w|| / ||g + wd * w|| before momentum.
+    ``larc=True`` uses the denominator of apex's LARC (clip=False), which SwAV
+    trains with: eta * ||w|| / (||g|| + wd * ||w||).
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001,
+                 larc: bool = False):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False))
+        self.larc = larc
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -48,6 +52,8 @@ class LARS(torch.optim.Optimizer):
                 d = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad.clone()
                 if not group["lars_exclude"]:
                     w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+                    if self.larc:
+                        d_norm = torch.linalg.vector_norm(p.grad) + group["weight_decay"] * w_norm
                     trust = torch.where((w_norm > 0) & (d_norm > 0), group["eta"] * w_norm / d_norm, torch.ones_like(w_norm))
                     d.mul_(trust)
                 state = self.state[p]
@@ -64,9 +70,9 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
         for g in groups:
             g.pop("lars_exclude")
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    if cfg.name == "lars":
-        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, eta=cfg.lars_eta)
-    raise SelfSupError(f"unknown optimiser {cfg.name!r}: set optim.name to sgd or lars")
+    if cfg.name in ("lars", "larc"):
+        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, eta=cfg.lars_eta, larc=cfg.name == "larc")
+    raise SelfSupError(f"unknown optimiser {cfg.name!r}: set optim.name to sgd, lars or larc")
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, final: float = 0.0) -> float:

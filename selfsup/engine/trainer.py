@@ -248,6 +248,12 @@ class Trainer:
                 self.save()
                 return "interrupted"
         bar.close()
+        summary = self.method.on_epoch_end(self.epoch)
+        if summary and main:
+            metrics.write(json.dumps({"epoch": self.epoch, "epoch_end": True, **summary}) + "\n")
+            metrics.flush()
+            for k, v in summary.items():
+                writer.add_scalar(f"epoch/{k}", v, self.epoch + 1)
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.save()
         return "done"

@@ -5,10 +5,13 @@ from dataclasses import fields
 
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method, MethodConfig
+from selfsup.methods.deepcluster_v2 import DeepClusterV2
 from selfsup.methods.jigclu import JigClu
+from selfsup.methods.sela_v2 import SeLaV2
 from selfsup.methods.simclr import SimCLR
+from selfsup.methods.swav import SwAV
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, JigClu)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, JigClu, SwAV, DeepClusterV2, SeLaV2)}
 
 
 def get_method(name: str) -> type[Method]:

@@ -9,7 +9,9 @@ The engine calls, in order:
   other scalars to log (the engine calls it through DDP when distributed);
 - ``on_after_backward(step)`` between backward and the optimiser step (e.g. to
   drop the gradients of frozen prototypes);
-- ``on_step_end(step, total_steps)`` after the optimiser step (e.g. EMA targets).
+- ``on_step_end(step, total_steps)`` after the optimiser step (e.g. EMA targets);
+- ``on_epoch_end(epoch)`` after every epoch: a dict of per-epoch scalars to log
+  (e.g. prototype usage), or None. Every process calls it (collectives allowed).
 
 Each method declares ``Config``, a dataclass of its hyperparameters with the
 paper's defaults, and ``defaults``, the training settings (optimiser, lr, batch
@@ -55,3 +57,21 @@ class Method(nn.Module):
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         pass
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float] | None:
+        return None
+
+
+def forward_views(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """Backbone features of every view, in view order (concatenated along the batch).
+
+    Consecutive views of one resolution go through the backbone together, in one
+    pass (as SwAV's multi-crop forward), so batch norm sees all crops of a size."""
+    out, start = [], 0
+    while start < len(views):
+        end = start + 1
+        while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+            end += 1
+        out.append(backbone(torch.cat(views[start:end])))
+        start = end
+    return torch.cat(out)

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from selfsup.data.views import ViewMaker, view_recipe
 from selfsup.losses import nt_xent
-from selfsup.methods.base import Method, MethodConfig
+from selfsup.methods.base import Method, MethodConfig, forward_views
 from selfsup.models import projection_mlp
 
 
@@ -23,7 +21,7 @@ class SimCLRConfig(MethodConfig):
     temperature: float = 0.1        # tau of eq. 1 (0.1 with the large-batch LARS recipe)
     proj_hidden_dim: int = 2048     # g: Linear-BN-ReLU-Linear
     proj_dim: int = 128
-    views: str = "simclr"           # view recipe (selfsup.data.views.VIEW_RECIPES)
+    views: str = "simclr"           # view recipe (selfsup.data.views.VIEW_RECIPES), e.g. multicrop:2x32+4x16
 
 
 class SimCLR(Method):
@@ -41,6 +39,9 @@ class SimCLR(Method):
         return ViewMaker(view_recipe(self.cfg.views, self.image_size))
 
     def forward(self, batch):
-        # both views in one backbone pass (batch-norm statistics over the 2N views, as SimCLR)
-        z1, z2 = self.projector(self.backbone(torch.cat(batch.views))).chunk(2)
-        return {"loss": nt_xent(z1, z2, self.cfg.temperature)}
+        # views of one size in one backbone pass (batch-norm statistics over the 2N views, as SimCLR)
+        z = self.projector(forward_views(self.backbone, batch.views)).chunk(len(batch.views))
+        if len(z) == 2:
+            return {"loss": nt_xent(z[0], z[1], self.cfg.temperature)}
+        pairs = [(0, 1)] + [(g, v) for g in (0, 1) for v in range(2, len(z))]
+        return {"loss": sum(nt_xent(z[a], z[b], self.cfg.temperature) for a, b in pairs) / len(pairs)}

@@ -1,4 +1,4 @@
 """Results tables and plots."""
-from selfsup.report.plots import accuracy_bars, loss_curve, markdown_table, read_metrics
+from selfsup.report.plots import accuracy_bars, curves, loss_curve, markdown_table, read_metrics
 
-__all__ = ["accuracy_bars", "loss_curve", "markdown_table", "read_metrics"]
+__all__ = ["accuracy_bars", "curves", "loss_curve", "markdown_table", "read_metrics"]

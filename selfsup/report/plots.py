@@ -14,9 +14,27 @@ def _plt():
     return plt
 
 
-def read_metrics(path: str | Path) -> list[dict]:
+def read_metrics(path: str | Path, epoch_end: bool = False) -> list[dict]:
+    """The per-step records of a run's metrics.jsonl, or with ``epoch_end`` the per-epoch ones."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if bool(r.get("epoch_end")) == epoch_end]
+
+
+def curves(records: list[dict], keys: list[str], png: str | Path, title: str, x: str = "epoch") -> None:
+    """One line per key against ``x`` (e.g. prototypes in use per epoch)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in keys:
+        pts = [(r[x], r[key]) for r in records if key in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
+    ax.set_xlabel(x)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

@@ -1,0 +1,157 @@
+"""DeepCluster-v2 (Caron et al. 2020, App. A; METHODS.md 5.8).
+
+Offline clustering with SwAV's architecture and multi-crop. A memory bank holds
+the L2-normalised projections of the assignment crops of every sample seen in
+the previous epoch (filled by a no-grad pass before training). At the start of
+every epoch, for each of 3 heads, spherical k-means on one bank (crop 0, 1, 0)
+gives K centroids, which become that head's prototypes (frozen: only k-means
+moves them), and a hard assignment of every sample. During the epoch every
+crop of a sample predicts its assignments by cross-entropy on
+softmax(z^T C_h / tau), averaged over heads; the bank is overwritten with the
+current embeddings, so epoch e clusters the features of epoch e - 1.
+
+Under DDP each process keeps the bank of the samples it saw; k-means sums are
+all-reduced and assignments are gathered by dataset index.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup import distributed as dist
+from selfsup.methods.prototypes import PrototypeConfig, PrototypeMethod, PrototypeUsage, normalize_rows_
+
+IGNORE = -100   # assignment of samples not in any bank (ignored by the loss)
+
+
+@dataclass
+class DeepClusterV2Config(PrototypeConfig):
+    nmb_prototypes: list[int] = field(default_factory=lambda: [3000, 3000, 3000])   # K per head
+    kmeans_iterations: int = 10
+
+
+@torch.no_grad()
+def spherical_kmeans(x: torch.Tensor, k: int, iterations: int = 10, generator: torch.Generator | None = None):
+    """Spherical k-means on L2-normalised rows ``x`` (N_local x d), as DeepCluster-v2.
+
+    Centroids start at K random rows chosen on rank 0 and broadcast; each
+    iteration assigns every row to its most similar centroid (dot product), then
+    sets each centroid to the L2-normalised sum of its rows (sums and counts
+    all-reduced over processes); an empty cluster keeps its centroid. A final
+    assignment step follows. Returns (K x d centroids, N_local assignments).
+    """
+    centroids = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
+    if dist.is_main():
+        pick = torch.randperm(len(x), generator=generator)[:k].to(x.device)
+        if len(pick) < k:
+            raise ValueError(f"k-means with k={k} needs at least k samples, got {len(x)}")
+        centroids = x[pick].clone()
+    dist.broadcast(centroids)
+    for _ in range(iterations):
+        assign = (x @ centroids.T).argmax(dim=1)
+        sums = dist.all_reduce_sum(torch.zeros_like(centroids).index_add_(0, assign, x))
+        counts = dist.all_reduce_sum(torch.bincount(assign, minlength=k).to(x.dtype))
+        nonempty = counts > 0
+        centroids[nonempty] = F.normalize(sums[nonempty] / counts[nonempty, None], dim=1)
+    return centroids, (x @ centroids.T).argmax(dim=1)
+
+
+class DeepClusterV2(PrototypeMethod):
+    name = "deepcluster_v2"
+    Config = DeepClusterV2Config
+    # Same optimisation as SwAV (METHODS.md 5.7-5.8).
+    defaults = {"optim": {"name": "larc", "lr": 0.3, "scale_lr": True, "weight_decay": 1e-6,
+                          "warmup_epochs": 10, "min_lr": 0.0048, "exclude_bias_norm": False}}
+    trainable_prototypes = False
+
+    def __init__(self, backbone, cfg: DeepClusterV2Config, image_size: int):
+        super().__init__(backbone, cfg, image_size)
+        self.heads = nn.ModuleList(nn.Linear(cfg.proj_dim, k, bias=False) for k in cfg.nmb_prototypes)
+        for head in self.heads:
+            head.weight.requires_grad_(self.trainable_prototypes)
+        self.usage = [PrototypeUsage(k, f"head{h}_") for h, k in enumerate(cfg.nmb_prototypes)]
+        # the memory bank and assignments are per process, kept out of DDP's buffer broadcast
+        self.bank: torch.Tensor | None = None          # (assignment crops, N_local, proj_dim)
+        self.bank_index: torch.Tensor | None = None    # (N_local,) dataset indices
+        self.assignments: torch.Tensor | None = None   # (heads, dataset size)
+
+        self.step_in_epoch = 0
+
+    def get_extra_state(self):
+        return {"bank": self.bank, "bank_index": self.bank_index, "assignments": self.assignments,
+                "step_in_epoch": self.step_in_epoch}
+
+    def set_extra_state(self, state):
+        self.bank, self.bank_index, self.assignments = state["bank"], state["bank_index"], state["assignments"]
+        self.step_in_epoch = state["step_in_epoch"]
+
+    # ------------------------------------------------------------ memory bank
+    @torch.no_grad()
+    def fill_bank(self, loader, epoch: int) -> None:
+        """The first bank: a no-grad pass over one epoch of data (assignment crops only)."""
+        device = self.heads[0].weight.device
+        n_local = len(loader) * loader.batch_size
+        self.bank = torch.zeros(len(self.cfg.crops_for_assign), n_local, self.cfg.proj_dim, device=device)
+        self.bank_index = torch.full((n_local,), -1, dtype=torch.long, device=device)
+        start = 0
+        for batch in loader.epoch(epoch):
+            self._store(start, batch.indices, [self.embed([batch.views[c]]) for c in self.cfg.crops_for_assign])
+            start += len(batch.indices)
+
+    def _store(self, start: int, indices: torch.Tensor, embeddings: list[torch.Tensor]) -> None:
+        end = start + len(indices)
+        self.bank_index[start:end] = indices
+        for j, e in enumerate(embeddings):
+            self.bank[j, start:end] = e.detach().to(self.bank.dtype)
+
+    def on_epoch_start(self, epoch: int, loader) -> None:
+        if self.bank is None:
+            self.fill_bank(loader, epoch)
+        self.dataset_size = len(loader.dataset)
+        self.assign(epoch)
+        self.step_in_epoch = 0
+
+    @torch.no_grad()
+    def assign(self, epoch: int) -> None:
+        """k-means on the bank for each head: centroids -> prototypes, assignments by dataset index."""
+        g = torch.Generator().manual_seed(epoch)
+        self.assignments = torch.full((len(self.heads), self.dataset_size), IGNORE, dtype=torch.long,
+                                      device=self.bank.device)
+        index = dist.gather(self.bank_index)
+        for h, head in enumerate(self.heads):
+            x = self.bank[h % len(self.bank)]
+            centroids, labels = spherical_kmeans(x, head.out_features, self.cfg.kmeans_iterations, g)
+            head.weight.copy_(centroids)
+            self._set_assignments(h, index, dist.gather(labels))
+
+    def _set_assignments(self, h: int, index: torch.Tensor, labels: torch.Tensor, count: bool = True) -> None:
+        seen = index >= 0
+        self.assignments[h, index[seen]] = labels[seen]
+        if count:   # the gathered labels are global: count them once
+            self.usage[h].update(labels=labels[seen] if dist.is_main() else labels[:0])
+
+    # ------------------------------------------------------------ training step
+    def forward(self, batch):
+        b, n_crops = len(batch.indices), len(batch.views)
+        if self.trainable_prototypes:
+            for head in self.heads:
+                normalize_rows_(head.weight)
+        z = self.embed(batch.views)
+        loss = 0.0
+        for h, head in enumerate(self.heads):
+            targets = self.assignments[h, batch.indices].repeat(n_crops)
+            loss = loss + F.cross_entropy(head(z) / self.cfg.temperature, targets, ignore_index=IGNORE)
+        with torch.no_grad():   # the bank of the next epoch
+            start = self.step_in_epoch * b
+            self._store(start, batch.indices, [z[c * b:(c + 1) * b] for c in self.cfg.crops_for_assign])
+            self.step_in_epoch += 1
+        return {"loss": loss / len(self.heads)}
+
+    def on_epoch_end(self, epoch: int):
+        out = {}
+        for usage in self.usage:
+            out.update(usage.summary())
+        return out

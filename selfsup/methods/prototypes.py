@@ -1,0 +1,116 @@
+"""What SwAV, DeepCluster-v2 and SeLa-v2 share (METHODS.md 5.1, 5.2, 5.8).
+
+- ``PrototypeConfig``: the projection head, the temperature and the multi-crop
+  views, with the official defaults (2 x 224 + 6 x 96 at ImageNet size);
+- ``PrototypeMethod``: backbone -> projection MLP -> L2-normalised z, crops of one
+  resolution through the backbone together; prototype heads normalised in place;
+- ``PrototypeUsage``: the collapse guardrail. Over an epoch it counts how many
+  samples each prototype wins and the entropy of the soft codes, and warns when
+  the assignments collapse onto a few prototypes, or when every code is uniform
+  (the loss then sits at ln K).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup import distributed as dist
+from selfsup.data.views import ViewMaker, multicrop_views
+from selfsup.methods.base import Method, MethodConfig, forward_views
+from selfsup.models import projection_mlp
+
+
+@dataclass
+class PrototypeConfig(MethodConfig):
+    proj_hidden_dim: int = 2048       # --hidden_mlp
+    proj_dim: int = 128               # --feat_dim
+    temperature: float = 0.1          # tau of eq. 2
+    crops_for_assign: list[int] = field(default_factory=lambda: [0, 1])
+    crops: str = ""                   # e.g. 2x224+6x96; "": 2 x image size + 6 x (96/224 of it)
+    global_scale: tuple[float, float] = (0.14, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.14)
+    color_strength: float = 1.0       # jitter (0.8s, 0.8s, 0.8s, 0.2s); the CIFAR advice is s = 0.5
+    blur_prob: float = 0.5
+
+
+class PrototypeMethod(Method):
+    """Backbone, projection head and the multi-crop views; subclasses add prototypes."""
+
+    def __init__(self, backbone, cfg: PrototypeConfig, image_size: int):
+        super().__init__(backbone, cfg, image_size)
+        self.projector = projection_mlp(backbone.out_dim, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.specs = multicrop_views(image_size, cfg.crops, cfg.global_scale, cfg.local_scale,
+                                     cfg.color_strength, cfg.blur_prob)
+        bad = [c for c in cfg.crops_for_assign if not 0 <= c < len(self.specs)]
+        if bad or not cfg.crops_for_assign:
+            from selfsup.errors import SelfSupError
+            raise SelfSupError(f"crops_for_assign {list(cfg.crops_for_assign)} must name crops 0..{len(self.specs) - 1}")
+
+    def view_maker(self):
+        return ViewMaker(self.specs)
+
+    def embed(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """L2-normalised projections z of every crop, in crop order ((V*B) x proj_dim)."""
+        return F.normalize(self.projector(forward_views(self.backbone, views)), dim=1)
+
+
+@torch.no_grad()
+def normalize_rows_(weight: torch.Tensor) -> None:
+    """L2-normalise every prototype (row) in place (done at every iteration, METHODS.md 5.1)."""
+    weight.copy_(F.normalize(weight, dim=1))
+
+
+class PrototypeUsage:
+    """Per-epoch prototype usage of one head: counts of hard assignments, soft-code entropy."""
+
+    def __init__(self, k: int, name: str):
+        self.k, self.name = k, name
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts = torch.zeros(self.k, dtype=torch.float64)
+        self.code_entropy_sum, self.samples = 0.0, 0
+
+    @torch.no_grad()
+    def update(self, codes: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> None:
+        """``codes``: B x K soft codes (their argmax is counted), or ``labels``: hard assignments."""
+        if codes is not None:
+            codes = codes.float()
+            labels = codes.argmax(dim=1)
+            self.code_entropy_sum += float(-(codes * torch.log(codes.clamp_min(1e-12))).sum(dim=1).sum())
+        labels = labels[labels >= 0]
+        self.counts += torch.bincount(labels.cpu(), minlength=self.k).double()
+        self.samples += len(labels)
+
+    def summary(self) -> dict[str, float]:
+        """All-reduced statistics of the epoch (every process must call it); warns on collapse."""
+        totals = dist.all_reduce_sum(torch.cat([self.counts, torch.tensor([self.code_entropy_sum, self.samples],
+                                                                           dtype=torch.float64)]))
+        counts, entropy_sum, n = totals[:-2], float(totals[-2]), float(totals[-1])
+        self.reset()
+        if n == 0:
+            return {}
+        p = counts[counts > 0] / n
+        out = {f"{self.name}prototypes_used": float((counts > 0).sum()),
+               f"{self.name}assignment_entropy": float(-(p * p.log()).sum())}
+        max_entropy = math.log(min(self.k, n))
+        if entropy_sum > 0:
+            out[f"{self.name}code_entropy"] = entropy_sum / n
+        if dist.is_main() and self.k > 1:
+            if out[f"{self.name}assignment_entropy"] < 0.5 * max_entropy:
+                warnings.warn(
+                    f"{self.name or 'prototype '}assignments collapsed: {int(out[f'{self.name}prototypes_used'])} of "
+                    f"{self.k} prototypes used, entropy {out[f'{self.name}assignment_entropy']:.2f} of at most "
+                    f"{max_entropy:.2f} nats: lower epsilon (e.g. epsilon=0.03), start the queue later, or freeze the "
+                    f"prototypes longer (README, 'When clustering collapses')")
+            elif out.get(f"{self.name}code_entropy", 0.0) > 0.9 * math.log(self.k):
+                warnings.warn(
+                    f"{self.name or 'prototype '}codes are almost uniform (mean entropy "
+                    f"{out[f'{self.name}code_entropy']:.2f} of ln K = {math.log(self.k):.2f}): the loss sits near ln K; "
+                    f"lower epsilon (e.g. epsilon=0.03) or use a shorter queue (README, 'When clustering collapses')")
+        return out

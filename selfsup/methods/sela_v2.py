@@ -1,0 +1,55 @@
+"""SeLa-v2 (Caron et al. 2020, App. A; METHODS.md 5.9).
+
+DeepCluster-v2 with the assignment step of SeLa (Asano et al. 2020): at the
+start of every epoch, for each of the 3 heads, the memory-bank embeddings are
+scored against that head's current prototypes and the Sinkhorn-Knopp algorithm
+equipartitions the whole dataset over the K prototypes (eq. 3-5 with N samples
+instead of a batch, iterated until the marginals converge); the codes are
+rounded to hard labels by argmax. The prototypes are trained by SGD as in
+SwAV (normalised at every step, frozen for the first
+``freeze_prototypes_niters`` iterations), not set to centroids.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from selfsup import distributed as dist
+from selfsup.losses import sinkhorn
+from selfsup.methods.deepcluster_v2 import DeepClusterV2, DeepClusterV2Config
+from selfsup.methods.prototypes import normalize_rows_
+
+
+@dataclass
+class SeLaV2Config(DeepClusterV2Config):
+    epsilon: float = 0.05             # SeLa's lambda = 1 / epsilon (lambda 25 <-> epsilon 0.04)
+    sinkhorn_iterations: int = 100    # over the whole dataset: iterate to convergence
+    log_space: Optional[bool] = None
+    freeze_prototypes_niters: int = 313   # about one epoch, as SwAV
+
+
+class SeLaV2(DeepClusterV2):
+    name = "sela_v2"
+    Config = SeLaV2Config
+    trainable_prototypes = True
+
+    @torch.no_grad()
+    def assign(self, epoch: int) -> None:
+        cfg = self.cfg
+        self.assignments = torch.full((len(self.heads), self.dataset_size), -100, dtype=torch.long,
+                                      device=self.bank.device)
+        index = dist.gather(self.bank_index)
+        for h, head in enumerate(self.heads):
+            normalize_rows_(head.weight)
+            scores = self.bank[h % len(self.bank)] @ head.weight.T
+            codes = sinkhorn(scores, cfg.epsilon, cfg.sinkhorn_iterations, cfg.log_space)
+            labels = codes.argmax(dim=1)
+            self.usage[h].update(codes=codes)
+            self._set_assignments(h, index, dist.gather(labels), count=False)
+
+    def on_after_backward(self, step: int) -> None:
+        if step < self.cfg.freeze_prototypes_niters:
+            for head in self.heads:
+                head.weight.grad = None

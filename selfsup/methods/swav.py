@@ -1,0 +1,95 @@
+"""SwAV: Swapping Assignments between Views (Caron et al., NeurIPS 2020), METHODS.md 5.
+
+§3.1 Each crop's feature z (projection head, L2-normalised) is scored against K
+trainable prototypes C (rows L2-normalised at every iteration). For each
+assignment crop (the two global crops), codes q are computed online with the
+Sinkhorn-Knopp algorithm (eq. 3-5: an equipartition of the batch over the
+prototypes, entropy weight epsilon), without gradient; every other crop
+predicts them through softmax(z^T C / tau) (eq. 2), and the swapped losses are
+averaged (eq. 6).
+§3.2 Multi-crop: 2 global crops plus V small local crops; crops of one size go
+through the backbone together.
+§4 / App. A Small batches: a queue of the last embeddings of the assignment
+crops (re-scored with the current prototypes) enlarges the set Sinkhorn
+equipartitions; it starts at ``epoch_queue_starts`` and is used once full.
+Prototypes receive no update for the first ``freeze_prototypes_niters`` iterations.
+
+Per epoch, the number of prototypes in use and the entropy of the assignments
+are logged; a warning names the remedies when they collapse.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from selfsup import distributed as dist
+from selfsup.losses import sinkhorn, swav
+from selfsup.methods.prototypes import PrototypeConfig, PrototypeMethod, PrototypeUsage, normalize_rows_
+
+
+@dataclass
+class SwAVConfig(PrototypeConfig):
+    nmb_prototypes: int = 3000        # K
+    epsilon: float = 0.05             # entropy weight of eq. 3
+    sinkhorn_iterations: int = 3
+    log_space: Optional[bool] = None  # Sinkhorn in log space; default: when epsilon < 0.03 or half precision
+    freeze_prototypes_niters: int = 313
+    queue_length: int = 0             # in total over processes; trimmed to a multiple of the global batch
+    epoch_queue_starts: int = 15
+
+
+class SwAV(PrototypeMethod):
+    name = "swav"
+    Config = SwAVConfig
+    # Official batch-4096 recipe: LARC (every parameter), lr 4.8 = 0.3 x 4096 / 256, final lr 0.0048,
+    # weight decay 1e-6, 10 warmup epochs, per-iteration cosine (METHODS.md 5.7).
+    defaults = {"optim": {"name": "larc", "lr": 0.3, "scale_lr": True, "weight_decay": 1e-6,
+                          "warmup_epochs": 10, "min_lr": 0.0048, "exclude_bias_norm": False}}
+
+    def __init__(self, backbone, cfg: SwAVConfig, image_size: int):
+        super().__init__(backbone, cfg, image_size)
+        self.prototypes = nn.Linear(cfg.proj_dim, cfg.nmb_prototypes, bias=False)
+        self.queue: torch.Tensor | None = None      # (assignment crops, local length, proj_dim)
+        self.usage = PrototypeUsage(cfg.nmb_prototypes, "")
+
+    # the queue is per process and is not a buffer, so DDP does not broadcast it from rank 0
+    def get_extra_state(self):
+        return {"queue": self.queue}
+
+    def set_extra_state(self, state):
+        self.queue = state["queue"]
+
+    def on_epoch_start(self, epoch: int, loader) -> None:
+        cfg = self.cfg
+        length = cfg.queue_length - cfg.queue_length % loader.global_batch
+        if self.queue is None and length > 0 and epoch >= cfg.epoch_queue_starts:
+            self.queue = torch.zeros(len(cfg.crops_for_assign), length // dist.world_size(), cfg.proj_dim,
+                                     device=self.prototypes.weight.device)
+
+    def forward(self, batch):
+        cfg, b = self.cfg, len(batch.indices)
+        normalize_rows_(self.prototypes.weight)
+        z = self.embed(batch.views)
+        scores = list(self.prototypes(z).split(b))
+        codes = {}
+        with torch.no_grad():
+            for j, crop in enumerate(cfg.crops_for_assign):
+                s = scores[crop].detach()
+                if self.queue is not None:
+                    if bool((self.queue[j, -1] != 0).any()):          # used only once full
+                        s = torch.cat([self.queue[j].to(s.dtype) @ self.prototypes.weight.T.to(s.dtype), s])
+                    self.queue[j, b:] = self.queue[j, :-b].clone()
+                    self.queue[j, :b] = z[crop * b:(crop + 1) * b].detach()
+                codes[crop] = sinkhorn(s, cfg.epsilon, cfg.sinkhorn_iterations, cfg.log_space)[-b:]
+                self.usage.update(codes[crop])
+        return {"loss": swav(scores, codes, cfg.temperature)}
+
+    def on_after_backward(self, step: int) -> None:
+        if step < self.cfg.freeze_prototypes_niters:
+            self.prototypes.weight.grad = None
+
+    def on_epoch_end(self, epoch: int):
+        return self.usage.summary()
