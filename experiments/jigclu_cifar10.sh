@@ -8,6 +8,7 @@
 set -euo pipefail
 OUT=${1:-runs/jigclu_cifar10}
 SELFSUP=${SELFSUP:-selfsup}
+PYTHON=${PYTHON:-python3}
 T=${DATA:-../shared/data/cifar10-train-jpg.tar}
 TR="$T?val_per_class=500&part=train"
 VA="$T?val_per_class=500&part=val"
@@ -15,20 +16,7 @@ JIG_EPOCHS=${JIG_EPOCHS:-8}
 SIM_EPOCHS=${SIM_EPOCHS:-4}
 COMMON="--backbone convnet --batch-size 256 progress=false log_every=50"
 
-run() {  # name method epochs overrides...
-  local name=$1 method=$2 epochs=$3; shift 3
-  if [ ! -f "$OUT/$name/last.pt" ] || [ "$epochs" != "$(grep -m1 '^epochs:' "$OUT/$name/config.yaml" | cut -d' ' -f2)" ]; then
-    rm -rf "${OUT:?}/$name"
-    local t0=$(date +%s)
-    $SELFSUP pretrain "$method" --data "$TR" $COMMON --epochs "$epochs" --out "$OUT/$name" "$@" >/dev/null
-    echo $(( $(date +%s) - t0 )) > "$OUT/$name/seconds"
-  fi
-  local knn lin
-  knn=$($SELFSUP eval knn --checkpoint "$OUT/$name/last.pt" --train-data "$TR" --test-data "$VA" --json | tail -1)
-  lin=$($SELFSUP eval linear --checkpoint "$OUT/$name/last.pt" --train-data "$TR" --test-data "$VA" --json | tail -1)
-  python3 -c "import json,sys; k=json.loads(sys.argv[1]); l=json.loads(sys.argv[2]); print(f'| {sys.argv[3]} | {sys.argv[4]} | {k[\"top1\"]*100:.1f} | {l[\"top1\"]*100:.1f} |')" \
-    "$knn" "$lin" "$name" "$(cat "$OUT/$name/seconds" 2>/dev/null || echo 0) s"
-}
+source "$(dirname "$0")/lib.sh"
 
 echo "| run | pretraining time | kNN top-1 | linear top-1 |"
 echo "|---|---|---|---|"

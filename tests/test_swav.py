@@ -303,3 +303,18 @@ def test_killed_mid_epoch_resumes_exactly_with_queue_and_bank(tmp_path, method, 
     records = [json.loads(line) for line in open(tmp_path / "straight" / "metrics.jsonl")]
     assert [r["epoch"] for r in records if r.get("epoch_end")] == [0, 1]
     assert any("prototypes_used" in k for r in records if r.get("epoch_end") for k in r)
+
+
+def test_simclr_with_multicrop_averages_the_pairs_with_the_global_crops():
+    from selfsup.losses import nt_xent
+    from selfsup.methods.base import forward_views
+
+    torch.manual_seed(0)
+    m = build_method("simclr", backbone="convnet", image_size=16, views="multicrop:2x16+2x8", temperature=0.2)
+    batch = _batch(m)
+    assert [v.shape[-1] for v in batch.views] == [16, 16, 8, 8]
+    loss = m(batch)["loss"]
+    z = m.projector(forward_views(m.backbone, batch.views)).chunk(4)
+    pairs = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3)]
+    ref = sum(nt_xent(z[a], z[b], 0.2) for a, b in pairs) / 5
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-5)

@@ -233,7 +233,7 @@ class Trainer:
                 elapsed = time.perf_counter() - t0
                 record = {"epoch": self.epoch, "step": step + 1, "loss": value, "lr": lr,
                           "images_per_s": window_images / elapsed}
-                record.update({k: float(v) for k, v in out.items() if k != "loss"})
+                record.update({k: float(v.detach()) for k, v in out.items() if k != "loss"})
                 if main:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from selfsup import distributed as dist
 from selfsup.data.views import ViewMaker, multicrop_views
+from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method, MethodConfig, forward_views
 from selfsup.models import projection_mlp
 
@@ -48,7 +48,6 @@ class PrototypeMethod(Method):
                                      cfg.color_strength, cfg.blur_prob)
         bad = [c for c in cfg.crops_for_assign if not 0 <= c < len(self.specs)]
         if bad or not cfg.crops_for_assign:
-            from selfsup.errors import SelfSupError
             raise SelfSupError(f"crops_for_assign {list(cfg.crops_for_assign)} must name crops 0..{len(self.specs) - 1}")
 
     def view_maker(self):

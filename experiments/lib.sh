@@ -1,0 +1,18 @@
+# Shared by the experiment scripts: `run NAME METHOD EPOCHS [pretrain args...]` pretrains into $OUT/NAME
+# (skipped when a finished run with the same epochs is there), then prints one markdown row with the
+# pretraining time and kNN / linear top-1 on the validation split. Needs OUT, SELFSUP, PYTHON, TR, VA, COMMON.
+run() {
+  local name=$1 method=$2 epochs=$3; shift 3
+  if [ ! -f "$OUT/$name/last.pt" ] || [ "$epochs" != "$(grep -m1 '^epochs:' "$OUT/$name/config.yaml" | cut -d' ' -f2)" ]; then
+    rm -rf "${OUT:?}/$name"
+    local t0
+    t0=$(date +%s)
+    $SELFSUP pretrain "$method" --data "$TR" $COMMON --epochs "$epochs" --out "$OUT/$name" "$@" >/dev/null
+    echo $(( $(date +%s) - t0 )) > "$OUT/$name/seconds"
+  fi
+  local knn lin
+  knn=$($SELFSUP eval knn --checkpoint "$OUT/$name/last.pt" --train-data "$TR" --test-data "$VA" --json | tail -1)
+  lin=$($SELFSUP eval linear --checkpoint "$OUT/$name/last.pt" --train-data "$TR" --test-data "$VA" --json | tail -1)
+  $PYTHON -c "import json,sys; k=json.loads(sys.argv[1]); l=json.loads(sys.argv[2]); print(f'| {sys.argv[3]} | {sys.argv[4]} | {k[\"top1\"]*100:.1f} | {l[\"top1\"]*100:.1f} |')" \
+    "$knn" "$lin" "$name" "$(cat "$OUT/$name/seconds" 2>/dev/null || echo 0) s"
+}
