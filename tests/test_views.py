@@ -17,7 +17,8 @@ def test_recipes_shapes_and_determinism(recipe):
     a = maker(x, torch.Generator().manual_seed(3))
     b = maker(x, torch.Generator().manual_seed(3))
     c = maker(x, torch.Generator().manual_seed(4))
-    assert len(a) == 2 and all(v.shape == (8, 3, 24, 24) for v in a)
+    sizes = [24] * 2 + ([10] * 6 if recipe == "multicrop" else [])   # multi-crop: 6 local crops at 96/224
+    assert [v.shape for v in a] == [(8, 3, s, s) for s in sizes]
     assert all(torch.equal(u, v) for u, v in zip(a, b))
     assert not torch.equal(a[0], c[0])
     assert not torch.equal(a[0], a[1])          # two views differ
