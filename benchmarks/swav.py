@@ -97,7 +97,7 @@ def main():
     print(f"SwAV step, {args.backbone}, batch {args.batch_size}: {multi} {t[multi] * 1000:.0f} ms, "
           f"{plain} {t[plain] * 1000:.0f} ms")
     print(f"step at batch {b} (per-image cost x {b}): {step_at_b:.1f} s; Sinkhorn share "
-          f"{100 * lin * len([0, 1]) / step_at_b:.3f}% for the 2 assignment crops (target <= 2%)")
+          f"{100 * 2 * lin / step_at_b:.3f}% for the 2 assignment crops (target <= 2%)")
     print(f"multi-crop / 2x224 step = {t[multi] / t[plain]:.3f}; pixels ratio = {pixels(multi) / pixels(plain):.3f}")
 
 

@@ -116,22 +116,23 @@ class DeepClusterV2(PrototypeMethod):
 
     @torch.no_grad()
     def assign(self, epoch: int) -> None:
-        """k-means on the bank for each head: centroids -> prototypes, assignments by dataset index."""
-        g = torch.Generator().manual_seed(epoch)
+        """Targets for every head, gathered by dataset index (-100 for samples in no bank)."""
         self.assignments = torch.full((len(self.heads), self.dataset_size), IGNORE, dtype=torch.long,
                                       device=self.bank.device)
         index = dist.gather(self.bank_index)
-        for h, head in enumerate(self.heads):
-            x = self.bank[h % len(self.bank)]
-            centroids, labels = spherical_kmeans(x, head.out_features, self.cfg.kmeans_iterations, g)
-            head.weight.copy_(centroids)
-            self._set_assignments(h, index, dist.gather(labels))
-
-    def _set_assignments(self, h: int, index: torch.Tensor, labels: torch.Tensor, count: bool = True) -> None:
         seen = index >= 0
-        self.assignments[h, index[seen]] = labels[seen]
-        if count:   # the gathered labels are global: count them once
-            self.usage[h].update(labels=labels[seen] if dist.is_main() else labels[:0])
+        g = torch.Generator().manual_seed(epoch)
+        for h in range(len(self.heads)):
+            labels, codes = self.head_labels(h, self.bank[h % len(self.bank)], g)
+            self.usage[h].update(codes=codes, labels=labels)      # local: the summary all-reduces
+            labels = dist.gather(labels)
+            self.assignments[h, index[seen]] = labels[seen]
+
+    def head_labels(self, h: int, bank: torch.Tensor, g: torch.Generator):
+        """k-means on the bank: the centroids become head h's prototypes; returns (local labels, None)."""
+        centroids, labels = spherical_kmeans(bank, self.heads[h].out_features, self.cfg.kmeans_iterations, g)
+        self.heads[h].weight.copy_(centroids)
+        return labels, None
 
     # ------------------------------------------------------------ training step
     def forward(self, batch):

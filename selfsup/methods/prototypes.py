@@ -68,28 +68,32 @@ class PrototypeUsage:
     """Per-epoch prototype usage of one head: counts of hard assignments, soft-code entropy."""
 
     def __init__(self, k: int, name: str):
-        self.k, self.name = k, name
+        self.k, self.name, self.device = k, name, torch.device("cpu")   # device: where collectives run
         self.reset()
 
     def reset(self) -> None:
-        self.counts = torch.zeros(self.k, dtype=torch.float64)
-        self.code_entropy_sum, self.samples = 0.0, 0
+        self.counts: torch.Tensor | None = None     # on the device of the codes: no host sync per step
+        self.code_entropy_sum: torch.Tensor | float = 0.0
+        self.samples = 0
 
     @torch.no_grad()
     def update(self, codes: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> None:
-        """``codes``: B x K soft codes (their argmax is counted), or ``labels``: hard assignments."""
+        """Count hard assignments: ``labels``, or else the argmax of ``codes`` (B x K soft codes,
+        whose entropy is also accumulated)."""
         if codes is not None:
             codes = codes.float()
-            labels = codes.argmax(dim=1)
-            self.code_entropy_sum += float(-(codes * torch.log(codes.clamp_min(1e-12))).sum(dim=1).sum())
-        labels = labels[labels >= 0]
-        self.counts += torch.bincount(labels.cpu(), minlength=self.k).double()
+            labels = codes.argmax(dim=1) if labels is None else labels
+            self.code_entropy_sum = self.code_entropy_sum - (codes * torch.log(codes.clamp_min(1e-12))).sum()
+        self.device = labels.device
+        counts = torch.bincount(labels, minlength=self.k).double()
+        self.counts = counts if self.counts is None else self.counts + counts
         self.samples += len(labels)
 
     def summary(self) -> dict[str, float]:
         """All-reduced statistics of the epoch (every process must call it); warns on collapse."""
-        totals = dist.all_reduce_sum(torch.cat([self.counts, torch.tensor([self.code_entropy_sum, self.samples],
-                                                                           dtype=torch.float64)]))
+        counts = self.counts.cpu() if self.counts is not None else torch.zeros(self.k, dtype=torch.float64)
+        totals = torch.cat([counts, torch.tensor([float(self.code_entropy_sum), self.samples], dtype=torch.float64)])
+        totals = dist.all_reduce_sum(totals.to(self.device)).cpu()
         counts, entropy_sum, n = totals[:-2], float(totals[-2]), float(totals[-1])
         self.reset()
         if n == 0:

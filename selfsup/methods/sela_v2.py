@@ -16,7 +16,6 @@ from typing import Optional
 
 import torch
 
-from selfsup import distributed as dist
 from selfsup.losses import sinkhorn
 from selfsup.methods.deepcluster_v2 import DeepClusterV2, DeepClusterV2Config
 from selfsup.methods.prototypes import normalize_rows_
@@ -36,18 +35,12 @@ class SeLaV2(DeepClusterV2):
     trainable_prototypes = True
 
     @torch.no_grad()
-    def assign(self, epoch: int) -> None:
-        cfg = self.cfg
-        self.assignments = torch.full((len(self.heads), self.dataset_size), -100, dtype=torch.long,
-                                      device=self.bank.device)
-        index = dist.gather(self.bank_index)
-        for h, head in enumerate(self.heads):
-            normalize_rows_(head.weight)
-            scores = self.bank[h % len(self.bank)] @ head.weight.T
-            codes = sinkhorn(scores, cfg.epsilon, cfg.sinkhorn_iterations, cfg.log_space)
-            labels = codes.argmax(dim=1)
-            self.usage[h].update(codes=codes)
-            self._set_assignments(h, index, dist.gather(labels), count=False)
+    def head_labels(self, h: int, bank: torch.Tensor, g: torch.Generator):
+        """Sinkhorn over the whole bank against head h's current prototypes, rounded to hard labels."""
+        cfg, head = self.cfg, self.heads[h]
+        normalize_rows_(head.weight)
+        codes = sinkhorn(bank @ head.weight.T, cfg.epsilon, cfg.sinkhorn_iterations, cfg.log_space)
+        return codes.argmax(dim=1), codes
 
     def on_after_backward(self, step: int) -> None:
         if step < self.cfg.freeze_prototypes_niters:

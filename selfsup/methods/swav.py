@@ -53,6 +53,7 @@ class SwAV(PrototypeMethod):
         super().__init__(backbone, cfg, image_size)
         self.prototypes = nn.Linear(cfg.proj_dim, cfg.nmb_prototypes, bias=False)
         self.queue: torch.Tensor | None = None      # (assignment crops, local length, proj_dim)
+        self.queue_full = False                     # once full, always full: spares a device sync per step
         self.usage = PrototypeUsage(cfg.nmb_prototypes, "")
 
     # the queue is per process and is not a buffer, so DDP does not broadcast it from rank 0
@@ -60,7 +61,7 @@ class SwAV(PrototypeMethod):
         return {"queue": self.queue}
 
     def set_extra_state(self, state):
-        self.queue = state["queue"]
+        self.queue, self.queue_full = state["queue"], False
 
     def on_epoch_start(self, epoch: int, loader) -> None:
         cfg = self.cfg
@@ -79,7 +80,8 @@ class SwAV(PrototypeMethod):
             for j, crop in enumerate(cfg.crops_for_assign):
                 s = scores[crop].detach()
                 if self.queue is not None:
-                    if bool((self.queue[j, -1] != 0).any()):          # used only once full
+                    if self.queue_full or bool((self.queue[j, -1] != 0).any()):   # used only once full
+                        self.queue_full = True
                         s = torch.cat([self.queue[j].to(s.dtype) @ self.prototypes.weight.T.to(s.dtype), s])
                     self.queue[j, b:] = self.queue[j, :-b].clone()
                     self.queue[j, :b] = z[crop * b:(crop + 1) * b].detach()
