@@ -1,7 +1,9 @@
-# Shared by the experiment scripts: `run NAME METHOD EPOCHS [pretrain args...]` pretrains into $OUT/NAME
-# (skipped when a finished run with the same epochs is there), then prints one markdown row with the
-# pretraining time and kNN / linear top-1 on the validation split. Needs OUT, SELFSUP, PYTHON, TR, VA, COMMON.
-run() {
+# Shared by the experiment scripts. Needs OUT, SELFSUP, PYTHON, TR, VA, COMMON.
+# `pretrain_once NAME METHOD EPOCHS [pretrain args...]` pretrains into $OUT/NAME (skipped when a finished run
+# with the same epochs is there) and records its wall-clock seconds in $OUT/NAME/seconds.
+# `run NAME METHOD EPOCHS [pretrain args...]` pretrains once, then prints one markdown row with the
+# pretraining time and kNN / linear top-1 on the validation split.
+pretrain_once() {
   local name=$1 method=$2 epochs=$3; shift 3
   if [ ! -f "$OUT/$name/last.pt" ] || [ "$epochs" != "$(grep -m1 '^epochs:' "$OUT/$name/config.yaml" | cut -d' ' -f2)" ]; then
     rm -rf "${OUT:?}/$name"
@@ -10,6 +12,11 @@ run() {
     $SELFSUP pretrain "$method" --data "$TR" $COMMON --epochs "$epochs" --out "$OUT/$name" "$@" >/dev/null
     echo $(( $(date +%s) - t0 )) > "$OUT/$name/seconds"
   fi
+}
+
+run() {
+  local name=$1
+  pretrain_once "$@"
   local knn lin
   knn=$($SELFSUP eval knn --checkpoint "$OUT/$name/last.pt" --train-data "$TR" --test-data "$VA" --json | tail -1)
   lin=$($SELFSUP eval linear --checkpoint "$OUT/$name/last.pt" --train-data "$TR" --test-data "$VA" --json | tail -1)

@@ -26,18 +26,57 @@ def _pretrain(args) -> int:
     return 0 if status == "done" else 130
 
 
+def _patch_size(value: str):
+    if value in ("auto", "multi"):
+        return None if value == "multi" else "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise SelfSupError(f"--patch-size {value!r}: give a side in pixels, auto or multi") from None
+
+
 def _eval(args) -> int:
     from selfsup.eval.run import evaluate
 
+    patches = None
+    if args.protocol == "patches":
+        patches = dict(num_patches=args.num_patches, patch_size=_patch_size(args.patch_size), aggregate=args.aggregate,
+                       window=args.window, stride=args.stride, chunk=args.chunk, seed=args.seed)
     result = evaluate(args.protocol, args.checkpoint, args.train_data, args.test_data, tap=args.tap, pool=args.pool,
                       image_size=args.image_size, device=args.device, batch_size=args.batch_size, k=args.k,
                       temperature=args.temperature, epochs=args.probe_epochs, lr=args.lr,
-                      cache=not args.no_cache, progress=not args.json)
+                      cache=not args.no_cache, progress=not args.json, patches=patches,
+                      probes=tuple(args.probe.split(",")))
     if args.json:
         print(json.dumps(result))
+    elif args.protocol == "patches":
+        how = (f"{result['num_patches']} patches of {result['patch_size'] or 'multi-scale'} px, mean"
+               if result["aggregate"] == "global" else f"local {result['window'] or 'half-side'} px windows")
+        for probe in args.probe.split(","):
+            print(f"{probe} on {how} ({result['feature_dim']} dims): top-1 {result[probe]['top1']:.4f}")
     else:
         top5 = f"  top-5 {result['top5']:.4f}" if "top5" in result else ""
         print(f"{args.protocol} on {result['tap']} ({result['feature_dim']} dims): top-1 {result['top1']:.4f}{top5}")
+    return 0
+
+
+def _cell(value: str) -> tuple[int, int]:
+    try:
+        row, col = (int(v) for v in value.split(","))
+    except ValueError:
+        raise SelfSupError(f"--query {value!r}: give the window's grid cell as ROW,COL, e.g. 2,2") from None
+    return row, col
+
+
+def _viz(args) -> int:
+    from selfsup.report.viz import visualise
+
+    print(visualise(args.kind, args.checkpoint, args.data, args.out, index=args.index,
+                    query=_cell(args.query) if args.query else None,
+                    patch_size=_patch_size(args.patch_size), stride=args.stride, k=args.k,
+                    patches_per_image=args.patches_per_image, max_images=args.max_images,
+                    counts=tuple(int(c) for c in args.counts.split(",")), image_size=args.image_size,
+                    device=args.device))
     return 0
 
 
@@ -73,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint's frozen backbone",
                        description="Evaluate the frozen backbone of a checkpoint on labelled data.")
-    p.add_argument("protocol", choices=["knn", "linear"], help="knn: weighted cosine kNN; linear: linear probe on cached features")
+    p.add_argument("protocol", choices=["knn", "linear", "patches"],
+                   help="knn: weighted cosine kNN; linear: linear probe on cached features; patches: kNN and linear "
+                        "probe on aggregated patch embeddings (BagSSL)")
     p.add_argument("--checkpoint", required=True, help="a .pt file from `selfsup pretrain` (or a torchvision ResNet state dict)")
     p.add_argument("--train-data", required=True, help="labelled dataset SPEC to fit on")
     p.add_argument("--test-data", required=True, help="labelled dataset SPEC to score")
@@ -88,7 +129,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+    g = p.add_argument_group("patches", "options of `selfsup eval patches`")
+    g.add_argument("--num-patches", type=int, default=16, help="patches averaged per image (global aggregation, default 16)")
+    g.add_argument("--patch-size", default="auto", help="patch side in image pixels, multi (RandomResizedCrop(0.08, 1)) "
+                                                        "or auto: the checkpoint's pretraining patch side (default)")
+    g.add_argument("--aggregate", default="global", choices=["global", "local"],
+                   help="global: mean of random patches; local: sliding window, AvgPool2d(3, 2) of the grid")
+    g.add_argument("--window", type=int, help="local window side (default half the image side)")
+    g.add_argument("--stride", type=int, help="local window stride (default window / 4)")
+    g.add_argument("--probe", default="knn,linear", help="probes to run on the aggregated features (default knn,linear)")
+    g.add_argument("--chunk", type=int, default=2048, help="patches embedded at once (bounds memory, default 2048)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the patch positions")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("viz", help="visualise what a backbone learned (BagSSL Fig. 3a, 4, 5)",
+                       description="heatmap: cosine similarity of a query patch to every patch of its image, in the "
+                                   "embedding and projection spaces; patch-knn: the nearest patches of a query patch "
+                                   "across a dataset; convergence: cos(mean of N patch embeddings, whole-image "
+                                   "embedding) against N.")
+    p.add_argument("kind", choices=["heatmap", "patch-knn", "convergence"])
+    p.add_argument("--checkpoint", required=True, help="a .pt file from `selfsup pretrain` (or a torchvision ResNet state dict)")
+    p.add_argument("--data", required=True, help="dataset SPEC")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--index", type=int, default=0, help="image of the query patch (heatmap, patch-knn)")
+    p.add_argument("--query", help="query window as ROW,COL in the grid of windows (default the centre)")
+    p.add_argument("--patch-size", default="auto", help="patch side in pixels (default: the pretraining side, else half the image)")
+    p.add_argument("--stride", type=int, help="window stride of the grid (default patch side / 4, at least 1)")
+    p.add_argument("--k", type=int, default=16, help="patch-knn: patches shown (default 16)")
+    p.add_argument("--patches-per-image", type=int, default=16, help="patch-knn: random patches searched per image")
+    p.add_argument("--max-images", type=int, help="images searched / averaged (default all; convergence 256)")
+    p.add_argument("--counts", default="1,2,4,8,16", help="convergence: numbers of patches averaged")
+    p.add_argument("--image-size", type=int, help="network input size (default: the pretraining size)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(func=_viz)
 
     p = sub.add_parser("demo", help="the whole pipeline on Fashion-MNIST in minutes on a CPU",
                        description="Pretrain a small convnet with SimCLR on Fashion-MNIST, evaluate it with kNN and a "

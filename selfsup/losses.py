@@ -140,3 +140,115 @@ def swav(scores: list[torch.Tensor], codes: dict[int, torch.Tensor], temperature
                 sub = sub - (q * F.log_softmax(s.float() / temperature, dim=1)).sum(dim=1).mean()
         total = total + sub / (len(scores) - 1)
     return total / len(codes)
+
+
+# ---------------------------------------------------------------- the joint-embedding family (BagSSL §3, METHODS.md 7.3)
+
+def byol(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL's regression loss (Grill et al. 2020, eq. 2): the mean over the batch of
+
+        2 - 2 cos(p_i, z_i),
+
+    with ``p`` the online prediction and ``z`` the target projection, treated as a
+    constant (no gradient reaches it). The method symmetrises over the two views.
+
+    >>> p, z = torch.randn(8, 256), torch.randn(8, 256)
+    >>> loss = byol(p, z)
+    """
+    return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=1)).mean()
+
+
+def vicreg(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
+           cov_weight: float = 1.0) -> torch.Tensor:
+    """VICReg (Bardes et al. 2022, eq. 1-6) as its official code computes it:
+
+        s(Z, Z')   = mean_i ||z_i - z'_i||^2 / d                     (invariance, eq. 5: MSE)
+        v(Z)       = 1/d sum_j max(0, 1 - sqrt(Var(z^j) + 1e-4))     (variance, eq. 1)
+        c(Z)       = 1/d sum_{i != j} C(Z)_ij^2,  C = Z_c^T Z_c / (B - 1)   (covariance, eq. 3-4)
+        loss       = lambda s + mu (v(Z) + v(Z')) / 2 + nu (c(Z) + c(Z'))  (eq. 6)
+
+    The invariance term is local; variance and covariance use the global batch
+    (gathered with gradients), as the official code does.
+
+    >>> z1, z2 = torch.randn(16, 64), torch.randn(16, 64)
+    >>> loss = vicreg(z1, z2)
+    """
+    invariance = F.mse_loss(z1, z2)
+    d = z1.shape[1]
+
+    def variance_covariance(z):
+        z = dist.gather_with_grad(z)
+        z = z - z.mean(dim=0)
+        std = torch.sqrt(z.var(dim=0) + 1e-4)
+        cov = z.T @ z / (z.shape[0] - 1)
+        off_diagonal = cov - torch.diag(torch.diagonal(cov))
+        return F.relu(1 - std).mean(), off_diagonal.pow(2).sum() / d
+
+    v1, c1 = variance_covariance(z1)
+    v2, c2 = variance_covariance(z2)
+    return sim_weight * invariance + var_weight * (v1 + v2) / 2 + cov_weight * (c1 + c2)
+
+
+def coding_rate(z: torch.Tensor, eps: float = 0.2) -> torch.Tensor:
+    """Coding rate of the L2-normalised rows of ``z`` (B x d), as NMCE's TotalCodingRate:
+
+        R(Z) = 1/2 logdet( I_d + d / (B eps) Z^T Z ),
+
+    ``eps`` used as-is (it plays the role of eps^2 in MCR^2). Over the global batch
+    (gathered with gradients), computed in float32.
+
+    >>> r = coding_rate(torch.randn(32, 16), eps=0.2)
+    """
+    z = dist.gather_with_grad(F.normalize(z.float(), dim=1))
+    b, d = z.shape
+    eye = torch.eye(d, device=z.device, dtype=z.dtype)
+    return 0.5 * torch.logdet(eye + d / (b * eps) * z.T @ z)
+
+
+def tcr(z1: torch.Tensor, z2: torch.Tensor, eps: float = 0.2, lam: float = 30.0) -> torch.Tensor:
+    """Total-coding-rate loss of BagSSL (METHODS.md 7.3, after NMCE):
+
+        L = -1/2 [R(Z1) + R(Z2)] + lam * ( -mean_i cos(z1_i, z2_i) ),
+
+    expanding the coding rate of each view's batch while pulling the two views of
+    an image together; ``lam`` = 30 on CIFAR, 1920 on ImageNet-100.
+
+    >>> loss = tcr(torch.randn(32, 16), torch.randn(32, 16))
+    """
+    similarity = F.cosine_similarity(z1, z2, dim=1).mean()
+    return -0.5 * (coding_rate(z1, eps) + coding_rate(z2, eps)) - lam * similarity
+
+
+def spectral_contrastive(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """Spectral contrastive loss (HaoChen et al. 2021; BagSSL Prop. 3.1 with lambda = 1), mini-batch form:
+
+        L = -1/B sum_i z1_i . z2_i  +  1/(B (B - 1)) sum_{i != j} (z1_i . z2_j)^2,
+
+    on the projections as given (not normalised). Under torch.distributed the
+    negatives z2_j come from the global batch (gathered with gradients) and each
+    process averages over its own anchors i.
+
+    >>> loss = spectral_contrastive(torch.randn(8, 32), torch.randn(8, 32))
+    """
+    b = z1.shape[0]
+    z2_all = dist.gather_with_grad(z2)
+    big_b = z2_all.shape[0]
+    positive = (z1 * z2).sum(dim=1).mean()
+    products = z1 @ z2_all.T                                               # b x B
+    own = torch.arange(b, device=z1.device) + dist.rank() * b
+    products = products.masked_fill(F.one_hot(own, big_b).bool(), 0.0)
+    return -positive + products.pow(2).sum() / (b * (big_b - 1))
+
+
+def moco(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """MoCo's InfoNCE (He et al. 2020, eq. 1): for each query q_i, the positive is its
+    key k_i (from the momentum encoder, no gradient) and the negatives are the K
+    queued keys; rows are L2-normalised here.
+
+        L = -mean_i log( exp(q_i.k_i / t) / (exp(q_i.k_i / t) + sum_n exp(q_i.queue_n / t)) )
+
+    >>> loss = moco(torch.randn(8, 128), torch.randn(8, 128), torch.randn(64, 128))
+    """
+    q, k, queue = F.normalize(q, dim=1), F.normalize(k.detach(), dim=1), F.normalize(queue.detach(), dim=1)
+    logits = torch.cat([(q * k).sum(dim=1, keepdim=True), q @ queue.T], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))

@@ -85,3 +85,38 @@ def test_real_process_exit_code_and_no_traceback():
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("selfsup: error:")
+
+
+def test_eval_patches_uses_the_pretraining_patch_side_and_viz_writes_figures(tmp_path, capsys):
+    code, out, err = pretrain(capsys, tmp_path / "run", "simclr.views=patch:8")
+    assert code == 0, err
+    ckpt = tmp_path / "run" / "last.pt"
+    code, out, err = run(capsys, "eval", "patches", "--checkpoint", ckpt, "--train-data", TINY,
+                         "--test-data", TINY + "&seed=1", "--num-patches", 3, "--probe-epochs", 5, "--json")
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["patch_size"] == 8 and result["num_patches"] == 3
+    assert 0 <= result["knn"]["top1"] <= 1 and 0 <= result["linear"]["top1"] <= 1
+    code, out, err = run(capsys, "eval", "patches", "--checkpoint", ckpt, "--train-data", TINY, "--test-data", TINY,
+                         "--aggregate", "local", "--window", 8, "--stride", 4, "--probe", "knn", "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["feature_dim"] == 192     # 3 x 3 grid of windows -> 1 x 1
+    for kind in ("heatmap", "patch-knn", "convergence"):
+        png = tmp_path / f"{kind}.png"
+        code, out, err = run(capsys, "viz", kind, "--checkpoint", ckpt, "--data", TINY, "--out", png, "--max-images", 8)
+        assert code == 0, err
+        assert png.stat().st_size > 1000 and "wrote" in out
+    code, out, err = run(capsys, "viz", "heatmap", "--checkpoint", ckpt, "--data", TINY, "--out", tmp_path / "x.png",
+                         "--query", "9,9")
+    assert code == 2 and "outside the" in err
+
+
+def test_eval_patches_on_a_torchvision_state_dict(tmp_path, capsys):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "tv.pt")
+    code, out, err = run(capsys, "eval", "patches", "--checkpoint", tmp_path / "tv.pt", "--train-data", TINY,
+                         "--test-data", TINY, "--num-patches", 2, "--probe", "knn", "--json")
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["patch_size"] is None and result["feature_dim"] == 512          # multi-scale crops

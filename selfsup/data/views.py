@@ -19,6 +19,10 @@ Recipes (each a list of ``ViewSpec``, one per view, parameterised by image size)
   crops at the image size, scale (0.14, 1), and 6 local crops at 96/224 of it, scale
   (0.05, 0.14), each with SimCLR's colour distortion and blur p=0.5;
   ``multicrop:2x160+4x96`` names the crop counts and sizes.
+- ``patch:14`` / ``patch:14x4``: BagSSL's fixed-scale patches (METHODS.md 7.1): square
+  patches of a fixed side (14 px of the source image) at uniformly random positions,
+  entirely inside the image, resized to the network input, with the BYOL colour
+  augmentation; two per image by default, ``x4`` for four.
 
 Blur sigmas are given in pixels of a 224 px view and scale with the view size.
 """
@@ -51,6 +55,8 @@ class ViewSpec:
     blur_prob: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_prob: float = 0.0
+    patch: int | None = None        # fixed patch side in source pixels at a random position, instead of the crop
+
 
 
 def simclr_views(size: int, n: int = 2) -> list[ViewSpec]:
@@ -65,6 +71,13 @@ def mocov2_views(size: int, n: int = 2) -> list[ViewSpec]:
 def byol_views(size: int) -> list[ViewSpec]:
     spec = ViewSpec(size, jitter=(0.4, 0.4, 0.2, 0.1))
     return [replace(spec, blur_prob=1.0), replace(spec, blur_prob=0.1, solarize_prob=0.2)]
+
+
+def patch_views(size: int, side: int, n: int = 2) -> list[ViewSpec]:
+    """BagSSL fixed-scale patches: n patches of ``side`` px resized to ``size``, BYOL colour
+    augmentation (views alternate the two BYOL blur/solarize settings)."""
+    a, b = (replace(spec, patch=side) for spec in byol_views(size))
+    return [a if i % 2 == 0 else b for i in range(n)]
 
 
 def parse_crops(crops: str) -> list[tuple[int, int]]:
@@ -93,14 +106,31 @@ def multicrop_views(size: int, crops: str = "", global_scale=(0.14, 1.0), local_
     return specs
 
 
-VIEW_RECIPES = {"simclr": simclr_views, "mocov2": mocov2_views, "byol": byol_views, "multicrop": multicrop_views}
+VIEW_RECIPES = {"simclr": simclr_views, "mocov2": mocov2_views, "byol": byol_views, "multicrop": multicrop_views,
+                "patch": patch_views}
+
+
+def parse_patch(arg: str) -> tuple[int, int]:
+    """"14" -> (14, 2) and "14x4" -> (14, 4): patch side and patches per image."""
+    side, _, n = arg.partition("x")
+    try:
+        side_n = int(side), int(n or 2)
+        if min(side_n) < 1:
+            raise ValueError
+    except ValueError:
+        raise SelfSupError(f"cannot parse patches {arg!r}: write SIDE or SIDExCOUNT, e.g. patch:14 or patch:14x4") from None
+    return side_n
 
 
 def view_recipe(name: str, size: int) -> list[ViewSpec]:
-    """A recipe by name; ``multicrop:2x160+4x96`` gives the crops of a multi-crop recipe."""
+    """A recipe by name; ``multicrop:2x160+4x96`` gives the crops of a multi-crop recipe,
+    ``patch:14x2`` the side and number of fixed-scale patches."""
     base, _, arg = name.partition(":")
-    if base not in VIEW_RECIPES or (arg and base != "multicrop"):
-        raise SelfSupError(f"unknown view recipe {name!r}: choose one of {', '.join(VIEW_RECIPES)} (or multicrop:2x224+6x96)")
+    if base not in VIEW_RECIPES or (arg and base not in ("multicrop", "patch")) or (base == "patch" and not arg):
+        raise SelfSupError(f"unknown view recipe {name!r}: choose one of simclr, mocov2, byol, multicrop, "
+                           "multicrop:2x224+6x96, patch:SIDE or patch:SIDExCOUNT")
+    if base == "patch":
+        return patch_views(size, *parse_patch(arg))
     return multicrop_views(size, arg) if arg else VIEW_RECIPES[base](size)
 
 
@@ -140,6 +170,16 @@ def crop_boxes(n: int, height: int, width: int, scale, ratio, g: torch.Generator
     x1 = torch.where(first >= 0, torch.floor(u[:, 0] * (width - w + 1)), torch.floor((width - w) / 2))
     y1 = torch.where(first >= 0, torch.floor(u[:, 1] * (height - h + 1)), torch.floor((height - h) / 2))
     return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
+
+
+def patch_boxes(n: int, height: int, width: int, side: int, g: torch.Generator, device) -> torch.Tensor:
+    """Boxes (x1, y1, x2, y2) of ``side`` x ``side`` patches at uniformly random integer
+    positions, entirely inside a height x width image (BagSSL fixed-scale sampling)."""
+    if side > min(height, width):
+        raise SelfSupError(f"patch side {side} exceeds the {height}x{width} images: use a smaller patch side")
+    x1 = torch.randint(0, width - side + 1, (n,), generator=g, device=device).float()
+    y1 = torch.randint(0, height - side + 1, (n,), generator=g, device=device).float()
+    return torch.stack([x1, y1, x1 + side, y1 + side], dim=1)
 
 
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, source: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,7 +274,10 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 def augment(x: torch.Tensor, spec: ViewSpec, g: torch.Generator) -> torch.Tensor:
     """One view of a float batch in [0, 1] (B x 3 x H x W); returns B x 3 x size x size in [0, 1]."""
-    boxes = crop_boxes(len(x), x.shape[2], x.shape[3], spec.scale, spec.ratio, g, x.device)
+    if spec.patch is not None:
+        boxes = patch_boxes(len(x), x.shape[2], x.shape[3], spec.patch, g, x.device)
+    else:
+        boxes = crop_boxes(len(x), x.shape[2], x.shape[3], spec.scale, spec.ratio, g, x.device)
     return photometric(resized_crop(x, boxes, spec.size), spec, g)
 
 

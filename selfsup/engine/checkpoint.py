@@ -65,6 +65,20 @@ def load_backbone(path: str | Path, ckpt: dict | None = None):
     return backbone.eval()
 
 
+def load_projector(ckpt: dict, backbone):
+    """The pretraining projector of a ``selfsup pretrain`` checkpoint (eval mode), or None when
+    the checkpoint has none (a torchvision state dict, or a method without a projector)."""
+    from selfsup.methods import build_method
+
+    config = ckpt.get("config") or {}
+    name = config.get("method")
+    if "model" not in ckpt or not name:
+        return None
+    method = build_method(name, backbone=backbone, image_size=config.get("image_size") or 224, **(config.get(name) or {}))
+    method.load_state_dict(ckpt["model"])
+    return method.projector.eval() if hasattr(method, "projector") else None
+
+
 def _guess_torchvision_resnet(state: dict, path) -> tuple[str, bool]:
     if not isinstance(state, dict) or "conv1.weight" not in state:
         raise SelfSupError(f"checkpoint {path} is neither a selfsup checkpoint nor a ResNet state dict: pass a file written by `selfsup pretrain`")

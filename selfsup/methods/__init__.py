@@ -5,13 +5,19 @@ from dataclasses import fields
 
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method, MethodConfig
+from selfsup.methods.byol import BYOL
 from selfsup.methods.deepcluster_v2 import DeepClusterV2
 from selfsup.methods.jigclu import JigClu
+from selfsup.methods.moco_v2 import MoCoV2
 from selfsup.methods.sela_v2 import SeLaV2
 from selfsup.methods.simclr import SimCLR
+from selfsup.methods.spectral_contrastive import SpectralContrastive
 from selfsup.methods.swav import SwAV
+from selfsup.methods.tcr import TCR
+from selfsup.methods.vicreg import VICReg
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, JigClu, SwAV, DeepClusterV2, SeLaV2)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, VICReg, TCR, SpectralContrastive, MoCoV2, JigClu,
+                                                   SwAV, DeepClusterV2, SeLaV2)}
 
 
 def get_method(name: str) -> type[Method]:

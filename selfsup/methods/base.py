@@ -75,3 +75,79 @@ def forward_views(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Tenso
         out.append(backbone(torch.cat(views[start:end])))
         start = end
     return torch.cat(out)
+
+
+def view_pairs(views: list[torch.Tensor]) -> list[tuple[int, int]]:
+    """The pairs of views a two-view loss is averaged over.
+
+    Views of one size (two views, or n fixed-scale patches): every pair i < j.
+    Multi-crop (sizes differ): the two global views together, and each global view
+    with every other view (SwAV §3.2)."""
+    n = len(views)
+    if all(v.shape[-2:] == views[0].shape[-2:] for v in views):
+        return [(i, j) for i in range(n) for j in range(i + 1, n)]
+    return [(0, 1)] + [(g, v) for g in (0, 1) for v in range(2, n)]
+
+
+def momentum_copy(module: nn.Module) -> nn.Module:
+    """A frozen copy of ``module`` (a BYOL target, a MoCo key encoder): no gradient reaches it."""
+    import copy
+
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * online, parameter by parameter."""
+    for t, o in zip(target.parameters(), online.parameters()):
+        t.lerp_(o.detach(), 1 - momentum)
+
+
+def cosine_momentum(base: float, step: int, total_steps: int) -> float:
+    """BYOL's schedule (Grill et al. 2020, §3.2): tau = 1 - (1 - base) (cos(pi k / K) + 1) / 2."""
+    import math
+
+    return 1 - (1 - base) * (math.cos(math.pi * step / max(1, total_steps)) + 1) / 2
+
+
+@dataclass
+class JointEmbeddingConfig(MethodConfig):
+    """Fields shared by the two-view joint-embedding methods (projector and views)."""
+
+    proj_hidden_dim: int = 2048
+    proj_dim: int = 128
+    proj_layers: int = 2               # Linear layers of the projector (BN + ReLU between)
+    proj_last_bias: bool = True
+    views: str = "simclr"              # view recipe, e.g. byol, multicrop:2x32+4x16, patch:14 (BagSSL)
+
+
+class JointEmbeddingMethod(Method):
+    """Backbone f and projector g on every view; a loss on the projections of each
+    pair of views of an image (``view_pairs``), averaged over the pairs.
+    Subclasses define ``pair_loss(z_a, z_b)``."""
+
+    Config = JointEmbeddingConfig
+
+    def __init__(self, backbone, cfg, image_size: int):
+        super().__init__(backbone, cfg, image_size)
+        from selfsup.models import projection_mlp
+
+        self.projector = projection_mlp(backbone.out_dim, cfg.proj_hidden_dim, cfg.proj_dim,
+                                        num_layers=cfg.proj_layers, last_bias=cfg.proj_last_bias)
+
+    def view_maker(self):
+        from selfsup.data.views import ViewMaker, view_recipe
+
+        return ViewMaker(view_recipe(self.cfg.views, self.image_size))
+
+    def pair_loss(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch):
+        # views of one size in one backbone pass: batch norm sees all of them, as in the originals
+        z = self.projector(forward_views(self.backbone, batch.views)).chunk(len(batch.views))
+        pairs = view_pairs(batch.views)
+        return {"loss": sum(self.pair_loss(z[a], z[b]) for a, b in pairs) / len(pairs)}

@@ -1,0 +1,117 @@
+"""PNG figures of what a backbone learned (BagSSL Fig. 3a, 4 and 5), for `selfsup viz`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from selfsup.data.datasets import load_dataset
+from selfsup.engine.checkpoint import load_backbone, load_checkpoint, load_projector
+from selfsup.errors import SelfSupError
+from selfsup.eval.patches import nearest_patches, patch_convergence, similarity_map
+from selfsup.eval.run import pretraining_patch_size
+from selfsup.report.plots import _plt
+
+
+def _show(ax, image: torch.Tensor, title: str = "") -> None:
+    """C x H x W uint8 (or float in [0, 1]) on a matplotlib axis."""
+    x = image.float() / (255 if image.dtype == torch.uint8 else 1)
+    ax.imshow(x.permute(1, 2, 0).squeeze(-1).clamp(0, 1).numpy(), cmap="gray" if x.shape[0] == 1 else None)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def _box(ax, box, color="red") -> None:
+    import matplotlib.patches as mpatches
+
+    x1, y1, x2, y2 = (float(v) for v in box)
+    ax.add_patch(mpatches.Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, color=color, linewidth=2))
+
+
+def heatmap_png(image: torch.Tensor, result: dict, png: str | Path) -> None:
+    """The image with its query patch, and one similarity map per space."""
+    plt = _plt()
+    maps = result["maps"]
+    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(3.2 * (1 + len(maps)), 3.2))
+    _show(axes[0], image, "query patch")
+    _box(axes[0], result["query_box"])
+    for ax, (space, m) in zip(axes[1:], maps.items()):
+        im = ax.imshow(m.numpy(), cmap="viridis", vmin=float(m.min()), vmax=1.0)   # contrast within the image
+        ax.set_title(f"cosine similarity, {space}", fontsize=8)
+        ax.axis("off")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def patch_knn_png(dataset, query_image: int, query_box, neighbours, png: str | Path) -> None:
+    """The query patch, then its nearest patches (nearest first) with their similarity."""
+    plt = _plt()
+    cols = 6
+    rows = (len(neighbours) + 1 + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    crop = lambda i, b: torch.from_numpy(np.array(dataset.images[i]))[:, int(b[1]):int(b[3]), int(b[0]):int(b[2])]  # noqa: E731
+    _show(axes[0][0], crop(query_image, query_box), f"query (image {query_image})")
+    for n, (i, b, sim) in enumerate(neighbours, start=1):
+        _show(axes[n // cols][n % cols], crop(i, b), f"{sim:.2f} (image {i})")
+    for n in range(len(neighbours) + 1, rows * cols):
+        axes[n // cols][n % cols].axis("off")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def convergence_png(result: dict, png: str | Path, title: str) -> None:
+    """cos(mean of N patch embeddings, whole-image embedding) against N, with "all" as a line."""
+    plt = _plt()
+    counts = [k for k in result if k.isdigit()]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([int(c) for c in counts], [result[c] for c in counts], marker="o", label="N random patches")
+    ax.axhline(result["all"], color="gray", linestyle="--", label=f"all {result['all_patches']} patches")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("patches averaged (N)")
+    ax.set_ylabel("cosine similarity to the whole image")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def visualise(kind: str, checkpoint: str, data: str, out: str | Path, index: int = 0, query=None, patch_size="auto",
+              stride: int | None = None, k: int = 16, patches_per_image: int = 16, max_images: int | None = None,
+              counts=(1, 2, 4, 8, 16), image_size: int | None = None, device: str = "cpu") -> str:
+    """Write the ``kind`` figure ("heatmap", "patch-knn" or "convergence") to ``out``; returns a summary line."""
+    ckpt = load_checkpoint(checkpoint)
+    backbone = load_backbone(checkpoint, ckpt)
+    dataset = load_dataset(data)
+    if not 0 <= index < len(dataset):
+        raise SelfSupError(f"--index {index} is outside the dataset of {len(dataset)} images")
+    if patch_size == "auto":
+        patch_size = pretraining_patch_size(ckpt)
+    side = patch_size or min(dataset.images.shape[2:4]) // 2
+    stride = stride or max(1, side // 4)
+    input_size = image_size or (ckpt.get("config") or {}).get("image_size")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if kind == "heatmap":
+        image = torch.from_numpy(np.array(dataset.images[index]))
+        result = similarity_map(backbone, image, side, stride, query, input_size, head=load_projector(ckpt, backbone))
+        heatmap_png(image, result, out)
+        return f"wrote {out}: {result['grid'][0]} x {result['grid'][1]} windows of {side} px, spaces {', '.join(result['maps'])}"
+    if kind == "patch-knn":
+        image = torch.from_numpy(np.array(dataset.images[index]))
+        query_box = similarity_map(backbone, image, side, stride, query, input_size)["query_box"]
+        found = nearest_patches(backbone, dataset, index, query_box, k, patches_per_image, side, max_images,
+                                input_size, device=device)
+        patch_knn_png(dataset, index, query_box, found, out)
+        return f"wrote {out}: {len(found)} nearest patches, similarity {found[0][2]:.3f} to {found[-1][2]:.3f}"
+    if kind == "convergence":
+        result = patch_convergence(backbone, dataset, counts, patch_size, stride, input_size, max_images or 256,
+                                   device=device)
+        convergence_png(result, out, f"{Path(checkpoint).parent.name}: patches of {patch_size or 'multi-scale'} px")
+        values = ", ".join(f"{n}: {result[n]:.3f}" for n in [*map(str, counts), "all"])
+        return f"wrote {out}: cosine to the whole image by patches averaged: {values}"
+    raise SelfSupError(f"unknown figure {kind!r}: use heatmap, patch-knn or convergence")
