@@ -170,10 +170,11 @@ def test_byol_target_is_a_moving_average_without_gradient():
     loss.backward()
     opt.step()
     assert all(p.grad is None and not p.requires_grad for p in m.target.parameters())
-    m.on_step_end(0, 10)
+    m.on_step_end(3, 10)
+    tau = 1 - 0.1 * (math.cos(3 * math.pi / 10) + 1) / 2                   # cosine from 0.9 towards 1
+    assert m.momentum == pytest.approx(tau)
     for t, b, o in zip(m.target.parameters(), before, online):
-        assert torch.allclose(t, 0.9 * b + 0.1 * o.detach(), atol=1e-6)
-    assert m.momentum == pytest.approx(1 - 0.1 * (math.cos(math.pi / 10) + 1) / 2)   # cosine towards 1
+        assert torch.allclose(t, tau * b + (1 - tau) * o.detach(), atol=1e-6)
 
 
 def test_moco_queue_holds_the_latest_keys_and_wraps():
@@ -287,3 +288,37 @@ def test_convergence_all_patches_is_the_grid_mean():
     boxes, _ = grid_boxes(16, 16, 8, 4)
     assert result["all_patches"] == len(boxes) == 9
     assert all(-1 <= result[k] <= 1 for k in ("1", "4", "all"))
+
+
+@pytest.mark.parametrize("method,extra", [("byol", {}), ("moco_v2", {"moco_v2.queue_size": 40})])
+def test_interrupted_run_resumes_exactly_with_target_and_queue(tmp_path, method, extra):
+    import os
+    import signal
+
+    from conftest import tiny_overrides
+    from selfsup.config import resolve_config
+    from selfsup.engine.checkpoint import load_checkpoint
+    from selfsup.engine.trainer import Trainer
+    from selfsup.methods import get_method
+
+    def cfg(out):
+        return resolve_config(get_method(method), overrides=tiny_overrides(out, method=method, **{"optim.name": "sgd", **extra}))
+
+    Trainer(cfg(tmp_path / "straight")).fit()
+
+    def kill(trainer):
+        if trainer.epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    assert Trainer(cfg(tmp_path / "cut")).fit(on_epoch_end=kill) == "interrupted"
+    resumed = cfg(tmp_path / "cut")
+    resumed.resume = True
+    assert Trainer(resumed).fit() == "done"
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
+    assert any(k.startswith(("target.", "key_encoder.")) for k in a)
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
+    if method == "moco_v2":
+        assert torch.equal(a["_extra_state"]["queue"], b["_extra_state"]["queue"])

@@ -31,6 +31,20 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SELFSUP_CACHE", Path.home() / ".cache" / "selfsup"))
 
 
+def feature_cache(cache_key: str | None, what: str, cache_dir: str | Path | None = None):
+    """The cache file of the features ``what`` describes (dataset, tap, ...) for ``cache_key``
+    (a checkpoint's hash), and the cached (features, labels) when present; (None, None)
+    without a key."""
+    if cache_key is None:
+        return None, None
+    name = hashlib.sha1(f"{cache_key}|{what}".encode()).hexdigest()[:20]
+    path = Path(cache_dir or default_cache_dir()) / "features" / f"{name}.pt"
+    if not path.exists():
+        return path, None
+    cached = torch.load(path, map_location="cpu")
+    return path, (cached["features"], cached["labels"])
+
+
 @torch.no_grad()
 def extract_features(backbone, dataset, tap: str | None = None, pool: str = "avg", image_size: int | None = None,
                      batch_size: int = 256, device: str | torch.device = "cpu", cache_key: str | None = None,
@@ -44,13 +58,9 @@ def extract_features(backbone, dataset, tap: str | None = None, pool: str = "avg
     pooling and size come again.
     """
     tap = backbone.check_taps([tap])[0] if tap else backbone.taps[-1]
-    cache_file = None
-    if cache_key is not None:
-        key = hashlib.sha1(f"{cache_key}|{dataset.fingerprint}|{tap}|{pool}|{image_size}".encode()).hexdigest()[:20]
-        cache_file = Path(cache_dir or default_cache_dir()) / "features" / f"{key}.pt"
-        if cache_file.exists():
-            cached = torch.load(cache_file, map_location="cpu")
-            return cached["features"], cached["labels"]
+    cache_file, cached = feature_cache(cache_key, f"{dataset.fingerprint}|{tap}|{pool}|{image_size}", cache_dir)
+    if cached is not None:
+        return cached
     device = torch.device(device)
     was_training = backbone.training
     backbone.eval().to(device, memory_format=torch.channels_last)     # about 1.6x faster convolutions on CPU

@@ -19,7 +19,6 @@ patches of a query across a dataset (Fig. 5).
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from selfsup.data.views import EvalTransform, crop_boxes, normalize, patch_boxes, resized_crop, to_float
 from selfsup.engine.checkpoint import save_atomic
 from selfsup.errors import SelfSupError
-from selfsup.eval.features import default_cache_dir
+from selfsup.eval.features import feature_cache
 
 MULTI_SCALE = (0.08, 1.0)
 IMAGES_PER_STEP = 64
@@ -120,13 +119,10 @@ def aggregated_features(backbone, dataset, num_patches: int = 16, patch_size: in
     input_size = input_size or height
     window = window or min(height, width) // 2
     stride = stride or max(1, window // 4)
-    cache_file = None
-    if cache_key is not None:
-        what = f"{cache_key}|{dataset.fingerprint}|{tap}|{aggregate}|{num_patches}|{patch_size}|{window}|{stride}|{input_size}|{seed}"
-        cache_file = Path(cache_dir or default_cache_dir()) / "features" / f"patches-{hashlib.sha1(what.encode()).hexdigest()[:20]}.pt"
-        if cache_file.exists():
-            cached = torch.load(cache_file, map_location="cpu")
-            return cached["features"], cached["labels"]
+    cache_file, cached = feature_cache(cache_key, f"patches|{dataset.fingerprint}|{tap}|{aggregate}|{num_patches}|"
+                                                  f"{patch_size}|{window}|{stride}|{input_size}|{seed}", cache_dir)
+    if cached is not None:
+        return cached
     device = torch.device(device)
     was_training = backbone.training
     backbone.eval().to(device, memory_format=torch.channels_last)

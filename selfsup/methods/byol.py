@@ -42,7 +42,7 @@ class BYOL(Method):
         self.projector = projection_mlp(backbone.out_dim, cfg.proj_hidden_dim, cfg.proj_dim)
         self.predictor = projection_mlp(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim)
         self.target = momentum_copy(nn.ModuleDict({"backbone": backbone, "projector": self.projector}))
-        self.momentum = cfg.base_momentum
+        self.momentum = cfg.base_momentum           # of the last update, for the log
 
     def view_maker(self):
         return ViewMaker(view_recipe(self.cfg.views, self.image_size))
@@ -57,6 +57,7 @@ class BYOL(Method):
         return {"loss": loss, "momentum": torch.tensor(self.momentum)}
 
     def on_step_end(self, step: int, total_steps: int) -> None:
+        # tau is a function of the step alone, so a resumed run continues the schedule exactly
+        self.momentum = cosine_momentum(self.cfg.base_momentum, step, total_steps)
         ema_update_(self.target["backbone"], self.backbone, self.momentum)
         ema_update_(self.target["projector"], self.projector, self.momentum)
-        self.momentum = cosine_momentum(self.cfg.base_momentum, step + 1, total_steps)
