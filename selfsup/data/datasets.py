@@ -81,7 +81,8 @@ class ImageArrayDataset:
         return ImageArrayDataset(images, self.labels[indices], self.classes, f"{self.fingerprint}-{tag}")
 
 
-def _cache_root(cache_dir) -> Path:
+def cache_root(cache_dir=None) -> Path:
+    """Where selfsup caches decoded images, features and permutation sets: SELFSUP_CACHE or ~/.cache/selfsup."""
     return Path(cache_dir or os.environ.get("SELFSUP_CACHE", Path.home() / ".cache" / "selfsup"))
 
 
@@ -158,9 +159,9 @@ def load_dataset(spec: str, cache_dir: str | Path | None = None) -> ImageArrayDa
         elif fmt in ("mnist", "fashion-mnist"):
             data = read_idx(path, split or "train", fashion=fmt == "fashion-mnist" or "fashion" in str(path).lower())
         elif fmt == "imagefolder":
-            data = read_imagefolder(path, split, _number(options, "size"), _cache_root(cache_dir))
+            data = read_imagefolder(path, split, _number(options, "size"), cache_root(cache_dir))
         else:
-            data = read_filelist(path, _number(options, "size"), _cache_root(cache_dir))
+            data = read_filelist(path, _number(options, "size"), cache_root(cache_dir))
     return _apply_subsets(data, options)
 
 

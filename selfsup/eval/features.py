@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from selfsup.data.datasets import cache_root
 from selfsup.data.views import EvalTransform
 from selfsup.engine.checkpoint import save_atomic
 from selfsup.errors import SelfSupError
@@ -28,7 +28,7 @@ def pool_features(fmap: torch.Tensor, pool: str = "avg", target_dims: int = 9216
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("SELFSUP_CACHE", Path.home() / ".cache" / "selfsup"))
+    return cache_root()
 
 
 def feature_cache(cache_key: str | None, what: str, cache_dir: str | Path | None = None):
