@@ -6,9 +6,9 @@ from selfsup.data.datasets import load_dataset
 from selfsup.engine.checkpoint import load_backbone, load_checkpoint
 from selfsup.errors import SelfSupError
 from selfsup.eval.features import extract_features, file_hash
-from selfsup.eval.patches import aggregated_features
 from selfsup.eval.knn import knn_scores, topk_accuracy
 from selfsup.eval.linear import linear_probe
+from selfsup.eval.patches import aggregated_features
 
 
 def labelled(dataset, spec: str):

@@ -19,6 +19,8 @@ size, ...) its paper recommends, which the user's config overrides.
 """
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -26,7 +28,8 @@ import torch
 from torch import nn
 
 from selfsup.data.loader import Batch
-from selfsup.models import Backbone
+from selfsup.data.views import ViewMaker, view_recipe
+from selfsup.models import Backbone, projection_mlp
 
 
 @dataclass
@@ -91,8 +94,6 @@ def view_pairs(views: list[torch.Tensor]) -> list[tuple[int, int]]:
 
 def momentum_copy(module: nn.Module) -> nn.Module:
     """A frozen copy of ``module`` (a BYOL target, a MoCo key encoder): no gradient reaches it."""
-    import copy
-
     target = copy.deepcopy(module)
     for p in target.parameters():
         p.requires_grad_(False)
@@ -108,8 +109,6 @@ def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
 
 def cosine_momentum(base: float, step: int, total_steps: int) -> float:
     """BYOL's schedule (Grill et al. 2020, §3.2): tau = 1 - (1 - base) (cos(pi k / K) + 1) / 2."""
-    import math
-
     return 1 - (1 - base) * (math.cos(math.pi * step / max(1, total_steps)) + 1) / 2
 
 
@@ -133,14 +132,10 @@ class JointEmbeddingMethod(Method):
 
     def __init__(self, backbone, cfg, image_size: int):
         super().__init__(backbone, cfg, image_size)
-        from selfsup.models import projection_mlp
-
         self.projector = projection_mlp(backbone.out_dim, cfg.proj_hidden_dim, cfg.proj_dim,
                                         num_layers=cfg.proj_layers, last_bias=cfg.proj_last_bias)
 
     def view_maker(self):
-        from selfsup.data.views import ViewMaker, view_recipe
-
         return ViewMaker(view_recipe(self.cfg.views, self.image_size))
 
     def pair_loss(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
