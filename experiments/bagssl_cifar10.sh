@@ -6,7 +6,7 @@
 # kNN (k=20, T=0.07) and linear probe, fitted on EVAL_FRACTION of the 45,000 training images (patch
 # features of all 45,000 cost 16 x 45,000 forward passes per model), scored on the 5,000-image
 # validation split (500 per class). Convnet, projector 1024 -> 128 (the paper: ResNet-34, 4096 -> 128).
-#   bash experiments/bagssl_cifar10.sh [OUT_DIR]      (EPOCHS=2, EVAL_FRACTION=0.1: about 35 minutes on 2 CPU cores)
+#   bash experiments/bagssl_cifar10.sh [OUT_DIR]      (EPOCHS=2, EVAL_FRACTION=0.1: about 20 minutes on 2 CPU cores)
 set -euo pipefail
 OUT=${1:-runs/bagssl_cifar10}
 SELFSUP=${SELFSUP:-selfsup}
