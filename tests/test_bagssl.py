@@ -86,7 +86,7 @@ def _z(b=12, d=6, seed=0):
 
 def test_vicreg_equals_its_equations():
     z1, z2 = _z()
-    assert vicreg(z1, z2).item() == pytest.approx(vicreg_slow(z1, z2, 25, 25, 1), abs=1e-4)
+    assert vicreg(z1, z2).item() == pytest.approx(vicreg_slow(z1, z2, 25, 25, 1), abs=1e-5)
     assert vicreg(z1 * 0.1, z2, 2.0, 3.0, 0.5).item() == pytest.approx(vicreg_slow(z1 * 0.1, z2, 2.0, 3.0, 0.5), abs=1e-5)
 
 
@@ -104,7 +104,7 @@ def test_byol_equals_its_equation_and_stops_the_target_gradient():
 def test_coding_rate_and_tcr_equal_their_equations(eps, lam):
     z1, z2 = _z(b=10, d=5)
     assert coding_rate(z1, eps).item() == pytest.approx(coding_rate_slow(z1, eps), abs=1e-5)
-    assert tcr(z1, z2, eps, lam).item() == pytest.approx(tcr_slow(z1, z2, eps, lam), abs=1e-4)
+    assert tcr(z1, z2, eps, lam).item() == pytest.approx(tcr_slow(z1, z2, eps, lam), abs=1e-5)
     # a collapsed batch has the smallest coding rate, spread-out rows a larger one
     assert coding_rate(z1[:1].repeat(10, 1), eps) < coding_rate(z1, eps)
 
