@@ -9,17 +9,11 @@
 #   bash experiments/bagssl_cifar10.sh [OUT_DIR]      (EPOCHS=2, EVAL_FRACTION=0.1: about 20 minutes on 2 CPU cores)
 set -euo pipefail
 OUT=${1:-runs/bagssl_cifar10}
-SELFSUP=${SELFSUP:-selfsup}
-PYTHON=${PYTHON:-python3}
-T=${DATA:-../shared/data/cifar10-train-jpg.tar}
-TR="$T?val_per_class=500&part=train"
-VA="$T?val_per_class=500&part=val"
+source "$(dirname "$0")/lib.sh"      # SELFSUP, PYTHON, the CIFAR-10 tar (DATA) and its TR / VA splits
 EVAL_TR="$TR&fraction=${EVAL_FRACTION:-0.1}"
 EPOCHS=${EPOCHS:-2}
 COMMON="--backbone convnet --batch-size 256 cifar_stem=false progress=false log_every=50 optim.name=lars optim.lr=0.3 \
 optim.scale_lr=false optim.weight_decay=1e-4 optim.warmup_epochs=1"
-
-source "$(dirname "$0")/lib.sh"
 
 row() {  # NAME: central, 1-patch and 16-patch kNN / linear top-1
   local name=$1 ck="$OUT/$1/last.pt" knn lin p1 p16

@@ -7,16 +7,10 @@
 # SimCLR forwards two views per image, JigClu one montage per image.
 set -euo pipefail
 OUT=${1:-runs/jigclu_cifar10}
-SELFSUP=${SELFSUP:-selfsup}
-PYTHON=${PYTHON:-python3}
-T=${DATA:-../shared/data/cifar10-train-jpg.tar}
-TR="$T?val_per_class=500&part=train"
-VA="$T?val_per_class=500&part=val"
+source "$(dirname "$0")/lib.sh"      # SELFSUP, PYTHON, the CIFAR-10 tar (DATA) and its TR / VA splits
 JIG_EPOCHS=${JIG_EPOCHS:-8}
 SIM_EPOCHS=${SIM_EPOCHS:-4}
 COMMON="--backbone convnet --batch-size 256 progress=false log_every=50"
-
-source "$(dirname "$0")/lib.sh"
 
 echo "| run | pretraining time | kNN top-1 | linear top-1 |"
 echo "|---|---|---|---|"

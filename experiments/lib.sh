@@ -1,4 +1,11 @@
-# Shared by the experiment scripts. Needs OUT, SELFSUP, PYTHON, TR, VA, COMMON.
+# Shared by the experiment scripts (sourced after OUT is set; the functions also need COMMON).
+# The command and the data: the shared CIFAR-10 tar (or DATA), split into 45,000 training images (TR)
+# and a 500-per-class validation set (VA).
+SELFSUP=${SELFSUP:-selfsup}
+PYTHON=${PYTHON:-python3}
+T=${DATA:-../shared/data/cifar10-train-jpg.tar}
+TR="$T?val_per_class=500&part=train"
+VA="$T?val_per_class=500&part=val"
 # `pretrain_once NAME METHOD EPOCHS [pretrain args...]` pretrains into $OUT/NAME (skipped when a finished run
 # with the same epochs is there) and records its wall-clock seconds in $OUT/NAME/seconds.
 # `run NAME METHOD EPOCHS [pretrain args...]` pretrains once, then prints one markdown row with the

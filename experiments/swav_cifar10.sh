@@ -3,19 +3,13 @@
 # same multi-crop views, 2 x 32 + 4 x 16, convnet, batch 256), against random weights: kNN (k=20, T=0.07)
 # and linear probe on a 500-per-class validation split, plus the per-epoch prototype-usage curves.
 # Each method's CIFAR config (configs/*_cifar10.yaml) with the convnet backbone.
-#   bash experiments/swav_cifar10.sh [OUT_DIR]      (EPOCHS=2: about 15 minutes on 2 CPU cores)
+#   bash experiments/swav_cifar10.sh [OUT_DIR]      (default EPOCHS=4; EPOCHS=2: about 15 minutes on 2 CPU cores)
 set -euo pipefail
 OUT=${1:-runs/swav_cifar10}
-SELFSUP=${SELFSUP:-selfsup}
-PYTHON=${PYTHON:-python3}
-T=${DATA:-../shared/data/cifar10-train-jpg.tar}
-TR="$T?val_per_class=500&part=train"
-VA="$T?val_per_class=500&part=val"
+source "$(dirname "$0")/lib.sh"      # SELFSUP, PYTHON, the CIFAR-10 tar (DATA) and its TR / VA splits
 EPOCHS=${EPOCHS:-4}
 FREEZE=${FREEZE:-50}   # prototypes frozen for the first FREEZE iterations (the configs' one epoch is most of a CPU budget)
 COMMON="--backbone convnet --batch-size 256 cifar_stem=false progress=false log_every=50"
-
-source "$(dirname "$0")/lib.sh"
 
 echo "| run | pretraining time | kNN top-1 | linear top-1 |"
 echo "|---|---|---|---|"

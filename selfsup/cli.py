@@ -27,8 +27,11 @@ def _pretrain(args) -> int:
 
 
 def _patch_size(value: str):
-    if value in ("auto", "multi"):
-        return None if value == "multi" else "auto"
+    """--patch-size: "auto" (the checkpoint's), "multi" (None: multi-scale crops) or a side in pixels."""
+    if value == "auto":
+        return value
+    if value == "multi":
+        return None
     try:
         return int(value)
     except ValueError:

@@ -196,7 +196,7 @@ def test_every_method_trains_on_fixed_scale_patches(name):
     assert [tuple(v.shape) for v in batch.views] == [(8, 3, 16, 16)] * 2
     loss = m(batch)["loss"]
     loss.backward()
-    assert torch.isfinite(loss) and m.backbone.taps and any(p.grad is not None for p in m.backbone.parameters())
+    assert torch.isfinite(loss) and any(p.grad is not None for p in m.backbone.parameters())
 
 
 # ---------------------------------------------------------------- fixed-scale patches
@@ -282,12 +282,22 @@ def test_local_aggregation_has_the_documented_size():
         aggregated_features(bb, data, aggregate="local", window=16, stride=16)
 
 
-def test_convergence_all_patches_is_the_grid_mean():
+def test_convergence_compares_patch_means_with_the_whole_image():
     data, bb = _Data(n=4), _backbone()
+    # patches as large as the image are the whole image: cosine 1 for every N and for "all"
+    whole = patch_convergence(bb, data, counts=(1, 3), patch_size=16, stride=4)
+    assert whole["all_patches"] == 1 and all(whole[k] == pytest.approx(1, abs=1e-5) for k in ("1", "3", "all"))
+    # small patches: below 1, and "all" is the mean over the 3 x 3 grid of windows
     result = patch_convergence(bb, data, counts=(1, 4), patch_size=8, stride=4)
     boxes, _ = grid_boxes(16, 16, 8, 4)
     assert result["all_patches"] == len(boxes) == 9
-    assert all(-1 <= result[k] <= 1 for k in ("1", "4", "all"))
+    x = torch.from_numpy(data.images).float() / 255
+    source = torch.arange(4).repeat_interleave(9)
+    with torch.no_grad():
+        mean = embed_boxes(bb, x, boxes.repeat(4, 1), source, 16, bb.taps[-1], mean_per_image=True)
+        full = embed_boxes(bb, x, torch.tensor([[0.0, 0, 16, 16]]).repeat(4, 1), torch.arange(4), 16, bb.taps[-1])
+    assert result["all"] == pytest.approx(float(F.cosine_similarity(mean, full).mean()), abs=1e-5)
+    assert all(-1 <= result[k] < 0.9999 for k in ("1", "4", "all"))
 
 
 @pytest.mark.parametrize("method,extra", [("byol", {}), ("moco_v2", {"moco_v2.queue_size": 40})])

@@ -13,9 +13,10 @@ backbone alone (any backbone: the tap's output, globally average-pooled):
   windows at stride 4 -> 5 x 5 grid -> 2 x 2 -> 4 D).
 
 Patches are embedded in chunks of at most ``chunk`` patches and their embeddings
-summed per image as they come, so memory stays bounded whatever N is. The same module gives the convergence study (Fig. 3a),
-the similarity map of a query patch against its image (Fig. 4) and the nearest
-patches of a query across a dataset (Fig. 5).
+summed per image as they come, so memory stays bounded whatever N is. The same
+module gives the convergence study (Fig. 3a), the similarity map of a query patch
+against its image (Fig. 4) and the nearest patches of a query across a dataset
+(Fig. 5).
 """
 from __future__ import annotations
 
@@ -57,11 +58,10 @@ def grid_boxes(height: int, width: int, side: int, stride: int, device="cpu") ->
 
 
 def embed_boxes(backbone, x: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor, input_size: int,
-                tap: str, chunk: int = 2048, head=None, mean_per_image: bool = False) -> torch.Tensor:
+                tap: str, chunk: int = 2048, mean_per_image: bool = False) -> torch.Tensor:
     """Embeddings (len(boxes) x D) of the patches ``boxes`` of images ``x[source]`` (float in
     [0, 1]), each resized to ``input_size``, normalised and embedded; at most ``chunk``
-    patches go through the backbone at once. ``head`` (e.g. a projector) maps the pooled
-    embedding further. With ``mean_per_image`` the result is the mean embedding of each
+    patches go through the backbone at once. With ``mean_per_image`` the result is the mean embedding of each
     image's patches (len(x) x D), accumulated chunk by chunk, so memory stays bounded."""
     out, sums = [], None
     for start in range(0, len(boxes), chunk):
@@ -69,7 +69,6 @@ def embed_boxes(backbone, x: torch.Tensor, boxes: torch.Tensor, source: torch.Te
         patches = normalize(resized_crop(x, boxes[start:start + chunk], input_size, src))
         patches = patches.contiguous(memory_format=torch.channels_last)
         h = torch.flatten(F.adaptive_avg_pool2d(backbone.forward_taps(patches, (tap,))[tap].float(), 1), 1)
-        h = head(h).float() if head is not None else h
         if mean_per_image:
             sums = h.new_zeros(len(x), h.shape[1]) if sums is None else sums
             sums.index_add_(0, src, h)
@@ -193,7 +192,7 @@ def similarity_map(backbone, image: torch.Tensor, side: int, stride: int, query:
     ``image``: C x H x W uint8. Windows of ``side`` px at ``stride`` form a grid; ``query``
     (row, column in that grid, default its centre) is compared to every cell, in the
     embedding space and, with ``head`` (the pretraining projector), in the projection
-    space. Returns the maps (g_h x g_w), the query's box and the grid boxes."""
+    space. Returns the maps (g_h x g_w), the query's box and the grid shape."""
     tap = backbone.check_taps([tap])[0] if tap else backbone.taps[-1]
     backbone.eval()
     x = to_float(image[None])
@@ -210,7 +209,7 @@ def similarity_map(backbone, image: torch.Tensor, side: int, stride: int, query:
         head.eval()
         z = head(h).float()
         maps["projection"] = F.cosine_similarity(z, z[q:q + 1]).view(gh, gw)
-    return {"maps": maps, "query_box": boxes[q], "boxes": boxes, "grid": (gh, gw)}
+    return {"maps": maps, "query_box": boxes[q], "grid": (gh, gw)}
 
 
 @torch.no_grad()
