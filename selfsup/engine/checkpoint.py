@@ -50,12 +50,14 @@ def load_backbone(path: str | Path, ckpt: dict | None = None):
     from selfsup.models import build_backbone
 
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
+    options = {}
     if "backbone_state" in ckpt:
         name, cifar_stem, state = ckpt["backbone"], ckpt.get("cifar_stem", False), ckpt["backbone_state"]
+        options = ckpt.get("backbone_options") or {}
     else:
         state = ckpt.get("state_dict", ckpt)
         name, cifar_stem = _guess_torchvision_resnet(state, path)
-    backbone = build_backbone(name, cifar_stem=cifar_stem)
+    backbone = build_backbone(name, cifar_stem=cifar_stem, **options)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     try:
         backbone.load_state_dict(state)
@@ -65,9 +67,9 @@ def load_backbone(path: str | Path, ckpt: dict | None = None):
     return backbone.eval()
 
 
-def load_projector(ckpt: dict, backbone):
-    """The pretraining projector of a ``selfsup pretrain`` checkpoint (eval mode), or None when
-    the checkpoint has none (a torchvision state dict, or a method without a projector)."""
+def load_method(ckpt: dict, backbone):
+    """The whole pretrained method (backbone and heads, eval mode) of a ``selfsup pretrain``
+    checkpoint around ``backbone`` (from ``load_backbone``), or None for a plain state dict."""
     from selfsup.methods import build_method
 
     config = ckpt.get("config") or {}
@@ -76,7 +78,14 @@ def load_projector(ckpt: dict, backbone):
         return None
     method = build_method(name, backbone=backbone, image_size=config.get("image_size") or 224, **(config.get(name) or {}))
     method.load_state_dict(ckpt["model"])
-    return method.projector.eval() if hasattr(method, "projector") else None
+    return method.eval()
+
+
+def load_projector(ckpt: dict, backbone):
+    """The pretraining projector of a ``selfsup pretrain`` checkpoint (eval mode), or None when
+    the checkpoint has none (a torchvision state dict, or a method without a projector)."""
+    method = load_method(ckpt, backbone)
+    return method.projector if method is not None and hasattr(method, "projector") else None
 
 
 def _guess_torchvision_resnet(state: dict, path) -> tuple[str, bool]:

@@ -110,7 +110,8 @@ class Trainer:
 
         method_cls = get_method(cfg.method)
         method_cfg = OmegaConf.to_object(cfg[cfg.method])
-        self.backbone = build_backbone(cfg.backbone, cifar_stem=cfg.cifar_stem)
+        self.backbone_options = method_cls.backbone_options(method_cfg, cfg.backbone)
+        self.backbone = build_backbone(cfg.backbone, cifar_stem=cfg.cifar_stem, **self.backbone_options)
         self.dataset = load_dataset(cfg.data)
         image_size = cfg.image_size or self.dataset.images.shape[-1]
         if len(self.dataset) < cfg.batch_size:
@@ -139,7 +140,7 @@ class Trainer:
     # ------------------------------------------------------------ checkpoints
     def state(self) -> dict:
         return {
-            "backbone": self.cfg.backbone, "cifar_stem": self.cfg.cifar_stem,
+            "backbone": self.cfg.backbone, "cifar_stem": self.cfg.cifar_stem, "backbone_options": self.backbone_options,
             "backbone_state": self.backbone.state_dict(), "method": self.cfg.method,
             "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,

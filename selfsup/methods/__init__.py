@@ -36,9 +36,10 @@ def build_method(name: str, backbone="resnet18", image_size: int = 224, cifar_st
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise SelfSupError(f"unknown option {unknown[0]!r} for method {name}: valid options are {', '.join(sorted(valid))}")
+    cfg = cls.Config(**overrides)
     if isinstance(backbone, str):
-        backbone = build_backbone(backbone, cifar_stem=cifar_stem)
-    return cls(backbone, cls.Config(**overrides), image_size)
+        backbone = build_backbone(backbone, cifar_stem=cifar_stem, **cls.backbone_options(cfg, backbone))
+    return cls(backbone, cfg, image_size)
 
 
 __all__ = ["METHODS", "Method", "MethodConfig", "build_method", "get_method"]

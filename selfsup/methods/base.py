@@ -1,7 +1,9 @@
 """The small interface through which the engine knows a method.
 
 A method is an ``nn.Module`` that owns the backbone and its pretraining heads.
-The engine calls, in order:
+Before building the backbone the engine asks ``backbone_options(cfg, backbone_name)``
+(e.g. an L-only input for Colorization); checkpoints record the answer. Then it calls,
+in order:
 
 - ``view_maker()`` once: a callable (uint8 batch, torch.Generator) -> list of views;
 - ``on_epoch_start(epoch, loader)`` before every epoch (queues, k-means refreshes);
@@ -45,6 +47,11 @@ class Method(nn.Module):
     def __init__(self, backbone: Backbone, cfg: Any, image_size: int):
         super().__init__()
         self.backbone, self.cfg, self.image_size = backbone, cfg, image_size
+
+    @classmethod
+    def backbone_options(cls, cfg: Any, backbone_name: str) -> dict[str, Any]:
+        """Options of ``build_backbone`` this method needs (kept by evaluation too)."""
+        return {}
 
     def view_maker(self) -> Callable[[torch.Tensor, torch.Generator], list[torch.Tensor]]:
         raise NotImplementedError

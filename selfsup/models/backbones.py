@@ -1,7 +1,8 @@
 """Backbones created by name, each exposing named taps and its output width.
 
 A backbone maps images (B x 3 x H x W) to feature maps at named taps
-(``conv1, res2 .. res5`` for ResNets, ``conv1 .. conv4`` for the small convnet);
+(``conv1, res2 .. res5`` for ResNets, ``conv1 .. conv4`` for the small convnet,
+``conv1 .. conv5`` for the AlexNet of Jigsaw's CFN);
 ``forward`` returns the globally average-pooled last tap (B x ``out_dim``), which
 is the representation evaluated by default. Pretraining heads live in the
 methods, so a backbone's state dict is all evaluation needs.
@@ -14,6 +15,8 @@ import torch
 import torchvision
 from torch import nn
 
+from selfsup.data.color import rgb_to_lab
+from selfsup.data.views import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.errors import SelfSupError
 
 
@@ -49,17 +52,25 @@ class ResNet(Backbone):
     """A torchvision ResNet without its classifier; module names match torchvision's.
 
     ``cifar_stem=True`` replaces the 7x7/2 conv and the max-pool with a 3x3/1 conv,
-    the usual stem for 32 px inputs.
+    the usual stem for 32 px inputs. ``in_channels=1`` takes one input channel (the
+    L of Colorization); ``last_stride=1`` keeps res5 at the resolution of res4 (Goyal
+    et al.'s colorization ResNet-50: output stride 16).
     """
 
     taps = ("conv1", "res2", "res3", "res4", "res5")
 
-    def __init__(self, depth: int = 18, cifar_stem: bool = False):
+    def __init__(self, depth: int = 18, cifar_stem: bool = False, in_channels: int = 3, last_stride: int = 2):
         super().__init__()
         net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
         if cifar_stem:
-            net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
+        elif in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        if last_stride != 2:
+            block = net.layer4[0]
+            (block.conv2 if depth >= 50 else block.conv1).stride = (last_stride, last_stride)
+            block.downsample[0].stride = (last_stride, last_stride)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         expansion = 4 if depth >= 50 else 1
@@ -88,9 +99,9 @@ class ConvNet(Backbone):
 
     taps = ("conv1", "conv2", "conv3", "conv4")
 
-    def __init__(self, widths: tuple[int, ...] = (24, 48, 96, 192), cifar_stem: bool = False):
+    def __init__(self, widths: tuple[int, ...] = (24, 48, 96, 192), cifar_stem: bool = False, in_channels: int = 3):
         super().__init__()
-        blocks, in_ch = [], 3
+        blocks, in_ch = [], in_channels
         for w in widths:
             blocks.append(nn.Sequential(
                 nn.Conv2d(in_ch, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
@@ -110,16 +121,86 @@ class ConvNet(Backbone):
         return {t: out[t] for t in taps}
 
 
+class AlexNet(Backbone):
+    """The per-tile tower of Jigsaw's context-free network (CFN; Noroozi & Favaro 2016,
+    METHODS.md 2.4), conv1 .. conv5 of AlexNet with its groups and LRN, no batch norm:
+
+    conv1 96@11x11 -> ReLU -> max-pool 3/2 -> LRN(5); conv2 256@5x5 pad 2, 2 groups ->
+    ReLU -> max-pool 3/2 -> LRN; conv3 384@3x3; conv4 384@3x3, 2 groups; conv5 256@3x3,
+    2 groups -> max-pool 3/2. conv1 has AlexNet's stride 4 on whole images; the Jigsaw
+    method sets ``conv1.stride`` to 2 for its 64 px tiles, as the CFN, and a checkpoint
+    evaluates as a standard AlexNet (Noroozi's transfer). Needs inputs of 67 px or more
+    at stride 4 (39 px at stride 2)."""
+
+    taps = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+    def __init__(self, cifar_stem: bool = False, in_channels: int = 3):
+        super().__init__()
+        if cifar_stem:
+            raise SelfSupError("alexnet has no CIFAR stem: drop cifar_stem, or use convnet or a resnet for 32 px images")
+        relu = lambda: nn.ReLU(inplace=True)  # noqa: E731
+        self.conv1 = nn.Conv2d(in_channels, 96, 11, stride=4)
+        self.stage1 = nn.Sequential(relu(), nn.MaxPool2d(3, 2), nn.LocalResponseNorm(5, 1e-4, 0.75))
+        self.conv2 = nn.Sequential(nn.Conv2d(96, 256, 5, padding=2, groups=2), relu(), nn.MaxPool2d(3, 2),
+                                   nn.LocalResponseNorm(5, 1e-4, 0.75))
+        self.conv3 = nn.Sequential(nn.Conv2d(256, 384, 3, padding=1), relu())
+        self.conv4 = nn.Sequential(nn.Conv2d(384, 384, 3, padding=1, groups=2), relu())
+        self.conv5 = nn.Sequential(nn.Conv2d(384, 256, 3, padding=1, groups=2), relu(), nn.MaxPool2d(3, 2))
+        self.tap_dims = {"conv1": 96, "conv2": 256, "conv3": 384, "conv4": 384, "conv5": 256}
+
+    def forward_taps(self, x, taps=None):
+        taps = self.check_taps(taps)
+        out = {"conv1": self.stage1(self.conv1(x))}
+        x = out["conv1"]
+        for name in self.taps[1:]:
+            if all(t in out for t in taps):
+                break
+            x = getattr(self, name)(x)
+            out[name] = x
+        return {t: out[t] for t in taps}
+
+
+class LChannel(Backbone):
+    """A backbone that sees only the lightness of its input (Colorization, METHODS.md 3.1):
+    it receives the usual normalised RGB images, converts them to Lab and passes L - 50
+    to ``net``, a backbone with one input channel. Evaluation therefore feeds it RGB like
+    any other backbone."""
+
+    def __init__(self, net: Backbone):
+        super().__init__()
+        self.net, self.taps, self.tap_dims = net, net.taps, net.tap_dims
+
+    @staticmethod
+    def lightness(x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return rgb_to_lab(x.float() * std + mean)[:, :1].to(x.dtype) - 50
+
+    def forward_taps(self, x, taps=None):
+        return self.net.forward_taps(self.lightness(x), taps)
+
+
 BACKBONES: dict[str, Callable[..., Backbone]] = {
     "resnet18": lambda **kw: ResNet(18, **kw),
     "resnet34": lambda **kw: ResNet(34, **kw),
     "resnet50": lambda **kw: ResNet(50, **kw),
     "convnet": lambda **kw: ConvNet(**kw),
+    "alexnet": lambda **kw: AlexNet(**kw),
 }
+INPUTS = ("rgb", "L")
 
 
-def build_backbone(name: str, cifar_stem: bool = False) -> Backbone:
-    """Create a backbone by registry name, e.g. ``build_backbone("resnet18", cifar_stem=True)``."""
+def build_backbone(name: str, cifar_stem: bool = False, input: str = "rgb", **options) -> Backbone:
+    """Create a backbone by registry name, e.g. ``build_backbone("resnet18", cifar_stem=True)``.
+
+    ``input="L"`` builds it with one input channel behind ``LChannel`` (Colorization);
+    ``options`` go to the constructor (``last_stride`` for ResNets)."""
     if name not in BACKBONES:
         raise SelfSupError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
-    return BACKBONES[name](cifar_stem=cifar_stem)
+    if input not in INPUTS:
+        raise SelfSupError(f"unknown backbone input {input!r}: use one of {', '.join(INPUTS)}")
+    try:
+        net = BACKBONES[name](cifar_stem=cifar_stem, in_channels=3 if input == "rgb" else 1, **options)
+    except TypeError:
+        raise SelfSupError(f"backbone {name} takes no option {', '.join(options)}") from None
+    return net if input == "rgb" else LChannel(net)
