@@ -20,6 +20,7 @@ class Batch:
     views: list[torch.Tensor]     # augmented, normalised views (each B x 3 x h x w)
     labels: torch.Tensor          # B, int64 (-1 where unlabeled); methods must not use them
     indices: torch.Tensor         # B, dataset indices (for memory banks)
+    targets: torch.Tensor | None = None   # pretext targets drawn with the views (a puzzle's permutation index)
 
 
 def batch_generator(seed: int, epoch: int, step: int, rank: int, device: torch.device) -> torch.Generator:
@@ -64,7 +65,9 @@ class BatchLoader:
             images = images.pin_memory().to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
         g = batch_generator(self.seed, epoch, step, self.rank, self.device)
-        return Batch(self.transform(images, g), labels, torch.from_numpy(idx.astype(np.int64)).to(self.device))
+        views = self.transform(images, g)             # a list of views, or (views, targets)
+        views, targets = views if isinstance(views, tuple) else (views, None)
+        return Batch(views, labels, torch.from_numpy(idx.astype(np.int64)).to(self.device), targets)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """Yield the batches of ``epoch`` from ``start_step`` on, prepared ahead in a thread."""

@@ -14,17 +14,31 @@ permutations take well under a minute. Results are cached on disk.
 
 Semantics (as the official code and VISSL): input slot s receives the tile of
 grid cell perm[s]; the label of a puzzle is its permutation's row index.
+
+Puzzles (METHODS.md 2.1, 2.2, 2.5): ``tile_geometry`` scales Noroozi's 255 px
+crop / 85 px cells / 64 px tiles / 21 px jitter to any image size; ``cut_tiles``
+cuts the 3 x 3 tiles of a batch with per-tile jitter and per-channel shifts;
+``assemble`` / ``disassemble`` apply and undo permutations; ``occlude`` replaces 0
+to 2 slots by tiles of another image (Jigsaw++); ``PuzzleMaker`` does all of it,
+plus the colour handling and per-tile normalisation, for the training engine.
 """
 from __future__ import annotations
 
 import itertools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from selfsup.data.datasets import cache_root
+from selfsup.data.views import normalize, to_float
 from selfsup.errors import SelfSupError
+
+RESOURCES = Path(__file__).parent / "resources"
+OFFICIAL_SETS = {"noroozi-100": "permutations_100_max.npy", "noroozi-701": "permutations_701.npy"}
 
 
 def _all_permutations(tiles: int) -> np.ndarray:
@@ -88,3 +102,167 @@ def hamming_stats(perms: np.ndarray) -> dict[str, float]:
     d = (perms[:, None, :] != perms[None, :, :]).sum(-1)
     off = ~np.eye(len(perms), dtype=bool)
     return {"average": float(d[off].mean()), "minimum": int(d[off].min()), "maximum": int(d[off].max())}
+
+
+def permutation_set(spec: str | int) -> np.ndarray:
+    """A permutation set by name: an integer N (the greedy max-average set of N, cached),
+    ``noroozi-100`` / ``noroozi-701`` (the released sets, bundled), or a .npy / .bin path."""
+    spec = str(spec)
+    if spec.isdigit():
+        return hamming_permutations(int(spec))
+    if spec in OFFICIAL_SETS:
+        return load_permutations(RESOURCES / OFFICIAL_SETS[spec])
+    if not spec.endswith((".npy", ".bin")):
+        raise SelfSupError(f"unknown permutation set {spec!r}: use a number (e.g. 1000), "
+                           f"{' or '.join(OFFICIAL_SETS)}, or a .npy / .bin file")
+    return load_permutations(spec)
+
+
+# ---------------------------------------------------------------- puzzles
+
+@dataclass(frozen=True)
+class TileGeometry:
+    """Sizes in pixels of the input image: a ``crop`` x ``crop`` square split into
+    ``grid`` x ``grid`` cells of side ``cell``; from each cell a ``tile`` x ``tile`` tile
+    at a random offset in [0, ``jitter``] in x and y, and each colour channel shifted by
+    a further [0, ``channel_shift``] px in x and y."""
+
+    crop: int
+    cell: int
+    tile: int
+    jitter: int
+    channel_shift: int
+    grid: int = 3
+
+
+def tile_geometry(image_size: int, grid: int = 3, jitter_255: int = 21, channel_shift_255: int = 2) -> TileGeometry:
+    """Noroozi's geometry (a 255 crop of a 256 image, 85 px cells, 64 px tiles, jitter 21
+    (18 for Jigsaw++), channel shifts up to 2 px) scaled to ``image_size``:
+
+    cell = floor(floor(image_size * 255 / 256) / grid), crop = grid * cell, tile = round(cell * 64 / 85),
+    jitter = min(round(cell * jitter_255 / 85), cell - tile), shift = round(cell * 2 / 85).
+
+    256 px: 255 / 85 / 64 / 21 / 2. 224 px: 222 / 74 / 56 / 18 / 2. 64 px: 63 / 21 / 16 /
+    5 / 0. 32 px: 30 / 10 / 8 / 2 / 0."""
+    cell = image_size * 255 // 256 // grid
+    tile = int(cell * 64 / 85 + 0.5)
+    if tile < 2:
+        raise SelfSupError(f"{image_size} px images are too small for a {grid}x{grid} puzzle: use a larger image_size")
+    jitter = min(int(cell * jitter_255 / 85 + 0.5), cell - tile)
+    return TileGeometry(grid * cell, cell, tile, jitter, int(cell * channel_shift_255 / 85 + 0.5), grid)
+
+
+def cut_tiles(x: torch.Tensor, geom: TileGeometry, g: torch.Generator) -> torch.Tensor:
+    """B x C x H x W -> B x grid^2 x C x tile x tile, the tiles of a random crop in grid
+    order (row-major), each at its own random offset in its cell, each channel shifted
+    on its own (sampling past the image border repeats the border pixel)."""
+    b, c, h, w = x.shape
+    if min(h, w) < geom.crop:
+        raise SelfSupError(f"images of {h}x{w} px are smaller than the {geom.crop} px puzzle crop: raise image_size")
+    n, dev = geom.grid ** 2, x.device
+    x0 = torch.randint(0, w - geom.crop + 1, (b, 1), generator=g, device=dev)
+    y0 = torch.randint(0, h - geom.crop + 1, (b, 1), generator=g, device=dev)
+    cells = torch.arange(n, device=dev)
+    left = x0 + (cells % geom.grid) * geom.cell + torch.randint(0, geom.jitter + 1, (b, n), generator=g, device=dev)
+    top = y0 + (cells // geom.grid) * geom.cell + torch.randint(0, geom.jitter + 1, (b, n), generator=g, device=dev)
+    shift = lambda: torch.randint(0, geom.channel_shift + 1, (b, n, c), generator=g, device=dev)  # noqa: E731
+    u = torch.arange(geom.tile, device=dev)
+    xs = ((left[..., None] + shift())[..., None] + u).clamp_(max=w - 1)      # B x n x C x tile
+    ys = ((top[..., None] + shift())[..., None] + u).clamp_(max=h - 1)
+    bi = torch.arange(b, device=dev).view(b, 1, 1, 1, 1)
+    ci = torch.arange(c, device=dev).view(1, 1, c, 1, 1)
+    return x[bi, ci, ys[..., :, None], xs[..., None, :]]
+
+
+def assemble(tiles: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
+    """Tiles in grid order (B x n x ...) -> puzzles: slot s of puzzle i holds tile perms[i, s]."""
+    return tiles[torch.arange(len(tiles), device=tiles.device)[:, None], perms]
+
+
+def disassemble(puzzles: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``assemble``: the tiles back in grid order."""
+    return assemble(puzzles, perms.argsort(1))
+
+
+def occlude(puzzles: torch.Tensor, donor_tiles: torch.Tensor, g: torch.Generator, max_substitute: int = 2):
+    """Jigsaw++ (Noroozi et al. 2018, §4; METHODS.md 2.5): in every puzzle, replace a uniform
+    number in {0 .. max_substitute} of distinct slots by distinct tiles of another image
+    of the batch (drawn uniformly among the others). ``donor_tiles`` are the batch's tiles
+    in grid order. Returns the puzzles, the donor image of each puzzle and a B x n mask of
+    the replaced slots."""
+    b, n = puzzles.shape[:2]
+    if b < 2:
+        raise SelfSupError("Jigsaw++ takes its occluding tiles from another image: use a batch of 2 or more per process")
+    dev = puzzles.device
+    count = torch.randint(0, max_substitute + 1, (b,), generator=g, device=dev)
+    donor = (torch.arange(b, device=dev) + torch.randint(1, b, (b,), generator=g, device=dev)) % b
+    slots = torch.rand(b, n, generator=g, device=dev).argsort(1)             # a random order of slots ...
+    sources = torch.rand(b, n, generator=g, device=dev).argsort(1)           # ... and of the donor's tiles
+    out, mask = puzzles.clone(), torch.zeros(b, n, dtype=torch.bool, device=dev)
+    for k in range(max_substitute):
+        i = (count > k).nonzero()[:, 0]
+        out[i, slots[i, k]] = donor_tiles[donor[i], sources[i, k]]
+        mask[i, slots[i, k]] = True
+    return out, donor, mask
+
+
+COLOR_PROJECTION = ((0.8333, 0.3333, -0.1667), (1 / 3, 1 / 3, 1 / 3), (-0.1667, 0.3333, 0.8333))
+
+
+def puzzle_colors(puzzles: torch.Tensor, gray_prob: float, projection_prob: float, g: torch.Generator) -> torch.Tensor:
+    """METHODS.md 2.2, one draw per puzzle for all its tiles: grayscale ((R + G + B) / 3 in
+    every channel) with ``gray_prob``; otherwise, with ``projection_prob``, Noroozi's colour
+    projection; otherwise unchanged. ``puzzles`` is B x n x 3 x t x t in [0, 1]."""
+    b, dev = len(puzzles), puzzles.device
+    u = torch.rand(b, 2, generator=g, device=dev)
+    gray = (u[:, 0] < gray_prob).view(b, 1, 1, 1, 1)
+    project = ((u[:, 0] >= gray_prob) & (u[:, 1] < projection_prob)).view(b, 1, 1, 1, 1)
+    m = torch.tensor(COLOR_PROJECTION, dtype=puzzles.dtype, device=dev)
+    projected = torch.einsum("ij,bnjhw->bnihw", m, puzzles)
+    out = torch.where(project, projected, puzzles)
+    return torch.where(gray, puzzles.mean(2, keepdim=True).expand_as(puzzles), out)
+
+
+def normalize_tiles(tiles: torch.Tensor, mode: str = "tile", eps: float = 1e-5) -> torch.Tensor:
+    """``tile``: each tile minus its mean, over its standard deviation, both over C x H x W
+    (Jigsaw++'s per-tile MVN, across channels); ``imagenet``: the usual per-channel
+    normalisation (Goyal et al. / VISSL)."""
+    if mode == "tile":
+        dims = tuple(range(-3, 0))
+        mean, std = tiles.mean(dims, keepdim=True), tiles.std(dims, keepdim=True)
+        return (tiles - mean) / (std + eps)
+    if mode == "imagenet":
+        return normalize(tiles.flatten(0, 1)).view_as(tiles)
+    raise SelfSupError(f"unknown tile normalisation {mode!r}: use tile or imagenet")
+
+
+class PuzzleMaker:
+    """uint8 images -> ([puzzles as (B * n) x 3 x t x t, image-major], permutation indices B).
+
+    Per image: resize to ``image_size`` if needed, optional horizontal flip, cut the
+    tiles (``cut_tiles``), draw a permutation index uniformly and assemble; Jigsaw++
+    (``max_substitute`` > 0) then occludes slots with another image's tiles; the colour
+    draw is made per puzzle after the occlusion, so occluders share it (METHODS.md 2.5
+    [A]); last, each tile is normalised."""
+
+    def __init__(self, image_size: int, perms: np.ndarray, geometry: TileGeometry, gray_prob: float = 0.5,
+                 projection_prob: float = 0.5, tile_norm: str = "tile", flip: bool = False, max_substitute: int = 0):
+        self.image_size, self.geometry, self.perms = image_size, geometry, torch.as_tensor(perms)
+        self.gray_prob, self.projection_prob, self.tile_norm = gray_prob, projection_prob, tile_norm
+        self.flip, self.max_substitute = flip, max_substitute
+        normalize_tiles(torch.zeros(1, 1, 3, 2, 2), tile_norm)               # an unknown mode fails here, not mid-epoch
+
+    def __call__(self, images: torch.Tensor, g: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x = to_float(images)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
+        if self.flip:
+            flip = torch.rand(len(x), generator=g, device=x.device) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        tiles = cut_tiles(x, self.geometry, g)
+        labels = torch.randint(0, len(self.perms), (len(x),), generator=g, device=x.device)
+        puzzles = assemble(tiles, self.perms.to(x.device)[labels])
+        if self.max_substitute:
+            puzzles = occlude(puzzles, tiles, g, self.max_substitute)[0]
+        puzzles = normalize_tiles(puzzle_colors(puzzles, self.gray_prob, self.projection_prob, g), self.tile_norm)
+        return [puzzles.flatten(0, 1)], labels

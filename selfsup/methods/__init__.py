@@ -8,6 +8,8 @@ from selfsup.methods.base import Method, MethodConfig
 from selfsup.methods.byol import BYOL
 from selfsup.methods.deepcluster_v2 import DeepClusterV2
 from selfsup.methods.jigclu import JigClu
+from selfsup.methods.jigsaw import Jigsaw
+from selfsup.methods.jigsaw_pp import JigsawPP
 from selfsup.methods.moco_v2 import MoCoV2
 from selfsup.methods.sela_v2 import SeLaV2
 from selfsup.methods.simclr import SimCLR
@@ -17,7 +19,7 @@ from selfsup.methods.tcr import TCR
 from selfsup.methods.vicreg import VICReg
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, VICReg, TCR, SpectralContrastive, MoCoV2, JigClu,
-                                                   SwAV, DeepClusterV2, SeLaV2)}
+                                                   SwAV, DeepClusterV2, SeLaV2, Jigsaw, JigsawPP)}
 
 
 def get_method(name: str) -> type[Method]:
