@@ -145,22 +145,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed of the patch positions")
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("viz", help="visualise what a backbone learned (BagSSL Fig. 3a, 4, 5)",
+    p = sub.add_parser("viz", help="visualise what a backbone learned (BagSSL Fig. 3a, 4, 5; colourisations)",
                        description="heatmap: cosine similarity of a query patch to every patch of its image, in the "
                                    "embedding and projection spaces; patch-knn: the nearest patches of a query patch "
                                    "across a dataset; convergence: cos(mean of N patch embeddings, whole-image "
-                                   "embedding) against N.")
-    p.add_argument("kind", choices=["heatmap", "patch-knn", "convergence"])
+                                   "embedding) against N; colorize: a colorization checkpoint's annealed-mean "
+                                   "colourisation of --max-images images from --index, under their grayscale input "
+                                   "and above the ground truth.")
+    p.add_argument("kind", choices=["heatmap", "patch-knn", "convergence", "colorize"])
     p.add_argument("--checkpoint", required=True, help="a .pt file from `selfsup pretrain` (or a torchvision ResNet state dict)")
     p.add_argument("--data", required=True, help="dataset SPEC")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--index", type=int, default=0, help="image of the query patch (heatmap, patch-knn)")
+    p.add_argument("--index", type=int, default=0, help="image of the query patch (heatmap, patch-knn); first image (colorize)")
     p.add_argument("--query", help="query window as ROW,COL in the grid of windows (default the centre)")
     p.add_argument("--patch-size", default="auto", help="patch side in pixels (default: the pretraining side, else half the image)")
     p.add_argument("--stride", type=int, help="window stride of the grid (default patch side / 4, at least 1)")
     p.add_argument("--k", type=int, default=16, help="patch-knn: patches shown (default 16)")
     p.add_argument("--patches-per-image", type=int, default=16, help="patch-knn: random patches searched per image")
-    p.add_argument("--max-images", type=int, help="images searched / averaged (default all; convergence 256)")
+    p.add_argument("--max-images", type=int, help="images searched / averaged (default all; convergence 256); "
+                                                  "colorize: images shown (default 8)")
     p.add_argument("--counts", default="1,2,4,8,16", help="convergence: numbers of patches averaged")
     p.add_argument("--image-size", type=int, help="network input size (default: the pretraining size)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")

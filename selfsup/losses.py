@@ -252,3 +252,26 @@ def moco(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: flo
     q, k, queue = F.normalize(q, dim=1), F.normalize(k.detach(), dim=1), F.normalize(queue.detach(), dim=1)
     logits = torch.cat([(q * k).sum(dim=1, keepdim=True), q @ queue.T], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+def colorization(logits: torch.Tensor, z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Colorization's class-rebalanced multinomial cross-entropy (Zhang et al. 2016, eq. 2).
+
+    ``logits`` are the network's B x Q x H x W scores over the Q ab bins, ``z`` the soft
+    targets (B x Q x H x W, each pixel's row sums to 1: ``selfsup.data.color.soft_encode``)
+    and ``weights`` the per-pixel weights v (B x H x W: class rebalancing of eq. 3-4,
+    0 for grayscale images). Averaged over the B * H * W pixels:
+
+        L = -1/(B H W) sum_{b,h,w} v_{b,h,w} sum_q Z_{b,q,h,w} log softmax(logits)_{b,q,h,w}
+
+    Zhang's Caffe code applies v as a gradient multiplier after the softmax loss
+    (``ClassRebalanceMultLayer``); that gives the same gradient as this weighted loss.
+    ``weights`` are constants (no gradient flows into them). Computed in float32.
+
+    >>> logits = torch.randn(2, 313, 4, 4)
+    >>> z = torch.softmax(torch.randn(2, 313, 4, 4), dim=1)
+    >>> loss = colorization(logits, z, torch.ones(2, 4, 4))
+    """
+    log_p = F.log_softmax(logits.float(), dim=1)
+    per_pixel = -(z.float() * log_p).sum(dim=1)                       # B x H x W
+    return (weights.detach().float() * per_pixel).mean()

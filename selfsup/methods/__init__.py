@@ -6,6 +6,7 @@ from dataclasses import fields
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method, MethodConfig
 from selfsup.methods.byol import BYOL
+from selfsup.methods.colorization import Colorization
 from selfsup.methods.deepcluster_v2 import DeepClusterV2
 from selfsup.methods.jigclu import JigClu
 from selfsup.methods.jigsaw import Jigsaw
@@ -19,7 +20,7 @@ from selfsup.methods.tcr import TCR
 from selfsup.methods.vicreg import VICReg
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, VICReg, TCR, SpectralContrastive, MoCoV2, JigClu,
-                                                   SwAV, DeepClusterV2, SeLaV2, Jigsaw, JigsawPP)}
+                                                   SwAV, DeepClusterV2, SeLaV2, Jigsaw, JigsawPP, Colorization)}
 
 
 def get_method(name: str) -> type[Method]:

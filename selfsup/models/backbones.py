@@ -174,7 +174,8 @@ class LChannel(Backbone):
     def lightness(x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return rgb_to_lab(x.float() * std + mean)[:, :1].to(x.dtype) - 50
+        with torch.autocast(x.device.type, enabled=False):                     # Lab in float32 under bf16 / fp16
+            return rgb_to_lab(x.float() * std.float() + mean.float())[:, :1].to(x.dtype) - 50
 
     def forward_taps(self, x, taps=None):
         return self.net.forward_taps(self.lightness(x), taps)

@@ -1,4 +1,5 @@
-"""PNG figures of what a backbone learned (BagSSL Fig. 3a, 4 and 5), for `selfsup viz`."""
+"""PNG figures of what a backbone learned (BagSSL Fig. 3a, 4 and 5; Colorization's colourised
+images, Zhang et al. Fig. 1), for `selfsup viz`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,9 @@ import numpy as np
 import torch
 
 from selfsup.data.datasets import load_dataset
-from selfsup.engine.checkpoint import load_backbone, load_checkpoint, load_projector
+from selfsup.data.color import lab_to_rgb, rgb_to_lab
+from selfsup.data.views import EvalTransform
+from selfsup.engine.checkpoint import load_backbone, load_checkpoint, load_method, load_projector
 from selfsup.errors import SelfSupError
 from selfsup.eval.patches import nearest_patches, patch_convergence, similarity_map
 from selfsup.eval.run import pretraining_patch_size
@@ -81,20 +84,62 @@ def convergence_png(result: dict, png: str | Path, title: str) -> None:
     plt.close(fig)
 
 
+def colorize_png(gray: torch.Tensor, predicted: torch.Tensor, truth: torch.Tensor, png: str | Path,
+                 first: int = 0) -> None:
+    """Three rows of B x 3 x H x W images in [0, 1]: the grayscale input, the colourisation, the ground truth."""
+    plt = _plt()
+    n = len(gray)
+    fig, axes = plt.subplots(3, n, figsize=(1.5 * n, 1.5 * 3 + 0.3), squeeze=False)
+    for row, (images, title) in enumerate(((gray, "input (L)"), (predicted, "colourised"), (truth, "ground truth"))):
+        for col in range(n):
+            index = f"#{first + col}" if row == 0 else ""
+            _show(axes[row][col], images[col], f"{title} {index}".strip() if col == 0 else index)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def colorize_figure(ckpt: dict, checkpoint: str, backbone, dataset, out: str | Path, index: int, count: int,
+                    image_size: int | None, device: str = "cpu") -> str:
+    """``count`` images from ``index`` as their L, the checkpoint's annealed-mean colourisation
+    (Zhang et al. eq. 5) and the original; returns a summary line."""
+    from selfsup.methods.colorization import unnormalize
+
+    name = (ckpt.get("config") or {}).get("method")
+    if name != "colorization" or "model" not in ckpt:
+        raise SelfSupError(f"checkpoint {checkpoint} was not pretrained with colorization (method: {name or 'none'}): "
+                           "pass a checkpoint of `selfsup pretrain colorization`")
+    method = load_method(ckpt, backbone).to(device)
+    stop = min(len(dataset), index + max(1, count))
+    x = EvalTransform(image_size)(torch.from_numpy(np.array(dataset.images[index:stop])).to(device))
+    predicted = method.colorize(x)
+    truth = unnormalize(x)
+    lab = rgb_to_lab(truth)
+    gray = lab_to_rgb(torch.cat([lab[:, :1], torch.zeros_like(lab[:, 1:])], dim=1))
+    error = (rgb_to_lab(predicted)[:, 1:] - lab[:, 1:]).square().sum(1).mean().sqrt()
+    colorize_png(gray.cpu(), predicted.cpu(), truth.cpu(), out, first=index)
+    return (f"wrote {out}: images {index} to {stop - 1}, annealed mean T={method.cfg.temperature}, "
+            f"ab RMSE {float(error):.1f} against the ground truth")
+
+
 def visualise(kind: str, checkpoint: str, data: str, out: str | Path, index: int = 0, query=None, patch_size="auto",
               stride: int | None = None, k: int = 16, patches_per_image: int = 16, max_images: int | None = None,
               counts=(1, 2, 4, 8, 16), image_size: int | None = None, device: str = "cpu") -> str:
-    """Write the ``kind`` figure ("heatmap", "patch-knn" or "convergence") to ``out``; returns a summary line."""
+    """Write the ``kind`` figure ("heatmap", "patch-knn", "convergence" or "colorize") to ``out``; returns a
+    summary line. ``colorize`` shows ``max_images`` images (default 8) from ``index``."""
     ckpt = load_checkpoint(checkpoint)
     backbone = load_backbone(checkpoint, ckpt)
     dataset = load_dataset(data)
     if not 0 <= index < len(dataset):
         raise SelfSupError(f"--index {index} is outside the dataset of {len(dataset)} images")
+    input_size = image_size or (ckpt.get("config") or {}).get("image_size")
+    if kind == "colorize":
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        return colorize_figure(ckpt, checkpoint, backbone, dataset, out, index, max_images or 8, input_size, device)
     if patch_size == "auto":
         patch_size = pretraining_patch_size(ckpt)
     side = patch_size or min(dataset.images.shape[2:4]) // 2
     stride = stride or max(1, side // 4)
-    input_size = image_size or (ckpt.get("config") or {}).get("image_size")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     if kind == "heatmap":
         image = torch.from_numpy(np.array(dataset.images[index]))
@@ -114,4 +159,4 @@ def visualise(kind: str, checkpoint: str, data: str, out: str | Path, index: int
         convergence_png(result, out, f"{Path(checkpoint).parent.name}: patches of {patch_size or 'multi-scale'} px")
         values = ", ".join(f"{n}: {result[n]:.3f}" for n in [*map(str, counts), "all"])
         return f"wrote {out}: cosine to the whole image by patches averaged: {values}"
-    raise SelfSupError(f"unknown figure {kind!r}: use heatmap, patch-knn or convergence")
+    raise SelfSupError(f"unknown figure {kind!r}: use heatmap, patch-knn, convergence or colorize")
