@@ -156,7 +156,11 @@ def test_jigsaw_errors_are_one_line():
 def test_permutation_sets_by_name():
     assert permutation_set("noroozi-701").shape == (701, 9)
     assert np.array_equal(permutation_set("100"), permutation_set(100))
-    assert build_method("jigsaw_pp", backbone="convnet", image_size=32).perms.shape == (701, 9)
+    pp = build_method("jigsaw_pp", backbone="convnet", image_size=32)
+    assert pp.perms.shape == (701, 9) and pp.cfg.tile_norm == "tile" and pp.cfg.gray_prob == 0.7   # Jigsaw++ (§4)
+    assert pp.geometry.jitter == 2 and tile_geometry(256, jitter_255=pp.cfg.jitter_255).jitter == 18
+    jig = build_method("jigsaw", backbone="convnet", image_size=32, permutations="100")
+    assert jig.cfg.tile_norm == "imagenet" and jig.cfg.max_substitute == 0          # Jigsaw: mean subtraction
 
 
 @pytest.mark.parametrize("method", ["jigsaw", "jigsaw_pp"])

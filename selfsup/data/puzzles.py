@@ -246,7 +246,7 @@ class PuzzleMaker:
     [A]); last, each tile is normalised."""
 
     def __init__(self, image_size: int, perms: np.ndarray, geometry: TileGeometry, gray_prob: float = 0.5,
-                 projection_prob: float = 0.5, tile_norm: str = "tile", flip: bool = False, max_substitute: int = 0):
+                 projection_prob: float = 0.5, tile_norm: str = "imagenet", flip: bool = False, max_substitute: int = 0):
         self.image_size, self.geometry, self.perms = image_size, geometry, torch.as_tensor(perms)
         self.gray_prob, self.projection_prob, self.tile_norm = gray_prob, projection_prob, tile_norm
         self.flip, self.max_substitute = flip, max_substitute

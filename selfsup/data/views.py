@@ -316,6 +316,13 @@ def normalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Te
     return (x - m) / s
 
 
+def unnormalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """The inverse of ``normalize``: float32 RGB, clipped to [0, 1]."""
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x.float() * s + m).clamp(0, 1)
+
+
 class ViewMaker:
     """Callable turning a uint8 batch into the list of normalised views of a recipe."""
 

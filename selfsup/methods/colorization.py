@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.data.color import ab_bins, annealed_mean, colorful, lab_to_rgb, rebalance_weights, rgb_to_lab, soft_encode
-from selfsup.data.views import IMAGENET_MEAN, IMAGENET_STD, ViewMaker, ViewSpec
+from selfsup.data.views import ViewMaker, ViewSpec, unnormalize
 from selfsup.errors import SelfSupError
 from selfsup.losses import colorization
 from selfsup.methods.base import Method, MethodConfig
@@ -58,13 +58,6 @@ class ColorizationConfig(MethodConfig):
     res5_stride: int = 1              # ResNets only: stride of res5 (Goyal's LAYER4_STRIDE 1; 2 as torchvision)
     scale_min: float = 0.25           # RandomResizedCrop scale (scale_min, 1), with flip, no colour changes
     temperature: float = 0.38         # annealed mean of eq. 5 (pictures only)
-
-
-def unnormalize(x: torch.Tensor) -> torch.Tensor:
-    """Normalised views (ImageNet mean and std, as ``ViewMaker``) back to RGB in [0, 1], in float32."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x.float() * std + mean).clamp(0, 1)
 
 
 class Colorization(Method):

@@ -3,7 +3,7 @@
 §3 An image is cut into a 3 x 3 grid of tiles, each taken at a random offset
 inside its cell (a gap between tiles, so edges do not give the answer away), each
 colour channel shifted on its own (no chromatic-aberration shortcut), a share of
-the puzzles in grayscale, and each tile normalised on its own. The tiles are
+the puzzles in grayscale. The tiles are
 shuffled by one of |P| permutations chosen for maximal average Hamming distance
 (Alg. 1, ``selfsup.data.puzzles``) and the network names the permutation.
 §3.1 The context-free network (CFN) runs one tower with shared weights on every
@@ -53,7 +53,7 @@ class JigsawConfig(MethodConfig):
     channel_shift_255: int = 2        # per-channel shift in px at the 255 px geometry (rand() % 3)
     gray_prob: float = 0.5            # share of grayscale puzzles (official code: 50%)
     projection_prob: float = 0.5      # share of the colour puzzles given Noroozi's colour projection
-    tile_norm: str = "tile"           # tile (per-tile mean and std) | imagenet (Goyal / VISSL)
+    tile_norm: str = "imagenet"       # imagenet (Jigsaw's mean subtraction; Goyal / VISSL) | tile (Jigsaw++'s per-tile MVN)
     flip: bool = False                # horizontal flip of the image (VISSL: true; Caffe: false)
     max_substitute: int = 0           # Jigsaw++: up to this many slots get another image's tiles
 

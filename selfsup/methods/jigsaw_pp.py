@@ -6,7 +6,8 @@ that image). The network must still name the permutation of the remaining tiles,
 so it has to tell which tiles belong together. The 701-permutation set has a
 minimum Hamming distance of 3, which keeps the answer unique with up to two
 occluded tiles. The paper trains on grayscale images 70% of the time (the code: 50%)
-and normalises every tile on its own; the tile jitter is 18 px at 255 px.
+and normalises every tile on its own (mean and standard deviation over the tile,
+where Jigsaw's code subtracts a fixed mean); the tile jitter is 18 px at 255 px.
 The occluders share the puzzle's colour draw (METHODS.md 2.5 [A]). Everything else
 is Jigsaw (``selfsup.methods.jigsaw``).
 """
@@ -23,6 +24,7 @@ class JigsawPPConfig(JigsawConfig):
     gray_prob: float = 0.7
     jitter_255: int = 18
     max_substitute: int = 2
+    tile_norm: str = "tile"
 
 
 class JigsawPP(Jigsaw):

@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 
 from selfsup.data.color import rgb_to_lab
-from selfsup.data.views import IMAGENET_MEAN, IMAGENET_STD
+from selfsup.data.views import unnormalize
 from selfsup.errors import SelfSupError
 
 
@@ -172,10 +172,9 @@ class LChannel(Backbone):
 
     @staticmethod
     def lightness(x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        with torch.autocast(x.device.type, enabled=False):                     # Lab in float32 under bf16 / fp16
-            return rgb_to_lab(x.float() * std.float() + mean.float())[:, :1].to(x.dtype) - 50
+        """Normalised RGB -> L - 50 (B x 1 x H x W), computed in float32 (also under autocast)."""
+        with torch.autocast(x.device.type, enabled=False):
+            return rgb_to_lab(unnormalize(x))[:, :1].to(x.dtype) - 50
 
     def forward_taps(self, x, taps=None):
         return self.net.forward_taps(self.lightness(x), taps)

@@ -9,7 +9,7 @@ import torch
 
 from selfsup.data.datasets import load_dataset
 from selfsup.data.color import lab_to_rgb, rgb_to_lab
-from selfsup.data.views import EvalTransform
+from selfsup.data.views import EvalTransform, unnormalize
 from selfsup.engine.checkpoint import load_backbone, load_checkpoint, load_method, load_projector
 from selfsup.errors import SelfSupError
 from selfsup.eval.patches import nearest_patches, patch_convergence, similarity_map
@@ -103,8 +103,6 @@ def colorize_figure(ckpt: dict, checkpoint: str, backbone, dataset, out: str | P
                     image_size: int | None, device: str = "cpu") -> str:
     """``count`` images from ``index`` as their L, the checkpoint's annealed-mean colourisation
     (Zhang et al. eq. 5) and the original; returns a summary line."""
-    from selfsup.methods.colorization import unnormalize
-
     name = (ckpt.get("config") or {}).get("method")
     if name != "colorization" or "model" not in ckpt:
         raise SelfSupError(f"checkpoint {checkpoint} was not pretrained with colorization (method: {name or 'none'}): "
