@@ -5,7 +5,8 @@ Before building the backbone the engine asks ``backbone_options(cfg, backbone_na
 (e.g. an L-only input for Colorization); checkpoints record the answer. Then it calls,
 in order:
 
-- ``view_maker()`` once: a callable (uint8 batch, torch.Generator) -> list of views;
+- ``view_maker()`` once: a callable (uint8 batch, torch.Generator) -> list of views, or
+  (views, targets) for pretext targets drawn with them (``Batch.targets``: Jigsaw's labels);
 - ``on_epoch_start(epoch, loader)`` before every epoch (queues, k-means refreshes);
 - ``forward(batch)`` every step: returns a dict with the scalar ``loss`` and any
   other scalars to log (the engine calls it through DDP when distributed);
