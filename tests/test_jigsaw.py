@@ -7,8 +7,9 @@ import torch
 
 from selfsup.cli import main
 from selfsup.data.loader import Batch
-from selfsup.data.puzzles import (TileGeometry, assemble, cut_tiles, disassemble, normalize_tiles, occlude,
-                                  permutation_set, puzzle_colors, PuzzleMaker, tile_geometry)
+from selfsup.data.puzzles import (TileGeometry, assemble, cut_tiles, disassemble, occlude, permutation_set,
+                                  puzzle_colors, PuzzleMaker, tile_geometry)
+from selfsup.data.views import normalize
 from selfsup.errors import SelfSupError
 from selfsup.methods import build_method
 
@@ -97,19 +98,27 @@ def test_puzzle_colours_one_draw_per_puzzle():
     assert torch.allclose(out[projected][:, :, 1], x[projected].mean(2), atol=1e-5)
 
 
-def test_tiles_normalised_one_by_one():
-    t = normalize_tiles(torch.rand(4, 9, 3, 5, 5) * 7 + 3)
-    assert torch.allclose(t.mean((-3, -2, -1)), torch.zeros(4, 9), atol=1e-5)
-    assert torch.allclose(t.std((-3, -2, -1)), torch.ones(4, 9), atol=1e-3)
-    with pytest.raises(SelfSupError, match="unknown tile normalisation"):
-        normalize_tiles(t, "none")
+def test_jigsaw_pp_backbone_standardises_each_tile_and_each_evaluated_image():
+    from selfsup.engine.checkpoint import load_backbone
+
+    method = build_method("jigsaw_pp", backbone="convnet", image_size=32)
+    assert type(method.backbone).__name__ == "TileNorm"
+    rgb = torch.rand(36, 3, 8, 8) * 0.5 + 0.2
+    seen = method.backbone.standardize(normalize(rgb))                      # what the tower receives
+    assert torch.allclose(seen.mean((1, 2, 3)), torch.zeros(36), atol=1e-5)
+    assert torch.allclose(seen.std((1, 2, 3)), torch.ones(36), atol=1e-3)
+    expected = (rgb - rgb.mean((1, 2, 3), keepdim=True)) / rgb.std((1, 2, 3), keepdim=True)
+    assert torch.allclose(seen, expected, atol=1e-3)                          # MVN across channels (METHODS.md 2.2)
+    assert build_method("jigsaw", backbone="convnet", image_size=32, permutations="100").backbone.__class__.__name__ == "ConvNet"
+    with pytest.raises(SelfSupError, match="unknown jigsaw.tile_norm"):
+        build_method("jigsaw", backbone="convnet", image_size=32, permutations="100", tile_norm="none")
 
 
 def test_puzzle_maker_output_is_the_permuted_tiles_with_their_labels():
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
     perms = permutation_set("noroozi-100")
     geom = tile_geometry(32)
-    maker = PuzzleMaker(32, perms, geom, gray_prob=0.0, projection_prob=0.0, tile_norm="tile")
+    maker = PuzzleMaker(32, perms, geom, gray_prob=0.0, projection_prob=0.0)
     (views,), labels = maker(images, gen(3))
     assert views.shape == (6 * 9, 3, 8, 8) and labels.shape == (6,) and labels.max() < 100
     g = gen(3)                                                                 # the same draws, by hand
@@ -117,13 +126,13 @@ def test_puzzle_maker_output_is_the_permuted_tiles_with_their_labels():
     expected_labels = torch.randint(0, 100, (6,), generator=g)
     assert torch.equal(labels, expected_labels)
     back = disassemble(views.view(6, 9, 3, 8, 8), torch.as_tensor(perms)[labels])
-    assert torch.allclose(back, normalize_tiles(tiles), atol=1e-5)
+    assert torch.allclose(back, normalize(tiles.flatten(0, 1)).view_as(tiles), atol=1e-5)
     again, labels2 = maker(images, gen(3))                                     # a function of the generator only
     assert torch.equal(again[0], views) and torch.equal(labels2, labels)
 
 
 @pytest.mark.parametrize("name,backbone,size,head", [("jigsaw", "convnet", 32, "cfn"), ("jigsaw_pp", "resnet18", 64, "goyal"),
-                                                     ("jigsaw", "alexnet", 256, "cfn")])
+                                                     ("jigsaw", "alexnet", 256, "cfn"), ("jigsaw_pp", "alexnet", 256, "cfn")])
 def test_jigsaw_step_learns_and_backpropagates_through_the_tower(name, backbone, size, head):
     torch.manual_seed(0)
     overrides = dict(head=head, permutations="100")
@@ -131,7 +140,10 @@ def test_jigsaw_step_learns_and_backpropagates_through_the_tower(name, backbone,
         overrides["tile_pool"] = 2                                             # pool5 2 x 2 x 256 -> fc6, as the CFN
     method = build_method(name, backbone=backbone, image_size=size, **overrides)
     if backbone == "alexnet":
-        assert method.backbone.conv1.stride == (2, 2) and method.tile_head[0].in_features == 1024
+        tower = getattr(method.backbone, "net", method.backbone)
+        assert tower.conv1.stride == (2, 2) and method.tile_head[0].in_features == 1024
+    if name == "jigsaw_pp":
+        assert type(method.backbone).__name__ == "TileNorm"
     images = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8)
     views, targets = method.view_maker()(images, gen())
     out = method(Batch(views, torch.zeros(4, dtype=torch.long), torch.arange(4), targets))

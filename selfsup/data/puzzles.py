@@ -20,7 +20,7 @@ crop / 85 px cells / 64 px tiles / 21 px jitter to any image size; ``cut_tiles``
 cuts the 3 x 3 tiles of a batch with per-tile jitter and per-channel shifts;
 ``assemble`` / ``disassemble`` apply and undo permutations; ``occlude`` replaces 0
 to 2 slots by tiles of another image (Jigsaw++); ``PuzzleMaker`` does all of it,
-plus the colour handling and per-tile normalisation, for the training engine.
+plus the colour handling, for the training engine.
 """
 from __future__ import annotations
 
@@ -223,19 +223,6 @@ def puzzle_colors(puzzles: torch.Tensor, gray_prob: float, projection_prob: floa
     return torch.where(gray, puzzles.mean(2, keepdim=True).expand_as(puzzles), out)
 
 
-def normalize_tiles(tiles: torch.Tensor, mode: str = "tile", eps: float = 1e-5) -> torch.Tensor:
-    """``tile``: each tile minus its mean, over its standard deviation, both over C x H x W
-    (Jigsaw++'s per-tile MVN, across channels); ``imagenet``: the usual per-channel
-    normalisation (Goyal et al. / VISSL)."""
-    if mode == "tile":
-        dims = tuple(range(-3, 0))
-        mean, std = tiles.mean(dims, keepdim=True), tiles.std(dims, keepdim=True)
-        return (tiles - mean) / (std + eps)
-    if mode == "imagenet":
-        return normalize(tiles.flatten(0, 1)).view_as(tiles)
-    raise SelfSupError(f"unknown tile normalisation {mode!r}: use tile or imagenet")
-
-
 class PuzzleMaker:
     """uint8 images -> ([puzzles as (B * n) x 3 x t x t, image-major], permutation indices B).
 
@@ -243,14 +230,14 @@ class PuzzleMaker:
     tiles (``cut_tiles``), draw a permutation index uniformly and assemble; Jigsaw++
     (``max_substitute`` > 0) then occludes slots with another image's tiles; the colour
     draw is made per puzzle after the occlusion, so occluders share it (METHODS.md 2.5
-    [A]); last, each tile is normalised."""
+    [A]); last, the tiles are normalised with the data mean and std like every view
+    (Jigsaw++'s per-tile normalisation belongs to its backbone: ``input="tile_norm"``)."""
 
     def __init__(self, image_size: int, perms: np.ndarray, geometry: TileGeometry, gray_prob: float = 0.5,
-                 projection_prob: float = 0.5, tile_norm: str = "imagenet", flip: bool = False, max_substitute: int = 0):
+                 projection_prob: float = 0.5, flip: bool = False, max_substitute: int = 0):
         self.image_size, self.geometry, self.perms = image_size, geometry, torch.as_tensor(perms)
-        self.gray_prob, self.projection_prob, self.tile_norm = gray_prob, projection_prob, tile_norm
+        self.gray_prob, self.projection_prob = gray_prob, projection_prob
         self.flip, self.max_substitute = flip, max_substitute
-        normalize_tiles(torch.zeros(1, 1, 3, 2, 2), tile_norm)               # an unknown mode fails here, not mid-epoch
 
     def __call__(self, images: torch.Tensor, g: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor]:
         x = to_float(images)
@@ -264,5 +251,5 @@ class PuzzleMaker:
         puzzles = assemble(tiles, self.perms.to(x.device)[labels])
         if self.max_substitute:
             puzzles = occlude(puzzles, tiles, g, self.max_substitute)[0]
-        puzzles = normalize_tiles(puzzle_colors(puzzles, self.gray_prob, self.projection_prob, g), self.tile_norm)
-        return [puzzles.flatten(0, 1)], labels
+        puzzles = puzzle_colors(puzzles, self.gray_prob, self.projection_prob, g)
+        return [normalize(puzzles.flatten(0, 1))], labels

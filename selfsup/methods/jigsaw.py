@@ -3,7 +3,10 @@
 §3 An image is cut into a 3 x 3 grid of tiles, each taken at a random offset
 inside its cell (a gap between tiles, so edges do not give the answer away), each
 colour channel shifted on its own (no chromatic-aberration shortcut), a share of
-the puzzles in grayscale. The tiles are
+the puzzles in grayscale. Tiles are normalised with the data statistics (the code
+subtracts a mean); ``tile_norm=tile`` standardises each tile by its own mean and
+std instead (Jigsaw++), as the backbone's input stage (``TileNorm``), so that a
+checkpoint's whole images are standardised the same way in evaluation. The tiles are
 shuffled by one of |P| permutations chosen for maximal average Hamming distance
 (Alg. 1, ``selfsup.data.puzzles``) and the network names the permutation.
 §3.1 The context-free network (CFN) runs one tower with shared weights on every
@@ -38,6 +41,7 @@ from selfsup.methods.base import Method, MethodConfig
 from selfsup.models.backbones import AlexNet
 
 HEADS = ("cfn", "goyal")
+TILE_NORMS = ("imagenet", "tile")
 
 
 @dataclass
@@ -66,6 +70,14 @@ class Jigsaw(Method):
     defaults = {"optim": {"name": "sgd", "lr": 0.1, "scale_lr": True, "weight_decay": 1e-4, "momentum": 0.9,
                           "warmup_epochs": 5}, "epochs": 105}
 
+    @classmethod
+    def backbone_options(cls, cfg, backbone_name: str) -> dict:
+        """Per-tile normalisation is the backbone's input stage (``TileNorm``), so a checkpoint
+        standardises whole images the same way in evaluation."""
+        if cfg.tile_norm not in TILE_NORMS:
+            raise SelfSupError(f"unknown {cls.name}.tile_norm {cfg.tile_norm!r}: use one of {', '.join(TILE_NORMS)}")
+        return {"input": "tile_norm"} if cfg.tile_norm == "tile" else {}
+
     def __init__(self, backbone, cfg: JigsawConfig, image_size: int):
         super().__init__(backbone, cfg, image_size)
         if cfg.head not in HEADS:
@@ -74,8 +86,9 @@ class Jigsaw(Method):
         self.register_buffer("perms", torch.as_tensor(permutation_set(cfg.permutations)), persistent=False)
         if self.perms.shape[1] != 9:
             raise SelfSupError(f"{self.name}.permutations has {self.perms.shape[1]} tiles per row: use a set of 3x3 puzzles")
-        if isinstance(backbone, AlexNet):
-            backbone.conv1.stride = (cfg.conv1_stride, cfg.conv1_stride)
+        tower = getattr(backbone, "net", backbone)                       # inside TileNorm
+        if isinstance(tower, AlexNet):
+            tower.conv1.stride = (cfg.conv1_stride, cfg.conv1_stride)
         feat_dim = self._tile_feature_dim()
         n = 9
         if cfg.head == "cfn":
@@ -105,7 +118,7 @@ class Jigsaw(Method):
     def view_maker(self):
         c = self.cfg
         return PuzzleMaker(self.image_size, self.perms.cpu().numpy(), self.geometry, c.gray_prob, c.projection_prob,
-                           c.tile_norm, c.flip, c.max_substitute)
+                           c.flip, c.max_substitute)
 
     def forward(self, batch):
         tiles, labels = batch.views[0], batch.targets           # (B * 9) x 3 x t x t in slot order, B

@@ -180,6 +180,26 @@ class LChannel(Backbone):
         return self.net.forward_taps(self.lightness(x), taps)
 
 
+class TileNorm(Backbone):
+    """A backbone that sees every input image standardised by its own statistics: the
+    un-normalised RGB minus its mean, over its standard deviation, both over C x H x W
+    (Jigsaw++'s per-tile MVN, METHODS.md 2.2). In pretraining each tile is an input
+    image; in evaluation the whole image is standardised the same way [A]."""
+
+    def __init__(self, net: Backbone):
+        super().__init__()
+        self.net, self.taps, self.tap_dims = net, net.taps, net.tap_dims
+
+    @staticmethod
+    def standardize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+        rgb = unnormalize(x)
+        mean, std = rgb.mean((1, 2, 3), keepdim=True), rgb.std((1, 2, 3), keepdim=True)
+        return ((rgb - mean) / (std + eps)).to(x.dtype)
+
+    def forward_taps(self, x, taps=None):
+        return self.net.forward_taps(self.standardize(x), taps)
+
+
 BACKBONES: dict[str, Callable[..., Backbone]] = {
     "resnet18": lambda **kw: ResNet(18, **kw),
     "resnet34": lambda **kw: ResNet(34, **kw),
@@ -187,20 +207,21 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "convnet": lambda **kw: ConvNet(**kw),
     "alexnet": lambda **kw: AlexNet(**kw),
 }
-INPUTS = ("rgb", "L")
+INPUTS = ("rgb", "L", "tile_norm")
 
 
 def build_backbone(name: str, cifar_stem: bool = False, input: str = "rgb", **options) -> Backbone:
     """Create a backbone by registry name, e.g. ``build_backbone("resnet18", cifar_stem=True)``.
 
-    ``input="L"`` builds it with one input channel behind ``LChannel`` (Colorization);
-    ``options`` go to the constructor (``last_stride`` for ResNets)."""
+    ``input="L"`` builds it with one input channel behind ``LChannel`` (Colorization),
+    ``input="tile_norm"`` behind ``TileNorm`` (Jigsaw++); ``options`` go to the
+    constructor (``last_stride`` for ResNets)."""
     if name not in BACKBONES:
         raise SelfSupError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
     if input not in INPUTS:
         raise SelfSupError(f"unknown backbone input {input!r}: use one of {', '.join(INPUTS)}")
     try:
-        net = BACKBONES[name](cifar_stem=cifar_stem, in_channels=3 if input == "rgb" else 1, **options)
+        net = BACKBONES[name](cifar_stem=cifar_stem, in_channels=1 if input == "L" else 3, **options)
     except TypeError:
         raise SelfSupError(f"backbone {name} takes no option {', '.join(options)}") from None
-    return net if input == "rgb" else LChannel(net)
+    return {"rgb": lambda n: n, "L": LChannel, "tile_norm": TileNorm}[input](net)
