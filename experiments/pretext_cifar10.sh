@@ -6,7 +6,7 @@
 # head narrowed to 256 per tile. Evaluation on whole 32 px images (45,000 train / 5,000 val), layer by layer
 # as Goyal et al.: conv2 and conv3 average-pooled to about 9k dims, conv4 (the default) globally pooled;
 # kNN (k=20, T=0.07) and linear probe top-1 at each.
-#   bash experiments/pretext_cifar10.sh [OUT_DIR]      (EPOCHS=6: about 45 minutes on 2 CPU cores)
+#   bash experiments/pretext_cifar10.sh [OUT_DIR]      (EPOCHS=6: about 40 minutes on 2 CPU cores)
 set -euo pipefail
 OUT=${1:-runs/pretext_cifar10}
 source "$(dirname "$0")/lib.sh"      # SELFSUP, PYTHON, the CIFAR-10 tar (DATA) and its TR / VA splits
