@@ -133,7 +133,7 @@ def test_puzzle_maker_output_is_the_permuted_tiles_with_their_labels():
 
 @pytest.mark.parametrize("name,backbone,size,head", [("jigsaw", "convnet", 32, "cfn"), ("jigsaw_pp", "resnet18", 64, "goyal"),
                                                      ("jigsaw", "alexnet", 256, "cfn"), ("jigsaw_pp", "alexnet", 256, "cfn")])
-def test_jigsaw_step_learns_and_backpropagates_through_the_tower(name, backbone, size, head):
+def test_jigsaw_step_backpropagates_through_the_tower(name, backbone, size, head):
     torch.manual_seed(0)
     overrides = dict(head=head, permutations="100")
     if backbone == "alexnet":

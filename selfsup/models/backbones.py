@@ -160,15 +160,25 @@ class AlexNet(Backbone):
         return {t: out[t] for t in taps}
 
 
-class LChannel(Backbone):
-    """A backbone that sees only the lightness of its input (Colorization, METHODS.md 3.1):
-    it receives the usual normalised RGB images, converts them to Lab and passes L - 50
-    to ``net``, a backbone with one input channel. Evaluation therefore feeds it RGB like
-    any other backbone."""
+class InputStage(Backbone):
+    """``net`` behind a fixed, parameter-free transform of its input (``prepare``). The
+    stage receives the usual normalised RGB images, in pretraining and in evaluation
+    alike, so a checkpoint is evaluated on exactly the inputs it was trained on."""
 
     def __init__(self, net: Backbone):
         super().__init__()
         self.net, self.taps, self.tap_dims = net, net.taps, net.tap_dims
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_taps(self, x, taps=None):
+        return self.net.forward_taps(self.prepare(x), taps)
+
+
+class LChannel(InputStage):
+    """Only the lightness (Colorization, METHODS.md 3.1): the images are converted to Lab
+    and ``net``, a backbone with one input channel, receives L - 50."""
 
     @staticmethod
     def lightness(x: torch.Tensor) -> torch.Tensor:
@@ -176,19 +186,15 @@ class LChannel(Backbone):
         with torch.autocast(x.device.type, enabled=False):
             return rgb_to_lab(unnormalize(x))[:, :1].to(x.dtype) - 50
 
-    def forward_taps(self, x, taps=None):
-        return self.net.forward_taps(self.lightness(x), taps)
+    def prepare(self, x):
+        return self.lightness(x)
 
 
-class TileNorm(Backbone):
-    """A backbone that sees every input image standardised by its own statistics: the
-    un-normalised RGB minus its mean, over its standard deviation, both over C x H x W
-    (Jigsaw++'s per-tile MVN, METHODS.md 2.2). In pretraining each tile is an input
-    image; in evaluation the whole image is standardised the same way [A]."""
-
-    def __init__(self, net: Backbone):
-        super().__init__()
-        self.net, self.taps, self.tap_dims = net, net.taps, net.tap_dims
+class TileNorm(InputStage):
+    """Every input image standardised by its own statistics: the RGB minus its mean, over
+    its standard deviation, both over C x H x W (Jigsaw++'s per-tile MVN, METHODS.md 2.2).
+    In pretraining each tile is an input image; in evaluation the whole image is
+    standardised the same way [A]."""
 
     @staticmethod
     def standardize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -196,8 +202,8 @@ class TileNorm(Backbone):
         mean, std = rgb.mean((1, 2, 3), keepdim=True), rgb.std((1, 2, 3), keepdim=True)
         return ((rgb - mean) / (std + eps)).to(x.dtype)
 
-    def forward_taps(self, x, taps=None):
-        return self.net.forward_taps(self.standardize(x), taps)
+    def prepare(self, x):
+        return self.standardize(x)
 
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {
