@@ -307,7 +307,7 @@ def test_interrupted_run_resumes_exactly_with_target_and_queue(tmp_path, method,
 
     from conftest import tiny_overrides
     from selfsup.config import resolve_config
-    from selfsup.engine.checkpoint import load_checkpoint
+    from selfsup.checkpoint import load_checkpoint
     from selfsup.engine.trainer import Trainer
     from selfsup.methods import get_method
 

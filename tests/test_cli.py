@@ -62,7 +62,7 @@ def test_bad_input_gets_one_line_error(capsys, argv, fragment):
 
 def test_checkpoint_of_another_architecture(tmp_path, capsys):
     assert pretrain(capsys, tmp_path / "run")[0] == 0
-    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     ckpt["backbone"] = "resnet18"                      # claims resnet18, holds convnet weights
     torch.save(ckpt, tmp_path / "bad.pt")
     code, _, err = run(capsys, "eval", "knn", "--checkpoint", tmp_path / "bad.pt", "--train-data", TINY, "--test-data", TINY)

@@ -230,7 +230,7 @@ def test_pretrain_eval_knn_and_viz_colorize(tmp_path, capsys):
     steps = [r for r in records if "loss" in r]
     assert steps and all(math.isfinite(r["loss"]) and 0 <= r["bin_acc"] <= 1 and r["colorful"] == 1.0 for r in steps)
 
-    from selfsup.engine.checkpoint import load_backbone, load_checkpoint
+    from selfsup.checkpoint import load_backbone, load_checkpoint
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["backbone_options"] == {"input": "L", "last_stride": 1}
     backbone = load_backbone(out / "last.pt", ckpt)

@@ -61,7 +61,7 @@ def test_pretrain_under_torchrun_two_gloo_processes(tmp_path):
            "--epochs", "1", "--batch-size", "16", "--out", str(tmp_path / "run"), "progress=false", "device=cpu", "log_every=1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 1
     records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(records) == 4        # 64 images / global batch 16, logged once per step by rank 0 only

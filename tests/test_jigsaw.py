@@ -99,7 +99,7 @@ def test_puzzle_colours_one_draw_per_puzzle():
 
 
 def test_jigsaw_pp_backbone_standardises_each_tile_and_each_evaluated_image():
-    from selfsup.engine.checkpoint import load_backbone
+    from selfsup.checkpoint import load_backbone
 
     method = build_method("jigsaw_pp", backbone="convnet", image_size=32)
     assert type(method.backbone).__name__ == "TileNorm"

@@ -13,7 +13,7 @@ from conftest import tiny_overrides
 from selfsup.config import resolve_config
 from selfsup.data.loader import Batch
 from selfsup.data.views import multicrop_views, parse_crops
-from selfsup.engine.checkpoint import load_checkpoint
+from selfsup.checkpoint import load_checkpoint
 from selfsup.engine.trainer import Trainer
 from selfsup.errors import SelfSupError
 from selfsup.losses import sinkhorn, swav

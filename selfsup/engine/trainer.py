@@ -24,7 +24,7 @@ from torch import nn
 from selfsup import distributed as dist
 from selfsup.data.datasets import load_dataset
 from selfsup.data.loader import BatchLoader
-from selfsup.engine.checkpoint import load_checkpoint, save_atomic
+from selfsup.checkpoint import load_checkpoint, save_atomic
 from selfsup.engine.optim import build_optimizer, lr_at
 from selfsup.errors import SelfSupError
 from selfsup.methods import get_method
@@ -55,7 +55,11 @@ def autocast_dtype(precision: str, device: torch.device):
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The RNG states as tensors and plain lists (``weights_only`` loads them; no numpy objects)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+             "python": [version, list(internal), gauss_next]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -63,8 +67,10 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from selfsup.data.datasets import cache_root
 from selfsup.data.views import EvalTransform
-from selfsup.engine.checkpoint import save_atomic
+from selfsup.checkpoint import safe_load, save_atomic
 from selfsup.errors import SelfSupError
 
 
@@ -41,7 +41,7 @@ def feature_cache(cache_key: str | None, what: str, cache_dir: str | Path | None
     path = Path(cache_dir or default_cache_dir()) / "features" / f"{name}.pt"
     if not path.exists():
         return path, None
-    cached = torch.load(path, map_location="cpu")
+    cached = safe_load(path, "feature cache")
     return path, (cached["features"], cached["labels"])
 
 

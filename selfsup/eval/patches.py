@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.data.views import EvalTransform, crop_boxes, normalize, patch_boxes, resized_crop, to_float
-from selfsup.engine.checkpoint import save_atomic
+from selfsup.checkpoint import save_atomic
 from selfsup.errors import SelfSupError
 from selfsup.eval.features import feature_cache
 

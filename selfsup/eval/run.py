@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from selfsup.data.datasets import load_dataset
-from selfsup.engine.checkpoint import load_backbone, load_checkpoint
+from selfsup.checkpoint import load_backbone, load_checkpoint
 from selfsup.errors import SelfSupError
 from selfsup.eval.features import extract_features, file_hash
 from selfsup.eval.knn import knn_scores, topk_accuracy

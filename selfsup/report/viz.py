@@ -10,7 +10,7 @@ import torch
 from selfsup.data.datasets import load_dataset
 from selfsup.data.color import lab_to_rgb, rgb_to_lab
 from selfsup.data.views import EvalTransform, unnormalize
-from selfsup.engine.checkpoint import load_backbone, load_checkpoint, load_method, load_projector
+from selfsup.checkpoint import load_backbone, load_checkpoint, load_method, load_projector
 from selfsup.errors import SelfSupError
 from selfsup.eval.patches import nearest_patches, patch_convergence, similarity_map
 from selfsup.eval.run import pretraining_patch_size

@@ -1,8 +1,17 @@
-"""Checkpoints: written atomically, loaded with clear errors."""
+"""Checkpoint files: written atomically, read without running code.
+
+Every ``.pt`` file selfsup reads (its own checkpoints, a torchvision / timm state
+dict, its feature caches) goes through ``safe_load``: ``torch.load`` with
+``weights_only=True``, which rebuilds tensors and plain containers only, so a
+crafted file is refused instead of running its payload. This module sits below
+the engine, evaluation and visualisation, so one loader serves them all.
+"""
 from __future__ import annotations
 
 import os
-import tempfile
+import pickle
+import re
+import secrets
 from pathlib import Path
 
 import torch
@@ -10,31 +19,80 @@ import torch
 from selfsup.errors import SelfSupError
 
 
-def save_atomic(obj, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _fsync_dir(folder: Path) -> None:
     try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temporary_name(path: Path) -> Path:
+    """Where ``save_atomic`` writes before the rename: ``.NAME.PID.RANDOM.tmp`` beside ``path``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, rename over ``path``, fsync the folder.
+
+    A kill at any point leaves either the old file or the new one, never a partial
+    one. The file's mode follows the umask, as any file the user writes. A failed
+    write (disk full, read-only folder) is a one-line ``SelfSupError`` and keeps the
+    previous file.
+    """
+    path = Path(path)
+    kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
+    tmp = temporary_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _fsync_dir(path.parent)
+    except BaseException as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise SelfSupError(f"cannot write {path} ({exc.strerror or exc}): {kept}; free disk space or "
+                               f"choose a writable location") from None
         raise
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def safe_load(path: str | Path, what: str = "checkpoint"):
+    """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors.
+
+    Tensors, numbers, strings and containers load; anything that would import or
+    call Python code while unpickling is refused, and nothing of it runs.
+    """
     path = Path(path)
     if not path.is_file():
-        raise SelfSupError(f"checkpoint {path} does not exist: pass the path of a .pt file written by `selfsup pretrain`")
+        raise SelfSupError(f"{what} {path} does not exist: pass the path of a .pt file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found is None:
+            raise SelfSupError(f"cannot read {what} {path}: it is not a PyTorch file or it is truncated") from None
+        raise SelfSupError(f"refusing to load {what} {path}: it would call {found.group(1)}, and loading it could run "
+                           f"code; selfsup reads only tensors and plain data: re-save it as a state dict of tensors") from None
     except Exception as exc:
-        raise SelfSupError(f"cannot read checkpoint {path} ({type(exc).__name__}): it is not a PyTorch file or it is truncated") from None
+        raise SelfSupError(f"cannot read {what} {path} ({type(exc).__name__}): it is not a PyTorch file or it is "
+                           f"truncated") from None
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint as a dict (``safe_load``): a ``selfsup pretrain`` file or a state dict."""
+    ckpt = safe_load(path)
     if not isinstance(ckpt, dict):
         raise SelfSupError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict: pass a file written by `selfsup pretrain` or a state dict")
     return ckpt
