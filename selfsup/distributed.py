@@ -9,6 +9,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from selfsup.errors import SelfSupError
+
 
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -24,6 +26,19 @@ def rank() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a name asks for (auto, cpu or cuda), or a one-line error when it is not there."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SelfSupError("device=cuda was asked for but no CUDA GPU is visible: use device=cpu or device=auto")
+    if name not in ("cpu", "cuda"):
+        raise SelfSupError(f"unknown device {name!r}: use auto, cpu or cuda")
+    if name == "cuda" and is_initialized():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)
 
 
 def init_from_env(device_type: str) -> bool:

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from selfsup import distributed as dist
+from selfsup.distributed import resolve_device
 from selfsup.data.datasets import load_dataset
 from selfsup.data.loader import BatchLoader
 from selfsup.checkpoint import load_checkpoint, save_atomic
@@ -29,18 +30,6 @@ from selfsup.engine.optim import build_optimizer, lr_at
 from selfsup.errors import SelfSupError
 from selfsup.methods import get_method
 from selfsup.models import build_backbone
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SelfSupError("device=cuda was asked for but no CUDA GPU is visible: use device=cpu or device=auto")
-    if name not in ("cpu", "cuda"):
-        raise SelfSupError(f"unknown device {name!r}: use auto, cpu or cuda")
-    if name == "cuda" and dist.is_initialized():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(name)
 
 
 def autocast_dtype(precision: str, device: torch.device):
