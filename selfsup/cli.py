@@ -16,7 +16,9 @@ def _pretrain(args) -> int:
 
     method_cls = get_method(args.method)
     flags = {"method": args.method, "data": args.data, "backbone": args.backbone, "epochs": args.epochs,
-             "batch_size": args.batch_size, "out": args.out, "resume": True if args.resume else None,
+             "batch_size": args.batch_size, "out": args.out,
+             "resume": True if args.resume or args.resume_with_changes else None,
+             "resume_with_changes": True if args.resume_with_changes else None,
              "device": args.device}
     cfg = resolve_config(method_cls, args.config, flags, args.overrides)
     if not cfg.data:
@@ -109,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/latest)")
     p.add_argument("--config", help="YAML file of settings")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--resume-with-changes", action="store_true",
+                   help="continue the run in --out with settings that differ from its own (recorded in metrics.jsonl)")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. optim.lr=0.1")
     p.set_defaults(func=_pretrain)

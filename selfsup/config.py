@@ -48,7 +48,9 @@ class TrainConfig:
     sync_bn: bool = True              # SyncBatchNorm when distributed on CUDA (per-process BN on CPU)
     log_every: int = 10               # steps between metrics.jsonl records
     save_every: int = 0               # also keep epoch_N.pt every N epochs (0: only last.pt)
+    save_every_steps: int = 0         # also write last.pt every N steps (0: at epoch ends and on SIGTERM only)
     resume: bool = False
+    resume_with_changes: bool = False # resume although the config differs from the run's (the change is recorded)
     progress: bool = True             # tqdm bar
 
 
@@ -90,3 +92,29 @@ def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | 
     if base.method != method_cls.name:
         raise SelfSupError(f"config says method {base.method!r} but {method_cls.name!r} was asked for: drop one of them")
     return base
+
+
+# (key, test, what it must be): the numbers a run cannot be meaningful without
+_CHECKS = [
+    ("epochs", lambda v: v >= 0, "0 or more"),
+    ("batch_size", lambda v: v >= 1, "at least 1"),
+    ("image_size", lambda v: v is None or v >= 1, "at least 1"),
+    ("optim.lr", lambda v: v > 0, "positive"),
+    ("optim.min_lr", lambda v: v >= 0, "0 or more"),
+    ("optim.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.weight_decay", lambda v: v >= 0, "0 or more"),
+    ("optim.warmup_epochs", lambda v: v >= 0, "0 or more"),
+    ("optim.lars_eta", lambda v: v > 0, "positive"),
+    ("log_every", lambda v: v >= 1, "at least 1"),
+    ("save_every", lambda v: v >= 0, "0 or more"),
+    ("save_every_steps", lambda v: v >= 0, "0 or more"),
+]
+
+
+def check_config(cfg) -> None:
+    """Refuse, in one line, settings that would make a run meaningless (before anything is written)."""
+    for key, ok, must in _CHECKS:
+        value = OmegaConf.select(cfg, key)
+        if not ok(value):
+            flag = {"epochs": "--epochs", "batch_size": "--batch-size"}.get(key, key)
+            raise SelfSupError(f"{key}={value} is not valid: it must be {must} (set {flag})")

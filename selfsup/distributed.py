@@ -52,7 +52,40 @@ def init_from_env(device_type: str) -> bool:
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
+    _control_group()
     return True
+
+
+_CONTROL = None
+
+
+def _control_group():
+    """A gloo group for host-side flags (stop, non-finite loss): agreeing on them never
+    syncs a CUDA stream. Under gloo it is the default group."""
+    global _CONTROL
+    if _CONTROL is None:
+        _CONTROL = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    return _CONTROL
+
+
+def agree_any(*flags: bool) -> tuple[bool, ...]:
+    """Each flag, true on every process when it is true on any (an all-reduce of host
+    booleans over the control group; free in a single process)."""
+    if world_size() == 1:
+        return tuple(bool(f) for f in flags)
+    t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group())
+    return tuple(bool(v) for v in t.tolist())
+
+
+def gather_objects(obj) -> list | None:
+    """``obj`` of every process, in rank order, on rank 0 (None elsewhere). Tensors inside
+    should be on the CPU; in a single process, ``[obj]``."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, out, dst=0, group=_control_group())
+    return out
 
 
 class _GatherWithGrad(torch.autograd.Function):

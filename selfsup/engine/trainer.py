@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import random
 import signal
 import time
@@ -27,6 +26,8 @@ from selfsup.data.datasets import load_dataset
 from selfsup.data.loader import BatchLoader
 from selfsup.checkpoint import load_checkpoint, save_atomic
 from selfsup.engine.optim import build_optimizer, lr_at
+from selfsup.engine.rundir import RunLock, config_changes, prepare_out, remove_temporaries, truncate_metrics
+from selfsup.config import check_config
 from selfsup.errors import SelfSupError
 from selfsup.methods import get_method
 from selfsup.models import build_backbone
@@ -91,6 +92,7 @@ class Trainer:
     """Pretrains ``cfg.method`` on ``cfg.data`` as the resolved config says."""
 
     def __init__(self, cfg):
+        check_config(cfg)                                  # before anything is built or written
         self.cfg = cfg
         self.distributed = dist.init_from_env("cuda" if cfg.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
         self.device = resolve_device(cfg.device)
@@ -131,54 +133,134 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = round(optim_cfg.warmup_epochs * self.steps_per_epoch)
         self.epoch, self.step_in_epoch = 0, 0
+        self.saved_step: int | None = None                # global step of the newest good checkpoint
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)   # any non-finite loss since the last check
+
+    @property
+    def global_step(self) -> int:
+        return self.epoch * self.steps_per_epoch + self.step_in_epoch
 
     # ------------------------------------------------------------ checkpoints
-    def state(self) -> dict:
+    def _rank_state(self) -> dict:
+        """What differs between processes: RNG states and the methods' extra state
+        (SwAV's queue, DeepCluster-v2's memory bank, prototype usage counts)."""
+        extra = {k: v for k, v in self.method.state_dict().items() if k.endswith("_extra_state")}
+        return _to_cpu({"rng": _rng_state(), "extra": extra})
+
+    def state(self, ranks: list | None = None) -> dict:
         return {
             "backbone": self.cfg.backbone, "cifar_stem": self.cfg.cifar_stem, "backbone_options": self.backbone_options,
             "backbone_state": self.backbone.state_dict(), "method": self.cfg.method,
             "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-            "rng": _rng_state(), "config": OmegaConf.to_container(self.cfg),
+            "rng": _rng_state(), "ranks": ranks or [self._rank_state()], "world_size": self.world,
+            "config": OmegaConf.to_container(self.cfg),
         }
 
-    def save(self) -> None:
-        if dist.is_main():
-            save_atomic(self.state(), self.out / "last.pt")
-            if self.cfg.save_every and self.step_in_epoch == 0 and self.epoch % self.cfg.save_every == 0:
-                save_atomic(self.state(), self.out / f"epoch_{self.epoch}.pt")
-        dist.barrier()
+    def _finite(self) -> bool:
+        """No non-finite loss since the last check and finite weights (one host sync)."""
+        weights = torch.stack([p.detach().isfinite().all() for p in self.method.parameters()]).all()
+        return bool(weights & ~self.nonfinite)
 
-    def restore(self, path: Path) -> None:
+    def _kept(self) -> str:
+        return (f"last.pt from step {self.saved_step} is kept" if self.saved_step is not None
+                else "no checkpoint was written")
+
+    def save(self) -> None:
+        """Write last.pt (every process's own state gathered into it) unless the weights
+        went non-finite; every process agrees on the outcome, so none is left waiting."""
+        (bad,) = dist.agree_any(not self._finite())
+        if bad:
+            raise SelfSupError(f"the loss or the weights became non-finite by step {self.global_step}: {self._kept()}, "
+                               f"not overwritten; lower optim.lr, or use precision=fp32")
+        ranks = dist.gather_objects(self._rank_state())
+        error = None
+        if dist.is_main():
+            try:
+                state = self.state(ranks)
+                save_atomic(state, self.out / "last.pt")
+                if self.cfg.save_every and self.step_in_epoch == 0 and self.epoch % self.cfg.save_every == 0:
+                    save_atomic(state, self.out / f"epoch_{self.epoch}.pt")
+            except SelfSupError as exc:
+                error = exc
+        (failed,) = dist.agree_any(error is not None)
+        if failed:
+            raise SelfSupError(f"saving step {self.global_step} failed: {error or 'see rank 0'} "
+                               f"({self._kept()})")
+        self.saved_step = self.global_step
+
+    def restore(self, path: Path) -> dict:
+        """Load ``path`` into this process (its own rank's state); returns the settings that
+        changed (refused unless ``resume_with_changes``)."""
         ckpt = load_checkpoint(path)
         if ckpt.get("method") != self.cfg.method or ckpt.get("backbone") != self.cfg.backbone:
             raise SelfSupError(f"{path} is a {ckpt.get('method')}/{ckpt.get('backbone')} run, not {self.cfg.method}/{self.cfg.backbone}: "
                                f"resume with the same method and backbone, or use another --out")
-        self.method.load_state_dict(ckpt["model"])
+        changes = config_changes(ckpt.get("config") or {}, OmegaConf.to_container(self.cfg))
+        if changes and not self.cfg.resume_with_changes:
+            key, (old, new) = next(iter(changes.items()))
+            more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+            raise SelfSupError(f"the run in {self.out} has {key}={old}, this command {key}={new}{more}: resume with "
+                               f"the run's settings, or pass --resume-with-changes to continue with the new ones")
+        ranks = ckpt.get("ranks") or []
+        if len(ranks) != self.world:
+            raise SelfSupError(f"{path} was written by {len(ranks)} process(es) and this run has {self.world}: resume "
+                               f"with {len(ranks)} (each process's queues, memory bank and RNG are its own)")
+        own = ranks[self.rank]
+        self.method.load_state_dict({**ckpt["model"], **own["extra"]})
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step_in_epoch = ckpt["epoch"], ckpt["step_in_epoch"]
-        _set_rng_state(ckpt["rng"])
+        self.saved_step = self.global_step
+        _set_rng_state(own["rng"])
+        return changes
 
     # ------------------------------------------------------------ the loop
     def fit(self, on_epoch_end=None) -> str:
         """Train to ``cfg.epochs``; returns "done" or "interrupted" (after saving)."""
         cfg, main = self.cfg, dist.is_main()
-        self.out.mkdir(parents=True, exist_ok=True)
+        lock = None
+        error = None
+        if main:
+            try:
+                prepare_out(self.out)
+                lock = RunLock(self.out).acquire()
+            except SelfSupError as exc:
+                error = exc
+        (failed,) = dist.agree_any(error is not None)
+        if failed:
+            raise error or SelfSupError(f"rank 0 could not take the run directory {self.out}: see its message")
+        try:
+            return self._fit(on_epoch_end)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self, on_epoch_end) -> str:
+        cfg, main = self.cfg, dist.is_main()
         last = self.out / "last.pt"
+        if main:
+            remove_temporaries(self.out)
+        changes = {}
         if cfg.resume and last.exists():
-            self.restore(last)
+            changes = self.restore(last)
         elif cfg.resume:
             raise SelfSupError(f"--resume was given but {last} does not exist: drop --resume or point --out at the run to continue")
         elif last.exists():
             raise SelfSupError(f"{self.out} already holds a run (last.pt): pass --resume to continue it or choose another --out")
         if main:
             OmegaConf.save(self.cfg, self.out / "config.yaml")
+            if cfg.resume:
+                truncate_metrics(self.out / "metrics.jsonl", self.epoch, self.global_step)
         if cfg.epochs == 0:
             self.save()
             return "done"
-        writer = _tensorboard(self.out) if main else None
+        writer = _tensorboard(self.out, self.global_step + 1 if cfg.resume else None) if main else None
         metrics = open(self.out / "metrics.jsonl", "a") if main else None
+        if changes and main:
+            metrics.write(json.dumps({"epoch": self.epoch, "step": self.global_step, "resumed_with_changes": changes}) + "\n")
+            print(f"resumed at step {self.global_step} with changed settings: "
+                  + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changes.items()))
         try:
             with _StopFlag() as stop:
                 while self.epoch < cfg.epochs:
@@ -201,9 +283,16 @@ class Trainer:
             self.method.on_epoch_start(self.epoch, self.loader)
         bar = _progress(self.steps_per_epoch, self.step_in_epoch, f"epoch {self.epoch + 1}/{cfg.epochs}",
                         enabled=main and cfg.progress)
+        try:
+            return self._steps(stop, writer, metrics, bar)
+        finally:
+            bar.close()                      # before any message, so it prints on a line of its own
+
+    def _steps(self, stop, writer, metrics, bar) -> str:
+        cfg, main = self.cfg, dist.is_main()
         window_images, t0 = 0, time.perf_counter()
         for batch in self.loader.epoch(self.epoch, self.step_in_epoch):
-            step = self.epoch * self.steps_per_epoch + self.step_in_epoch
+            step = self.global_step
             lr = lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, cfg.optim.min_lr)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -214,6 +303,7 @@ class Trainer:
             with autocast:
                 out = self.model(batch)
             loss = out["loss"]
+            self.nonfinite |= ~loss.detach().isfinite()        # on the device: no host sync per step
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.method.on_after_backward(step)
@@ -222,10 +312,15 @@ class Trainer:
             self.method.on_step_end(step, self.total_steps)
             self.step_in_epoch += 1
             window_images += len(batch.indices) * self.world
-            if self.step_in_epoch % cfg.log_every == 0 or self.step_in_epoch == self.steps_per_epoch:
+            log = self.step_in_epoch % cfg.log_every == 0 or self.step_in_epoch == self.steps_per_epoch
+            # every process takes the same decision at every step boundary: stop, or go on
+            nonfinite = bool(self.nonfinite) if log else False
+            stopping, nonfinite = dist.agree_any(stop.signal is not None, nonfinite)
+            if nonfinite:
+                raise SelfSupError(f"the loss became non-finite by step {step + 1}: {self._kept()}, not overwritten; "
+                                   f"lower optim.lr, or use precision=fp32")
+            if log:
                 value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise SelfSupError(f"the loss became {value} at step {step}: lower optim.lr, or use precision=fp32")
                 elapsed = time.perf_counter() - t0
                 record = {"epoch": self.epoch, "step": step + 1, "loss": value, "lr": lr,
                           "images_per_s": window_images / elapsed}
@@ -239,11 +334,12 @@ class Trainer:
                 bar.set_postfix(loss=f"{value:.4f}", img_s=f"{record['images_per_s']:.0f}")
                 window_images, t0 = 0, time.perf_counter()
             bar.update(1)
-            if stop.signal is not None:
-                bar.close()
+            if stopping:
                 self.save()
                 return "interrupted"
-        bar.close()
+            if cfg.save_every_steps and self.global_step % cfg.save_every_steps == 0 \
+                    and self.step_in_epoch < self.steps_per_epoch:
+                self.save()
         summary = self.method.on_epoch_end(self.epoch)
         if summary and main:
             metrics.write(json.dumps({"epoch": self.epoch, "epoch_end": True, **summary}) + "\n")
@@ -255,10 +351,21 @@ class Trainer:
         return "done"
 
 
-def _tensorboard(out: Path):
+def _to_cpu(obj):
+    """A copy of a nest of dicts / lists with every tensor on the CPU (to gather and save)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _tensorboard(out: Path, purge_step: int | None = None):
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(str(out / "tb"))
+    return SummaryWriter(str(out / "tb"), purge_step=purge_step)    # on resume: drop events past the checkpoint
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):

@@ -73,6 +73,18 @@ class Method(nn.Module):
         return None
 
 
+def to_device(state, device: torch.device):
+    """``state`` (a nest of dicts and lists) with every tensor moved to ``device``: a method's
+    extra state loads on the CPU and must follow the module to its device on resume."""
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    if isinstance(state, dict):
+        return {k: to_device(v, device) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(to_device(v, device) for v in state)
+    return state
+
+
 def forward_views(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
     """Backbone features of every view, in view order (concatenated along the batch).
 

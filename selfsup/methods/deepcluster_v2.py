@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup import distributed as dist
+from selfsup.methods.base import to_device
 from selfsup.methods.prototypes import PrototypeConfig, PrototypeMethod, PrototypeUsage, normalize_rows_
 
 IGNORE = -100   # assignment of samples not in any bank (ignored by the loss)
@@ -82,11 +83,15 @@ class DeepClusterV2(PrototypeMethod):
 
     def get_extra_state(self):
         return {"bank": self.bank, "bank_index": self.bank_index, "assignments": self.assignments,
-                "step_in_epoch": self.step_in_epoch}
+                "step_in_epoch": self.step_in_epoch, "usage": [u.state() for u in self.usage]}
 
     def set_extra_state(self, state):
+        device = self.heads[0].weight.device
+        state = to_device(state, device)
         self.bank, self.bank_index, self.assignments = state["bank"], state["bank_index"], state["assignments"]
         self.step_in_epoch = state["step_in_epoch"]
+        for usage, counts in zip(self.usage, state["usage"]):
+            usage.load(counts, device)
 
     # ------------------------------------------------------------ memory bank
     @torch.no_grad()

@@ -55,7 +55,7 @@ class MoCoV2(Method):
         return {"queue": self.queue, "queue_ptr": self.queue_ptr}
 
     def set_extra_state(self, state):
-        self.queue, self.queue_ptr = state["queue"], state["queue_ptr"]
+        self.queue, self.queue_ptr = state["queue"].to(next(self.projector.parameters()).device), state["queue_ptr"]
 
     def view_maker(self):
         return ViewMaker(view_recipe(self.cfg.views, self.image_size))

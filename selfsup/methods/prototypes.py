@@ -76,6 +76,18 @@ class PrototypeUsage:
         self.code_entropy_sum: torch.Tensor | float = 0.0
         self.samples = 0
 
+    def state(self) -> dict:
+        """The counts so far (saved in checkpoints, so a mid-epoch resume counts the whole epoch)."""
+        return {"counts": self.counts, "code_entropy_sum": self.code_entropy_sum, "samples": self.samples}
+
+    def load(self, state: dict, device: torch.device) -> None:
+        self.reset()
+        self.device = device
+        self.counts = None if state["counts"] is None else state["counts"].to(device)
+        entropy = state["code_entropy_sum"]
+        self.code_entropy_sum = entropy.to(device) if isinstance(entropy, torch.Tensor) else entropy
+        self.samples = state["samples"]
+
     @torch.no_grad()
     def update(self, codes: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> None:
         """Count hard assignments: ``labels``, or else the argmax of ``codes`` (B x K soft codes,

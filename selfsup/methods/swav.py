@@ -27,6 +27,7 @@ from torch import nn
 
 from selfsup import distributed as dist
 from selfsup.losses import sinkhorn, swav
+from selfsup.methods.base import to_device
 from selfsup.methods.prototypes import PrototypeConfig, PrototypeMethod, PrototypeUsage, normalize_rows_
 
 
@@ -58,10 +59,12 @@ class SwAV(PrototypeMethod):
 
     # the queue is per process and is not a buffer, so DDP does not broadcast it from rank 0
     def get_extra_state(self):
-        return {"queue": self.queue}
+        return {"queue": self.queue, "usage": self.usage.state()}
 
     def set_extra_state(self, state):
-        self.queue, self.queue_full = state["queue"], False
+        device = self.prototypes.weight.device
+        self.queue, self.queue_full = to_device(state["queue"], device), False
+        self.usage.load(state["usage"], device)
 
     def on_epoch_start(self, epoch: int, loader) -> None:
         cfg = self.cfg
