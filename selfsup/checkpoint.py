@@ -37,12 +37,20 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
+class SaveError(SelfSupError):
+    """A write that failed (disk full, read-only folder): the previous file is intact."""
+
+    def __init__(self, path: Path, reason: str, kept: str):
+        super().__init__(f"cannot write {path} ({reason}): {kept}; free disk space or choose a writable location")
+        self.path, self.reason = path, reason
+
+
 def save_atomic(obj, path: str | Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, rename over ``path``, fsync the folder.
 
     A kill at any point leaves either the old file or the new one, never a partial
     one. The file's mode follows the umask, as any file the user writes. A failed
-    write (disk full, read-only folder) is a one-line ``SelfSupError`` and keeps the
+    write (disk full, read-only folder) is a one-line ``SaveError`` and keeps the
     previous file.
     """
     path = Path(path)
@@ -63,8 +71,7 @@ def save_atomic(obj, path: str | Path) -> None:
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise SelfSupError(f"cannot write {path} ({exc.strerror or exc}): {kept}; free disk space or "
-                               f"choose a writable location") from None
+            raise SaveError(path, exc.strerror or str(exc), kept) from None
         raise
 
 

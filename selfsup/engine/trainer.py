@@ -24,7 +24,7 @@ from selfsup import distributed as dist
 from selfsup.distributed import resolve_device
 from selfsup.data.datasets import load_dataset
 from selfsup.data.loader import BatchLoader
-from selfsup.checkpoint import load_checkpoint, save_atomic
+from selfsup.checkpoint import SaveError, load_checkpoint, save_atomic
 from selfsup.engine.optim import build_optimizer, lr_at
 from selfsup.engine.rundir import RunLock, config_changes, prepare_out, remove_temporaries, truncate_metrics
 from selfsup.config import check_config
@@ -181,12 +181,13 @@ class Trainer:
                 save_atomic(state, self.out / "last.pt")
                 if self.cfg.save_every and self.step_in_epoch == 0 and self.epoch % self.cfg.save_every == 0:
                     save_atomic(state, self.out / f"epoch_{self.epoch}.pt")
-            except SelfSupError as exc:
+            except SaveError as exc:
                 error = exc
         (failed,) = dist.agree_any(error is not None)
         if failed:
-            raise SelfSupError(f"saving step {self.global_step} failed: {error or 'see rank 0'} "
-                               f"({self._kept()})")
+            reason = f"{error.path}: {error.reason}" if error else "on rank 0, see its message"
+            raise SelfSupError(f"cannot save step {self.global_step} ({reason}): {self._kept()}; free disk space "
+                               f"or choose a writable --out")
         self.saved_step = self.global_step
 
     def restore(self, path: Path) -> dict:
