@@ -8,6 +8,7 @@ the engine, evaluation and visualisation, so one loader serves them all.
 """
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import re
@@ -141,7 +142,10 @@ def load_method(ckpt: dict, backbone):
     name = config.get("method")
     if "model" not in ckpt or not name:
         return None
-    method = build_method(name, backbone=backbone, image_size=config.get("image_size") or 224, **(config.get(name) or {}))
+    # around a copy: building a method may change its backbone (Jigsaw runs AlexNet's conv1 at stride 2
+    # on tiles), and the caller's backbone must stay exactly as the checkpoint records it
+    size = ckpt.get("image_size") or config.get("image_size") or 224
+    method = build_method(name, backbone=copy.deepcopy(backbone), image_size=size, **(config.get(name) or {}))
     method.load_state_dict(ckpt["model"])
     return method.eval()
 

@@ -76,11 +76,15 @@ def _cell(value: str) -> tuple[int, int]:
 def _viz(args) -> int:
     from selfsup.report.viz import visualise
 
+    try:
+        counts = tuple(int(c) for c in args.counts.split(","))
+    except ValueError:
+        raise SelfSupError(f"--counts {args.counts!r}: give numbers of patches separated by commas, e.g. 1,2,4,8,16") from None
     print(visualise(args.kind, args.checkpoint, args.data, args.out, index=args.index,
                     query=_cell(args.query) if args.query else None,
                     patch_size=_patch_size(args.patch_size), stride=args.stride, k=args.k,
                     patches_per_image=args.patches_per_image, max_images=args.max_images,
-                    counts=tuple(int(c) for c in args.counts.split(",")), image_size=args.image_size,
+                    counts=counts, image_size=args.image_size,
                     device=args.device))
     return 0
 
@@ -133,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-epochs", type=int, default=100, help="linear probe epochs (default 100)")
     p.add_argument("--lr", type=float, default=0.1, help="linear probe learning rate (default 0.1)")
     p.add_argument("--batch-size", type=int, default=256, help="feature extraction batch")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     g = p.add_argument_group("patches", "options of `selfsup eval patches`")
@@ -170,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "colorize: images shown (default 8)")
     p.add_argument("--counts", default="1,2,4,8,16", help="convergence: numbers of patches averaged")
     p.add_argument("--image-size", type=int, help="network input size (default: the pretraining size)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     p.set_defaults(func=_viz)
 
     p = sub.add_parser("demo", help="the whole pipeline on Fashion-MNIST in minutes on a CPU",

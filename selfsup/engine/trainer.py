@@ -153,6 +153,7 @@ class Trainer:
             "backbone_state": self.backbone.state_dict(), "method": self.cfg.method,
             "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "image_size": self.method.image_size,
             "rng": _rng_state(), "ranks": ranks or [self._rank_state()], "world_size": self.world,
             "config": OmegaConf.to_container(self.cfg),
         }

@@ -13,6 +13,7 @@ from selfsup.data.datasets import cache_root
 from selfsup.data.views import EvalTransform
 from selfsup.checkpoint import safe_load, save_atomic
 from selfsup.errors import SelfSupError
+from selfsup.eval.checks import at_least_one
 
 
 def pool_features(fmap: torch.Tensor, pool: str = "avg", target_dims: int = 9216) -> torch.Tensor:
@@ -57,6 +58,7 @@ def extract_features(backbone, dataset, tap: str | None = None, pool: str = "avg
     ``cache_dir/features`` and reused when the same checkpoint, dataset, tap,
     pooling and size come again.
     """
+    at_least_one("--batch-size", batch_size, 256)
     tap = backbone.check_taps([tap])[0] if tap else backbone.taps[-1]
     cache_file, cached = feature_cache(cache_key, f"{dataset.fingerprint}|{tap}|{pool}|{image_size}", cache_dir)
     if cached is not None:

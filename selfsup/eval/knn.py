@@ -9,12 +9,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from selfsup.eval.checks import at_least_one, positive
+
+
+def check_knn(k: int, temperature: float) -> None:
+    """Refuse a kNN that cannot vote: fewer than one neighbour, or a temperature not above 0."""
+    at_least_one("--k", k, 20)
+    positive("--temperature", temperature, 0.07)
 
 @torch.no_grad()
 def knn_scores(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                k: int = 20, temperature: float = 0.07, num_classes: int | None = None,
                chunk: int = 1024) -> torch.Tensor:
     """Class scores (N_test x C): sum over the k nearest neighbours of exp(cos / T)."""
+    check_knn(k, temperature)
     train = F.normalize(train_feats.float(), dim=1)
     test = F.normalize(test_feats.float(), dim=1)
     num_classes = num_classes or int(train_labels.max()) + 1

@@ -6,7 +6,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+from selfsup.eval.checks import at_least_one, positive
 from selfsup.eval.knn import topk_accuracy
+
+
+def check_probe(epochs: int, lr: float) -> None:
+    """Refuse a probe that would not train: fewer than one epoch, or a learning rate not above 0."""
+    at_least_one("--probe-epochs", epochs, 100)
+    positive("--lr", lr, 0.1)
 
 
 def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
@@ -18,6 +25,7 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     without affine parameters, frozen after fitting, as in Goyal et al. 2019's
     linear heads); SGD with momentum 0.9 and a cosine schedule per iteration.
     """
+    check_probe(epochs, lr)
     g = torch.Generator().manual_seed(seed)
     mean, std = train_feats.mean(0), train_feats.std(0) + 1e-6
     xtr, xte = (train_feats - mean) / std, (test_feats - mean) / std

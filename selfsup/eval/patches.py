@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from selfsup.data.views import EvalTransform, crop_boxes, normalize, patch_boxes, resized_crop, to_float
 from selfsup.checkpoint import save_atomic
 from selfsup.errors import SelfSupError
+from selfsup.eval.checks import at_least_one
 from selfsup.eval.features import feature_cache
 
 MULTI_SCALE = (0.08, 1.0)
@@ -50,6 +51,7 @@ def random_boxes(n_images: int, height: int, width: int, num: int, side: int | N
 
 def grid_boxes(height: int, width: int, side: int, stride: int, device="cpu") -> tuple[torch.Tensor, tuple[int, int]]:
     """Boxes of a ``side`` window slid with ``stride`` over the image, row-major, and the grid shape."""
+    at_least_one("--stride", stride, 4)
     if side > min(height, width):
         raise SelfSupError(f"window {side} exceeds the {height}x{width} images: use a smaller window or patch size")
     ys, xs = range(0, height - side + 1, stride), range(0, width - side + 1, stride)
@@ -87,6 +89,23 @@ def local_pool(grid: torch.Tensor) -> torch.Tensor:
     return torch.flatten(F.avg_pool2d(grid.permute(0, 3, 1, 2), kernel_size=3, stride=2), 1)
 
 
+def check_patches(num_patches: int = 16, patch_size: int | None = None, window: int | None = None,
+                  stride: int | None = None, chunk: int = 2048) -> None:
+    """Refuse patch settings that leave nothing to embed (None: the default, accepted)."""
+    at_least_one("--num-patches", num_patches, 16)
+    at_least_one("--patch-size", patch_size, 16)
+    at_least_one("--window", window, 16)
+    at_least_one("--stride", stride, 4)
+    at_least_one("--chunk", chunk, 2048)
+
+
+def check_counts(counts) -> None:
+    """Refuse numbers of patches averaged (``patch_convergence``) below 1."""
+    if not counts or min(counts) < 1:
+        raise SelfSupError(f"--counts must be numbers of patches of at least 1, got {','.join(map(str, counts))}: "
+                           "use e.g. --counts 1,2,4,8,16")
+
+
 def _raw(dataset, start: int, count: int, device) -> torch.Tensor:
     return torch.from_numpy(np.array(dataset.images[start:start + count])).to(device)
 
@@ -111,8 +130,7 @@ def aggregated_features(backbone, dataset, num_patches: int = 16, patch_size: in
     """
     if aggregate not in ("global", "local"):
         raise SelfSupError(f"unknown aggregation {aggregate!r}: use global or local")
-    if aggregate == "global" and num_patches < 1:
-        raise SelfSupError(f"--num-patches must be at least 1, got {num_patches}")
+    check_patches(num_patches, patch_size, window, stride, chunk)
     tap = backbone.check_taps([tap])[0] if tap else backbone.taps[-1]
     height, width = dataset.images.shape[2:4]
     input_size = input_size or height
@@ -157,6 +175,8 @@ def patch_convergence(backbone, dataset, counts=(1, 2, 4, 8, 16), patch_size: in
     """BagSSL Fig. 3a: mean over images of cos(mean of N patch embeddings, whole-image
     embedding) for each N in ``counts``, and for "all" patches (the window slid at
     ``stride``, default side / 4). The whole image is embedded at ``input_size``."""
+    check_counts(counts)
+    at_least_one("--max-images", max_images, 256)
     tap = backbone.check_taps([tap])[0] if tap else backbone.taps[-1]
     height, width = dataset.images.shape[2:4]
     input_size = input_size or height
@@ -186,30 +206,30 @@ def patch_convergence(backbone, dataset, counts=(1, 2, 4, 8, 16), patch_size: in
 
 @torch.no_grad()
 def similarity_map(backbone, image: torch.Tensor, side: int, stride: int, query: tuple[int, int] | None = None,
-                   input_size: int | None = None, tap: str | None = None, head=None) -> dict:
+                   input_size: int | None = None, tap: str | None = None, head=None, device="cpu") -> dict:
     """BagSSL Fig. 4: cosine similarity of one query patch to every patch of its image.
 
     ``image``: C x H x W uint8. Windows of ``side`` px at ``stride`` form a grid; ``query``
     (row, column in that grid, default its centre) is compared to every cell, in the
     embedding space and, with ``head`` (the pretraining projector), in the projection
-    space. Returns the maps (g_h x g_w), the query's box and the grid shape."""
+    space, everything on ``device``. Returns the maps (g_h x g_w), the query's box and the
+    grid shape, on the CPU."""
     tap = backbone.check_taps([tap])[0] if tap else backbone.taps[-1]
-    backbone.eval()
-    x = to_float(image[None])
+    backbone.eval().to(device, memory_format=torch.channels_last)
+    x = to_float(image[None].to(device))
     height, width = x.shape[2:]
-    boxes, (gh, gw) = grid_boxes(height, width, side, stride)
+    boxes, (gh, gw) = grid_boxes(height, width, side, stride, device)
     row, col = query if query is not None else (gh // 2, gw // 2)
     if not (0 <= row < gh and 0 <= col < gw):
         raise SelfSupError(f"query cell ({row}, {col}) is outside the {gh} x {gw} grid of windows: pick one inside")
-    source = torch.zeros(len(boxes), dtype=torch.long)
+    source = torch.zeros(len(boxes), dtype=torch.long, device=device)
     h = embed_boxes(backbone, x, boxes, source, input_size or height, tap)
     q = row * gw + col
-    maps = {"embedding": F.cosine_similarity(h, h[q:q + 1]).view(gh, gw)}
+    maps = {"embedding": F.cosine_similarity(h, h[q:q + 1]).view(gh, gw).cpu()}
     if head is not None:
-        head.eval()
-        z = head(h).float()
-        maps["projection"] = F.cosine_similarity(z, z[q:q + 1]).view(gh, gw)
-    return {"maps": maps, "query_box": boxes[q], "grid": (gh, gw)}
+        z = head.eval().to(device)(h).float()
+        maps["projection"] = F.cosine_similarity(z, z[q:q + 1]).view(gh, gw).cpu()
+    return {"maps": maps, "query_box": boxes[q].cpu(), "grid": (gh, gw)}
 
 
 @torch.no_grad()
@@ -221,6 +241,9 @@ def nearest_patches(backbone, dataset, query_image: int, query_box: torch.Tensor
     image, side ``patch_size``) nearest to the query patch (cosine, embedding space),
     excluding the query's own image. A running top-k over chunks keeps memory bounded.
     Returns (image index, box, similarity) for each, nearest first."""
+    at_least_one("--k", k, 16)
+    at_least_one("--patches-per-image", patches_per_image, 16)
+    at_least_one("--max-images", max_images, 256)
     tap = backbone.check_taps([tap])[0] if tap else backbone.taps[-1]
     backbone.eval().to(device, memory_format=torch.channels_last)
     height, width = dataset.images.shape[2:4]

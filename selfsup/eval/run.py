@@ -2,19 +2,39 @@
 ``patches``: both probes on aggregated patch embeddings (BagSSL, METHODS.md 7.4)."""
 from __future__ import annotations
 
+import torch
+
 from selfsup.data.datasets import load_dataset
 from selfsup.checkpoint import load_backbone, load_checkpoint
+from selfsup.distributed import resolve_device
 from selfsup.errors import SelfSupError
+from selfsup.eval.checks import at_least_one
 from selfsup.eval.features import extract_features, file_hash
-from selfsup.eval.knn import knn_scores, topk_accuracy
-from selfsup.eval.linear import linear_probe
-from selfsup.eval.patches import aggregated_features
+from selfsup.eval.knn import check_knn, knn_scores, topk_accuracy
+from selfsup.eval.linear import check_probe, linear_probe
+from selfsup.eval.patches import aggregated_features, check_patches
 
 
 def labelled(dataset, spec: str):
     if (dataset.labels < 0).any():
         raise SelfSupError(f"{spec} has unlabeled images: evaluation needs labels (use a labelled split, e.g. ?split=train)")
     return dataset
+
+
+def class_map(train, test, train_spec: str, test_spec: str) -> torch.Tensor | None:
+    """The training set's index of each test class, matched by name (datasets number their classes
+    by position, e.g. the sorted subfolders of an image folder), or None when both list the same
+    classes; test classes the training set lacks are refused."""
+    if list(test.classes) == list(train.classes):
+        return None
+    index = {name: i for i, name in enumerate(train.classes)}
+    unknown = [name for name in test.classes if name not in index]
+    if unknown:
+        n = len(unknown)
+        raise SelfSupError(f"{n} class{'es' if n > 1 else ''} of {test_spec} {'are' if n > 1 else 'is'} not in "
+                           f"{train_spec} (first: {unknown[0]!r}): test on classes the training data has, or add "
+                           f"them to the training data")
+    return torch.tensor([index[name] for name in test.classes], dtype=torch.long)
 
 
 def pretraining_patch_size(ckpt: dict) -> int | None:
@@ -37,23 +57,43 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
     ``patches`` holds the options of ``aggregated_features`` (num_patches, patch_size,
     aggregate, window, stride, chunk, seed); patch_size "auto" (the default) means the
     checkpoint's pretraining patch side, or multi-scale crops for multi-scale models.
-    The patches protocol runs each of ``probes`` on the aggregated features."""
+    The patches protocol runs each of ``probes`` on the aggregated features.
+
+    Test labels are matched to the training classes by name. Settings that would make
+    the result meaningless (no neighbours, an untrained probe, ...) and an absent
+    ``device`` (auto, cpu or cuda) are refused before anything runs."""
+    device = resolve_device(device)
     if protocol not in ("knn", "linear", "patches"):
         raise SelfSupError(f"unknown evaluation {protocol!r}: use knn, linear or patches")
+    used = probes if protocol == "patches" else (protocol,)
+    for name in used:
+        if name not in ("knn", "linear"):
+            raise SelfSupError(f"unknown probe {name!r}: use knn or linear")
+    if "knn" in used:
+        check_knn(k, temperature)
+    if "linear" in used:
+        check_probe(epochs, lr)
+    at_least_one("--image-size", image_size, 224)
+    at_least_one("--batch-size", batch_size, 256)
     ckpt = load_checkpoint(checkpoint)
+    opts = dict(patches or {})
+    if protocol == "patches":
+        if opts.get("patch_size", "auto") == "auto":
+            opts["patch_size"] = pretraining_patch_size(ckpt)
+        check_patches(opts.get("num_patches", 16), opts.get("patch_size"), opts.get("window"), opts.get("stride"),
+                      opts.get("chunk", 2048))
     backbone = load_backbone(checkpoint, ckpt)
     train = labelled(load_dataset(train_spec), train_spec)
     test = labelled(load_dataset(test_spec), test_spec)
+    to_train = class_map(train, test, train_spec, test_spec)
     image_size = image_size or (ckpt.get("config") or {}).get("image_size")   # the pretraining view size
     key = file_hash(checkpoint) if cache else None
     info = {"checkpoint": str(checkpoint), "tap": tap or backbone.taps[-1]}
     if protocol == "patches":
-        opts = dict(patches or {})
-        if opts.get("patch_size", "auto") == "auto":
-            opts["patch_size"] = pretraining_patch_size(ckpt)
         common = dict(tap=tap, input_size=image_size, device=device, cache_key=key, progress=progress, **opts)
         xtr, ytr = aggregated_features(backbone, train, **common)
         xte, yte = aggregated_features(backbone, test, **common)
+        yte = yte if to_train is None else to_train[yte]
         results = {p: _probe(p, xtr, ytr, xte, yte, k, temperature, epochs, lr) for p in probes}
         return {"protocol": protocol, **results, **info, **opts, "feature_dim": xtr.shape[1],
                 "n_train": len(ytr), "n_test": len(yte)}
@@ -61,6 +101,7 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
                   cache_key=key, progress=progress)
     xtr, ytr = extract_features(backbone, train, **common)
     xte, yte = extract_features(backbone, test, **common)
+    yte = yte if to_train is None else to_train[yte]
     return {"protocol": protocol, **_probe(protocol, xtr, ytr, xte, yte, k, temperature, epochs, lr), **info,
             "feature_dim": xtr.shape[1], "n_train": len(ytr), "n_test": len(yte)}
 
@@ -69,9 +110,7 @@ def _probe(name, xtr, ytr, xte, yte, k, temperature, epochs, lr) -> dict:
     if name == "knn":
         num_classes = int(max(ytr.max(), yte.max())) + 1
         return topk_accuracy(knn_scores(xtr, ytr, xte, k, temperature, num_classes), yte)
-    if name == "linear":
-        return linear_probe(xtr, ytr, xte, yte, epochs=epochs, lr=lr)
-    raise SelfSupError(f"unknown probe {name!r}: use knn or linear")
+    return linear_probe(xtr, ytr, xte, yte, epochs=epochs, lr=lr)
 
 
 __all__ = ["evaluate"]

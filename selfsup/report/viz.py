@@ -11,8 +11,10 @@ from selfsup.data.datasets import load_dataset
 from selfsup.data.color import lab_to_rgb, rgb_to_lab
 from selfsup.data.views import EvalTransform, unnormalize
 from selfsup.checkpoint import load_backbone, load_checkpoint, load_method, load_projector
+from selfsup.distributed import resolve_device
 from selfsup.errors import SelfSupError
-from selfsup.eval.patches import nearest_patches, patch_convergence, similarity_map
+from selfsup.eval.checks import at_least_one
+from selfsup.eval.patches import check_counts, nearest_patches, patch_convergence, similarity_map
 from selfsup.eval.run import pretraining_patch_size
 from selfsup.report.plots import _plt
 
@@ -124,7 +126,16 @@ def visualise(kind: str, checkpoint: str, data: str, out: str | Path, index: int
               stride: int | None = None, k: int = 16, patches_per_image: int = 16, max_images: int | None = None,
               counts=(1, 2, 4, 8, 16), image_size: int | None = None, device: str = "cpu") -> str:
     """Write the ``kind`` figure ("heatmap", "patch-knn", "convergence" or "colorize") to ``out``; returns a
-    summary line. ``colorize`` shows ``max_images`` images (default 8) from ``index``."""
+    summary line. ``colorize`` shows ``max_images`` images (default 8) from ``index``. Everything
+    runs on ``device`` (auto, cpu or cuda); sizes and counts below 1 are refused before anything runs."""
+    device = resolve_device(device)
+    if kind not in ("heatmap", "patch-knn", "convergence", "colorize"):
+        raise SelfSupError(f"unknown figure {kind!r}: use heatmap, patch-knn, convergence or colorize")
+    for flag, value, example in (("--k", k, 16), ("--patches-per-image", patches_per_image, 16),
+                                 ("--max-images", max_images, 256), ("--stride", stride, 4),
+                                 ("--image-size", image_size, 224)):
+        at_least_one(flag, value, example)
+    check_counts(counts)
     ckpt = load_checkpoint(checkpoint)
     backbone = load_backbone(checkpoint, ckpt)
     dataset = load_dataset(data)
@@ -136,17 +147,19 @@ def visualise(kind: str, checkpoint: str, data: str, out: str | Path, index: int
         return colorize_figure(ckpt, checkpoint, backbone, dataset, out, index, max_images or 8, input_size, device)
     if patch_size == "auto":
         patch_size = pretraining_patch_size(ckpt)
+    at_least_one("--patch-size", patch_size, 16)
     side = patch_size or min(dataset.images.shape[2:4]) // 2
     stride = stride or max(1, side // 4)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     if kind == "heatmap":
         image = torch.from_numpy(np.array(dataset.images[index]))
-        result = similarity_map(backbone, image, side, stride, query, input_size, head=load_projector(ckpt, backbone))
+        head = load_projector(ckpt, backbone)
+        result = similarity_map(backbone, image, side, stride, query, input_size, head=head, device=device)
         heatmap_png(image, result, out)
         return f"wrote {out}: {result['grid'][0]} x {result['grid'][1]} windows of {side} px, spaces {', '.join(result['maps'])}"
     if kind == "patch-knn":
         image = torch.from_numpy(np.array(dataset.images[index]))
-        query_box = similarity_map(backbone, image, side, stride, query, input_size)["query_box"]
+        query_box = similarity_map(backbone, image, side, stride, query, input_size, device=device)["query_box"]
         found = nearest_patches(backbone, dataset, index, query_box, k, patches_per_image, side, max_images,
                                 input_size, device=device)
         patch_knn_png(dataset, index, query_box, found, out)
@@ -157,4 +170,3 @@ def visualise(kind: str, checkpoint: str, data: str, out: str | Path, index: int
         convergence_png(result, out, f"{Path(checkpoint).parent.name}: patches of {patch_size or 'multi-scale'} px")
         values = ", ".join(f"{n}: {result[n]:.3f}" for n in [*map(str, counts), "all"])
         return f"wrote {out}: cosine to the whole image by patches averaged: {values}"
-    raise SelfSupError(f"unknown figure {kind!r}: use heatmap, patch-knn, convergence or colorize")

@@ -1,0 +1,19 @@
+"""One-line refusals of settings that would make an evaluation meaningless (a kNN of no
+neighbours, an untrained probe, an empty grid of windows) instead of a wrong number."""
+from __future__ import annotations
+
+import math
+
+from selfsup.errors import SelfSupError
+
+
+def at_least_one(flag: str, value: int | None, example: int) -> None:
+    """Refuse a count below 1; None (the default) passes."""
+    if value is not None and value < 1:
+        raise SelfSupError(f"{flag} must be at least 1, got {value}: use e.g. {flag} {example}")
+
+
+def positive(flag: str, value: float, example: float) -> None:
+    """Refuse a rate or temperature that is not a finite number above 0."""
+    if not (math.isfinite(value) and value > 0):
+        raise SelfSupError(f"{flag} must be a positive number, got {value}: use e.g. {flag} {example}")
