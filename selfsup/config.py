@@ -24,8 +24,10 @@ class OptimConfig:
     scale_lr: bool = False            # lr x global_batch / 256 (linear scaling rule)
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    warmup_epochs: float = 0.0        # linear warmup from 0, per iteration
-    min_lr: float = 0.0               # cosine decay to this value, per iteration
+    warmup_epochs: float = 0.0        # linear warmup from warmup_start_lr, per iteration
+    warmup_start_lr: float = 0.0      # where the warmup starts (per 256 images if scale_lr, like lr)
+    min_lr: float = 0.0               # cosine decay to this value (per 256 images if scale_lr, like lr)
+    per_epoch: bool = False           # the schedule steps once per epoch (JigClu's code), not per iteration
     exclude_bias_norm: bool = True    # biases and norm parameters: no weight decay, no LARS adaptation
     lars_eta: float = 0.001           # LARS trust coefficient
 
@@ -101,6 +103,7 @@ _CHECKS = [
     ("image_size", lambda v: v is None or v >= 1, "at least 1"),
     ("optim.lr", lambda v: v > 0, "positive"),
     ("optim.min_lr", lambda v: v >= 0, "0 or more"),
+    ("optim.warmup_start_lr", lambda v: v >= 0, "0 or more"),
     ("optim.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("optim.weight_decay", lambda v: v >= 0, "0 or more"),
     ("optim.warmup_epochs", lambda v: v >= 0, "0 or more"),

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -8,7 +10,7 @@ from selfsup.config import OptimConfig
 
 def test_schedule_warmup_then_cosine():
     lrs = [lr_at(s, 100, 10, 1.0, 0.01) for s in range(100)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[0] == 0 and lrs[9] == pytest.approx(0.9)
     assert lrs[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lr_at(100, 100, 10, 1.0, 0.01) == pytest.approx(0.01)
@@ -42,3 +44,48 @@ def test_build_optimizer_by_name():
     model = nn.Linear(3, 2)
     assert isinstance(build_optimizer(model, OptimConfig(name="lars")), LARS)
     assert isinstance(build_optimizer(model, OptimConfig(name="sgd")), torch.optim.SGD)
+
+
+def _trainer_lrs(tmp_path, method, batch_size, epochs=2, **overrides):
+    """The learning rate the trainer sets at every step of a run of ``method``."""
+    from conftest import tiny_overrides
+    from selfsup.config import resolve_config
+    from selfsup.engine.trainer import Trainer
+    from selfsup.methods import get_method
+
+    items = tiny_overrides(tmp_path / method, method=method, epochs=epochs, batch_size=batch_size,
+                           data="synthetic:256?classes=4&size=16")
+    items = [i for i in items if not i.startswith(("optim.lr=", "optim.warmup_epochs="))]
+    cfg = resolve_config(get_method(method), overrides=items + [f"{k}={v}" for k, v in overrides.items()])
+    t = Trainer(cfg)
+    at = lambda s: s - s % t.steps_per_epoch if cfg.optim.per_epoch else s   # noqa: E731
+    return t, [lr_at(at(s), t.total_steps, t.warmup_steps, t.peak_lr, t.final_lr, t.start_lr)
+               for s in range(t.total_steps)]
+
+
+def test_swav_schedule_scales_start_peak_and_end_with_the_batch(tmp_path):
+    """METHODS.md 5.7: batch 4096 warms up from 0.3 to 4.8 and decays to 0.0048; the per-256
+    defaults give exactly that, and 1/16 of it at batch 256."""
+    t, _ = _trainer_lrs(tmp_path, "swav", 64, **{"swav.crops": "2x16+2x8", "swav.nmb_prototypes": 8})
+    assert (t.start_lr, t.peak_lr, t.final_lr) == pytest.approx((0.3 / 64, 4.8 / 64, 0.0048 / 64))
+    cfg = t.cfg.optim
+    for batch, (start, peak, final) in {4096: (0.3, 4.8, 0.0048), 256: (0.3 / 16, 0.3, 0.0003)}.items():
+        scale = batch / 256
+        assert (cfg.warmup_start_lr * scale, cfg.lr * scale, cfg.min_lr * scale) == pytest.approx((start, peak, final))
+    lrs = [lr_at(s, 1000, 100, 4.8, 0.0048, 0.3) for s in range(1001)]
+    assert lrs[0] == pytest.approx(0.3) and lrs[100] == pytest.approx(4.8) and lrs[1000] == pytest.approx(0.0048)
+
+
+def test_jigclu_decays_per_epoch_with_weight_decay_on_every_parameter(tmp_path):
+    """METHODS.md 1.4: lr = 0.03 x B/256 x (1 + cos(pi epoch / epochs)) / 2, wd 1e-4 on all parameters."""
+    t, lrs = _trainer_lrs(tmp_path, "jigclu", 64, epochs=4)
+    per_epoch = t.steps_per_epoch
+    expected = [0.03 * 64 / 256 * 0.5 * (1 + math.cos(math.pi * (s // per_epoch) / 4)) for s in range(4 * per_epoch)]
+    assert lrs == pytest.approx(expected)
+    assert len(t.optimizer.param_groups) == 1 and t.optimizer.param_groups[0]["weight_decay"] == 1e-4
+
+
+def test_moco_never_gets_syncbatchnorm():
+    from selfsup.methods import get_method
+
+    assert get_method("moco_v2").sync_bn is False and get_method("simclr").sync_bn is True

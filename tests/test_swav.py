@@ -318,3 +318,16 @@ def test_simclr_with_multicrop_averages_the_pairs_with_the_global_crops():
     pairs = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3)]
     ref = sum(nt_xent(z[a], z[b], 0.2) for a, b in pairs) / 5
     assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["swav", "sela_v2"])
+def test_prototypes_frozen_for_one_epoch_of_this_run_by_default(name):
+    """SwAV's 313 (batch 4096) and 5005 (batch 256) iterations are one ImageNet epoch each:
+    the default is one epoch of the run, whatever its length; niters still wins when set."""
+    cfg = get_method(name).Config()
+    assert cfg.freeze_prototypes_epochs == 1.0 and cfg.freeze_prototypes_niters is None
+    from selfsup.methods.swav import frozen_steps
+
+    assert frozen_steps(cfg, 195) == 195 and frozen_steps(cfg, 313) == 313
+    cfg.freeze_prototypes_niters = 5005
+    assert frozen_steps(cfg, 195) == 5005

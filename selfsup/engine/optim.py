@@ -75,9 +75,14 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     raise SelfSupError(f"unknown optimiser {cfg.name!r}: set optim.name to sgd, lars or larc")
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, final: float = 0.0) -> float:
-    """Linear warmup from 0 to ``peak`` over ``warmup_steps``, then cosine decay to ``final``."""
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, final: float = 0.0, start: float = 0.0) -> float:
+    """Linear warmup from ``start`` to ``peak`` over ``warmup_steps``, then cosine decay to ``final``.
+
+    Warmup: lr = start + (peak - start) step / warmup_steps, as SimCLR's and BYOL's code
+    (from 0) and SwAV's (from ``start_warmup``; its ``np.linspace`` reaches the peak one step
+    earlier). Then lr = final + (peak - final)(1 + cos(pi t / T)) / 2 over the T steps after
+    warmup (SwAV, METHODS.md 5.7)."""
     if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
+        return start + (peak - start) * step / warmup_steps
     t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * min(1.0, t)))

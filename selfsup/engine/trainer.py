@@ -118,13 +118,15 @@ class Trainer:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.model: nn.Module = self.method
         if self.distributed:
-            if cfg.sync_bn and self.device.type == "cuda":     # PyTorch's SyncBatchNorm is CUDA-only
+            if cfg.sync_bn and method_cls.sync_bn and self.device.type == "cuda":   # SyncBatchNorm is CUDA-only
                 self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
                 self.backbone = self.method.backbone
             self.model = nn.parallel.DistributedDataParallel(
                 self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         optim_cfg = cfg.optim
-        self.peak_lr = optim_cfg.lr * (cfg.batch_size / 256 if optim_cfg.scale_lr else 1.0)
+        scale = cfg.batch_size / 256 if optim_cfg.scale_lr else 1.0      # the linear scaling rule, for all three
+        self.peak_lr, self.final_lr = optim_cfg.lr * scale, optim_cfg.min_lr * scale
+        self.start_lr = optim_cfg.warmup_start_lr * scale
         self.optimizer = build_optimizer(self.method, optim_cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.loader = BatchLoader(self.dataset, cfg.batch_size // self.world, self.method.view_maker(),
@@ -295,7 +297,8 @@ class Trainer:
         window_images, t0 = 0, time.perf_counter()
         for batch in self.loader.epoch(self.epoch, self.step_in_epoch):
             step = self.global_step
-            lr = lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, cfg.optim.min_lr)
+            at = step - step % self.steps_per_epoch if cfg.optim.per_epoch else step
+            lr = lr_at(at, self.total_steps, self.warmup_steps, self.peak_lr, self.final_lr, self.start_lr)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             if cfg.channels_last:

@@ -44,6 +44,7 @@ class Method(nn.Module):
     name: str = ""
     Config: type = MethodConfig
     defaults: dict[str, Any] = {}
+    sync_bn: bool = True          # False: never SyncBatchNorm under DDP (MoCo shuffles BN across processes instead)
 
     def __init__(self, backbone: Backbone, cfg: Any, image_size: int):
         super().__init__()

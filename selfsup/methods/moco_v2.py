@@ -38,6 +38,7 @@ class MoCoV2Config(MethodConfig):
 class MoCoV2(Method):
     name = "moco_v2"
     Config = MoCoV2Config
+    sync_bn = False     # per-process BN with the shuffle of §3.3: SyncBatchNorm would undo it
     # MoCo v2: SGD (momentum 0.9), lr 0.03 x batch / 256, weight decay 1e-4, cosine, 200 epochs.
     defaults = {"optim": {"name": "sgd", "lr": 0.03, "scale_lr": True, "weight_decay": 1e-4, "warmup_epochs": 0,
                           "exclude_bias_norm": False}}
