@@ -332,3 +332,29 @@ def test_interrupted_run_resumes_exactly_with_target_and_queue(tmp_path, method,
             assert torch.equal(a[k], b[k]), k
     if method == "moco_v2":
         assert torch.equal(a["_extra_state"]["queue"], b["_extra_state"]["queue"])
+
+
+@pytest.mark.parametrize("name", ["byol", "vicreg"])
+def test_byol_and_vicreg_forward_each_view_separately_by_default(name):
+    """Their official code calls the network once per view, so batch norm normalises each view
+    with its own statistics; SimCLR's code passes the views together (joint_pass)."""
+    from selfsup.data.loader import Batch
+    from selfsup.losses import byol, vicreg
+
+    torch.manual_seed(0)
+    m = build_method(name, backbone="convnet", image_size=16, proj_hidden_dim=32, proj_dim=16,
+                     **({"pred_hidden_dim": 32} if name == "byol" else {}))
+    assert m.cfg.joint_pass is False and build_method("simclr", backbone="convnet").cfg.joint_pass is True
+    views = [torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16) * 2 + 1]
+    loss = m(Batch(views, torch.zeros(8), torch.arange(8)))["loss"]
+    z = [m.projector(m.backbone(v)) for v in views]                  # one call per view, by hand
+    if name == "vicreg":
+        ref = vicreg(z[0], z[1])
+    else:
+        p = [m.predictor(v) for v in z]
+        with torch.no_grad():
+            t = [m.target["projector"](m.target["backbone"](v)) for v in views]
+        ref = byol(p[0], t[1]) + byol(p[1], t[0])
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    m.cfg.joint_pass = True
+    assert m(Batch(views, torch.zeros(8), torch.arange(8)))["loss"].item() != pytest.approx(ref.item(), rel=1e-3)

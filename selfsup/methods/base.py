@@ -101,6 +101,15 @@ def forward_views(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Tenso
     return torch.cat(out)
 
 
+def embed_views(backbone: nn.Module, head: nn.Module, views: list[torch.Tensor], joint: bool) -> list[torch.Tensor]:
+    """head(backbone(view)) of every view. ``joint``: views of one size in one pass, so batch
+    norm sees all of them (SimCLR's code); otherwise one pass per view, so its statistics are
+    per view (the official BYOL and VICReg code)."""
+    if joint:
+        return list(head(forward_views(backbone, views)).chunk(len(views)))
+    return [head(backbone(v)) for v in views]
+
+
 def view_pairs(views: list[torch.Tensor]) -> list[tuple[int, int]]:
     """The pairs of views a two-view loss is averaged over.
 
@@ -142,6 +151,7 @@ class JointEmbeddingConfig(MethodConfig):
     proj_layers: int = 2               # Linear layers of the projector (BN + ReLU between)
     proj_last_bias: bool = True
     views: str = "simclr"              # view recipe, e.g. byol, multicrop:2x32+4x16, patch:14 (BagSSL)
+    joint_pass: bool = True            # all views of a size in one pass (SimCLR); False: one pass per view (VICReg)
 
 
 class JointEmbeddingMethod(Method):
@@ -163,7 +173,6 @@ class JointEmbeddingMethod(Method):
         raise NotImplementedError
 
     def forward(self, batch):
-        # views of one size in one backbone pass: batch norm sees all of them, as in the originals
-        z = self.projector(forward_views(self.backbone, batch.views)).chunk(len(batch.views))
+        z = embed_views(self.backbone, self.projector, batch.views, self.cfg.joint_pass)
         pairs = view_pairs(batch.views)
         return {"loss": sum(self.pair_loss(z[a], z[b]) for a, b in pairs) / len(pairs)}

@@ -16,8 +16,7 @@ from torch import nn
 
 from selfsup.data.views import ViewMaker, view_recipe
 from selfsup.losses import byol
-from selfsup.methods.base import (Method, MethodConfig, cosine_momentum, ema_update_, forward_views, momentum_copy,
-                                  view_pairs)
+from selfsup.methods.base import Method, MethodConfig, cosine_momentum, ema_update_, embed_views, momentum_copy, view_pairs
 from selfsup.models import projection_mlp
 
 
@@ -28,6 +27,7 @@ class BYOLConfig(MethodConfig):
     pred_hidden_dim: int = 4096
     base_momentum: float = 0.99     # tau_base (METHODS.md 7.3, as solo-learn; the BYOL paper uses 0.996 on ImageNet)
     views: str = "byol"
+    joint_pass: bool = False        # the official code runs each view separately (per-view BN statistics)
 
 
 class BYOL(Method):
@@ -48,10 +48,11 @@ class BYOL(Method):
         return ViewMaker(view_recipe(self.cfg.views, self.image_size))
 
     def forward(self, batch):
-        n = len(batch.views)
-        p = self.predictor(self.projector(forward_views(self.backbone, batch.views))).chunk(n)
+        joint = self.cfg.joint_pass
+        z = embed_views(self.backbone, self.projector, batch.views, joint)
+        p = self.predictor(torch.cat(z)).chunk(len(z)) if joint else [self.predictor(v) for v in z]
         with torch.no_grad():
-            target = self.target["projector"](forward_views(self.target["backbone"], batch.views)).chunk(n)
+            target = embed_views(self.target["backbone"], self.target["projector"], batch.views, joint)
         pairs = view_pairs(batch.views)
         loss = sum(byol(p[a], target[b]) + byol(p[b], target[a]) for a, b in pairs) / len(pairs)   # eq. 3
         return {"loss": loss, "momentum": torch.tensor(self.momentum)}

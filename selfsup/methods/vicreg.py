@@ -26,6 +26,7 @@ class VICRegConfig(JointEmbeddingConfig):
     proj_layers: int = 3
     proj_last_bias: bool = False
     views: str = "byol"
+    joint_pass: bool = False        # the official code forwards each view separately (per-view BN statistics)
 
 
 class VICReg(JointEmbeddingMethod):
