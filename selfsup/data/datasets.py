@@ -2,10 +2,10 @@
 
 A dataset SPEC is ``[FORMAT:]PATH[?key=value&...]``; the format is detected from
 the path when not given. Every dataset becomes an ``ImageArrayDataset``: uint8
-images N x C x H x W (C = 1 for grayscale sources, 3 for colour) plus int64
+images N x C x H x W (C = 1 when every image is grayscale, else 3) plus int64
 labels (-1 = unlabeled). Image files are decoded once, in parallel, into a
-memory-mapped ``.npy`` cache; the binary formats (CIFAR, STL-10, IDX) are read
-directly. Augmentation happens later, on batches of tensors.
+memory-mapped ``.npy`` cache keyed by every file's name, size and time; the
+binary formats (CIFAR, STL-10, IDX) are read directly. Augmentation happens later, on batches of tensors.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import io
 import json
 import os
 import pickle
+import re
+import socket
 import tarfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -115,6 +117,14 @@ def _number(options: dict, key: str, kind=int, default=None):
         raise SelfSupError(f"data option {key}={options[key]!r} is not a {kind.__name__}: give a number") from None
 
 
+def _positive(options: dict, key: str, default=None, example=32):
+    """An int option that must be at least 1 (a size in pixels, a number of classes)."""
+    value = _number(options, key, int, default)
+    if value is not None and value < 1:
+        raise SelfSupError(f"data option {key}={options[key]} must be a positive whole number: e.g. {key}={example}")
+    return value
+
+
 def detect_format(path: Path) -> str:
     name = path.name.lower()
     if path.is_file():
@@ -159,9 +169,9 @@ def load_dataset(spec: str, cache_dir: str | Path | None = None) -> ImageArrayDa
         elif fmt in ("mnist", "fashion-mnist"):
             data = read_idx(path, split or "train", fashion=fmt == "fashion-mnist" or "fashion" in str(path).lower())
         elif fmt == "imagefolder":
-            data = read_imagefolder(path, split, _number(options, "size"), cache_root(cache_dir))
+            data = read_imagefolder(path, split, _positive(options, "size"), cache_root(cache_dir))
         else:
-            data = read_filelist(path, _number(options, "size"), cache_root(cache_dir))
+            data = read_filelist(path, _positive(options, "size"), cache_root(cache_dir))
     return _apply_subsets(data, options)
 
 
@@ -184,9 +194,37 @@ def _apply_subsets(data: ImageArrayDataset, options: dict) -> ImageArrayDataset:
 
 # ------------------------------------------------------------------ binary formats
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR python batches hold: dicts, lists, strings, numbers and uint8/int numpy arrays.
+
+    A pickle can name any callable and so run any code; a batch needs only these."""
+
+    ALLOWED = {("builtins", n) for n in ("dict", "list", "tuple", "set", "frozenset", "bytes", "bytearray",
+                                         "str", "int", "float", "complex")} | {
+        ("_codecs", "encode"),                                  # bytes in protocol 0-2 pickles made by Python 3
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        *{(f"numpy.{core}.{mod}", name) for core in ("core", "_core")      # numpy < 2 and >= 2 module paths
+          for mod, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise SelfSupError(f"{self.path} refuses to unpickle {module}.{name}: not a CIFAR batch (a crafted "
+                               f"pickle can run code); re-download the dataset from its official source")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+        unpickler = _CifarUnpickler(f, encoding="latin1")
+        unpickler.path = path
+        try:
+            batch = unpickler.load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+            raise SelfSupError(f"cannot read CIFAR batch {path} ({type(exc).__name__}: {exc}): the file is truncated "
+                               f"or corrupt; re-download the dataset") from None
+    if not isinstance(batch, dict):
+        raise SelfSupError(f"{path} holds a {type(batch).__name__}, not a CIFAR batch dict: re-download the dataset")
+    return batch
 
 
 def read_cifar(path: Path, fmt: str, split: str) -> ImageArrayDataset:
@@ -274,6 +312,12 @@ def read_idx(path: Path, split: str, fashion: bool) -> ImageArrayDataset:
 
 # ------------------------------------------------------------------ image files
 
+GRAY_MODES = ("1", "L", "LA", "La", "I", "F")       # and "I;16..."; "P" (palette) and "PA" count as colour
+PROBE_HEAD = 1 << 16                 # bytes read to probe an image's header once KEEP_BYTES is spent
+KEEP_BYTES = 256 << 20               # bytes of probed images kept for decoding: a small set is read only once
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"     # no dots: temp names split on them
+
+
 class _Source:
     """Reads the bytes of image files from a folder or, in place, from a tar."""
 
@@ -285,17 +329,32 @@ class _Source:
                 self.tar = tarfile.open(path)
             except (tarfile.TarError, OSError) as exc:
                 raise SelfSupError(f"cannot open {path} as a tar file ({exc}): check the file") from None
-            self.members = {m.name.lstrip("./"): m for m in self.tar.getmembers() if m.isfile()}
+            try:
+                self.members = {m.name.lstrip("./"): m for m in self.tar.getmembers() if m.isfile()}
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                raise self._corrupt(exc) from None
+            # an uncompressed tar ends with two zero blocks: without them it was cut at a member boundary
+            if isinstance(self.tar.fileobj, io.BufferedReader) and path.stat().st_size - self.tar.offset < 1024:
+                raise self._corrupt("no end-of-archive marker")
+
+    def _corrupt(self, why) -> SelfSupError:
+        return SelfSupError(f"cannot read tar {self.path}: truncated or corrupt ({why}): re-create or re-download it")
 
     def files(self) -> list[str]:
         if self.tar is not None:
             return sorted(self.members)
-        return sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.is_file())
+        return sorted(Path(top, f).relative_to(self.path).as_posix() for top, _, files in os.walk(self.path)
+                      for f in files)
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, limit: int = -1) -> bytes:
+        """The file's bytes, or its first ``limit`` bytes."""
         if self.tar is not None:
-            return self.tar.extractfile(self.members[name]).read()
-        return (self.path / name).read_bytes()
+            try:
+                return self.tar.extractfile(self.members[name]).read(limit)
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                raise self._corrupt(exc) from None
+        with open(self.path / name, "rb") as f:
+            return f.read(limit)
 
     def read_order(self, names: list[str]) -> list[int]:
         if self.tar is None:
@@ -319,75 +378,148 @@ def _decode(data: bytes, size: int | None, mode: str) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+def _header(blob: bytes):
+    try:
+        with Image.open(io.BytesIO(blob)) as im:        # lazy: reads the header, decodes no pixels
+            return im.mode, im.size
+    except Exception:
+        return None
+
+
+def _probe_all(source: _Source, names: list[str]) -> tuple[list, dict]:
+    """(mode, (width, height)) of every image from its header, None where unreadable; and {index: bytes} of
+    the files read whole, kept for decoding while they total at most KEEP_BYTES."""
+    kept, used = {}, [0]
+
+    def probe(i):
+        if used[0] < KEEP_BYTES:                     # read it whole, once
+            kept[i] = blob = source.read(names[i])
+            used[0] += len(blob)
+            return _header(blob)
+        head = source.read(names[i], PROBE_HEAD)
+        found = _header(head)
+        if found is None and len(head) == PROBE_HEAD:    # a header past the first bytes (e.g. a TIFF's)
+            found = _header(source.read(names[i]))
+        return found
+
+    if source.tar is not None:                   # a tar handle is not thread-safe: one pass in archive order
+        found = [None] * len(names)
+        for i in source.read_order(names):
+            found[i] = probe(i)
+        return found, kept
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return list(pool.map(probe, range(len(names)))), kept
+
+
+def _is_gray(mode: str) -> bool:
+    return mode in GRAY_MODES or mode.startswith("I;16")
+
+
+def _choose_size(path: Path, sizes: list[tuple[int, int]]) -> int:
+    """The images' side if they all share one square size; else the median short side, at most 256, with a warning."""
+    distinct = set(sizes)
+    if len(distinct) == 1 and sizes[0][0] == sizes[0][1]:
+        return sizes[0][0]
+    shorts = sorted(min(s) for s in sizes)
+    size = min(256, shorts[(len(shorts) - 1) // 2])
+    if len(distinct) == 1:
+        how = f"are all {sizes[0][0]}x{sizes[0][1]}, not square"
+    else:
+        how = f"differ in size ({len(distinct)} distinct sizes, short sides {shorts[0]} to {shorts[-1]} px)"
+    warnings.warn(f"images in {path} {how}: resizing each to a short side of {size} px and center-cropping to "
+                  f"{size}x{size} (the median short side, at most 256); add ?size=N to the data spec to choose another")
+    return size
+
+
+def _tmp(cache: Path, fingerprint: str, what: str) -> Path:
+    """A temporary file of one cache entry, named after its writer (host and pid) so that leftovers can be found."""
+    return cache / f".{fingerprint}.{what}.{_HOST}.{os.getpid()}.tmp"
+
+
+def _remove_stale_tmps(cache: Path, fingerprint: str) -> None:
+    """Delete this entry's temporary files left by a killed writer: same host, and its pid is gone.
+
+    A live writer's files stay. So do files named with our own pid: another thread of this process may be writing
+    them, and a leftover of an earlier run whose pid was reused is overwritten when we write that name."""
+    if os.name != "posix":                       # elsewhere os.kill(pid, 0) does not merely test for a process
+        return
+    for tmp in cache.glob(f".{fingerprint}.*.tmp"):
+        parts = tmp.name[:-len(".tmp")].rsplit(".", 2)
+        if len(parts) != 3 or parts[1] != _HOST or not parts[2].isdigit() or int(parts[2]) == os.getpid():
+            continue
+        try:
+            os.kill(int(parts[2]), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (OSError, OverflowError):         # PermissionError: alive, another user's
+            pass
+
+
 def _decode_all(source: _Source, names: list[str], labels: list[int], classes: list[str], size: int | None,
                 cache: Path, fingerprint: str) -> ImageArrayDataset:
-    """Decode every image once into ``cache/<fingerprint>.npy`` (memory-mapped), skipping corrupt files."""
+    """Decode every image once into ``cache/<fingerprint>.npy`` (memory-mapped), skipping corrupt files.
+
+    Every image's header decides: colour (3 channels) unless all readable images are grayscale, and the size
+    (see ``_choose_size``) unless ``size`` is given."""
     images_file, labels_file = cache / f"{fingerprint}.npy", cache / f"{fingerprint}.labels.npy"
     cached = _cached(cache, fingerprint)
     if cached is not None:
         return cached
-
-    def probe(name):
-        try:
-            with Image.open(io.BytesIO(source.read(name))) as im:
-                return im.mode, im.size
-        except Exception:
-            return None
-
-    # the first decodable images fix the channels and the size
-    first = next((p for p in map(probe, names[:50]) if p is not None), None)
-    if first is None:
-        raise SelfSupError(f"no readable image among the first files of {source.path}: check the data")
-    mode = "L" if first[0] in ("L", "1", "I;16", "I") else "RGB"
+    probes, kept = _probe_all(source, names)
+    readable = [p for p in probes if p is not None]
+    if not readable:
+        raise SelfSupError(f"no readable image in {source.path}: check that the files are images")
+    mode = "L" if all(_is_gray(m) for m, _ in readable) else "RGB"
     if size is None:
-        size_checks = [p for p in map(probe, names[:: max(1, len(names) // 50)]) if p is not None]
-        if any(s[1] != first[1] for s in size_checks) or first[1][0] != first[1][1]:
-            size = 256
-        else:
-            size = first[1][0]
+        size = _choose_size(source.path, [s for _, s in readable])
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = images_file.with_name(f".{images_file.name}.{os.getpid()}.tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(names), 1 if mode == "L" else 3, size, size))
-    ok = np.zeros(len(names), dtype=bool)
+    _remove_stale_tmps(cache, fingerprint)
+    tmp, tmp2 = _tmp(cache, fingerprint, "npy"), _tmp(cache, fingerprint, "npy2")
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                        shape=(len(names), 1 if mode == "L" else 3, size, size))
+        ok = np.zeros(len(names), dtype=bool)
 
-    def decode(item):
-        i, blob = item
-        try:
-            out[i] = _decode(blob, size, mode)
-            ok[i] = True
-        except Exception:
-            pass
+        def decode(item):
+            i, blob = item
+            try:
+                out[i] = _decode(blob, size, mode)
+                ok[i] = True
+            except Exception:
+                pass
 
-    # read serially (a tar handle is not thread-safe; tar members in archive order), decode in threads
-    order = source.read_order(names)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        for start in range(0, len(order), 1024):
-            chunk = order[start:start + 1024]
-            list(pool.map(decode, [(i, source.read(names[i])) for i in chunk]))
-    bad = np.flatnonzero(~ok)
-    if len(bad) == len(names):
-        tmp.unlink()
-        raise SelfSupError(f"every image in {source.path} failed to decode: check that the files are images")
-    if len(bad):
-        warnings.warn(f"skipped {len(bad)} corrupt image(s) in {source.path} (first: {source.display(names[bad[0]])})")
-        keep = np.flatnonzero(ok)
-        compact = np.lib.format.open_memmap(tmp.with_suffix(".2.tmp"), mode="w+", dtype=np.uint8,
-                                            shape=(len(keep),) + out.shape[1:])
-        for start in range(0, len(keep), 4096):
-            compact[start:start + 4096] = out[keep[start:start + 4096]]
-        compact.flush()
-        del out
-        os.replace(tmp.with_suffix(".2.tmp"), tmp)
-        labels = [labels[i] for i in keep]
-    else:
-        out.flush()
-        del out
-    np.save(labels_file.with_name(labels_file.name + ".tmp.npy"), np.asarray(labels, dtype=np.int64))
-    os.replace(labels_file.with_name(labels_file.name + ".tmp.npy"), labels_file)
-    classes_file = cache / f"{fingerprint}.classes.json"
-    classes_file.with_suffix(".tmp").write_text(json.dumps(classes))
-    os.replace(classes_file.with_suffix(".tmp"), classes_file)
-    os.replace(tmp, images_file)                  # last: its presence marks a complete cache entry
+        # read serially (a tar handle is not thread-safe; tar members in archive order), decode in threads
+        order = [i for i in source.read_order(names) if probes[i] is not None]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            for start in range(0, len(order), 1024):
+                chunk = order[start:start + 1024]
+                list(pool.map(decode, [(i, kept.pop(i) if i in kept else source.read(names[i])) for i in chunk]))
+        bad = np.flatnonzero(~ok)
+        if len(bad) == len(names):
+            raise SelfSupError(f"every image in {source.path} failed to decode: check that the files are images")
+        if len(bad):
+            warnings.warn(f"skipped {len(bad)} corrupt image(s) in {source.path} (first: {source.display(names[bad[0]])})")
+            keep = np.flatnonzero(ok)
+            compact = np.lib.format.open_memmap(tmp2, mode="w+", dtype=np.uint8, shape=(len(keep),) + out.shape[1:])
+            for start in range(0, len(keep), 4096):
+                compact[start:start + 4096] = out[keep[start:start + 4096]]
+            compact.flush()
+            del out, compact
+            os.replace(tmp2, tmp)
+            labels = [labels[i] for i in keep]
+        else:
+            out.flush()
+            del out
+        labels_tmp, classes_tmp = _tmp(cache, fingerprint, "labels.npy"), _tmp(cache, fingerprint, "classes.json")
+        with open(labels_tmp, "wb") as f:
+            np.save(f, np.asarray(labels, dtype=np.int64))
+        os.replace(labels_tmp, labels_file)
+        classes_tmp.write_text(json.dumps(classes))
+        os.replace(classes_tmp, cache / f"{fingerprint}.classes.json")
+        os.replace(tmp, images_file)              # last: its presence marks a complete cache entry
+    finally:
+        for leftover in (tmp, tmp2):
+            leftover.unlink(missing_ok=True)
     return _cached(cache, fingerprint)
 
 
@@ -400,10 +532,16 @@ def _cached(cache: Path, fingerprint: str) -> ImageArrayDataset | None:
                              classes, fingerprint)
 
 
+def _stat_line(file) -> str:
+    """Name, size and modification time of one file: enough to notice a changed file without reading it."""
+    st = os.stat(file)
+    return f"{file}|{st.st_size}|{st.st_mtime_ns}\n"
+
+
 def read_imagefolder(path: Path, split: str | None, size: int | None, cache_root: Path) -> ImageArrayDataset:
     if path.is_file():                      # a tar: its size and time identify it, no need to list it again
         st = path.stat()
-        early = _short_hash(f"imagefolder-tar|{path.resolve()}|{split}|{size}|{st.st_size}|{st.st_mtime_ns}")
+        early = _short_hash(f"imagefolder-tar-v2|{path.resolve()}|{split}|{size}|{st.st_size}|{st.st_mtime_ns}")
         cached = _cached(cache_root / "arrays", early)
         if cached is not None:
             return cached
@@ -432,15 +570,14 @@ def read_imagefolder(path: Path, split: str | None, size: int | None, cache_root
     labels = [index[p[0]] for p in parts]
     if path.is_file():
         fingerprint = early
-    else:
-        st = [(path / n).stat() for n in names[:: max(1, len(names) // 64)]]
-        fingerprint = _short_hash(f"imagefolder|{path.resolve()}|{split}|{size}|{len(names)}|{names[0]}|{names[-1]}|"
-                                  + ",".join(f"{s.st_size}:{s.st_mtime_ns}" for s in st))
+    else:                                   # every file's name, size and time: a changed image is decoded again
+        digest = hashlib.sha1("".join(_stat_line(path / n) for n in names).encode()).hexdigest()
+        fingerprint = _short_hash(f"imagefolder-v2|{path.resolve()}|{split}|{size}|{digest}")
     return _decode_all(source, names, labels, classes, size, cache_root / "arrays", fingerprint)
 
 
 def read_filelist(path: Path, size: int | None, cache_root: Path) -> ImageArrayDataset:
-    names, labels = [], []
+    names, labels, stats = [], [], []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -450,8 +587,13 @@ def read_filelist(path: Path, size: int | None, cache_root: Path) -> ImageArrayD
             labels.append(int(label))
         except ValueError:
             raise SelfSupError(f"{path} line {number}: expected 'path label' with an integer label, got {line!r}") from None
-        file = Path(item.strip())
-        names.append(str(file if file.is_absolute() else path.parent / file))
+        file = Path(item.strip()).expanduser()
+        file = Path(os.path.abspath(file if file.is_absolute() else path.parent / file))
+        try:
+            stats.append(_stat_line(file))
+        except OSError:
+            raise SelfSupError(f"{path} line {number}: image {file} does not exist: fix the path or drop the line") from None
+        names.append(str(file))
     if not names:
         raise SelfSupError(f"file list {path} names no images: write one 'path label' per line")
     distinct = sorted(set(labels))
@@ -459,7 +601,8 @@ def read_filelist(path: Path, size: int | None, cache_root: Path) -> ImageArrayD
         raise SelfSupError(f"labels in {path} must be 0..K-1, found {distinct[:5]}...: renumber the classes")
     source = _Source(Path("/"))
     st = path.stat()
-    fingerprint = _short_hash(f"filelist|{path.resolve()}|{size}|{st.st_size}|{st.st_mtime_ns}")
+    digest = hashlib.sha1("".join(stats).encode()).hexdigest()   # the listed images too, not only the list
+    fingerprint = _short_hash(f"filelist-v2|{path.resolve()}|{size}|{st.st_size}|{st.st_mtime_ns}|{digest}")
     return _decode_all(source, [n.lstrip("/") for n in names], labels, [str(c) for c in distinct], size,
                        cache_root / "arrays", fingerprint)
 
@@ -473,8 +616,12 @@ def synthetic(count: str, options: dict) -> ImageArrayDataset:
         n = int(count)
     except ValueError:
         raise SelfSupError(f"synthetic data needs a count, e.g. synthetic:1000, got {count!r}") from None
-    k, size = _number(options, "classes", int, 10), _number(options, "size", int, 32)
+    if n < 1:
+        raise SelfSupError(f"synthetic data needs a positive count, e.g. synthetic:1000, got {count!r}")
+    k, size = _positive(options, "classes", 10, example=10), _positive(options, "size", 32)
     channels, seed = _number(options, "channels", int, 3), _number(options, "seed", int, 0)
+    if channels not in (1, 3):
+        raise SelfSupError(f"data option channels={channels} must be 1 (grayscale) or 3 (colour)")
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % k
     rng.shuffle(labels)
