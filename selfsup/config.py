@@ -29,6 +29,7 @@ class OptimConfig:
     min_lr: float = 0.0               # cosine decay to this value (per 256 images if scale_lr, like lr)
     per_epoch: bool = False           # the schedule steps once per epoch (JigClu's code), not per iteration
     exclude_bias_norm: bool = True    # biases and norm parameters: no weight decay, no LARS adaptation
+    bias_lr_mult: float = 1.0         # biases' lr = this x lr (Caffe's lr_mult: 2 in the Jigsaw CFN)
     lars_eta: float = 0.001           # LARS trust coefficient
 
 
@@ -108,6 +109,7 @@ _CHECKS = [
     ("optim.weight_decay", lambda v: v >= 0, "0 or more"),
     ("optim.warmup_epochs", lambda v: v >= 0, "0 or more"),
     ("optim.lars_eta", lambda v: v > 0, "positive"),
+    ("optim.bias_lr_mult", lambda v: v > 0, "positive"),
     ("log_every", lambda v: v >= 1, "at least 1"),
     ("save_every", lambda v: v >= 0, "0 or more"),
     ("save_every_steps", lambda v: v >= 0, "0 or more"),

@@ -190,3 +190,16 @@ def test_pretrain_then_evaluate_on_whole_images(tmp_path, capsys, method):
     out, err = capsys.readouterr()
     assert code == 0, err
     assert 0 <= json.loads(out.strip().splitlines()[-1])["top1"] <= 1
+
+
+def test_cfn_defaults_on_alexnet_and_goyal_defaults_elsewhere():
+    """METHODS.md 2.4: the CFN's fc6 takes pool5's 2 x 2 x 256 = 1024 per tile; Goyal's ResNet head
+    is Linear(D, 1000) + BN + ReLU per tile, then Linear(9000, |P|)."""
+    cfn = build_method("jigsaw", backbone="alexnet", image_size=256, permutations="100")
+    assert cfn.head == "cfn" and cfn.tile_pool == 2
+    assert cfn.tile_head[0].in_features == 1024 and cfn.tile_head[0].out_features == 1024
+    assert cfn.classifier[0].in_features == 9 * 1024 and cfn.classifier[-1].out_features == 100
+    goyal = build_method("jigsaw", backbone="resnet18", image_size=64, permutations="100")
+    assert goyal.head == "goyal" and goyal.tile_pool == 1
+    assert goyal.tile_head[0].in_features == 512 and goyal.tile_head[0].out_features == 1000
+    assert isinstance(goyal.tile_head[1], torch.nn.BatchNorm1d) and goyal.classifier.in_features == 9000

@@ -89,3 +89,22 @@ def test_moco_never_gets_syncbatchnorm():
     from selfsup.methods import get_method
 
     assert get_method("moco_v2").sync_bn is False and get_method("simclr").sync_bn is True
+
+
+def test_bias_lr_mult_scales_only_the_biases(tmp_path):
+    """The CFN's Caffe solver: biases at lr x2 without weight decay (METHODS.md 2.4)."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+    groups = param_groups(model, 5e-4, True, bias_lr_mult=2.0)
+    by_scale = {g["lr_scale"]: g for g in groups}
+    assert len(by_scale[1.0]["params"]) == 2 and by_scale[1.0]["weight_decay"] == 5e-4
+    assert len(by_scale[2.0]["params"]) == 2 and by_scale[2.0]["weight_decay"] == 0
+    from conftest import tiny_overrides
+    from selfsup.config import resolve_config
+    from selfsup.engine.trainer import Trainer
+    from selfsup.methods import get_method
+
+    cfg = resolve_config(get_method("simclr"), overrides=tiny_overrides(tmp_path / "r", epochs=1) + ["optim.bias_lr_mult=2"])
+    trainer = Trainer(cfg)
+    trainer.fit()
+    lrs = {g["lr_scale"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs[2.0] == pytest.approx(2 * lrs[1.0]) and lrs[1.0] > 0

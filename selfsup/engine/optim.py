@@ -9,24 +9,27 @@ from torch import nn
 from selfsup.errors import SelfSupError
 
 
-def param_groups(model: nn.Module, weight_decay: float, exclude_bias_norm: bool) -> list[dict]:
-    """Two groups: regular weights, and biases + normalisation parameters.
+def param_groups(model: nn.Module, weight_decay: float, exclude_bias_norm: bool, bias_lr_mult: float = 1.0) -> list[dict]:
+    """Parameter groups: regular weights; biases; normalisation parameters.
 
-    The second group gets no weight decay and, under LARS, no trust-ratio adaptation
-    (as in SimCLR, BYOL and VICReg); with ``exclude_bias_norm=False`` it is treated
-    like the first (as SwAV's LARC does).
+    With ``exclude_bias_norm`` biases and norm parameters get no weight decay and, under
+    LARS, no trust-ratio adaptation (as in SimCLR, BYOL and VICReg); without it they are
+    treated like the weights (as SwAV's LARC and MoCo's SGD). ``bias_lr_mult`` scales the
+    biases' learning rate (``lr_scale``; Caffe's ``lr_mult: 2`` of the CFN). Groups with the
+    same settings are merged.
     """
-    regular, excluded = [], []
+    merged: dict[tuple, list] = {}
     for module in model.modules():
         is_norm = isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
-            (excluded if exclude_bias_norm and (is_norm or name == "bias") else regular).append(p)
-    groups = [{"params": regular, "weight_decay": weight_decay, "lars_exclude": False}]
-    if excluded:
-        groups.append({"params": excluded, "weight_decay": 0.0, "lars_exclude": True})
-    return groups
+            bias = name == "bias" and not is_norm
+            excluded = exclude_bias_norm and (is_norm or bias)
+            key = (0.0 if excluded else weight_decay, excluded, bias_lr_mult if bias else 1.0)
+            merged.setdefault(key, []).append(p)
+    return [{"params": params, "weight_decay": wd, "lars_exclude": excluded, "lr_scale": scale}
+            for (wd, excluded, scale), params in merged.items()]
 
 
 class LARS(torch.optim.Optimizer):
@@ -65,7 +68,7 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.exclude_bias_norm)
+    groups = param_groups(model, cfg.weight_decay, cfg.exclude_bias_norm, cfg.bias_lr_mult)
     if cfg.name == "sgd":
         for g in groups:
             g.pop("lars_exclude")

@@ -300,7 +300,7 @@ class Trainer:
             at = step - step % self.steps_per_epoch if cfg.optim.per_epoch else step
             lr = lr_at(at, self.total_steps, self.warmup_steps, self.peak_lr, self.final_lr, self.start_lr)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             if cfg.channels_last:
                 batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
             autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None

@@ -17,8 +17,10 @@ Heads (``head``): ``cfn``, Noroozi's fc6 (1024, ReLU, dropout) per tile, then
 fc7 (4096, ReLU, dropout) and fc8 over |P|; ``goyal``, Goyal et al. 2019's ResNet
 head, Linear(D, 1000) + BN + ReLU per tile, then Linear(9000, |P|). The tower is
 any registered backbone: ``alexnet`` is the CFN's (conv1 at stride 2 on tiles,
-``tile_pool=2`` flattens pool5's 2 x 2 x 256 as fc6 expects), a ResNet is pooled
-globally (Goyal et al.).
+pool5's 2 x 2 x 256 flattened into fc6: ``tile_pool`` 2) and gets the ``cfn`` head by
+default; any other tower is pooled globally and gets the ``goyal`` head (Goyal et al.).
+The CFN solver (Caffe: biases at lr x2 without weight decay, lr 0.01, wd 5e-4) is in
+``configs/jigsaw_alexnet_imagenet.yaml``; the method's defaults are Goyal's ResNet recipe.
 
 Transfer: the backbone alone is evaluated on whole images by the usual eval
 commands; an AlexNet checkpoint evaluates as a standard AlexNet, conv1 at stride
@@ -30,6 +32,7 @@ in 85 px cells at 256 px, 16 in 21 at 64 px, 8 in 10 at 32 px.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +50,12 @@ TILE_NORMS = ("imagenet", "tile")
 @dataclass
 class JigsawConfig(MethodConfig):
     permutations: str = "1000"        # |P|: a number (greedy max-average set), noroozi-100, noroozi-701, or a file
-    head: str = "cfn"                 # cfn (Noroozi) | goyal (Goyal et al. 2019 ResNet head)
-    tile_dim: int = 1024              # fc6 width (cfn) / per-tile Linear width (goyal: 1000)
+    head: Optional[str] = None        # cfn (Noroozi) | goyal (Goyal et al. 2019); default: cfn on alexnet, else goyal
+    tile_dim: Optional[int] = None    # fc6 width (cfn: 1024) / per-tile Linear width (goyal: 1000)
     hidden_dim: int = 4096            # fc7 width (cfn only)
     dropout: float = 0.5              # after fc6 and fc7 (cfn only)
-    tile_pool: int = 1                # tile feature: the last map average-pooled to tile_pool^2 cells, flattened
+    tile_pool: Optional[int] = None   # tile feature: the last map average-pooled to tile_pool^2 cells, flattened;
+                                      # default: 2 on alexnet (pool5's 2 x 2 x 256 into fc6, the CFN), else 1
     conv1_stride: int = 2             # alexnet only: conv1 stride on tiles (CFN); whole images use 4
     jitter_255: int = 21              # tile jitter in px at the 255 px geometry, scaled with the image
     channel_shift_255: int = 2        # per-channel shift in px at the 255 px geometry (rand() % 3)
@@ -80,24 +84,28 @@ class Jigsaw(Method):
 
     def __init__(self, backbone, cfg: JigsawConfig, image_size: int):
         super().__init__(backbone, cfg, image_size)
-        if cfg.head not in HEADS:
+        tower = getattr(backbone, "net", backbone)                       # inside TileNorm
+        alexnet = isinstance(tower, AlexNet)
+        self.head = cfg.head or ("cfn" if alexnet else "goyal")
+        if self.head not in HEADS:
             raise SelfSupError(f"unknown {self.name}.head {cfg.head!r}: use one of {', '.join(HEADS)}")
+        self.tile_pool = cfg.tile_pool or (2 if alexnet else 1)
+        tile_dim = cfg.tile_dim or (1024 if self.head == "cfn" else 1000)
         self.geometry = tile_geometry(image_size, 3, cfg.jitter_255, cfg.channel_shift_255)
         self.register_buffer("perms", torch.as_tensor(permutation_set(cfg.permutations)), persistent=False)
         if self.perms.shape[1] != 9:
             raise SelfSupError(f"{self.name}.permutations has {self.perms.shape[1]} tiles per row: use a set of 3x3 puzzles")
-        tower = getattr(backbone, "net", backbone)                       # inside TileNorm
-        if isinstance(tower, AlexNet):
+        if alexnet:
             tower.conv1.stride = (cfg.conv1_stride, cfg.conv1_stride)
         feat_dim = self._tile_feature_dim()
         n = 9
-        if cfg.head == "cfn":
-            self.tile_head = nn.Sequential(nn.Linear(feat_dim, cfg.tile_dim), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout))
-            self.classifier = nn.Sequential(nn.Linear(n * cfg.tile_dim, cfg.hidden_dim), nn.ReLU(inplace=True),
+        if self.head == "cfn":
+            self.tile_head = nn.Sequential(nn.Linear(feat_dim, tile_dim), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout))
+            self.classifier = nn.Sequential(nn.Linear(n * tile_dim, cfg.hidden_dim), nn.ReLU(inplace=True),
                                             nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden_dim, len(self.perms)))
         else:
-            self.tile_head = nn.Sequential(nn.Linear(feat_dim, cfg.tile_dim), nn.BatchNorm1d(cfg.tile_dim), nn.ReLU(inplace=True))
-            self.classifier = nn.Linear(n * cfg.tile_dim, len(self.perms))
+            self.tile_head = nn.Sequential(nn.Linear(feat_dim, tile_dim), nn.BatchNorm1d(tile_dim), nn.ReLU(inplace=True))
+            self.classifier = nn.Linear(n * tile_dim, len(self.perms))
 
     def _tile_feature_dim(self) -> int:
         t = self.geometry.tile
@@ -110,10 +118,10 @@ class Jigsaw(Method):
                                "or use a backbone with less downsampling (convnet, a resnet with cifar_stem)") from None
         finally:
             self.backbone.train(was_training)
-        if min(fmap.shape[-2:]) < self.cfg.tile_pool:
-            raise SelfSupError(f"{self.name}.tile_pool={self.cfg.tile_pool} exceeds the {fmap.shape[-1]}x{fmap.shape[-1]} "
+        if min(fmap.shape[-2:]) < self.tile_pool:
+            raise SelfSupError(f"{self.name}.tile_pool={self.tile_pool} exceeds the {fmap.shape[-1]}x{fmap.shape[-1]} "
                                "map of a tile: lower tile_pool")
-        return fmap.shape[1] * self.cfg.tile_pool ** 2
+        return fmap.shape[1] * self.tile_pool ** 2
 
     def view_maker(self):
         c = self.cfg
@@ -122,7 +130,7 @@ class Jigsaw(Method):
 
     def forward(self, batch):
         tiles, labels = batch.views[0], batch.targets           # (B * 9) x 3 x t x t in slot order, B
-        f = F.adaptive_avg_pool2d(self.backbone.forward_map(tiles), self.cfg.tile_pool).flatten(1)
+        f = F.adaptive_avg_pool2d(self.backbone.forward_map(tiles), self.tile_pool).flatten(1)
         logits = self.classifier(self.tile_head(f).view(len(labels), -1))   # the 9 slots concatenated in order
         loss = F.cross_entropy(logits, labels)
         return {"loss": loss, "puzzle_acc": (logits.argmax(1) == labels).float().mean().detach()}
