@@ -208,7 +208,7 @@ class _CifarUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
-            raise SelfSupError(f"{self.path} refuses to unpickle {module}.{name}: not a CIFAR batch (a crafted "
+            raise SelfSupError(f"refusing to unpickle {module}.{name} from {self.path}: not a CIFAR batch (a crafted "
                                f"pickle can run code); re-download the dataset from its official source")
         return super().find_class(module, name)
 
