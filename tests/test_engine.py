@@ -80,6 +80,7 @@ def test_save_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
 
 
 def test_training_lowers_the_loss(tmp_path):
-    Trainer(make_cfg(tmp_path / "run", epochs=6)).fit()
+    Trainer(make_cfg(tmp_path / "run", epochs=8, batch_size=32, data="synthetic:128?classes=4&size=16",
+                     **{"optim.lr": 0.3})).fit()
     losses = [json.loads(line)["loss"] for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4

@@ -77,3 +77,25 @@ def test_eval_transform_resizes_and_normalises():
     out = V.EvalTransform(24)(batch(size=32))
     assert out.shape == (8, 3, 24, 24)
     assert V.EvalTransform(None)(batch()).shape == (8, 3, 32, 32)
+
+
+def test_simclr_strength_in_the_recipe_name():
+    assert V.view_recipe("simclr:0.5", 32)[0].jitter == pytest.approx((0.4, 0.4, 0.4, 0.1))
+    assert V.view_recipe("simclr:0", 32)[0].jitter == (0, 0, 0, 0)
+    out = V.ViewMaker(V.view_recipe("simclr:0.5", 24))(batch(size=24), torch.Generator().manual_seed(0))
+    assert [v.shape for v in out] == [(8, 3, 24, 24)] * 2
+    for bad in ("simclr:strong", "simclr:-1", "simclr:3"):
+        with pytest.raises(V.SelfSupError, match="cannot parse colour strength"):
+            V.view_recipe(bad, 32)
+    with pytest.raises(V.SelfSupError, match="unknown view recipe"):
+        V.view_recipe("mocov2:0.5", 32)
+
+
+def test_blur_of_tiny_views_keeps_them():
+    for size in (1, 2, 3):
+        x = torch.rand(2, 3, size, size)
+        spec = V.ViewSpec(size, flip_prob=0, jitter_prob=0, gray_prob=0, blur_prob=1.0)
+        out = V.photometric(x.clone(), spec, torch.Generator().manual_seed(0))
+        assert out.shape == x.shape and torch.isfinite(out).all()
+        if size < 3:                                  # a 1-tap kernel: the view unchanged
+            assert torch.allclose(out, x)

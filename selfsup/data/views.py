@@ -8,23 +8,30 @@ torchvision's definitions (RandomResizedCrop, ColorJitter with a random order of
 its four parts, RandomGrayscale, GaussianBlur, RandomSolarize, horizontal flip).
 
 Recipes (each a list of ``ViewSpec``, one per view, parameterised by image size):
-- ``simclr``: Chen et al. 2020, App. A: crop (0.08, 1), flip, jitter (0.8, 0.8,
-  0.8, 0.2) p=0.8, grayscale p=0.2, blur p=0.5 (kept only for views of 96 px or more,
-  as the SimCLR CIFAR setting drops it).
+- ``simclr`` / ``simclr:S``: Chen et al. 2020 (METHODS.md 7.5): crop (0.08, 1), flip,
+  colour distortion of strength S: jitter (0.8S, 0.8S, 0.8S, 0.2S) p=0.8, grayscale
+  p=0.2. Above 64 px: S = 1.0 and blur p=0.5 (ImageNet); at 64 px or less: S = 0.5 and
+  no blur (the official CIFAR-10 command, ``--color_jitter_strength=0.5 --use_blur=False``).
+  An explicit S replaces the strength only; the blur still follows the size.
 - ``mocov2``: the MoCo v2 policy (METHODS.md 1.1): crop (0.2, 1), jitter (0.4, 0.4,
-  0.4, 0.1) p=0.8, grayscale p=0.2, blur p=0.5 with sigma in [0.1, 2], flip.
+  0.4, 0.1) p=0.8, grayscale p=0.2, blur p=0.5, flip.
 - ``byol``: Grill et al. 2020 (METHODS.md 7.1): crop (0.08, 1), flip, jitter (0.4,
   0.4, 0.2, 0.1) p=0.8, grayscale p=0.2, blur p=1.0 / 0.1, solarize p=0 / 0.2.
-- ``multicrop``: SwAV's multi-crop (Caron et al. 2020, §3.2; METHODS.md 5.2): 2 global
-  crops at the image size, scale (0.14, 1), and 6 local crops at 96/224 of it, scale
-  (0.05, 0.14), each with SimCLR's colour distortion and blur p=0.5;
-  ``multicrop:2x160+4x96`` names the crop counts and sizes.
+- ``multicrop`` / ``multicrop:2x160+4x96``: SwAV's multi-crop (Caron et al. 2020, §3.2;
+  METHODS.md 5.2): the first group of crops are global, the others local at scale
+  (0.05, 0.14); "" means 2 crops at the image size + 6 at 96/224 of it. Global scale:
+  (0.14, 1) with six local crops or more (2x224+6x96), (0.08, 1) with fewer (2x224
+  alone, 2x160+4x96), as the official scripts. SimCLR's colour distortion, blur p=0.5.
 - ``patch:14`` / ``patch:14x4``: BagSSL's fixed-scale patches (METHODS.md 7.1): square
   patches of a fixed side (14 px of the source image) at uniformly random positions,
   entirely inside the image, resized to the network input, with the BYOL colour
   augmentation; two per image by default, ``x4`` for four.
 
-Blur sigmas are given in pixels of a 224 px view and scale with the view size.
+Blur (METHODS.md 1.1, 5.2, 7.5): sigma ~ U[0.1, 2.0] in pixels of the view, whatever
+its size (PIL's ``GaussianBlur(radius=sigma)`` on the crop, as the official code); the
+kernel spans +-ceil(3 sigma), no wider than the view. ``ViewSpec.blur_kernel_frac``
+is the explicit size-relative option: SimCLR's TF code's kernel of 10% of the view
+side (``kernel_size=height//10``), with the same sigmas.
 """
 from __future__ import annotations
 
@@ -53,15 +60,27 @@ class ViewSpec:
     jitter_prob: float = 0.8
     gray_prob: float = 0.2
     blur_prob: float = 0.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)   # sigma ~ U[a, b] in pixels of this view (PIL radius)
+    blur_kernel_frac: float | None = None          # None: kernel +-3 sigma; 0.1: SimCLR code's size // 10 (odd)
     solarize_prob: float = 0.0
     patch: int | None = None        # fixed patch side in source pixels at a random position, instead of the crop
 
 
 
-def simclr_views(size: int, n: int = 2) -> list[ViewSpec]:
-    spec = ViewSpec(size, jitter=(0.8, 0.8, 0.8, 0.2), blur_prob=0.5 if size >= 96 else 0.0)
-    return [spec] * n
+def color_distortion(strength: float) -> tuple[float, float, float, float]:
+    """SimCLR's colour jitter of strength s (App. A; METHODS.md 7.5): (0.8s, 0.8s, 0.8s, 0.2s)."""
+    s = strength
+    return 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s
+
+
+def simclr_views(size: int, n: int = 2, strength: float | None = None) -> list[ViewSpec]:
+    """SimCLR (METHODS.md 7.5): crop (0.08, 1), flip, colour distortion of ``strength``
+    (default 1.0 above 64 px, 0.5 at 64 px or less) with p=0.8, grayscale p=0.2, and
+    blur p=0.5 above 64 px only (the CIFAR-10 command has ``--use_blur=False``)."""
+    small = size <= 64
+    if strength is None:
+        strength = 0.5 if small else 1.0
+    return [ViewSpec(size, jitter=color_distortion(strength), blur_prob=0.0 if small else 0.5)] * n
 
 
 def mocov2_views(size: int, n: int = 2) -> list[ViewSpec]:
@@ -91,17 +110,26 @@ def parse_crops(crops: str) -> list[tuple[int, int]]:
     return groups  # type: ignore[return-value]
 
 
-def multicrop_views(size: int, crops: str = "", global_scale=(0.14, 1.0), local_scale=(0.05, 0.14),
+def default_global_scale(groups: list[tuple[int, int]]) -> tuple[float, float]:
+    """The official global-crop scale for these crop groups (METHODS.md 5.2): SwAV's (0.14, 1)
+    goes with six local crops or more (2x224+6x96, whose local crops take (0.05, 0.14));
+    with fewer (2x224 alone, SeLa-v2's and DeepCluster-v2's 2x160+4x96) the scripts use (0.08, 1)."""
+    return (0.14, 1.0) if sum(count for count, _ in groups[1:]) >= 6 else (0.08, 1.0)
+
+
+def multicrop_views(size: int, crops: str = "", global_scale=None, local_scale=(0.05, 0.14),
                     color_strength: float = 1.0, blur_prob: float = 0.5) -> list[ViewSpec]:
-    """SwAV multi-crop (§3.2): the first group of ``crops`` are the global crops, the
-    others local ones; "" means 2 x size + 6 x round(size * 96 / 224). Colour
-    distortion of strength s: jitter (0.8 s, 0.8 s, 0.8 s, 0.2 s) p=0.8, grayscale p=0.2."""
+    """SwAV multi-crop (§3.2; METHODS.md 5.2): the first group of ``crops`` are the global
+    crops, the others local ones; "" means 2 x size + 6 x round(size * 96 / 224).
+    ``global_scale`` None: ``default_global_scale`` of the crops. Colour distortion of
+    strength s: jitter (0.8 s, 0.8 s, 0.8 s, 0.2 s) p=0.8, grayscale p=0.2."""
     groups = parse_crops(crops) if crops else [(2, size), (6, max(1, round(size * 96 / 224)))]
-    s = color_strength
+    if global_scale is None:
+        global_scale = default_global_scale(groups)
     specs = []
     for k, (count, crop_size) in enumerate(groups):
         spec = ViewSpec(crop_size, scale=tuple(global_scale if k == 0 else local_scale),
-                        jitter=(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s), blur_prob=blur_prob)
+                        jitter=color_distortion(color_strength), blur_prob=blur_prob)
         specs += [spec] * count
     return specs
 
@@ -122,15 +150,28 @@ def parse_patch(arg: str) -> tuple[int, int]:
     return side_n
 
 
+def parse_strength(arg: str) -> float:
+    """"0.5" -> 0.5: a colour-distortion strength in [0, 2.5] (the hue jitter 0.2 s is at most 0.5)."""
+    try:
+        strength = float(arg)
+        if not 0 <= strength <= 2.5:
+            raise ValueError
+    except ValueError:
+        raise SelfSupError(f"cannot parse colour strength {arg!r}: write a number in [0, 2.5], e.g. simclr:0.5") from None
+    return strength
+
+
 def view_recipe(name: str, size: int) -> list[ViewSpec]:
-    """A recipe by name; ``multicrop:2x160+4x96`` gives the crops of a multi-crop recipe,
-    ``patch:14x2`` the side and number of fixed-scale patches."""
+    """A recipe by name; ``simclr:0.5`` gives SimCLR's colour strength, ``multicrop:2x160+4x96``
+    the crops of a multi-crop recipe, ``patch:14x2`` the side and number of fixed-scale patches."""
     base, _, arg = name.partition(":")
-    if base not in VIEW_RECIPES or (arg and base not in ("multicrop", "patch")) or (base == "patch" and not arg):
-        raise SelfSupError(f"unknown view recipe {name!r}: choose one of simclr, mocov2, byol, multicrop, "
-                           "multicrop:2x224+6x96, patch:SIDE or patch:SIDExCOUNT")
+    if base not in VIEW_RECIPES or (arg and base not in ("simclr", "multicrop", "patch")) or (base == "patch" and not arg):
+        raise SelfSupError(f"unknown view recipe {name!r}: choose one of simclr, simclr:STRENGTH, mocov2, byol, "
+                           "multicrop, multicrop:2x224+6x96, patch:SIDE or patch:SIDExCOUNT")
     if base == "patch":
         return patch_views(size, *parse_patch(arg))
+    if base == "simclr" and arg:
+        return simclr_views(size, strength=parse_strength(arg))
     return multicrop_views(size, arg) if arg else VIEW_RECIPES[base](size)
 
 
@@ -259,10 +300,21 @@ def color_jitter(x, strengths, g: torch.Generator) -> torch.Tensor:
     return x
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with one sigma (pixels) per image, reflect padding."""
+def blur_radius(sigma_max: float, size: int, kernel_frac: float | None = None) -> int:
+    """Half-width r of the (2r + 1)-tap blur kernel on a view of side ``size`` (METHODS.md 1.1, 5.2):
+    ceil(3 sigma), where PIL's GaussianBlur(radius=sigma) has nearly all its weight; with
+    ``kernel_frac`` f, SimCLR's code: a kernel of int(f * size) taps (radius half of it).
+    Never wider than the view (2r + 1 <= size)."""
+    r = math.ceil(3 * sigma_max) if kernel_frac is None else int(kernel_frac * size) // 2
+    return max(0, min(r, (size - 1) // 2))
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int | None = None) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma (pixels) per image, reflect padding; every image
+    uses the kernel half-width of the largest sigma (default ``blur_radius``), normalised."""
     n, c, h, w = x.shape
-    radius = max(1, min(int(math.ceil(3 * float(sigma.max()))), (min(h, w) - 1) // 2 if min(h, w) > 2 else 1))
+    if radius is None:
+        radius = blur_radius(float(sigma.max()), min(h, w))
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     k = torch.exp(-(t[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
     k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)                  # (n*c) x (2r+1)
@@ -296,8 +348,10 @@ def photometric(v: torch.Tensor, spec: ViewSpec, g: torch.Generator) -> torch.Te
     if spec.blur_prob > 0:
         sel = _coin(n, spec.blur_prob, g, device).nonzero()[:, 0]
         if len(sel):
-            sigma = _uniform(len(sel), *spec.blur_sigma, g, device) * (spec.size / 224)
-            v[sel] = gaussian_blur(v[sel], sigma)
+            sigma = _uniform(len(sel), *spec.blur_sigma, g, device)          # pixels of this view
+            # the kernel of the largest sigma the spec allows: known without a device sync
+            radius = blur_radius(spec.blur_sigma[1], min(v.shape[2:]), spec.blur_kernel_frac)
+            v[sel] = gaussian_blur(v[sel], sigma, radius)
     if spec.solarize_prob > 0:
         sol = _coin(n, spec.solarize_prob, g, device).view(-1, 1, 1, 1)
         v = torch.where(sol & (v >= 0.5), 1 - v, v)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,9 @@ class PrototypeConfig(MethodConfig):
     temperature: float = 0.1          # tau of eq. 2
     crops_for_assign: list[int] = field(default_factory=lambda: [0, 1])
     crops: str = ""                   # e.g. 2x224+6x96; "": 2 x image size + 6 x (96/224 of it)
-    global_scale: tuple[float, float] = (0.14, 1.0)
+    # None: the official value for the crops (METHODS.md 5.2, views.default_global_scale):
+    # (0.14, 1) with 6 or more local crops (2x224+6x96), (0.08, 1) with fewer (2x224, 2x160+4x96)
+    global_scale: Optional[tuple[float, float]] = None
     local_scale: tuple[float, float] = (0.05, 0.14)
     color_strength: float = 1.0       # jitter (0.8s, 0.8s, 0.8s, 0.2s); the CIFAR advice is s = 0.5
     blur_prob: float = 0.5
