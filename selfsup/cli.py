@@ -51,7 +51,7 @@ def _eval(args) -> int:
                       image_size=args.image_size, device=args.device, batch_size=args.batch_size, k=args.k,
                       temperature=args.temperature, epochs=args.probe_epochs, lr=args.lr,
                       cache=not args.no_cache, progress=not args.json, patches=patches,
-                      probes=tuple(args.probe.split(",")))
+                      probes=tuple(args.probe.split(",")), preset=args.preset)
     if args.json:
         print(json.dumps(result))
     elif args.protocol == "patches":
@@ -60,8 +60,11 @@ def _eval(args) -> int:
         for probe in args.probe.split(","):
             print(f"{probe} on {how} ({result['feature_dim']} dims): top-1 {result[probe]['top1']:.4f}")
     else:
+        from selfsup.eval.linear import describe
+
         top5 = f"  top-5 {result['top5']:.4f}" if "top5" in result else ""
-        print(f"{args.protocol} on {result['tap']} ({result['feature_dim']} dims): top-1 {result['top1']:.4f}{top5}")
+        name = f"linear ({describe(result['preset'], result['overrides'])})" if "preset" in result else args.protocol
+        print(f"{name} on {result['tap']} ({result['feature_dim']} dims): top-1 {result['top1']:.4f}{top5}")
     return 0
 
 
@@ -129,13 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a .pt file from `selfsup pretrain` (or a torchvision ResNet state dict)")
     p.add_argument("--train-data", required=True, help="labelled dataset SPEC to fit on")
     p.add_argument("--test-data", required=True, help="labelled dataset SPEC to score")
-    p.add_argument("--tap", help="feature tap (default: the last stage)")
-    p.add_argument("--pool", default="avg", choices=["avg", "9k"], help="global average pool, or pooled to about 9k dims")
+    p.add_argument("--tap", help="feature tap, e.g. res3 or pool5 (default: the last stage)")
+    p.add_argument("--pool", default="avg", help="avg: global average pool; 9k: adaptive pool to about 9k dims; "
+                                                 "goyal: Goyal et al.'s fixed windows, about 9k dims (default avg)")
     p.add_argument("--image-size", type=int, help="evaluation size (default: the pretraining size)")
     p.add_argument("--k", type=int, default=20, help="kNN neighbours (default 20)")
     p.add_argument("--temperature", type=float, default=0.07, help="kNN temperature (default 0.07)")
-    p.add_argument("--probe-epochs", type=int, default=100, help="linear probe epochs (default 100)")
-    p.add_argument("--lr", type=float, default=0.1, help="linear probe learning rate (default 0.1)")
+    p.add_argument("--preset", help="linear probe protocol: fast (cached features, default), moco (MoCo / JigClu: "
+                                    "lr 10, steps at 60 and 80) or swav (lr 0.3, cosine); moco and swav train on "
+                                    "RandomResizedCrop + flip views")
+    p.add_argument("--probe-epochs", type=int, help="linear probe epochs (default: the preset's, 100)")
+    p.add_argument("--lr", type=float, help="linear probe learning rate (default: the preset's; fast 0.1)")
     p.add_argument("--batch-size", type=int, default=256, help="feature extraction batch")
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")

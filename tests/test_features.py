@@ -41,3 +41,15 @@ def test_feature_cache(tmp_path, monkeypatch):
     monkeypatch.undo()
     extract_features(net, other, cache_key="ckpt1", cache_dir=tmp_path)
     assert len(list((tmp_path / "features").iterdir())) == 2
+
+
+def test_goyal_pooling_and_centre_crop_have_their_own_cache_entries(tmp_path):
+    data = load_dataset("synthetic:10?classes=2&size=16")
+    net = build_backbone("resnet18")
+    a, _ = extract_features(net, data, tap="res2", pool="goyal", cache_key="c", cache_dir=tmp_path)
+    b, _ = extract_features(net, data, tap="res2", pool="9k", cache_key="c", cache_dir=tmp_path)
+    c, _ = extract_features(net, data, tap="res2", pool="goyal", crop=224 / 256, cache_key="c", cache_dir=tmp_path)
+    assert a.shape == b.shape == c.shape == (10, 64 * 4 * 4)        # res2 at 16 px: 4 x 4, kept whole
+    assert len(list((tmp_path / "features").iterdir())) == 3 and not torch.allclose(a, c)
+    p, _ = extract_features(net, data, tap="pool5")
+    assert torch.allclose(p, extract_features(net, data)[0], atol=1e-6)     # pool5 = res5, globally pooled

@@ -104,7 +104,7 @@ def test_jigsaw_pp_backbone_standardises_each_tile_and_each_evaluated_image():
     method = build_method("jigsaw_pp", backbone="convnet", image_size=32)
     assert type(method.backbone).__name__ == "TileNorm"
     rgb = torch.rand(36, 3, 8, 8) * 0.5 + 0.2
-    seen = method.backbone.standardize(normalize(rgb))                      # what the tower receives
+    seen = method.backbone.standardize(normalize(rgb))                      # the MVN, before the x50 scale
     assert torch.allclose(seen.mean((1, 2, 3)), torch.zeros(36), atol=1e-5)
     assert torch.allclose(seen.std((1, 2, 3)), torch.ones(36), atol=1e-3)
     expected = (rgb - rgb.mean((1, 2, 3), keepdim=True)) / rgb.std((1, 2, 3), keepdim=True)

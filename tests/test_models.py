@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -94,3 +96,62 @@ def test_projection_mlp():
     head = projection_mlp(16, 32, 8, num_layers=3)
     assert head(torch.randn(4, 16)).shape == (4, 8)
     assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in head) == 2
+
+
+@pytest.mark.parametrize("depth, size", [(18, 64), (50, 224)])
+def test_resnet_pool1_and_pool5_taps(depth, size):
+    torch.manual_seed(0)
+    net = build_backbone(f"resnet{depth}").eval()
+    assert net.taps == ("conv1", "pool1", "res2", "res3", "res4", "res5", "pool5") and net.default_tap == "res5"
+    with torch.no_grad():
+        maps = net.forward_taps(torch.randn(2, 3, size, size))
+        wide = 2048 if depth == 50 else 512
+        assert maps["pool1"].shape == (2, 64, size // 4, size // 4)       # after the 3x3/2 max-pool
+        assert torch.equal(maps["pool1"], net.maxpool(maps["conv1"]))
+        assert maps["pool5"].shape == (2, wide, 1, 1)                     # res5 globally pooled
+        assert torch.allclose(maps["pool5"].flatten(1), maps["res5"].mean((2, 3)), atol=1e-6)
+        assert torch.allclose(net(torch.zeros(1, 3, size, size)), net.forward_taps(torch.zeros(1, 3, size, size),
+                                                                              ("pool5",))["pool5"].flatten(1))
+        only = net.forward_taps(torch.randn(1, 3, size, size), ("pool5",))
+        assert list(only) == ["pool5"]
+    assert net.out_dim == wide and net.tap_dims["pool1"] == 64 and net.tap_dims["pool5"] == wide
+    assert net.forward_map(torch.randn(1, 3, size, size)).shape[-1] == size // 32   # still res5, a map
+    cifar = build_backbone("resnet18", cifar_stem=True).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        m = cifar.forward_taps(x, ("conv1", "pool1"))
+    assert torch.equal(m["conv1"], m["pool1"])                                     # no max-pool in the CIFAR stem
+    lstage = build_backbone("resnet18", input="L")
+    assert lstage.default_tap == "res5" and lstage.out_dim == 512
+
+
+def tile_norm_slow(rgb, scale=50.0, eps=1e-5):
+    """Caffe's MVN (across channels) then Power(scale), written out per image."""
+    out = torch.empty_like(rgb, dtype=torch.float64)
+    for i, img in enumerate(rgb.double()):
+        values = img.flatten().tolist()
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        out[i] = (img - mean) / (std + eps) * scale
+    return out
+
+
+def test_tile_norm_is_mvn_then_scale_50_without_clipping():
+    from selfsup.data.views import normalize
+
+    torch.manual_seed(0)
+    net = build_backbone("alexnet", input="tile_norm")
+    rgb = torch.rand(4, 3, 8, 8) * 2 - 0.5                                         # in [-0.5, 1.5]: colour projection
+    seen = net.prepare(normalize(rgb))
+    assert torch.allclose(seen.double(), tile_norm_slow(rgb), atol=1e-3)
+    clipped = tile_norm_slow(rgb.clamp(0, 1))
+    assert not torch.allclose(seen.double(), clipped, atol=1e-1)                 # the old clamp changed it
+    assert torch.allclose(seen.std((1, 2, 3)), torch.full((4,), 50.0), rtol=1e-4)
+    # the standardised shape is kept: an affine map of the tile's own values
+    flat, ref = seen.flatten(1).double(), rgb.flatten(1).double()
+    for a, b in zip(flat, ref):
+        assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 1 - 1e-6
+    # checkpoints keep loading: the stage adds no state, the keys are the tower's under net.
+    tower_keys = {f"net.{k}" for k in build_backbone("alexnet").state_dict()}
+    assert set(net.state_dict()) == tower_keys
+    net.load_state_dict({f"net.{k}": v for k, v in build_backbone("alexnet").state_dict().items()})

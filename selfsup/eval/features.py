@@ -10,22 +10,102 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.data.datasets import cache_root
-from selfsup.data.views import EvalTransform
+from selfsup.data.views import EvalTransform, normalize, to_float
 from selfsup.checkpoint import safe_load, save_atomic
 from selfsup.errors import SelfSupError
 from selfsup.eval.checks import at_least_one
 
 
-def pool_features(fmap: torch.Tensor, pool: str = "avg", target_dims: int = 9216) -> torch.Tensor:
-    """Flatten a B x C x h x w map: global average ("avg"), or average-pooled to an
-    s x s grid with C * s^2 close to ``target_dims`` ("9k", Goyal et al. 2019 §6.1 style)."""
+POOLS = ("avg", "9k", "goyal")
+
+# Goyal et al. 2019's average pooling of ResNet-50 at 224 px (METHODS.md 6.1; fssb's
+# resnet_jigsaw_finetune_linear.py for pool1, VISSL's feature-eval configs), by output grid:
+# grid side -> (map side, kernel, stride, padding) of the tap it comes from. conv1 (112 px)
+# and pool1 (56 px, kernel 5, stride 5, padding 2) have the same geometry relative to the
+# map, so one entry serves both; pool5 (res5's global pool, 1 x 1) is left as it is.
+GOYAL_WINDOWS = {12: (112, 10, 10, 4),       # conv1 -> 12 x 12 x 64 = 9216 (pool1 too)
+                 6: (56, 16, 8, 0),          # res2 -> 6 x 6 x 256 = 9216
+                 4: (28, 13, 5, 0),          # res3 -> 4 x 4 x 512 = 8192
+                 3: (14, 8, 3, 0),           # res4 -> 3 x 3 x 1024 = 9216
+                 2: (7, 6, 1, 0)}            # res5 -> 2 x 2 x 2048 = 8192
+GOYAL_DIMS = 9216
+
+
+def _round(x: float) -> int:
+    return math.floor(x + 0.5)
+
+
+def goyal_grid(channels: int, side: int, target_dims: int = GOYAL_DIMS) -> int:
+    """The pooled grid side along a map side: round(sqrt(target / C)), at most the side
+    (ResNet-50 at 224: 12, 12, 6, 4, 3, 2 for conv1, pool1, res2 .. res5)."""
+    return max(1, min(side, round(math.sqrt(target_dims / channels))))
+
+
+def goyal_window(side: int, grid: int) -> tuple[int, int, int]:
+    """(kernel, stride, padding) of an average pool giving ``grid`` outputs along a map
+    side of ``side``, in the geometry of Goyal et al.'s window for that grid.
+
+    The reference is the Goyal window of the nearest grid (ties: the finer grid), of
+    map side h0, kernel k0, stride t0, padding p0 and grid g0. Stride and padding scale
+    with the map's cell (side / grid) relative to the reference's (h0 / g0):
+    t = round(t0 * (side / h0) * (g0 / grid)), p likewise, t at most (side + 2p) // grid
+    (windows leave no gaps); the kernel then makes the grid exact,
+    k = side + 2p - (grid - 1) * t. Goyal's windows tile their maps this way, so at
+    Goyal's sizes the rule returns Goyal's windows. A padding over half the kernel
+    (PyTorch refuses it) is dropped."""
+    g0 = min(GOYAL_WINDOWS, key=lambda g: (abs(g - grid), -g))
+    h0, _, t0, p0 = GOYAL_WINDOWS[g0]
+    cell = (side / h0) * (g0 / grid)
+    pad = _round(p0 * cell)
+    stride = max(1, min(_round(t0 * cell), (side + 2 * pad) // grid))
+    kernel = side + 2 * pad - (grid - 1) * stride
+    if 2 * pad > kernel:
+        pad, stride = 0, max(1, min(stride, side // grid))
+        kernel = side - (grid - 1) * stride
+    return kernel, stride, pad
+
+
+def goyal_pool(fmap: torch.Tensor, target_dims: int = GOYAL_DIMS) -> torch.Tensor:
+    """Goyal et al. 2019's fixed average pooling (METHODS.md 6.1, 6.2), flattened: a grid of
+    ``goyal_grid`` cells per side (C x grid^2 close to 9k), windows from ``goyal_window``
+    per axis; zero padding counts in the average (``nn.AvgPool2d``, as VISSL).
+
+    ResNet-50 at 224 px gets Goyal's exact windows: conv1 (10, 10, 4) -> 9216, pool1
+    (5, 5, 2) -> 9216, res2 (16, 8, 0) -> 9216, res3 (13, 5, 0) -> 8192, res4 (8, 3, 0)
+    -> 9216, res5 (6, 1, 0) -> 8192, pool5 -> 2048. Other sizes and backbones get the
+    scaled windows (e.g. res2 of ResNet-50 at 112 px: (8, 4, 0); res2 of ResNet-18 at
+    224 px, 64 channels: pool1's (5, 5, 2) -> 9216)."""
+    c, h, w = fmap.shape[1:]
+    (kh, sh, ph), (kw, sw, pw) = (goyal_window(n, goyal_grid(c, n, target_dims)) for n in (h, w))
+    return torch.flatten(F.avg_pool2d(fmap, (kh, kw), (sh, sw), (ph, pw)), 1)
+
+
+def l2_normalize_goyal(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Per-sample L2 normalisation x / (||x||_2 + 1e-5) of Goyal et al. 2019's VOC07 SVM
+    features (METHODS.md 6.1). It belongs to the SVM only: the Places205 linear heads
+    (6.2) take the pooled features through a BatchNorm without affine parameters instead,
+    as ``linear_probe``'s standardisation, and the kNN normalises by itself."""
+    return x / (x.norm(dim=1, keepdim=True) + eps)
+
+
+def check_pool(pool: str) -> None:
+    if pool not in POOLS:
+        raise SelfSupError(f"unknown pooling {pool!r}: use avg, 9k or goyal")
+
+
+def pool_features(fmap: torch.Tensor, pool: str = "avg", target_dims: int = GOYAL_DIMS) -> torch.Tensor:
+    """Flatten a B x C x h x w map: global average ("avg"); average-pooled to an s x s grid
+    of non-overlapping adaptive windows, C * s^2 close to ``target_dims`` ("9k", an
+    approximation of Goyal et al. 2019's pooling); or Goyal et al.'s fixed, overlapping
+    windows ("goyal", ``goyal_pool``: exact for ResNet-50 at 224 px, scaled otherwise)."""
+    check_pool(pool)
     if pool == "avg":
         return torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1)
-    if pool == "9k":
-        c, h, w = fmap.shape[1:]
-        s = max(1, min(h, w, round(math.sqrt(target_dims / c))))
-        return torch.flatten(F.adaptive_avg_pool2d(fmap, s), 1)
-    raise SelfSupError(f"unknown pooling {pool!r}: use avg or 9k")
+    if pool == "goyal":
+        return goyal_pool(fmap, target_dims)
+    c, h, w = fmap.shape[1:]
+    s = max(1, min(h, w, round(math.sqrt(target_dims / c))))
+    return torch.flatten(F.adaptive_avg_pool2d(fmap, s), 1)
 
 
 def default_cache_dir() -> Path:
@@ -46,27 +126,53 @@ def feature_cache(cache_key: str | None, what: str, cache_dir: str | Path | None
     return path, (cached["features"], cached["labels"])
 
 
+class CenterView:
+    """The test view of the MoCo and SwAV linear protocols (METHODS.md 1.4, 5.7): the shorter
+    side resized to round(size / crop), the centre size x size kept (torchvision's rounding),
+    normalised; crop = 224 / 256 is Resize(256) -> CenterCrop(224) at any size. ``size``
+    None: the images' shorter side."""
+
+    def __init__(self, size: int | None = None, crop: float = 224 / 256):
+        self.size, self.crop = size, crop
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = to_float(images)
+        h, w = x.shape[2:]
+        size = self.size or min(h, w)
+        short = round(size / self.crop)
+        if min(h, w) != short:
+            s = short / min(h, w)
+            x = F.interpolate(x, size=(max(short, round(h * s)), max(short, round(w * s))), mode="bilinear",
+                              antialias=True, align_corners=False)
+        top, left = round((x.shape[2] - size) / 2), round((x.shape[3] - size) / 2)
+        return normalize(x[:, :, top:top + size, left:left + size])
+
+
 @torch.no_grad()
 def extract_features(backbone, dataset, tap: str | None = None, pool: str = "avg", image_size: int | None = None,
                      batch_size: int = 256, device: str | torch.device = "cpu", cache_key: str | None = None,
-                     cache_dir: str | Path | None = None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     cache_dir: str | Path | None = None, progress: bool = False,
+                     crop: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (N x D float32) and labels (N) of ``dataset`` through ``backbone``.
 
     The backbone runs in eval mode without gradients; images are resized and
-    centre-cropped to ``image_size`` (default: the dataset's size) and normalised.
-    With ``cache_key`` (e.g. a checkpoint's hash) the result is stored under
-    ``cache_dir/features`` and reused when the same checkpoint, dataset, tap,
-    pooling and size come again.
+    centre-cropped to ``image_size`` (default: the dataset's size) and normalised;
+    ``crop`` < 1 resizes to image_size / crop first (``CenterView``: 224 / 256 for the
+    MoCo and SwAV protocols). With ``cache_key`` (e.g. a checkpoint's hash) the result
+    is stored under ``cache_dir/features`` and reused when the same checkpoint,
+    dataset, tap, pooling, size and crop come again.
     """
     at_least_one("--batch-size", batch_size, 256)
-    tap = backbone.check_taps([tap])[0] if tap else backbone.taps[-1]
-    cache_file, cached = feature_cache(cache_key, f"{dataset.fingerprint}|{tap}|{pool}|{image_size}", cache_dir)
+    check_pool(pool)
+    tap = backbone.check_taps([tap])[0] if tap else backbone.default_tap
+    what = f"{dataset.fingerprint}|{tap}|{pool}|{image_size}" + (f"|crop{crop}" if crop != 1.0 else "")
+    cache_file, cached = feature_cache(cache_key, what, cache_dir)
     if cached is not None:
         return cached
     device = torch.device(device)
     was_training = backbone.training
     backbone.eval().to(device, memory_format=torch.channels_last)     # about 1.6x faster convolutions on CPU
-    transform = EvalTransform(image_size)
+    transform = EvalTransform(image_size) if crop == 1.0 else CenterView(image_size, crop)
     chunks = []
     n = len(dataset)
     from tqdm import tqdm

@@ -131,7 +131,7 @@ def aggregated_features(backbone, dataset, num_patches: int = 16, patch_size: in
     if aggregate not in ("global", "local"):
         raise SelfSupError(f"unknown aggregation {aggregate!r}: use global or local")
     check_patches(num_patches, patch_size, window, stride, chunk)
-    tap = backbone.check_taps([tap])[0] if tap else backbone.taps[-1]
+    tap = backbone.check_taps([tap])[0] if tap else backbone.default_tap
     height, width = dataset.images.shape[2:4]
     input_size = input_size or height
     window = window or min(height, width) // 2
@@ -177,7 +177,7 @@ def patch_convergence(backbone, dataset, counts=(1, 2, 4, 8, 16), patch_size: in
     ``stride``, default side / 4). The whole image is embedded at ``input_size``."""
     check_counts(counts)
     at_least_one("--max-images", max_images, 256)
-    tap = backbone.check_taps([tap])[0] if tap else backbone.taps[-1]
+    tap = backbone.check_taps([tap])[0] if tap else backbone.default_tap
     height, width = dataset.images.shape[2:4]
     input_size = input_size or height
     side = patch_size or min(height, width) // 2
@@ -214,7 +214,7 @@ def similarity_map(backbone, image: torch.Tensor, side: int, stride: int, query:
     embedding space and, with ``head`` (the pretraining projector), in the projection
     space, everything on ``device``. Returns the maps (g_h x g_w), the query's box and the
     grid shape, on the CPU."""
-    tap = backbone.check_taps([tap])[0] if tap else backbone.taps[-1]
+    tap = backbone.check_taps([tap])[0] if tap else backbone.default_tap
     backbone.eval().to(device, memory_format=torch.channels_last)
     x = to_float(image[None].to(device))
     height, width = x.shape[2:]
@@ -244,7 +244,7 @@ def nearest_patches(backbone, dataset, query_image: int, query_box: torch.Tensor
     at_least_one("--k", k, 16)
     at_least_one("--patches-per-image", patches_per_image, 16)
     at_least_one("--max-images", max_images, 256)
-    tap = backbone.check_taps([tap])[0] if tap else backbone.taps[-1]
+    tap = backbone.check_taps([tap])[0] if tap else backbone.default_tap
     backbone.eval().to(device, memory_format=torch.channels_last)
     height, width = dataset.images.shape[2:4]
     input_size = input_size or height

@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint end to end: load, extract (cached), kNN or linear probe;
+"""Evaluate a checkpoint end to end: load, extract (cached), kNN or linear probe (by preset:
+``fast`` on cached features, ``moco`` / ``swav`` on augmented views, ``selfsup.eval.linear``);
 ``patches``: both probes on aggregated patch embeddings (BagSSL, METHODS.md 7.4)."""
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from selfsup.checkpoint import load_backbone, load_checkpoint
 from selfsup.distributed import resolve_device
 from selfsup.errors import SelfSupError
 from selfsup.eval.checks import at_least_one
-from selfsup.eval.features import extract_features, file_hash
+from selfsup.eval.features import check_pool, extract_features, file_hash
 from selfsup.eval.knn import check_knn, knn_scores, topk_accuracy
-from selfsup.eval.linear import check_probe, linear_probe
+from selfsup.eval.linear import augmented_linear_probe, check_probe, get_preset, linear_probe
 from selfsup.eval.patches import aggregated_features, check_patches
 
 
@@ -49,10 +50,14 @@ def pretraining_patch_size(ckpt: dict) -> int | None:
 
 def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, tap: str | None = None,
              pool: str = "avg", image_size: int | None = None, device: str = "cpu", batch_size: int = 256,
-             k: int = 20, temperature: float = 0.07, epochs: int = 100, lr: float = 0.1,
+             k: int = 20, temperature: float = 0.07, epochs: int | None = None, lr: float | None = None,
              cache: bool = True, progress: bool = False, patches: dict | None = None,
-             probes: tuple[str, ...] = ("knn", "linear")) -> dict:
+             probes: tuple[str, ...] = ("knn", "linear"), preset: str | None = None) -> dict:
     """Run ``protocol`` ("knn", "linear" or "patches") and return its metrics as a dict.
+
+    The linear probe follows ``preset`` (fast, moco or swav; None: fast), with ``epochs``
+    and ``lr`` (None: the preset's) overriding it; the result names the preset, the
+    overrides and the settings used. Only ``eval linear`` takes a preset.
 
     ``patches`` holds the options of ``aggregated_features`` (num_patches, patch_size,
     aggregate, window, stride, chunk, seed); patch_size "auto" (the default) means the
@@ -69,6 +74,13 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
     for name in used:
         if name not in ("knn", "linear"):
             raise SelfSupError(f"unknown probe {name!r}: use knn or linear")
+    if preset is not None and protocol != "linear":
+        raise SelfSupError(f"--preset applies to eval linear only: drop --preset {preset}, or use eval linear")
+    probe = get_preset(preset or "fast")
+    overrides = {name: value for name, value in (("epochs", epochs), ("lr", lr))
+                 if value is not None and value != getattr(probe, name)}
+    epochs, lr = probe.epochs if epochs is None else epochs, probe.lr if lr is None else lr
+    check_pool(pool)
     if "knn" in used:
         check_knn(k, temperature)
     if "linear" in used:
@@ -88,7 +100,13 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
     to_train = class_map(train, test, train_spec, test_spec)
     image_size = image_size or (ckpt.get("config") or {}).get("image_size")   # the pretraining view size
     key = file_hash(checkpoint) if cache else None
-    info = {"checkpoint": str(checkpoint), "tap": tap or backbone.taps[-1]}
+    info = {"checkpoint": str(checkpoint), "tap": tap or backbone.default_tap}
+    if protocol == "linear":
+        info.update(preset=probe.name, overrides=overrides, probe_epochs=epochs, lr=lr, pool=pool)
+    if protocol == "linear" and probe.augment:
+        result = augmented_linear_probe(backbone, train, test, probe, epochs, lr, tap, pool, image_size, batch_size,
+                                        device, key, to_train, progress=progress)
+        return {"protocol": protocol, **result, **info, "n_train": len(train), "n_test": len(test)}
     if protocol == "patches":
         common = dict(tap=tap, input_size=image_size, device=device, cache_key=key, progress=progress, **opts)
         xtr, ytr = aggregated_features(backbone, train, **common)

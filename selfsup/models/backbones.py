@@ -1,10 +1,10 @@
 """Backbones created by name, each exposing named taps and its output width.
 
 A backbone maps images (B x 3 x H x W) to feature maps at named taps
-(``conv1, res2 .. res5`` for ResNets, ``conv1 .. conv4`` for the small convnet,
-``conv1 .. conv5`` for the AlexNet of Jigsaw's CFN);
-``forward`` returns the globally average-pooled last tap (B x ``out_dim``), which
-is the representation evaluated by default. Pretraining heads live in the
+(``conv1, pool1, res2 .. res5, pool5`` for ResNets, ``conv1 .. conv4`` for the small
+convnet, ``conv1 .. conv5`` for the AlexNet of Jigsaw's CFN); ``default_tap`` is the
+last feature map (``res5`` for ResNets, else the last tap) and ``forward`` returns it
+globally average-pooled (B x ``out_dim``), the representation evaluated by default. Pretraining heads live in the
 methods, so a backbone's state dict is all evaluation needs.
 """
 from __future__ import annotations
@@ -16,26 +16,32 @@ import torchvision
 from torch import nn
 
 from selfsup.data.color import rgb_to_lab
-from selfsup.data.views import unnormalize
+from selfsup.data.views import IMAGENET_MEAN, IMAGENET_STD, unnormalize
 from selfsup.errors import SelfSupError
 
 
 class Backbone(nn.Module):
-    """Base class: subclasses set ``taps``, ``tap_dims`` and implement ``forward_taps``."""
+    """Base class: subclasses set ``taps``, ``tap_dims`` and implement ``forward_taps``;
+    a subclass whose last tap is not its last feature map sets ``default_tap``."""
 
     taps: tuple[str, ...] = ()
     tap_dims: dict[str, int] = {}
 
     @property
+    def default_tap(self) -> str:
+        """The last feature map: what ``forward_map`` returns and evaluation uses by default."""
+        return self.taps[-1]
+
+    @property
     def out_dim(self) -> int:
-        return self.tap_dims[self.taps[-1]]
+        return self.tap_dims[self.default_tap]
 
     def forward_taps(self, x: torch.Tensor, taps: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map (B x out_dim x h x w)."""
-        return self.forward_taps(x, (self.taps[-1],))[self.taps[-1]]
+        return self.forward_taps(x, (self.default_tap,))[self.default_tap]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.forward_map(x), 1), 1)
@@ -55,9 +61,15 @@ class ResNet(Backbone):
     the usual stem for 32 px inputs. ``in_channels=1`` takes one input channel (the
     L of Colorization); ``last_stride=1`` keeps res5 at the resolution of res4 (Goyal
     et al.'s colorization ResNet-50: output stride 16).
+
+    Taps as Goyal et al. 2019's ResNet-50 probes (METHODS.md 6.2): ``conv1`` (after BN and
+    ReLU), ``pool1`` (after the 3x3/2 max-pool; the conv1 map itself with the CIFAR stem),
+    ``res2 .. res5`` (the four stages) and ``pool5`` (res5 globally average-pooled,
+    B x C x 1 x 1). ``default_tap`` is res5.
     """
 
-    taps = ("conv1", "res2", "res3", "res4", "res5")
+    taps = ("conv1", "pool1", "res2", "res3", "res4", "res5", "pool5")
+    default_tap = "res5"
 
     def __init__(self, depth: int = 18, cifar_stem: bool = False, in_channels: int = 3, last_stride: int = 2):
         super().__init__()
@@ -74,20 +86,20 @@ class ResNet(Backbone):
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         expansion = 4 if depth >= 50 else 1
-        self.tap_dims = {"conv1": 64, "res2": 64 * expansion, "res3": 128 * expansion,
-                         "res4": 256 * expansion, "res5": 512 * expansion}
+        self.tap_dims = {"conv1": 64, "pool1": 64, "res2": 64 * expansion, "res3": 128 * expansion,
+                         "res4": 256 * expansion, "res5": 512 * expansion, "pool5": 512 * expansion}
 
     def forward_taps(self, x, taps=None):
         taps = self.check_taps(taps)
         out = {}
-        x = self.relu(self.bn1(self.conv1(x)))
-        out["conv1"] = x
-        x = self.maxpool(x)
-        for name, layer in zip(self.taps[1:], (self.layer1, self.layer2, self.layer3, self.layer4)):
+        out["conv1"] = x = self.relu(self.bn1(self.conv1(x)))
+        out["pool1"] = x = self.maxpool(x)
+        for name, layer in zip(("res2", "res3", "res4", "res5"), (self.layer1, self.layer2, self.layer3, self.layer4)):
             if all(t in out for t in taps):
                 break
-            x = layer(x)
-            out[name] = x
+            out[name] = x = layer(x)
+        if "pool5" in taps:
+            out["pool5"] = nn.functional.adaptive_avg_pool2d(out["res5"], 1)
         return {t: out[t] for t in taps}
 
 
@@ -169,6 +181,10 @@ class InputStage(Backbone):
         super().__init__()
         self.net, self.taps, self.tap_dims = net, net.taps, net.tap_dims
 
+    @property
+    def default_tap(self) -> str:
+        return self.net.default_tap
+
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -191,19 +207,27 @@ class LChannel(InputStage):
 
 
 class TileNorm(InputStage):
-    """Every input image standardised by its own statistics: the RGB minus its mean, over
-    its standard deviation, both over C x H x W (Jigsaw++'s per-tile MVN, METHODS.md 2.2).
-    In pretraining each tile is an input image; in evaluation the whole image is
-    standardised the same way [A]."""
+    """Every input image standardised by its own statistics, in the order of Jigsaw++'s
+    Caffe prototxt (METHODS.md 2.2): an ``MVN`` layer with ``across_channels`` (the RGB
+    minus its mean, over its standard deviation, both over C x H x W), then a ``Power``
+    layer of scale 50. The RGB is recovered from the normalised input without clipping,
+    so the colour projection's values outside [0, 1] keep their place in the tile's
+    statistics. In pretraining each tile is an input image; in evaluation the whole image
+    is standardised the same way [A]. No parameters: the state dict is the tower's."""
+
+    scale = 50.0
 
     @staticmethod
     def standardize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-        rgb = unnormalize(x)
-        mean, std = rgb.mean((1, 2, 3), keepdim=True), rgb.std((1, 2, 3), keepdim=True)
-        return ((rgb - mean) / (std + eps)).to(x.dtype)
+        """The MVN step alone: each image's RGB (un-normalised, not clipped) to mean 0, std 1."""
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, -1, 1, 1)
+        rgb = x.float() * std + mean
+        m, s = rgb.mean((1, 2, 3), keepdim=True), rgb.std((1, 2, 3), keepdim=True)
+        return ((rgb - m) / (s + eps)).to(x.dtype)
 
     def prepare(self, x):
-        return self.standardize(x)
+        return self.standardize(x) * self.scale
 
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {
