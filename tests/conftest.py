@@ -1,5 +1,7 @@
 import pytest
 
+from selfsup.cli import main
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
@@ -15,3 +17,16 @@ def tiny_overrides(out, epochs=2, data=TINY, **extra):
              "progress": False, "log_every": 1, "optim.warmup_epochs": 0.5, "optim.lr": 0.1, "device": "cpu"}
     items.update(extra)
     return [f"{k}={v}" for k, v in items.items()]
+
+
+def run(capsys, *argv):
+    """``selfsup ARGV`` in this process: (exit code, stdout, stderr)."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err, fragment) -> bool:
+    """Exit 2 and a single stderr line ``selfsup: error: ...`` that contains ``fragment``."""
+    lines = err.strip().splitlines()
+    return code == 2 and len(lines) == 1 and lines[0].startswith("selfsup: error:") and fragment in lines[0]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY
+from conftest import TINY, one_line_error, run
 from selfsup.cli import main
 from selfsup.data.datasets import load_dataset
 from selfsup.errors import SelfSupError
@@ -17,17 +17,6 @@ from selfsup.eval.patches import aggregated_features, nearest_patches, patch_con
 from selfsup.models import build_backbone
 
 COLOURS = {"a": (220, 30, 30), "b": (30, 200, 30), "c": (30, 30, 220)}
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code, err, fragment):
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("selfsup: error:") and fragment in lines[0], err
 
 
 def pretrain(out, method="simclr", data=TINY, backbone="convnet", *extra):
@@ -68,11 +57,11 @@ def test_test_classes_missing_from_the_training_data_are_refused(tmp_path, capsy
     train = image_folder(tmp_path / "train", "ac")
     test = image_folder(tmp_path / "test", "abc")
     code, _, err = run(capsys, "eval", "linear", "--checkpoint", ckpt, "--train-data", train, "--test-data", test)
-    one_line_error(code, err, "1 class of")
+    assert one_line_error(code, err, "1 class of"), err
     assert "(first: 'b')" in err
     code, _, err = run(capsys, "eval", "knn", "--checkpoint", ckpt, "--train-data", TINY,
                        "--test-data", "synthetic:64?classes=6&size=16")
-    one_line_error(code, err, "2 classes of synthetic:64?classes=6&size=16 are not in")
+    assert one_line_error(code, err, "2 classes of synthetic:64?classes=6&size=16 are not in"), err
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -99,7 +88,7 @@ def test_test_classes_missing_from_the_training_data_are_refused(tmp_path, capsy
 ])
 def test_meaningless_eval_settings_are_refused(capsys, ckpt, argv, fragment):
     code, _, err = run(capsys, *argv, "--checkpoint", ckpt, "--train-data", TINY, "--test-data", TINY)
-    one_line_error(code, err, fragment)
+    assert one_line_error(code, err, fragment), err
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -117,7 +106,7 @@ def test_meaningless_eval_settings_are_refused(capsys, ckpt, argv, fragment):
 ])
 def test_meaningless_viz_settings_are_refused(tmp_path, capsys, ckpt, argv, fragment):
     code, _, err = run(capsys, "viz", *argv, "--checkpoint", ckpt, "--data", TINY, "--out", tmp_path / "x.png")
-    one_line_error(code, err, fragment)
+    assert one_line_error(code, err, fragment), err
     assert not (tmp_path / "x.png").exists()
 
 
@@ -154,7 +143,7 @@ def test_eval_refuses_an_absent_cuda_with_and_without_a_cached_result(capsys, mo
     assert code == 0, err
     for extra in ([], ["--no-cache"]):
         code, _, err = run(capsys, *argv, "--device", "cuda", *extra)
-        one_line_error(code, err, "device=cuda was asked for but no CUDA GPU is visible")
+        assert one_line_error(code, err, "device=cuda was asked for but no CUDA GPU is visible"), err
     code, _, err = run(capsys, *argv, "--device", "auto")
     assert code == 0, err
 
@@ -164,7 +153,7 @@ def test_viz_refuses_an_absent_cuda_for_every_kind(tmp_path, capsys, monkeypatch
     without_cuda(monkeypatch)
     code, _, err = run(capsys, "viz", kind, "--checkpoint", ckpt, "--data", TINY, "--out", tmp_path / "x.png",
                        "--device", "cuda")
-    one_line_error(code, err, "device=cuda was asked for but no CUDA GPU is visible")
+    assert one_line_error(code, err, "device=cuda was asked for but no CUDA GPU is visible"), err
 
 
 def test_viz_heatmap_runs_on_the_device_asked_for(tmp_path, capsys, monkeypatch, ckpt):

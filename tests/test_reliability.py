@@ -7,25 +7,13 @@ import signal
 import pytest
 import torch
 
-from conftest import TINY, tiny_overrides
+from conftest import TINY, one_line_error, run, tiny_overrides
 from selfsup.checkpoint import load_checkpoint, save_atomic
-from selfsup.cli import main
 from selfsup.config import resolve_config
 from selfsup.engine.rundir import RunLock
 from selfsup.engine.trainer import Trainer
 from selfsup.errors import SelfSupError
 from selfsup.methods import build_method, get_method
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code, err, fragment):
-    lines = err.strip().splitlines()
-    return code == 2 and len(lines) == 1 and lines[0].startswith("selfsup: error:") and fragment in lines[0]
 
 
 def pretrain(capsys, out, *extra, epochs=1):
