@@ -17,6 +17,7 @@ echo "|---|---|---|---|"
 run random simclr 0
 run simclr simclr "$SIM_EPOCHS" optim.lr=1.0 optim.scale_lr=false optim.warmup_epochs=1 simclr.temperature=0.2 simclr.proj_hidden_dim=512
 run jigclu jigclu "$JIG_EPOCHS"
+[ "${ABLATIONS:-1}" = 1 ] || exit 0     # ABLATIONS=0: the first three rows only
 run jigclu_aug_before jigclu "$JIG_EPOCHS" jigclu.aug_position=before
 run jigclu_aug_during jigclu "$JIG_EPOCHS" jigclu.aug_position=during
 run jigclu_clustering_only jigclu "$JIG_EPOCHS" jigclu.branches=clustering

@@ -34,6 +34,8 @@ echo "|---|---|---|---|---|"
 JIG="head=goyal tile_dim=256"
 pretrain_once random jigsaw 0 jigsaw.permutations=100
 row random
+WHICH=${WHICH:-"jigsaw jigsaw_pp colorization"}     # e.g. WHICH=jigsaw_pp: that row and random only
+if [[ " $WHICH " == *" jigsaw "* ]]; then
 for P in 100 701 2000; do
   set_name=$P; [ "$P" = 701 ] && set_name=noroozi-701
   pretrain_once "jigsaw_P$P" jigsaw "$EPOCHS" jigsaw.permutations=$set_name $(printf ' jigsaw.%s' $JIG)
@@ -42,8 +44,12 @@ done
 pretrain_once jigsaw_P100_colour jigsaw "$EPOCHS" jigsaw.permutations=100 jigsaw.gray_prob=0 jigsaw.projection_prob=0 \
   $(printf ' jigsaw.%s' $JIG)
 row jigsaw_P100_colour
+fi
+if [[ " $WHICH " == *" jigsaw_pp "* ]]; then
 pretrain_once jigsaw_pp jigsaw_pp "$EPOCHS" $(printf ' jigsaw_pp.%s' $JIG)
 row jigsaw_pp
+fi
+[[ " $WHICH " == *" colorization "* ]] || exit 0
 pretrain_once random_L colorization 0
 row random_L
 pretrain_once colorization colorization "$EPOCHS"
