@@ -156,7 +156,7 @@ class Trainer:
             "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
             "image_size": self.method.image_size,
-            "rng": _rng_state(), "ranks": ranks or [self._rank_state()], "world_size": self.world,
+            "ranks": ranks or [self._rank_state()], "world_size": self.world,      # each process's RNG and state
             "config": OmegaConf.to_container(self.cfg),
         }
 
@@ -222,10 +222,8 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def fit(self, on_epoch_end=None) -> str:
         """Train to ``cfg.epochs``; returns "done" or "interrupted" (after saving)."""
-        cfg, main = self.cfg, dist.is_main()
-        lock = None
-        error = None
-        if main:
+        lock, error = None, None
+        if dist.is_main():
             try:
                 prepare_out(self.out)
                 lock = RunLock(self.out).acquire()
