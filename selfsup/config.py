@@ -38,7 +38,7 @@ class TrainConfig:
     method: str = "simclr"
     data: str = ""                    # dataset SPEC: [FORMAT:]PATH[?options]
     backbone: str = "resnet18"
-    cifar_stem: bool = False          # 3x3 stride-1 stem without max-pool (32 px inputs)
+    cifar_stem: Optional[bool] = None # 3x3 stride-1 stem without max-pool; None (auto): on ResNets for images of 64 px or less
     image_size: Optional[int] = None  # view size; default: the dataset's image size
     epochs: int = 100
     batch_size: int = 256             # global batch (split across processes)

@@ -84,3 +84,16 @@ def test_training_lowers_the_loss(tmp_path):
                      **{"optim.lr": 0.3})).fit()
     losses = [json.loads(line)["loss"] for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
+
+
+def test_cifar_stem_auto_follows_the_input_size(tmp_path, capsys):
+    from selfsup.models.backbones import auto_cifar_stem
+
+    assert auto_cifar_stem("resnet18", 32) and auto_cifar_stem("resnet50", 64)
+    assert not auto_cifar_stem("resnet18", 96) and not auto_cifar_stem("convnet", 32)
+    trainer = Trainer(make_cfg(tmp_path / "run", epochs=0, backbone="resnet18"))
+    assert trainer.cfg.cifar_stem is None and trainer.cifar_stem is True
+    assert "cifar_stem auto" in capsys.readouterr().out
+    trainer.fit()
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["cifar_stem"] is True     # evaluation rebuilds the same stem
+    assert Trainer(make_cfg(tmp_path / "r2", epochs=0, backbone="resnet18", cifar_stem="false")).cifar_stem is False

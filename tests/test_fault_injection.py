@@ -22,7 +22,7 @@ def command(out, resume):
     # ResNet-18: a checkpoint of about 90 MB, so that a good share of the kills land inside a save
     return [sys.executable, "-m", "selfsup", "pretrain", "simclr", "--data", DATA, "--backbone", "resnet18",
             "--epochs", "8", "--batch-size", "16", "--out", str(out), "progress=false", "device=cpu",
-            "save_every_steps=1", "log_every=1", "optim.lr=0.1"] + (["--resume"] if resume else [])
+            "save_every_steps=1", "log_every=1", "optim.lr=0.1", "cifar_stem=false"] + (["--resume"] if resume else [])
 
 
 @pytest.mark.slow

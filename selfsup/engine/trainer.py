@@ -31,6 +31,7 @@ from selfsup.config import check_config
 from selfsup.errors import SelfSupError
 from selfsup.methods import get_method
 from selfsup.models import build_backbone
+from selfsup.models.backbones import auto_cifar_stem
 
 
 def autocast_dtype(precision: str, device: torch.device):
@@ -108,9 +109,16 @@ class Trainer:
         method_cls = get_method(cfg.method)
         method_cfg = OmegaConf.to_object(cfg[cfg.method])
         self.backbone_options = method_cls.backbone_options(method_cfg, cfg.backbone)
-        self.backbone = build_backbone(cfg.backbone, cifar_stem=cfg.cifar_stem, **self.backbone_options)
         self.dataset = load_dataset(cfg.data)
         image_size = cfg.image_size or self.dataset.images.shape[-1]
+        self.cifar_stem = cfg.cifar_stem
+        if self.cifar_stem is None:
+            self.cifar_stem = auto_cifar_stem(cfg.backbone, image_size)
+            if self.cifar_stem and dist.is_main():
+                print(f"cifar_stem auto: the CIFAR stem (3x3 stride-1 conv, no max-pool) for {image_size} px images: "
+                      f"every stage of {cfg.backbone} sees 16x the positions of the ImageNet stem, about 10x slower "
+                      f"steps on a CPU; cifar_stem=false for speed")
+        self.backbone = build_backbone(cfg.backbone, cifar_stem=self.cifar_stem, **self.backbone_options)
         if len(self.dataset) < cfg.batch_size:
             raise SelfSupError(f"the dataset has {len(self.dataset)} images, fewer than batch_size={cfg.batch_size}: lower --batch-size")
         self.method = method_cls(self.backbone, method_cfg, image_size).to(self.device)
@@ -151,7 +159,7 @@ class Trainer:
 
     def state(self, ranks: list | None = None) -> dict:
         return {
-            "backbone": self.cfg.backbone, "cifar_stem": self.cfg.cifar_stem, "backbone_options": self.backbone_options,
+            "backbone": self.cfg.backbone, "cifar_stem": self.cifar_stem, "backbone_options": self.backbone_options,
             "backbone_state": self.backbone.state_dict(), "method": self.cfg.method,
             "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,

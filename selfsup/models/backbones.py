@@ -240,6 +240,12 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
 INPUTS = ("rgb", "L", "tile_norm")
 
 
+def auto_cifar_stem(name: str, image_size: int) -> bool:
+    """``cifar_stem: auto``: the CIFAR stem on the torchvision ResNets for images of 64 px or less,
+    where the ImageNet stem's 4x downsampling would leave a final map of 2 x 2 or smaller."""
+    return name.startswith("resnet") and image_size <= 64
+
+
 def build_backbone(name: str, cifar_stem: bool = False, input: str = "rgb", **options) -> Backbone:
     """Create a backbone by registry name, e.g. ``build_backbone("resnet18", cifar_stem=True)``.
 
