@@ -74,7 +74,7 @@ def _jigclu_worker(rank, world, init_file, images, out):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
-        method = build_method("jigclu", backbone="convnet", image_size=16).eval()   # BN on running stats
+        method = build_method("jigclu", backbone="convnet", image_size=32).eval()   # BN on running stats
         n = len(images) // world
         views = method.view_maker()(images[rank * n:(rank + 1) * n], torch.Generator().manual_seed(rank))
         torch.manual_seed(7)                           # the permutation comes from rank 0
@@ -93,14 +93,14 @@ def test_jigclu_montage_over_the_global_batch():
     from selfsup.data.loader import Batch
     from selfsup.methods import build_method
 
-    images = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     out = run_two_processes(_jigclu_worker, images)
     torch.manual_seed(0)
-    method = build_method("jigclu", backbone="convnet", image_size=16).eval()
+    method = build_method("jigclu", backbone="convnet", image_size=32).eval()
     mm, n = 4, 3
     # the single-process batch: the two halves' patches, position-major over all 6 images
-    halves = [out[r][2].view(mm, n, 3, 8, 8) for r in range(2)]
-    patches = torch.cat(halves, dim=1).reshape(mm * 2 * n, 3, 8, 8)
+    halves = [out[r][2].view(mm, n, 3, 16, 16) for r in range(2)]
+    patches = torch.cat(halves, dim=1).reshape(mm * 2 * n, 3, 16, 16)
     torch.manual_seed(7)
     loss = method(Batch([patches], torch.zeros(6), torch.arange(6)))["loss"]
     loss.backward()

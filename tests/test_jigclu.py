@@ -112,7 +112,7 @@ def test_aug_position_switch_changes_what_it_says():
     assert spread["before"] < 1e-3 < spread["after"]
 
 
-def tiny_batch(n=4, size=16, seed=0):
+def tiny_batch(n=4, size=32, seed=0):
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
     return images
 
@@ -121,7 +121,7 @@ def tiny_batch(n=4, size=16, seed=0):
 @pytest.mark.parametrize("branches", ["both", "clustering", "location"])
 def test_method_forward_backward(fmt, branches):
     torch.manual_seed(0)
-    method = build_method("jigclu", backbone="convnet", image_size=16, input_format=fmt, branches=branches)
+    method = build_method("jigclu", backbone="convnet", image_size=32, input_format=fmt, branches=branches)
     views = method.view_maker()(tiny_batch(), torch.Generator().manual_seed(0))
     out = method(Batch(views, torch.zeros(4, dtype=torch.long), torch.arange(4)))
     assert ("loss_clu" in out) == (branches != "location") and ("loss_loc" in out) == (branches != "clustering")
@@ -135,7 +135,7 @@ def test_official_loss_factor():
     losses = {}
     for flag in (True, False):
         torch.manual_seed(0)
-        method = build_method("jigclu", backbone="convnet", image_size=16, branches="clustering", official_loss_factor=flag)
+        method = build_method("jigclu", backbone="convnet", image_size=32, branches="clustering", official_loss_factor=flag)
         views = method.view_maker()(tiny_batch(), torch.Generator().manual_seed(0))
         torch.manual_seed(5)
         losses[flag] = method(Batch(views, torch.zeros(4), torch.arange(4)))["loss"].item()
@@ -146,7 +146,7 @@ def test_input_format_switch():
     """montage: one image per source image goes through the backbone; small / scaled: one per patch."""
     seen = {}
     for fmt in ("montage", "small", "scaled"):
-        method = build_method("jigclu", backbone="convnet", image_size=16, input_format=fmt)
+        method = build_method("jigclu", backbone="convnet", image_size=32, input_format=fmt)
         shapes = []
         method.backbone.register_forward_pre_hook(lambda mod, args: shapes.append(tuple(args[0].shape)))
         orig = method.backbone.forward_map
@@ -154,4 +154,13 @@ def test_input_format_switch():
         views = method.view_maker()(tiny_batch(), torch.Generator().manual_seed(0))
         method(Batch(views, torch.zeros(4), torch.arange(4)))
         seen[fmt] = shapes[0]
-    assert seen == {"montage": (4, 3, 16, 16), "small": (16, 3, 8, 8), "scaled": (16, 3, 16, 16)}
+    assert seen == {"montage": (4, 3, 32, 32), "small": (16, 3, 16, 16), "scaled": (16, 3, 32, 32)}
+
+
+def test_a_final_map_smaller_than_m_is_refused_in_one_line():
+    """The ImageNet stem leaves ResNet-18 a 1 x 1 map at 32 px: nothing to split into 2 x 2 cells."""
+    from selfsup.errors import SelfSupError
+
+    with pytest.raises(SelfSupError, match="gives 1 x 1 at 32 px: use cifar_stem=true"):
+        build_method("jigclu", backbone="resnet18", image_size=32)
+    assert build_method("jigclu", backbone="resnet18", image_size=32, cifar_stem=True) is not None

@@ -74,11 +74,27 @@ class JigClu(Method):
                 raise SelfSupError(f"unknown jigclu.{key} {getattr(cfg, key)!r}: use one of {', '.join(allowed)}")
         if cfg.m < 2:
             raise SelfSupError(f"jigclu.m={cfg.m}: use 2 or more patches per side")
+        if cfg.input_format == "montage":
+            self._check_final_map(backbone, image_size, cfg.m)
         dim, hidden = backbone.out_dim, cfg.proj_hidden_dim or backbone.out_dim
         if cfg.branches in ("both", "clustering"):      # only the heads in use: DDP wants every parameter used
             self.fc_clu = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, cfg.proj_dim))
         if cfg.branches in ("both", "location"):
             self.fc_loc = nn.Linear(dim, cfg.m * cfg.m)
+
+    @staticmethod
+    def _check_final_map(backbone, image_size: int, m: int) -> None:
+        """The decouple module splits the montage's final map into m x m cells (§3.2): a map
+        smaller than that would only be upsampled into identical cells."""
+        was_training = backbone.training
+        with torch.no_grad():
+            h, w = backbone.eval().forward_map(torch.zeros(1, 3, image_size, image_size)).shape[-2:]
+        backbone.train(was_training)
+        if min(h, w) < m:
+            smaller = f"jigclu.m={min(h, w)}, " if min(h, w) >= 2 else ""
+            raise SelfSupError(f"jigclu splits the final feature map into {m} x {m} cells, but this backbone gives "
+                               f"{h} x {w} at {image_size} px: use cifar_stem=true (the default on ResNets at 64 px "
+                               f"or less), {smaller}or a larger image_size")
 
     def view_maker(self):
         c = self.cfg
