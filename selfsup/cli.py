@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a .pt file from `selfsup pretrain` (or a torchvision ResNet state dict)")
     p.add_argument("--train-data", required=True, help="labelled dataset SPEC to fit on")
     p.add_argument("--test-data", required=True, help="labelled dataset SPEC to score")
-    p.add_argument("--tap", help="feature tap, e.g. res3 or pool5 (default: the last stage)")
+    p.add_argument("--tap", help="feature tap, e.g. res3 or pool5 (default: the method's evaluation tap, recorded in the checkpoint; else the last stage)")
     p.add_argument("--pool", default="avg", help="avg: global average pool; 9k: adaptive pool to about 9k dims; "
                                                  "goyal: Goyal et al.'s fixed windows, about 9k dims (default avg)")
     p.add_argument("--image-size", type=int, help="evaluation size (default: the pretraining size)")

@@ -241,7 +241,7 @@ def test_pretrain_eval_knn_and_viz_colorize(tmp_path, capsys):
                             "--test-data", TINY + "&seed=1", "--json", "--no-cache")
     assert code == 0, err
     result = json.loads(stdout.strip().splitlines()[-1])
-    assert 0 <= result["top1"] <= 1 and result["feature_dim"] == 512
+    assert 0 <= result["top1"] <= 1 and result["feature_dim"] == 256 and result["tap"] == "res4"   # its evaluation tap
 
     png = tmp_path / "colorize.png"
     code, stdout, err = run(capsys, "viz", "colorize", "--checkpoint", out / "last.pt", "--data", TINY,

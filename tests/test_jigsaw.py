@@ -203,3 +203,20 @@ def test_cfn_defaults_on_alexnet_and_goyal_defaults_elsewhere():
     assert goyal.head == "goyal" and goyal.tile_pool == 1
     assert goyal.tile_head[0].in_features == 512 and goyal.tile_head[0].out_features == 1000
     assert isinstance(goyal.tile_head[1], torch.nn.BatchNorm1d) and goyal.classifier.in_features == 9000
+
+
+def test_pretext_methods_are_evaluated_one_stage_before_the_last(tmp_path, capsys):
+    """Goyal et al. 2019 report res4 for ResNet-50 pretext models: the checkpoint records the
+    method's tap and `selfsup eval` uses it when --tap is not given, and names it."""
+    from conftest import TINY, run
+
+    assert build_method("jigsaw", backbone="resnet18", image_size=64, permutations="100").evaluation_tap() == "res4"
+    assert build_method("colorization", backbone="convnet", image_size=32).evaluation_tap() == "conv3"
+    assert build_method("simclr", backbone="resnet18").evaluation_tap() == "res5"
+    code, _, err = run(capsys, "pretrain", "jigsaw", "--data", "synthetic:64?classes=4&size=32", "--backbone", "convnet",
+                       "--epochs", 0, "--batch-size", 16, "--out", tmp_path / "run", "progress=false", "device=cpu",
+                       "jigsaw.permutations=100")
+    assert code == 0, err
+    code, out, err = run(capsys, "eval", "knn", "--checkpoint", tmp_path / "run" / "last.pt", "--train-data", TINY,
+                         "--test-data", TINY)
+    assert code == 0 and "knn on conv3" in out, err

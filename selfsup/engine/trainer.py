@@ -163,7 +163,7 @@ class Trainer:
             "backbone_state": self.backbone.state_dict(), "method": self.cfg.method,
             "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-            "image_size": self.method.image_size,
+            "image_size": self.method.image_size, "eval_tap": self.method.evaluation_tap(),
             "ranks": ranks or [self._rank_state()], "world_size": self.world,      # each process's RNG and state
             "config": OmegaConf.to_container(self.cfg),
         }

@@ -95,12 +95,13 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
         check_patches(opts.get("num_patches", 16), opts.get("patch_size"), opts.get("window"), opts.get("stride"),
                       opts.get("chunk", 2048))
     backbone = load_backbone(checkpoint, ckpt)
+    tap = tap or ckpt.get("eval_tap") or backbone.default_tap      # the method's evaluation tap, else the last map
     train = labelled(load_dataset(train_spec), train_spec)
     test = labelled(load_dataset(test_spec), test_spec)
     to_train = class_map(train, test, train_spec, test_spec)
     image_size = image_size or (ckpt.get("config") or {}).get("image_size")   # the pretraining view size
     key = file_hash(checkpoint) if cache else None
-    info = {"checkpoint": str(checkpoint), "tap": tap or backbone.default_tap}
+    info = {"checkpoint": str(checkpoint), "tap": tap}
     if protocol == "linear":
         info.update(preset=probe.name, overrides=overrides, probe_epochs=epochs, lr=lr, pool=pool)
     if protocol == "linear" and probe.augment:

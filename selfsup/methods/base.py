@@ -45,6 +45,7 @@ class Method(nn.Module):
     Config: type = MethodConfig
     defaults: dict[str, Any] = {}
     sync_bn: bool = True          # False: never SyncBatchNorm under DDP (MoCo shuffles BN across processes instead)
+    eval_stages_back: int = 0     # the default evaluation tap: this many stages before the backbone's last map
 
     def __init__(self, backbone: Backbone, cfg: Any, image_size: int):
         super().__init__()
@@ -54,6 +55,13 @@ class Method(nn.Module):
     def backbone_options(cls, cfg: Any, backbone_name: str) -> dict[str, Any]:
         """Options of ``build_backbone`` this method needs (kept by evaluation too)."""
         return {}
+
+    def evaluation_tap(self) -> str:
+        """The tap the method's paper evaluates at, which checkpoints record and ``selfsup eval``
+        uses when no ``--tap`` is given: the last map, or ``eval_stages_back`` stages before it
+        (Goyal et al. 2019: pretext features peak mid-network, res4 of ResNet-50)."""
+        taps = list(self.backbone.taps)
+        return taps[max(0, taps.index(self.backbone.default_tap) - self.eval_stages_back)]
 
     def view_maker(self) -> Callable[[torch.Tensor, torch.Generator], list[torch.Tensor]]:
         raise NotImplementedError

@@ -63,6 +63,7 @@ class ColorizationConfig(MethodConfig):
 class Colorization(Method):
     name = "colorization"
     Config = ColorizationConfig
+    eval_stages_back = 1    # Goyal et al. 2019 evaluate pretext tasks one stage before the last (res4 of ResNet-50)
     # Zhang's solver is Adam (lr 3e-5, betas (0.9, 0.99), weight decay 1e-3; METHODS.md 3.5), which the
     # engine does not offer (sgd | lars | larc). Goyal's ResNet-50 solver is not in METHODS.md; [A]: the
     # SGD recipe of Goyal's other ResNet-50 pretext (Jigsaw, VISSL): momentum 0.9, lr 0.1 per 256 images,

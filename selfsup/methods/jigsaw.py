@@ -69,6 +69,7 @@ class JigsawConfig(MethodConfig):
 class Jigsaw(Method):
     name = "jigsaw"
     Config = JigsawConfig
+    eval_stages_back = 1    # Goyal et al. 2019 evaluate pretext tasks one stage before the last (res4 of ResNet-50)
     # Goyal et al. 2019 / VISSL ResNet-50 recipe (METHODS.md 2.4): SGD, momentum 0.9, weight decay 1e-4,
     # lr 0.1 per 256 images, 5 warmup epochs, 105 epochs (cosine here instead of their steps).
     defaults = {"optim": {"name": "sgd", "lr": 0.1, "scale_lr": True, "weight_decay": 1e-4, "momentum": 0.9,
