@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 
@@ -10,7 +11,7 @@ from selfsup.errors import SelfSupError
 
 
 def _pretrain(args) -> int:
-    from selfsup.config import resolve_config
+    from selfsup.config import check_config, resolve_config
     from selfsup.engine.trainer import pretrain
     from selfsup.methods import get_method
 
@@ -23,8 +24,20 @@ def _pretrain(args) -> int:
     cfg = resolve_config(method_cls, args.config, flags, args.overrides)
     if not cfg.data:
         raise SelfSupError("no data given: pass --data SPEC (a folder, .tar, or FORMAT:PATH)")
-    out, status = pretrain(cfg)
-    print(f"{status}: checkpoint {out / 'last.pt'}")
+    check_config(cfg)                       # before the monitor loads its data
+    on_epoch_end = None
+    if cfg.monitor.knn:
+        from selfsup.eval.monitor import KnnMonitor
+
+        monitor = KnnMonitor(cfg.monitor.knn, images=cfg.monitor.images, every=cfg.monitor.every, seed=cfg.seed)
+        on_epoch_end = lambda t: monitor(t.backbone, t.epoch - 1, t.method.evaluation_tap(),   # noqa: E731
+                                         t.method.image_size, t.device)
+    out, status = pretrain(cfg, on_epoch_end)
+    if int(os.environ.get("RANK", "0")) == 0:
+        from selfsup.report import run_report
+
+        run_report(out)
+    print(f"{status}: checkpoint {out / 'last.pt'}, report {out / 'report.md'}")
     return 0 if status == "done" else 130
 
 

@@ -34,6 +34,13 @@ class OptimConfig:
 
 
 @dataclass
+class MonitorConfig:
+    knn: str = ""                     # labelled dataset SPEC: kNN top-1 on a subset of it during pretraining
+    every: int = 1                    # epochs between measurements
+    images: int = 2000                # images of the subset (half memory, half queries)
+
+
+@dataclass
 class TrainConfig:
     method: str = "simclr"
     data: str = ""                    # dataset SPEC: [FORMAT:]PATH[?options]
@@ -43,6 +50,7 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 256             # global batch (split across processes)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     out: str = "runs/latest"
     seed: int = 0
     device: str = "auto"              # auto | cpu | cuda
@@ -113,6 +121,8 @@ _CHECKS = [
     ("log_every", lambda v: v >= 1, "at least 1"),
     ("save_every", lambda v: v >= 0, "0 or more"),
     ("save_every_steps", lambda v: v >= 0, "0 or more"),
+    ("monitor.every", lambda v: v >= 1, "at least 1"),
+    ("monitor.images", lambda v: v >= 2, "at least 2"),
 ]
 
 

@@ -120,3 +120,17 @@ def test_eval_patches_on_a_torchvision_state_dict(tmp_path, capsys):
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["patch_size"] is None and result["feature_dim"] == 512          # multi-scale crops
+
+
+def test_monitor_logs_knn_per_epoch_and_every_run_writes_a_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, printed, err = pretrain(capsys, out, "monitor.knn=" + TINY + "&seed=2", "monitor.images=32", "--epochs", 2)
+    assert code == 0, err
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    monitored = [r for r in records if "monitor_knn_top1" in r]
+    assert [r["epoch"] for r in monitored] == [0, 1] and all(0 <= r["monitor_knn_top1"] <= 1 for r in monitored)
+    report = (out / "report.md").read_text()
+    assert "report.md" in printed and "![loss](loss.png)" in report and "monitor.png" in report
+    assert (out / "loss.png").exists() and (out / "monitor.png").exists()
+    code, _, err = pretrain(capsys, tmp_path / "bad", "monitor.knn=" + TINY, "monitor.every=0")
+    assert code == 2 and "monitor.every=0 is not valid" in err

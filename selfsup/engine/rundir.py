@@ -21,7 +21,7 @@ from selfsup.errors import SelfSupError
 
 # settings that do not change what a run computes: they may differ on resume
 RESUMABLE_KEYS = {"out", "resume", "resume_with_changes", "device", "progress", "log_every", "save_every",
-                  "save_every_steps"}
+                  "save_every_steps", "monitor"}
 
 
 def prepare_out(out: Path) -> None:

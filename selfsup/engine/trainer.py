@@ -278,7 +278,9 @@ class Trainer:
                     if status == "interrupted":
                         return status
                     if on_epoch_end is not None:
-                        on_epoch_end(self)
+                        measured = on_epoch_end(self)              # e.g. a kNN monitor: logged with the epoch
+                        if measured and main:
+                            self._log_epoch(metrics, writer, self.epoch - 1, measured)
             return "done"
         finally:
             if writer is not None:
@@ -353,13 +355,19 @@ class Trainer:
                 self.save()
         summary = self.method.on_epoch_end(self.epoch)
         if summary and main:
-            metrics.write(json.dumps({"epoch": self.epoch, "epoch_end": True, **summary}) + "\n")
-            metrics.flush()
-            for k, v in summary.items():
-                writer.add_scalar(f"epoch/{k}", v, self.epoch + 1)
+            self._log_epoch(metrics, writer, self.epoch, summary)
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.save()
         return "done"
+
+
+    @staticmethod
+    def _log_epoch(metrics, writer, epoch: int, values: dict) -> None:
+        """A per-epoch record of metrics.jsonl (``epoch_end``) and its TensorBoard scalars."""
+        metrics.write(json.dumps({"epoch": epoch, "epoch_end": True, **values}) + "\n")
+        metrics.flush()
+        for k, v in values.items():
+            writer.add_scalar(f"epoch/{k}", v, epoch + 1)
 
 
 def _to_cpu(obj):
@@ -385,8 +393,9 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
 
 
-def pretrain(cfg) -> tuple[Path, str]:
-    """Run ``cfg`` to completion (or interruption); returns (run dir, status)."""
+def pretrain(cfg, on_epoch_end=None) -> tuple[Path, str]:
+    """Run ``cfg`` to completion (or interruption); returns (run dir, status). ``on_epoch_end(trainer)``
+    runs after every epoch's save; a dict it returns is logged with the epoch (``epoch_end`` record)."""
     trainer = Trainer(cfg)
-    status = trainer.fit()
+    status = trainer.fit(on_epoch_end)
     return trainer.out, status
