@@ -93,6 +93,8 @@ def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | 
             base = OmegaConf.merge(base, layer)
         except OmegaConfBaseException as exc:
             raise _format_error(exc, where) from None
+        if where == "method defaults":
+            recipe_epochs = base.epochs
     for item in overrides or []:
         if "=" not in item:
             raise SelfSupError(f"cannot parse override {item!r}: write key=value, e.g. optim.lr=0.1")
@@ -102,7 +104,42 @@ def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | 
             raise _format_error(exc, f"override {item!r}") from None
     if base.method != method_cls.name:
         raise SelfSupError(f"config says method {base.method!r} but {method_cls.name!r} was asked for: drop one of them")
+    user_keys = {k for _, layer in layers[1:] for k in _flat_keys(layer)}
+    user_keys |= {item.partition("=")[0].strip() for item in overrides or []}
+    fit_schedule(base, recipe_epochs, user_keys)
     return base
+
+
+def _flat_keys(layer, prefix: str = "") -> set[str]:
+    if isinstance(layer, (dict, DictConfig)):
+        return {k for key, v in layer.items() for k in _flat_keys(v, f"{prefix}{key}.")}
+    return {prefix[:-1]}
+
+
+def fit_schedule(cfg, recipe_epochs: int, user_keys: set[str]) -> dict[str, tuple]:
+    """A run shorter than its recipe (``epochs`` < the recipe's) gets the recipe's schedule
+    lengths scaled by epochs / recipe epochs: the warmup, the prototype freezing and, when a
+    queue is on, the queue's start epoch. Settings the user gave stay as given; a run as long
+    as the recipe keeps it exactly. Says in one line what it adapted; returns {key: (old, new)}."""
+    if not 0 < cfg.epochs < recipe_epochs:
+        return {}
+    name, factor = cfg.method, cfg.epochs / recipe_epochs
+    keys = ["optim.warmup_epochs", f"{name}.freeze_prototypes_epochs"]
+    if (OmegaConf.select(cfg, f"{name}.queue_length") or 0) > 0:
+        keys.append(f"{name}.epoch_queue_starts")
+    changed = {}
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if key in user_keys or not value:
+            continue
+        new = int(value * factor) if isinstance(value, int) else round(value * factor, 4)
+        OmegaConf.update(cfg, key, new)
+        changed[key] = (value, new)
+    if changed:
+        print(f"short run ({cfg.epochs} of the recipe's {recipe_epochs} epochs): "
+              + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+              + "; set them to keep the recipe's")
+    return changed
 
 
 # (key, test, what it must be): the numbers a run cannot be meaningful without

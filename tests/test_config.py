@@ -44,3 +44,15 @@ def test_build_method_library_api():
     assert m.cfg.temperature == 0.2
     with pytest.raises(SelfSupError, match="unknown option"):
         build_method("simclr", backbone="convnet", temprature=0.2)
+
+
+def test_short_runs_scale_the_recipes_schedule_lengths_and_keep_what_the_user_set(capsys):
+    swav = get_method("swav")
+    cfg = resolve_config(swav, flags={"method": "swav", "epochs": 2}, overrides=["swav.queue_length=3840"])
+    assert cfg.optim.warmup_epochs == pytest.approx(10 * 2 / 100)
+    assert cfg.swav.freeze_prototypes_epochs == pytest.approx(2 / 100) and cfg.swav.epoch_queue_starts == 0
+    assert "short run (2 of the recipe's 100 epochs)" in capsys.readouterr().out
+    cfg = resolve_config(swav, flags={"method": "swav", "epochs": 2}, overrides=["optim.warmup_epochs=1"])
+    assert cfg.optim.warmup_epochs == 1 and cfg.swav.epoch_queue_starts == 15   # given, and no queue: kept
+    assert resolve_config(swav, flags={"method": "swav", "epochs": 100}).optim.warmup_epochs == 10    # the recipe's length: exact
+    assert resolve_config(get_method("jigsaw"), flags={"method": "jigsaw", "epochs": 21}).optim.warmup_epochs == pytest.approx(1.0)

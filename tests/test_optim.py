@@ -46,7 +46,7 @@ def test_build_optimizer_by_name():
     assert isinstance(build_optimizer(model, OptimConfig(name="sgd")), torch.optim.SGD)
 
 
-def _trainer_lrs(tmp_path, method, batch_size, epochs=2, **overrides):
+def _trainer_lrs(tmp_path, method, batch_size, epochs=2, size=16, **overrides):
     """The learning rate the trainer sets at every step of a run of ``method``."""
     from conftest import tiny_overrides
     from selfsup.config import resolve_config
@@ -54,7 +54,7 @@ def _trainer_lrs(tmp_path, method, batch_size, epochs=2, **overrides):
     from selfsup.methods import get_method
 
     items = tiny_overrides(tmp_path / method, method=method, epochs=epochs, batch_size=batch_size,
-                           data="synthetic:256?classes=4&size=16")
+                           data=f"synthetic:256?classes=4&size={size}")
     items = [i for i in items if not i.startswith(("optim.lr=", "optim.warmup_epochs="))]
     cfg = resolve_config(get_method(method), overrides=items + [f"{k}={v}" for k, v in overrides.items()])
     t = Trainer(cfg)
@@ -78,7 +78,7 @@ def test_swav_schedule_scales_start_peak_and_end_with_the_batch(tmp_path):
 
 def test_jigclu_decays_per_epoch_with_weight_decay_on_every_parameter(tmp_path):
     """METHODS.md 1.4: lr = 0.03 x B/256 x (1 + cos(pi epoch / epochs)) / 2, wd 1e-4 on all parameters."""
-    t, lrs = _trainer_lrs(tmp_path, "jigclu", 64, epochs=4)
+    t, lrs = _trainer_lrs(tmp_path, "jigclu", 64, epochs=4, size=32)
     per_epoch = t.steps_per_epoch
     expected = [0.03 * 64 / 256 * 0.5 * (1 + math.cos(math.pi * (s // per_epoch) / 4)) for s in range(4 * per_epoch)]
     assert lrs == pytest.approx(expected)
