@@ -128,7 +128,9 @@ def test_resume_refuses_other_settings_unless_asked_and_records_the_change(tmp_p
     assert code == 0, err
     assert "epochs 1 -> 2" in printed
     records = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    assert [r["resumed_with_changes"] for r in records if "resumed_with_changes" in r] == [{"epochs": [1, 2]}]
+    # the short-run warmup follows the run's length (10 x epochs / 100), so it changes with it, recorded too
+    assert [r["resumed_with_changes"] for r in records if "resumed_with_changes" in r] == [
+        {"epochs": [1, 2], "optim.warmup_epochs": [0.1, 0.2]}]
 
 
 def test_resume_drops_leftovers_of_a_killed_run(tmp_path, capsys):
