@@ -358,3 +358,11 @@ def test_byol_and_vicreg_forward_each_view_separately_by_default(name):
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     m.cfg.joint_pass = True
     assert m(Batch(views, torch.zeros(8), torch.arange(8)))["loss"].item() != pytest.approx(ref.item(), rel=1e-3)
+
+
+def test_vicreg_expander_fits_the_input_size():
+    """The paper's 8192-8192-8192 expander above 64 px; 2048 wide on small images; explicit sizes win."""
+    assert build_method("vicreg", backbone="convnet", image_size=96).projector[-1].out_features == 8192
+    small = build_method("vicreg", backbone="convnet", image_size=32)
+    assert small.projector[0].out_features == 2048 and small.projector[-1].out_features == 2048
+    assert build_method("vicreg", backbone="convnet", image_size=32, proj_dim=64).projector[-1].out_features == 64
