@@ -1,7 +1,7 @@
 """Fault injection: SIGKILL a real training process at random points, saves included, then resume.
 
 After every kill last.pt must load (or not exist yet), and the run resumed to the end must
-equal an uninterrupted run bitwise. Slow (about 3 minutes on 2 CPU cores): `make test-slow`.
+equal an uninterrupted run bitwise. Slow (about 4 minutes on 2 CPU cores): `make test-slow`.
 SELFSUP_FAULT_KILLS sets the number of kills (default 20).
 """
 import os
@@ -21,7 +21,7 @@ DATA = "synthetic:64?classes=4&size=16"
 def command(out, resume):
     # ResNet-18: a checkpoint of about 90 MB, so that a good share of the kills land inside a save
     return [sys.executable, "-m", "selfsup", "pretrain", "simclr", "--data", DATA, "--backbone", "resnet18",
-            "--epochs", "8", "--batch-size", "16", "--out", str(out), "progress=false", "device=cpu",
+            "--epochs", "16", "--batch-size", "16", "--out", str(out), "progress=false", "device=cpu",
             "save_every_steps=1", "log_every=1", "optim.lr=0.1", "cifar_stem=false"] + (["--resume"] if resume else [])
 
 
@@ -35,9 +35,14 @@ def test_random_kills_never_leave_an_unreadable_checkpoint_and_resume_is_exact(t
     kills, in_save, steps = 0, 0, []
     wanted = int(os.environ.get("SELFSUP_FAULT_KILLS", "20"))
     while kills < wanted:
+        logged = (out / "metrics.jsonl").stat().st_size if (out / "metrics.jsonl").exists() else 0
         proc = subprocess.Popen(command(out, (out / "last.pt").exists()), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=env)
-        time.sleep(rng.uniform(2.5, 5.0))           # past the imports, into the steps and the saves
+        deadline = time.time() + 120                # past the imports: until this launch logs a step
+        while proc.poll() is None and time.time() < deadline and (
+                not (out / "metrics.jsonl").exists() or (out / "metrics.jsonl").stat().st_size <= logged):
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))           # then a random point of the steps and saves that follow
         if proc.poll() is not None:
             pytest.fail(f"the run ended after {kills} kills: lengthen it")
         proc.kill()
