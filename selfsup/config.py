@@ -104,16 +104,17 @@ def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | 
             raise _format_error(exc, f"override {item!r}") from None
     if base.method != method_cls.name:
         raise SelfSupError(f"config says method {base.method!r} but {method_cls.name!r} was asked for: drop one of them")
-    user_keys = {k for _, layer in layers[1:] for k in _flat_keys(layer)}
+    user_keys = {k for _, layer in layers[1:] for k in flatten(layer)}
     user_keys |= {item.partition("=")[0].strip() for item in overrides or []}
     fit_schedule(base, recipe_epochs, user_keys)
     return base
 
 
-def _flat_keys(layer, prefix: str = "") -> set[str]:
-    if isinstance(layer, (dict, DictConfig)):
-        return {k for key, v in layer.items() for k in _flat_keys(v, f"{prefix}{key}.")}
-    return {prefix[:-1]}
+def flatten(tree, prefix: str = "") -> dict:
+    """A nest of dicts (or configs) as {"optim.lr": value, ...}."""
+    if isinstance(tree, (dict, DictConfig)):
+        return {k: v for key, sub in tree.items() for k, v in flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
 
 
 def fit_schedule(cfg, recipe_epochs: int, user_keys: set[str]) -> dict[str, tuple]:

@@ -17,6 +17,7 @@ import os
 import socket
 from pathlib import Path
 
+from selfsup.config import flatten
 from selfsup.errors import SelfSupError
 
 # settings that do not change what a run computes: they may differ on resume
@@ -66,16 +67,10 @@ class RunLock:
             self.fd = None
 
 
-def remove_temporaries(out: Path) -> list[str]:
+def remove_temporaries(out: Path) -> None:
     """Delete the partial files killed saves left in ``out`` (call it holding the lock)."""
-    removed = []
     for p in out.glob(".*.tmp"):
-        try:
-            p.unlink()
-            removed.append(p.name)
-        except OSError:
-            pass
-    return removed
+        p.unlink(missing_ok=True)
 
 
 def truncate_metrics(path: Path, epoch: int, global_step: int) -> None:
@@ -88,28 +83,15 @@ def truncate_metrics(path: Path, epoch: int, global_step: int) -> None:
             record = json.loads(line)
         except ValueError:                     # a line cut by a kill
             continue
-        if record.get("epoch_end") or "resumed_with_changes" in record:
-            keep = record["epoch"] < epoch if record.get("epoch_end") else record.get("step", 0) <= global_step
-        else:
-            keep = record.get("step", 0) <= global_step
-        if keep:
+        if (record["epoch"] < epoch) if record.get("epoch_end") else (record.get("step", 0) <= global_step):
             kept.append(line)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
 
 
-def _flatten(tree, prefix: str = "") -> dict:
-    if isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def config_changes(saved: dict, current: dict) -> dict[str, list]:
     """{key: [saved value, current value]} for every setting that changes what the run computes."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten(saved), flatten(current)
     return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b))
             if k.split(".")[0] not in RESUMABLE_KEYS and a.get(k) != b.get(k)}

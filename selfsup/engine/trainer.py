@@ -30,6 +30,7 @@ from selfsup.engine.rundir import RunLock, config_changes, prepare_out, remove_t
 from selfsup.config import check_config
 from selfsup.errors import SelfSupError
 from selfsup.methods import get_method
+from selfsup.methods.base import to_device
 from selfsup.models import build_backbone
 from selfsup.models.backbones import auto_cifar_stem
 
@@ -155,7 +156,7 @@ class Trainer:
         """What differs between processes: RNG states and the methods' extra state
         (SwAV's queue, DeepCluster-v2's memory bank, prototype usage counts)."""
         extra = {k: v for k, v in self.method.state_dict().items() if k.endswith("_extra_state")}
-        return _to_cpu({"rng": _rng_state(), "extra": extra})
+        return to_device({"rng": _rng_state(), "extra": extra}, torch.device("cpu"))
 
     def state(self, ranks: list | None = None) -> dict:
         return {
@@ -368,17 +369,6 @@ class Trainer:
         metrics.flush()
         for k, v in values.items():
             writer.add_scalar(f"epoch/{k}", v, epoch + 1)
-
-
-def _to_cpu(obj):
-    """A copy of a nest of dicts / lists with every tensor on the CPU (to gather and save)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
 
 
 def _tensorboard(out: Path, purge_step: int | None = None):
