@@ -53,3 +53,29 @@ def test_goyal_pooling_and_centre_crop_have_their_own_cache_entries(tmp_path):
     assert len(list((tmp_path / "features").iterdir())) == 3 and not torch.allclose(a, c)
     p, _ = extract_features(net, data, tap="pool5")
     assert torch.allclose(p, extract_features(net, data)[0], atol=1e-6)     # pool5 = res5, globally pooled
+
+
+def test_tap_features_one_pass_equal_single_taps_and_cache_per_tap(tmp_path):
+    """Every tap of one pass equals its own single-tap extraction; a cached tap is not run again."""
+    import torch
+    from selfsup.data.datasets import load_dataset
+    from selfsup.eval.features import extract_features, extract_tap_features
+    from selfsup.models.backbones import build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone("convnet")
+    data = load_dataset("synthetic:24?size=16&classes=3")
+    taps = ("conv2", "conv3")
+    feats, labels = extract_tap_features(backbone, data, taps, pool="goyal", batch_size=10, cache_key="k",
+                                         cache_dir=tmp_path)
+    for tap in taps:
+        single, single_labels = extract_features(backbone, data, tap, pool="goyal", batch_size=7)
+        assert torch.allclose(feats[tap], single, atol=1e-5)
+        assert torch.equal(labels, single_labels)
+    calls = []
+    original = backbone.forward_taps
+    backbone.forward_taps = lambda x, t=None: calls.append(tuple(t)) or original(x, t)
+    again, _ = extract_tap_features(backbone, data, ("conv3", "conv4"), pool="goyal", batch_size=24,
+                                    cache_key="k", cache_dir=tmp_path)
+    assert calls == [("conv4",)]                      # conv3 came from the cache
+    assert torch.equal(again["conv3"], feats["conv3"])

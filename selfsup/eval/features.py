@@ -148,45 +148,65 @@ class CenterView:
         return normalize(x[:, :, top:top + size, left:left + size])
 
 
-@torch.no_grad()
 def extract_features(backbone, dataset, tap: str | None = None, pool: str = "avg", image_size: int | None = None,
                      batch_size: int = 256, device: str | torch.device = "cpu", cache_key: str | None = None,
                      cache_dir: str | Path | None = None, progress: bool = False,
                      crop: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features (N x D float32) and labels (N) of ``dataset`` through ``backbone``.
+    """Features (N x D float32) and labels (N) of ``dataset`` through ``backbone`` at one tap
+    (default: the backbone's last map): ``extract_tap_features`` with one tap."""
+    tap = backbone.check_taps([tap])[0] if tap else backbone.default_tap
+    feats, labels = extract_tap_features(backbone, dataset, (tap,), pool, image_size, batch_size, device, cache_key,
+                                         cache_dir, progress, crop)
+    return feats[tap], labels
+
+
+@torch.no_grad()
+def extract_tap_features(backbone, dataset, taps, pool: str = "avg", image_size: int | None = None,
+                         batch_size: int = 256, device: str | torch.device = "cpu", cache_key: str | None = None,
+                         cache_dir: str | Path | None = None, progress: bool = False,
+                         crop: float = 1.0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Features of ``dataset`` at every tap of ``taps`` in one pass over the data: a dict
+    tap -> N x D float32 features, and the labels (N).
 
     The backbone runs in eval mode without gradients; images are resized and
     centre-cropped to ``image_size`` (default: the dataset's size) and normalised;
     ``crop`` < 1 resizes to image_size / crop first (``CenterView``: 224 / 256 for the
-    MoCo and SwAV protocols). With ``cache_key`` (e.g. a checkpoint's hash) the result
-    is stored under ``cache_dir/features`` and reused when the same checkpoint,
-    dataset, tap, pooling, size and crop come again.
+    MoCo and SwAV protocols). With ``cache_key`` (e.g. a checkpoint's hash) each tap's
+    features are stored under ``cache_dir/features`` and reused when the same checkpoint,
+    dataset, tap, pooling, size and crop come again; only the taps not cached are run.
     """
     at_least_one("--batch-size", batch_size, 256)
     check_pool(pool)
-    tap = backbone.check_taps([tap])[0] if tap else backbone.default_tap
-    what = f"{dataset.fingerprint}|{tap}|{pool}|{image_size}" + (f"|crop{crop}" if crop != 1.0 else "")
-    cache_file, cached = feature_cache(cache_key, what, cache_dir)
-    if cached is not None:
-        return cached
+    taps = backbone.check_taps(list(taps))
+    labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64))
+    feats, files = {}, {}
+    for tap in taps:
+        what = f"{dataset.fingerprint}|{tap}|{pool}|{image_size}" + (f"|crop{crop}" if crop != 1.0 else "")
+        files[tap], cached = feature_cache(cache_key, what, cache_dir)
+        if cached is not None:
+            feats[tap] = cached[0]
+    todo = tuple(t for t in taps if t not in feats)
+    if not todo:
+        return feats, labels
     device = torch.device(device)
     was_training = backbone.training
     backbone.eval().to(device, memory_format=torch.channels_last)     # about 1.6x faster convolutions on CPU
     transform = EvalTransform(image_size) if crop == 1.0 else CenterView(image_size, crop)
-    chunks = []
+    chunks = {tap: [] for tap in todo}
     n = len(dataset)
     from tqdm import tqdm
 
     for start in tqdm(range(0, n, batch_size), desc="features", disable=not progress, leave=False):
         images = torch.from_numpy(np.array(dataset.images[start:start + batch_size])).to(device)
-        fmap = backbone.forward_taps(transform(images).contiguous(memory_format=torch.channels_last), (tap,))[tap]
-        chunks.append(pool_features(fmap.float(), pool).cpu())
+        fmaps = backbone.forward_taps(transform(images).contiguous(memory_format=torch.channels_last), todo)
+        for tap in todo:
+            chunks[tap].append(pool_features(fmaps[tap].float(), pool).cpu())
     backbone.train(was_training)
-    feats = torch.cat(chunks) if chunks else torch.empty(0)
-    labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64))
-    if cache_file is not None:
-        save_atomic({"features": feats, "labels": labels}, cache_file)
-    return feats, labels
+    for tap in todo:
+        feats[tap] = torch.cat(chunks[tap]) if chunks[tap] else torch.empty(0)
+        if files[tap] is not None:
+            save_atomic({"features": feats[tap], "labels": labels}, files[tap])
+    return {tap: feats[tap] for tap in taps}, labels
 
 
 def file_hash(path: str | Path) -> str:
