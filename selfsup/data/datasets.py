@@ -6,6 +6,9 @@ images N x C x H x W (C = 1 when every image is grayscale, else 3) plus int64
 labels (-1 = unlabeled). Image files are decoded once, in parallel, into a
 memory-mapped ``.npy`` cache keyed by every file's name, size and time; the
 binary formats (CIFAR, STL-10, IDX) are read directly. Augmentation happens later, on batches of tensors.
+
+Multi-label sets (``voc07:DIR``, see ``selfsup.data.voc07``) also carry ``targets``: int8 N x C with
+1 present, 0 absent, -1 difficult (the convention of Goyal et al.'s code, METHODS.md 6.1); their labels are -1.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from PIL import Image
 from selfsup.data.subsets import fraction_per_class, holdout_split
 from selfsup.errors import SelfSupError
 
-FORMATS = ("imagefolder", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "filelist", "synthetic")
+FORMATS = ("imagefolder", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "filelist", "voc07", "synthetic")
 OPTIONS = ("split", "size", "val_per_class", "val_fraction", "part", "fraction", "seed", "classes", "channels")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -59,6 +62,7 @@ class ImageArrayDataset:
     labels: np.ndarray        # int64 N, -1 where unlabeled
     classes: list[str]
     fingerprint: str          # identifies source, options and contents, for caches
+    targets: np.ndarray | None = None   # int8 N x len(classes) for multi-label sets: 1 present, 0 absent, -1 difficult
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -80,7 +84,26 @@ class ImageArrayDataset:
             images = IndexedArray(self.images, indices)
         else:
             images = self.images[indices]
-        return ImageArrayDataset(images, self.labels[indices], self.classes, f"{self.fingerprint}-{tag}")
+        targets = None if self.targets is None else np.asarray(self.targets[indices])
+        return ImageArrayDataset(images, self.labels[indices], self.classes, f"{self.fingerprint}-{tag}", targets)
+
+
+def label_matrix(dataset: ImageArrayDataset) -> np.ndarray:
+    """int8 N x len(classes): 1 present, 0 absent, -1 difficult (METHODS.md 6.1), for one-vs-rest SVMs.
+
+    A multi-label set's ``targets``; for a single-label set, 1 in each row's class column and 0 elsewhere."""
+    if dataset.targets is not None:
+        return np.asarray(dataset.targets, dtype=np.int8)
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    if (labels < 0).any():
+        raise SelfSupError(f"{int((labels < 0).sum())} of {len(labels)} images are unlabeled (label -1): "
+                           f"a label matrix needs labelled data, use a labelled split (e.g. split=train)")
+    if len(labels) and labels.max() >= len(dataset.classes):
+        raise SelfSupError(f"label {labels.max()} is out of range for {len(dataset.classes)} classes: "
+                           f"renumber the labels 0..K-1")
+    matrix = np.zeros((len(labels), len(dataset.classes)), dtype=np.int8)
+    matrix[np.arange(len(labels)), labels] = 1
+    return matrix
 
 
 def cache_root(cache_dir=None) -> Path:
@@ -136,6 +159,8 @@ def detect_format(path: Path) -> str:
     entries = {p.name for p in path.iterdir()}
     if not entries:
         raise SelfSupError(f"data folder {path} is empty: point --data at a folder that holds the images")
+    if {"JPEGImages", "ImageSets"} <= entries or "VOC2007" in entries or "VOCdevkit" in entries:
+        return "voc07"
     if "data_batch_1" in entries or "cifar-10-batches-py" in entries:
         return "cifar10"
     if {"train", "meta"} <= entries and (path / "train").is_file() or "cifar-100-python" in entries:
@@ -170,6 +195,9 @@ def load_dataset(spec: str, cache_dir: str | Path | None = None) -> ImageArrayDa
             data = read_idx(path, split or "train", fashion=fmt == "fashion-mnist" or "fashion" in str(path).lower())
         elif fmt == "imagefolder":
             data = read_imagefolder(path, split, _positive(options, "size"), cache_root(cache_dir))
+        elif fmt == "voc07":
+            from selfsup.data.voc07 import read_voc07          # here: voc07 builds on this module
+            data = read_voc07(path, split or "trainval", _positive(options, "size", example=224), cache_root(cache_dir))
         else:
             data = read_filelist(path, _positive(options, "size"), cache_root(cache_dir))
     return _apply_subsets(data, options)
@@ -179,6 +207,11 @@ def _apply_subsets(data: ImageArrayDataset, options: dict) -> ImageArrayDataset:
     seed = _number(options, "seed", int, 0)
     vpc, vfr = _number(options, "val_per_class"), _number(options, "val_fraction", float)
     part = options.get("part")
+    if data.targets is not None:                 # the holdout and fraction samplers draw per single label
+        for key in ("val_per_class", "val_fraction", "fraction", "part"):
+            if key in options:
+                raise SelfSupError(f"{key} needs single labels and this data set is multi-label: VOC07 has its own "
+                                   f"splits, use split=trainval|test|train|val instead")
     if vpc is not None or vfr is not None:
         if part not in ("train", "val"):
             raise SelfSupError("a holdout (val_per_class / val_fraction) needs part=train or part=val in the data spec")
@@ -365,10 +398,15 @@ class _Source:
         return f"{self.path}:{name}" if self.tar is not None else str(self.path / name)
 
 
-def _decode(data: bytes, size: int | None, mode: str) -> np.ndarray:
+def _decode(data: bytes, size: int | None, mode: str, fit: str = "crop") -> np.ndarray:
+    """C x H x W uint8. ``fit="crop"``: resize the short side to ``size``, then center-crop size x size;
+    ``fit="squash"``: resize to exactly size x size, ignoring the aspect ratio (Goyal's VOC07 transform,
+    METHODS.md 6.1)."""
     with Image.open(io.BytesIO(data)) as im:
         im = im.convert(mode)
-        if size is not None and im.size != (size, size):
+        if size is not None and im.size != (size, size) and fit == "squash":
+            im = im.resize((size, size), Image.BILINEAR, reducing_gap=None)
+        elif size is not None and im.size != (size, size):
             scale = size / min(im.size)
             w, h = max(size, round(im.size[0] * scale)), max(size, round(im.size[1] * scale))
             im = im.resize((w, h), Image.BILINEAR, reducing_gap=None)
@@ -456,11 +494,14 @@ def _remove_stale_tmps(cache: Path, fingerprint: str) -> None:
 
 
 def _decode_all(source: _Source, names: list[str], labels: list[int], classes: list[str], size: int | None,
-                cache: Path, fingerprint: str) -> ImageArrayDataset:
+                cache: Path, fingerprint: str, *, fit: str = "crop", mode: str | None = None, size_rule=None,
+                targets: np.ndarray | None = None) -> ImageArrayDataset:
     """Decode every image once into ``cache/<fingerprint>.npy`` (memory-mapped), skipping corrupt files.
 
-    Every image's header decides: colour (3 channels) unless all readable images are grayscale, and the size
-    (see ``_choose_size``) unless ``size`` is given."""
+    Every image's header decides: colour (3 channels) unless all readable images are grayscale or ``mode`` is
+    given ("RGB" or "L"), and the size unless ``size`` is given: ``size_rule(sizes)`` of the readable images'
+    (width, height), by default ``_choose_size``. ``fit`` is how an image becomes size x size (see ``_decode``).
+    ``targets`` (N x C, multi-label) are saved as ``<fingerprint>.targets.npy``, minus the rows of corrupt files."""
     images_file, labels_file = cache / f"{fingerprint}.npy", cache / f"{fingerprint}.labels.npy"
     cached = _cached(cache, fingerprint)
     if cached is not None:
@@ -469,9 +510,11 @@ def _decode_all(source: _Source, names: list[str], labels: list[int], classes: l
     readable = [p for p in probes if p is not None]
     if not readable:
         raise SelfSupError(f"no readable image in {source.path}: check that the files are images")
-    mode = "L" if all(_is_gray(m) for m, _ in readable) else "RGB"
+    if mode is None:
+        mode = "L" if all(_is_gray(m) for m, _ in readable) else "RGB"
     if size is None:
-        size = _choose_size(source.path, [s for _, s in readable])
+        sizes = [s for _, s in readable]
+        size = size_rule(sizes) if size_rule is not None else _choose_size(source.path, sizes)
     cache.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmps(cache, fingerprint)
     tmp, tmp2 = _tmp(cache, fingerprint, "npy"), _tmp(cache, fingerprint, "npy2")
@@ -483,7 +526,7 @@ def _decode_all(source: _Source, names: list[str], labels: list[int], classes: l
         def decode(item):
             i, blob = item
             try:
-                out[i] = _decode(blob, size, mode)
+                out[i] = _decode(blob, size, mode, fit)
                 ok[i] = True
             except Exception:
                 pass
@@ -507,6 +550,7 @@ def _decode_all(source: _Source, names: list[str], labels: list[int], classes: l
             del out, compact
             os.replace(tmp2, tmp)
             labels = [labels[i] for i in keep]
+            targets = None if targets is None else np.asarray(targets)[keep]
         else:
             out.flush()
             del out
@@ -516,6 +560,11 @@ def _decode_all(source: _Source, names: list[str], labels: list[int], classes: l
         os.replace(labels_tmp, labels_file)
         classes_tmp.write_text(json.dumps(classes))
         os.replace(classes_tmp, cache / f"{fingerprint}.classes.json")
+        if targets is not None:
+            targets_tmp = _tmp(cache, fingerprint, "targets.npy")
+            with open(targets_tmp, "wb") as f:
+                np.save(f, np.asarray(targets, dtype=np.int8))
+            os.replace(targets_tmp, cache / f"{fingerprint}.targets.npy")
         os.replace(tmp, images_file)              # last: its presence marks a complete cache entry
     finally:
         for leftover in (tmp, tmp2):
@@ -528,8 +577,10 @@ def _cached(cache: Path, fingerprint: str) -> ImageArrayDataset | None:
     if not images_file.exists():
         return None
     classes = json.loads((cache / f"{fingerprint}.classes.json").read_text())
+    targets_file = cache / f"{fingerprint}.targets.npy"
+    targets = np.load(targets_file) if targets_file.exists() else None
     return ImageArrayDataset(np.load(images_file, mmap_mode="r"), np.load(cache / f"{fingerprint}.labels.npy"),
-                             classes, fingerprint)
+                             classes, fingerprint, targets)
 
 
 def _stat_line(file) -> str:
