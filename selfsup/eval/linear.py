@@ -8,6 +8,13 @@
   weight decay 0, batch 256, 100 epochs, lr 10.0, x0.1 at epochs 60 and 80.
 - ``swav``: SwAV's ``eval_linear`` (METHODS.md 5.7): SGD momentum 0.9, lr 0.3, weight decay
   1e-6, cosine per epoch to 0, batch 256, 100 epochs, no BatchNorm on the features.
+- ``goyal``: Goyal et al. 2019's Places205 layer-wise probes (METHODS.md 6.2), one head per
+  tap trained together, each Goyal's fixed average pooling (about 9k dims) -> BatchNorm
+  without affine parameters -> Linear; SGD Nesterov momentum 0.9, lr 0.01, weight decay
+  1e-4, batch 256, 14 epochs (VISSL's), x0.1 at epochs 4, 8 and 12 (fssb: 40k, 80k, 120k of
+  140k iterations, 2/7, 4/7, 6/7 of the run). Augmented (fssb) or on cached centre-view
+  features; run by ``selfsup.eval.layerwise.layerwise_linear_probe``, not by this module's
+  single-tap probes.
 
 Every head is a Linear initialised N(0, 0.01), bias 0. The augmented presets (moco,
 swav) train on a fresh RandomResizedCrop(size, scale (0.08, 1)) + horizontal flip view of
@@ -16,7 +23,7 @@ frozen backbone (eval mode, no gradients) on each batch on the device: no featur
 as the features change with every view. They are tested on the centre view
 Resize(size x 256 / 224) -> CenterCrop(size) (``CenterView``), whose features are cached.
 Epochs and lr may be overridden; step milestones keep their share of the epochs (60 % and
-80 %). Accuracy is that of the last epoch (SwAV's script reports the best epoch's).
+80 % for moco, 2/7, 4/7 and 6/7 for goyal). Accuracy is that of the last epoch (SwAV's script reports the best epoch's).
 """
 from __future__ import annotations
 
@@ -49,12 +56,17 @@ class Preset:
     batch_size: int = 256
     augment: bool = False             # RandomResizedCrop + flip views through the frozen backbone
     standardize: bool = False         # features standardised by the training set's mean and std
+    nesterov: bool = False            # Nesterov momentum
+    pool: str | None = None           # the preset's pooling (None: the caller's)
+    layerwise: bool = False           # one head per tap, trained together (selfsup.eval.layerwise)
 
 
 PRESETS = {
     "fast": Preset("fast", 100, 0.1, "cosine-iter", standardize=True),
     "moco": Preset("moco", 100, 10.0, "step", milestones=(60, 80), augment=True),
     "swav": Preset("swav", 100, 0.3, "cosine", weight_decay=1e-6, augment=True),
+    "goyal": Preset("goyal", 14, 0.01, "step", milestones=(4, 8, 12), weight_decay=1e-4, augment=True,
+                    nesterov=True, pool="goyal", layerwise=True),
 }
 
 
@@ -62,7 +74,8 @@ def get_preset(name: str | Preset) -> Preset:
     if isinstance(name, Preset):
         return name
     if name not in PRESETS:
-        raise SelfSupError(f"unknown linear preset {name!r}: use --preset fast, moco or swav")
+        raise SelfSupError(f"unknown linear preset {name!r}: use --preset fast, moco or swav (one tap), "
+                           f"or goyal (layer-wise)")
     return PRESETS[name]
 
 
@@ -105,7 +118,8 @@ def _fit(head, features_of, labels: torch.Tensor, preset: Preset, epochs: int, l
     mean loss and appends every epoch's to ``history``."""
     from tqdm import trange
 
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay,
+                          nesterov=preset.nesterov)
     n = len(labels)
     steps_per_epoch = math.ceil(n / batch_size)
     device = next(head.parameters()).device
@@ -167,6 +181,9 @@ def augmented_linear_probe(backbone, train, test, preset: str | Preset = "moco",
     batch the preset's (256). ``test_classes`` maps test labels to training classes.
     """
     preset = get_preset(preset)
+    if preset.layerwise:
+        raise SelfSupError(f"preset {preset.name} trains one head per tap: use "
+                           f"selfsup.eval.layerwise.layerwise_linear_probe")
     if not preset.augment:
         raise SelfSupError(f"preset {preset.name} trains on cached features: use linear_probe, or --preset moco or swav")
     epochs = preset.epochs if epochs is None else epochs
