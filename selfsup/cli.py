@@ -12,6 +12,7 @@ from selfsup.errors import SelfSupError
 
 def _pretrain(args) -> int:
     from selfsup.config import check_config, resolve_config
+    from selfsup.data.datasets import load_dataset
     from selfsup.engine.trainer import pretrain
     from selfsup.methods import get_method
 
@@ -21,7 +22,8 @@ def _pretrain(args) -> int:
              "resume": True if args.resume or args.resume_with_changes else None,
              "resume_with_changes": True if args.resume_with_changes else None,
              "device": args.device}
-    cfg = resolve_config(method_cls, args.config, flags, args.overrides)
+    cfg = resolve_config(method_cls, args.config, flags, args.overrides,
+                         image_size_of=lambda spec: load_dataset(spec).image_size)
     if not cfg.data:
         raise SelfSupError("no data given: pass --data SPEC (a folder, .tar, or FORMAT:PATH)")
     check_config(cfg)                       # before the monitor loads its data

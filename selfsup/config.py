@@ -1,7 +1,8 @@
 """Run configuration: typed dataclasses resolved with OmegaConf.
 
 Precedence, lowest first: these dataclass defaults, the method's recommended
-settings (``Method.defaults``), a YAML file (``--config``), command-line flags,
+settings (``Method.defaults``), then, for images of 64 px or less, the method's
+``small_image_defaults`` (a CIFAR recipe), a YAML file (``--config``), command-line flags,
 then ``key=value`` overrides (e.g. ``optim.lr=0.5 simclr.temperature=0.2``).
 Unknown keys and values of the wrong type are errors that name the valid keys.
 The method's own hyperparameters live under a key named after the method.
@@ -73,9 +74,14 @@ def _format_error(exc: OmegaConfBaseException, where: str) -> SelfSupError:
     return SelfSupError(f"bad config value for {key!r} in {where}: {msg}")
 
 
+SMALL_IMAGE = 64                      # px: images this small get the method's small_image_defaults
+
+
 def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | None = None,
-                   overrides: list[str] | None = None) -> DictConfig:
-    """Build the typed config for ``method_cls`` from the layers above."""
+                   overrides: list[str] | None = None, image_size_of=None) -> DictConfig:
+    """Build the typed config for ``method_cls`` from the layers above. ``image_size_of(data
+    spec)`` gives the dataset's image size when ``image_size`` is not set: images of
+    ``SMALL_IMAGE`` px or less get the method's ``small_image_defaults`` (said in one line)."""
     base = OmegaConf.structured(TrainConfig)
     method_base = OmegaConf.structured(method_cls.Config)
     OmegaConf.set_struct(base, False)
@@ -88,12 +94,36 @@ def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | 
         except (OSError, Exception) as exc:  # yaml errors are not OmegaConf errors
             raise SelfSupError(f"cannot read config file {file}: {str(exc).splitlines()[0]}") from None
     layers.append(("command-line flags", {k: v for k, v in (flags or {}).items() if v is not None}))
+    user_keys = {k for _, layer in layers[1:] for k in flatten(layer)}
+    user_keys |= {item.partition("=")[0].strip() for item in overrides or []}
+    cfg, recipe_epochs = _merge(base, layers, overrides)
+    small = method_cls.small_image_defaults
+    size = cfg.image_size or (image_size_of(cfg.data) if small and image_size_of and cfg.data else None)
+    if small and size is not None and size <= SMALL_IMAGE:
+        layers.insert(1, (f"{method_cls.name}'s defaults for small images", small))
+        before = cfg
+        cfg, recipe_epochs = _merge(base, layers, overrides)
+        changed = {k: (OmegaConf.select(before, k), v) for k, v in flatten(small).items() if k not in user_keys}
+        if changed:
+            print(f"{size} px images: {method_cls.name}'s recipe for images of {SMALL_IMAGE} px or less, "
+                  + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+                  + "; set them to keep the paper's")
+    if cfg.method != method_cls.name:
+        raise SelfSupError(f"config says method {cfg.method!r} but {method_cls.name!r} was asked for: drop one of them")
+    fit_schedule(cfg, recipe_epochs, user_keys)
+    return cfg
+
+
+def _merge(base, layers, overrides) -> tuple[DictConfig, int]:
+    """``base`` with every layer, then the key=value overrides, merged in order; and the
+    recipe's epochs (those after the method's layers, before the user's)."""
+    recipe_epochs = base.epochs
     for where, layer in layers:
         try:
             base = OmegaConf.merge(base, layer)
         except OmegaConfBaseException as exc:
             raise _format_error(exc, where) from None
-        if where == "method defaults":
+        if where == "method defaults" or where.endswith("defaults for small images"):
             recipe_epochs = base.epochs
     for item in overrides or []:
         if "=" not in item:
@@ -102,12 +132,7 @@ def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | 
             base = OmegaConf.merge(base, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
             raise _format_error(exc, f"override {item!r}") from None
-    if base.method != method_cls.name:
-        raise SelfSupError(f"config says method {base.method!r} but {method_cls.name!r} was asked for: drop one of them")
-    user_keys = {k for _, layer in layers[1:] for k in flatten(layer)}
-    user_keys |= {item.partition("=")[0].strip() for item in overrides or []}
-    fit_schedule(base, recipe_epochs, user_keys)
-    return base
+    return base, recipe_epochs
 
 
 def flatten(tree, prefix: str = "") -> dict:

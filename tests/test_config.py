@@ -56,3 +56,24 @@ def test_short_runs_scale_the_recipes_schedule_lengths_and_keep_what_the_user_se
     assert cfg.optim.warmup_epochs == 1 and cfg.swav.epoch_queue_starts == 15   # given, and no queue: kept
     assert resolve_config(swav, flags={"method": "swav", "epochs": 100}).optim.warmup_epochs == 10    # the recipe's length: exact
     assert resolve_config(get_method("jigsaw"), flags={"method": "jigsaw", "epochs": 21}).optim.warmup_epochs == pytest.approx(1.0)
+
+
+def test_small_images_get_the_methods_small_image_recipe_below_the_users_settings(tmp_path, capsys):
+    """BYOL on 32 px images: solo-learn's CIFAR lr and weight decay over the paper's (said in one
+    line); the paper's above 64 px; a setting of the user's (file, override) wins over both."""
+    m = get_method("byol")
+    size_of = {"small": 32, "large": 96}.__getitem__
+    cfg = resolve_config(m, flags={"method": "byol", "data": "small"}, image_size_of=size_of)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.name) == (1.0, 1e-5, "lars")
+    out = capsys.readouterr().out
+    assert "32 px images" in out and "optim.lr 0.2 -> 1.0" in out and "optim.weight_decay 1.5e-06 -> 1e-05" in out
+    cfg = resolve_config(m, flags={"method": "byol", "data": "large"}, image_size_of=size_of)
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == (0.2, 1.5e-6) and "px images" not in capsys.readouterr().out
+    cfg = resolve_config(m, flags={"method": "byol", "data": "small"}, overrides=["image_size=96"], image_size_of=size_of)
+    assert cfg.optim.lr == 0.2                                   # the view size decides, not the files'
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  weight_decay: 0.001\n")
+    cfg = resolve_config(m, str(f), {"method": "byol", "data": "small"}, ["optim.lr=0.5"], image_size_of=size_of)
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == (0.5, 0.001)
+    assert "px images" not in capsys.readouterr().out           # nothing of the small recipe was used
+    assert resolve_config(get_method("simclr"), flags={"data": "small"}, image_size_of=size_of).optim.lr == 0.3

@@ -7,6 +7,7 @@ import torch
 from selfsup.config import resolve_config
 from selfsup.data import views as V
 from selfsup.data.jigclu import JigCluViews
+from selfsup.errors import SelfSupError
 from selfsup.methods import build_method, get_method
 
 
@@ -165,3 +166,15 @@ def test_mocov2_byol_and_jigclu_recipes():
         assert spec.scale == (0.08, 1.0) and spec.jitter == (0.4, 0.4, 0.2, 0.1) and spec.jitter_prob == 0.8
         assert spec.gray_prob == 0.2 and spec.blur_sigma == (0.1, 2.0) and spec.flip_prob == 0.5
     assert (a.blur_prob, a.solarize_prob, b.blur_prob, b.solarize_prob) == (1.0, 0.0, 0.1, 0.2)
+
+
+def test_byol_views_drop_the_blur_at_64_px_or_less_and_patches_keep_it():
+    """solo-learn's CIFAR recipes have no blur; ``byol:blur`` and BagSSL's patches (the paper's
+    CIFAR augmentation) keep BYOL's 1.0 / 0.1 at any size."""
+    a, b = V.view_recipe("byol", 32)
+    assert (a.blur_prob, a.solarize_prob, b.blur_prob, b.solarize_prob) == (0.0, 0.0, 0.0, 0.2)
+    assert V.view_recipe("byol", 64)[0].blur_prob == 0.0 and V.view_recipe("byol", 65)[0].blur_prob == 1.0
+    for views in (V.view_recipe("byol:blur", 32), V.view_recipe("patch:14", 32)):
+        assert (views[0].blur_prob, views[1].blur_prob, views[1].solarize_prob) == (1.0, 0.1, 0.2)
+    with pytest.raises(SelfSupError):
+        V.view_recipe("byol:0.5", 32)

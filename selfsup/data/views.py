@@ -16,7 +16,8 @@ Recipes (each a list of ``ViewSpec``, one per view, parameterised by image size)
 - ``mocov2``: the MoCo v2 policy (METHODS.md 1.1): crop (0.2, 1), jitter (0.4, 0.4,
   0.4, 0.1) p=0.8, grayscale p=0.2, blur p=0.5, flip.
 - ``byol``: Grill et al. 2020 (METHODS.md 7.1): crop (0.08, 1), flip, jitter (0.4,
-  0.4, 0.2, 0.1) p=0.8, grayscale p=0.2, blur p=1.0 / 0.1, solarize p=0 / 0.2.
+  0.4, 0.2, 0.1) p=0.8, grayscale p=0.2, blur p=1.0 / 0.1 (above 64 px; none at 64 px or
+  less, as solo-learn's CIFAR recipes; ``byol:blur`` keeps it at any size), solarize p=0 / 0.2.
 - ``multicrop`` / ``multicrop:2x160+4x96``: SwAV's multi-crop (Caron et al. 2020, §3.2;
   METHODS.md 5.2): the first group of crops are global, the others local at scale
   (0.05, 0.14); "" means 2 crops at the image size + 6 at 96/224 of it. Global scale:
@@ -87,15 +88,20 @@ def mocov2_views(size: int, n: int = 2) -> list[ViewSpec]:
     return [ViewSpec(size, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), blur_prob=0.5)] * n
 
 
-def byol_views(size: int) -> list[ViewSpec]:
+def byol_views(size: int, blur: bool | None = None) -> list[ViewSpec]:
+    """BYOL (METHODS.md 7.1): blur p=1.0 / 0.1 and solarize p=0 / 0.2 on the two views. ``blur``
+    None: the blur above 64 px only (solo-learn's CIFAR recipes, like SimCLR's CIFAR-10 command,
+    have none: sigma up to 2 px wipes out a 32 px image); True: at any size (``byol:blur``)."""
     spec = ViewSpec(size, jitter=(0.4, 0.4, 0.2, 0.1))
-    return [replace(spec, blur_prob=1.0), replace(spec, blur_prob=0.1, solarize_prob=0.2)]
+    a, b = (1.0, 0.1) if (size > 64 if blur is None else blur) else (0.0, 0.0)
+    return [replace(spec, blur_prob=a), replace(spec, blur_prob=b, solarize_prob=0.2)]
 
 
 def patch_views(size: int, side: int, n: int = 2) -> list[ViewSpec]:
     """BagSSL fixed-scale patches: n patches of ``side`` px resized to ``size``, BYOL colour
-    augmentation (views alternate the two BYOL blur/solarize settings)."""
-    a, b = (replace(spec, patch=side) for spec in byol_views(size))
+    augmentation with its blur at every size, as the paper states for CIFAR (views alternate
+    the two BYOL blur/solarize settings)."""
+    a, b = (replace(spec, patch=side) for spec in byol_views(size, blur=True))
     return [a if i % 2 == 0 else b for i in range(n)]
 
 
@@ -165,9 +171,12 @@ def view_recipe(name: str, size: int) -> list[ViewSpec]:
     """A recipe by name; ``simclr:0.5`` gives SimCLR's colour strength, ``multicrop:2x160+4x96``
     the crops of a multi-crop recipe, ``patch:14x2`` the side and number of fixed-scale patches."""
     base, _, arg = name.partition(":")
-    if base not in VIEW_RECIPES or (arg and base not in ("simclr", "multicrop", "patch")) or (base == "patch" and not arg):
+    if (base not in VIEW_RECIPES or (arg and base not in ("simclr", "multicrop", "patch", "byol"))
+            or (base == "patch" and not arg) or (base == "byol" and arg not in ("", "blur"))):
         raise SelfSupError(f"unknown view recipe {name!r}: choose one of simclr, simclr:STRENGTH, mocov2, byol, "
-                           "multicrop, multicrop:2x224+6x96, patch:SIDE or patch:SIDExCOUNT")
+                           "byol:blur, multicrop, multicrop:2x224+6x96, patch:SIDE or patch:SIDExCOUNT")
+    if base == "byol" and arg:
+        return byol_views(size, blur=True)
     if base == "patch":
         return patch_views(size, *parse_patch(arg))
     if base == "simclr" and arg:

@@ -18,7 +18,9 @@ in order:
 
 Each method declares ``Config``, a dataclass of its hyperparameters with the
 paper's defaults, and ``defaults``, the training settings (optimiser, lr, batch
-size, ...) its paper recommends, which the user's config overrides.
+size, ...) its paper recommends, which the user's config overrides. A method may add
+``small_image_defaults``: settings for images of 64 px or less (a CIFAR recipe of the
+method's official code or of a peer library), between ``defaults`` and the user's.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class Method(nn.Module):
     name: str = ""
     Config: type = MethodConfig
     defaults: dict[str, Any] = {}
+    small_image_defaults: dict[str, Any] = {}    # over ``defaults`` for images of SMALL_IMAGE px or less
     sync_bn: bool = True          # False: never SyncBatchNorm under DDP (MoCo shuffles BN across processes instead)
     eval_stages_back: int = 0     # the default evaluation tap: this many stages before the backbone's last map
 

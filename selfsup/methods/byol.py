@@ -36,6 +36,9 @@ class BYOL(Method):
     # BYOL App. C: LARS (biases and norms excluded), lr = 0.2 x batch / 256, weight decay 1.5e-6,
     # 10 warmup epochs, cosine.
     defaults = {"optim": {"name": "lars", "lr": 0.2, "scale_lr": True, "weight_decay": 1.5e-6, "warmup_epochs": 10}}
+    # 64 px or less: solo-learn's CIFAR recipe (scripts/pretrain/cifar/byol.yaml: LARS, lr 1.0 at batch 256,
+    # weight decay 1e-5). The ImageNet lr learns little in a short CIFAR run (README, "The first run learns").
+    small_image_defaults = {"optim": {"lr": 1.0, "weight_decay": 1e-5}}
 
     def __init__(self, backbone, cfg: BYOLConfig, image_size: int):
         super().__init__(backbone, cfg, image_size)
