@@ -66,9 +66,14 @@ def _eval(args) -> int:
                       image_size=args.image_size, device=args.device, batch_size=args.batch_size, k=args.k,
                       temperature=args.temperature, epochs=args.probe_epochs, lr=args.lr,
                       cache=not args.no_cache, progress=not args.json, patches=patches,
-                      probes=tuple(args.probe.split(",")), preset=args.preset)
+                      probes=tuple(args.probe.split(",")), preset=args.preset,
+                      taps=_taps(args.taps), cached=args.cached)
     if args.json:
         print(json.dumps(result))
+    elif "taps" in result and isinstance(result["taps"], dict):
+        from selfsup.eval.layerwise import format_layerwise
+
+        print(format_layerwise(result))
     elif args.protocol == "patches":
         how = (f"{result['num_patches']} patches of {result['patch_size'] or 'multi-scale'} px, mean"
                if result["aggregate"] == "global" else f"local {result['window'] or 'half-side'} px windows")
@@ -81,6 +86,16 @@ def _eval(args) -> int:
         name = f"linear ({describe(result['preset'], result['overrides'])})" if "preset" in result else args.protocol
         print(f"{name} on {result['tap']} ({result['feature_dim']} dims): top-1 {result['top1']:.4f}{top5}")
     return 0
+
+
+def _taps(value: str | None) -> tuple[str, ...] | None:
+    """--taps conv1,res2,...: the taps in order ("all": every tap of the backbone, None)."""
+    if value is None:
+        return None
+    taps = tuple(t.strip() for t in value.split(",") if t.strip())
+    if not taps:
+        raise SelfSupError(f"--taps {value!r}: name taps separated by commas, e.g. conv1,res2,res3,res4,res5, or all")
+    return taps
 
 
 def _cell(value: str) -> tuple[int, int]:
@@ -154,8 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=20, help="kNN neighbours (default 20)")
     p.add_argument("--temperature", type=float, default=0.07, help="kNN temperature (default 0.07)")
     p.add_argument("--preset", help="linear probe protocol: fast (cached features, default), moco (MoCo / JigClu: "
-                                    "lr 10, steps at 60 and 80) or swav (lr 0.3, cosine); moco and swav train on "
-                                    "RandomResizedCrop + flip views")
+                                    "lr 10, steps at 60 and 80), swav (lr 0.3, cosine), or goyal (Goyal et al. "
+                                    "2019's layer-wise heads, one per tap: Nesterov lr 0.01, 14 epochs); moco, swav "
+                                    "and goyal train on RandomResizedCrop + flip views")
+    p.add_argument("--taps", help="eval linear: layer-wise probes (preset goyal) on these taps, e.g. "
+                                  "conv1,res2,res3,res4,res5, or all (every tap; the default of --preset goyal)")
+    p.add_argument("--cached", action="store_true", help="eval linear --preset goyal: train the heads on cached "
+                                                        "centre-view features instead of augmented views (faster)")
     p.add_argument("--probe-epochs", type=int, help="linear probe epochs (default: the preset's, 100)")
     p.add_argument("--lr", type=float, help="linear probe learning rate (default: the preset's; fast 0.1)")
     p.add_argument("--batch-size", type=int, default=256, help="feature extraction batch")

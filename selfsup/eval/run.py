@@ -52,7 +52,8 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
              pool: str = "avg", image_size: int | None = None, device: str = "cpu", batch_size: int = 256,
              k: int = 20, temperature: float = 0.07, epochs: int | None = None, lr: float | None = None,
              cache: bool = True, progress: bool = False, patches: dict | None = None,
-             probes: tuple[str, ...] = ("knn", "linear"), preset: str | None = None) -> dict:
+             probes: tuple[str, ...] = ("knn", "linear"), preset: str | None = None,
+             taps: tuple[str, ...] | None = None, cached: bool = False) -> dict:
     """Run ``protocol`` ("knn", "linear" or "patches") and return its metrics as a dict.
 
     The linear probe follows ``preset`` (fast, moco or swav; None: fast), with ``epochs``
@@ -64,10 +65,15 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
     checkpoint's pretraining patch side, or multi-scale crops for multi-scale models.
     The patches protocol runs each of ``probes`` on the aggregated features.
 
+    ``taps`` (``eval linear --taps``) or the ``goyal`` preset run Goyal et al.'s layer-wise
+    probes (``selfsup.eval.layerwise``, METHODS.md 6.2): a head per tap (None: every tap of
+    the backbone), on augmented views, or on cached centre-view features with ``cached``.
+
     Test labels are matched to the training classes by name. Settings that would make
     the result meaningless (no neighbours, an untrained probe, ...) and an absent
     ``device`` (auto, cpu or cuda) are refused before anything runs."""
     device = resolve_device(device)
+    asked_tap = tap
     if protocol not in ("knn", "linear", "patches"):
         raise SelfSupError(f"unknown evaluation {protocol!r}: use knn, linear or patches")
     used = probes if protocol == "patches" else (protocol,)
@@ -76,7 +82,15 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
             raise SelfSupError(f"unknown probe {name!r}: use knn or linear")
     if preset is not None and protocol != "linear":
         raise SelfSupError(f"--preset applies to eval linear only: drop --preset {preset}, or use eval linear")
-    probe = get_preset(preset or "fast")
+    if (taps or cached) and protocol != "linear":
+        raise SelfSupError("--taps and --cached apply to eval linear only (layer-wise probes): drop them, or use eval linear")
+    probe = get_preset(preset or ("goyal" if taps else "fast"))
+    if taps and not probe.layerwise:
+        raise SelfSupError(f"--taps trains Goyal's layer-wise heads: use --preset goyal (or no --preset), or "
+                           f"--tap NAME with --preset {probe.name}")
+    if cached and not probe.layerwise:
+        raise SelfSupError(f"--cached applies to the layer-wise preset goyal: preset {probe.name} "
+                           f"{'trains on cached features already' if not probe.augment else 'trains on augmented views'}")
     overrides = {name: value for name, value in (("epochs", epochs), ("lr", lr))
                  if value is not None and value != getattr(probe, name)}
     epochs, lr = probe.epochs if epochs is None else epochs, probe.lr if lr is None else lr
@@ -104,6 +118,16 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
     info = {"checkpoint": str(checkpoint), "tap": tap}
     if protocol == "linear":
         info.update(preset=probe.name, overrides=overrides, probe_epochs=epochs, lr=lr, pool=pool)
+    if protocol == "linear" and probe.layerwise:
+        from selfsup.eval.layerwise import layerwise_linear_probe
+
+        if asked_tap and not taps:
+            taps = (asked_tap,)
+        taps = backbone.taps if not taps or tuple(taps) == ("all",) else taps
+        result = layerwise_linear_probe(backbone, train, test, taps, not cached, epochs, lr,
+                                        image_size, batch_size, device, key, to_train, progress=progress)
+        return {"protocol": protocol, **result, "checkpoint": str(checkpoint), "overrides": overrides,
+                "n_train": len(train), "n_test": len(test)}
     if protocol == "linear" and probe.augment:
         result = augmented_linear_probe(backbone, train, test, probe, epochs, lr, tap, pool, image_size, batch_size,
                                         device, key, to_train, progress=progress)
