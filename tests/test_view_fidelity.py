@@ -111,6 +111,8 @@ def test_global_scale_follows_the_official_crops(crops, sizes, global_scale):
 
 def test_default_crops_are_swav_and_an_explicit_global_scale_wins():
     assert V.multicrop_views(224)[0].scale == (0.14, 1.0) and V.multicrop_views(32)[0].scale == (0.14, 1.0)
+    assert [s.size for s in V.multicrop_views(32)] == [32, 32, 16, 16, 16, 16]      # the CIFAR advice, 2x32+4x16
+    assert [s.size for s in V.multicrop_views(65)] == [65, 65] + [28] * 6
     assert V.multicrop_views(224, "2x160+4x96", global_scale=(0.14, 1.0))[0].scale == (0.14, 1.0)
     assert V.multicrop_views(224, "2x224+6x96", global_scale=(0.2, 1.0))[0].scale == (0.2, 1.0)
     m = build_method("swav", backbone="convnet", image_size=224, crops="2x224", global_scale=(0.3, 1.0), nmb_prototypes=4)

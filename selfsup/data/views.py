@@ -126,10 +126,18 @@ def default_global_scale(groups: list[tuple[int, int]]) -> tuple[float, float]:
 def multicrop_views(size: int, crops: str = "", global_scale=None, local_scale=(0.05, 0.14),
                     color_strength: float = 1.0, blur_prob: float = 0.5) -> list[ViewSpec]:
     """SwAV multi-crop (§3.2; METHODS.md 5.2): the first group of ``crops`` are the global
-    crops, the others local ones; "" means 2 x size + 6 x round(size * 96 / 224).
-    ``global_scale`` None: ``default_global_scale`` of the crops. Colour distortion of
-    strength s: jitter (0.8 s, 0.8 s, 0.8 s, 0.2 s) p=0.8, grayscale p=0.2."""
-    groups = parse_crops(crops) if crops else [(2, size), (6, max(1, round(size * 96 / 224)))]
+    crops, the others local ones; "" means 2 x size + 6 x round(size * 96 / 224), and at 64 px
+    or less 2 x size + 4 x size / 2 (the official advice for CIFAR, facebookresearch/swav
+    issues #23 and #37: 2x32+4x16, global scale (0.14, 1)). ``global_scale`` None:
+    ``default_global_scale`` of the crops. Colour distortion of strength s: jitter (0.8 s, 0.8 s, 0.8 s, 0.2 s) p=0.8,
+    grayscale p=0.2."""
+    if crops:
+        groups = parse_crops(crops)
+    elif size <= 64:
+        groups = [(2, size), (4, max(1, round(size / 2)))]
+        global_scale = global_scale or (0.14, 1.0)          # the advice's (configs/swav_cifar10.yaml)
+    else:
+        groups = [(2, size), (6, max(1, round(size * 96 / 224)))]
     if global_scale is None:
         global_scale = default_global_scale(groups)
     specs = []

@@ -23,7 +23,7 @@ from torch import nn
 
 from selfsup import distributed as dist
 from selfsup.methods.base import to_device
-from selfsup.methods.prototypes import PrototypeConfig, PrototypeMethod, PrototypeUsage, normalize_rows_
+from selfsup.methods.prototypes import SMALL_IMAGE_VIEWS, PrototypeConfig, PrototypeMethod, PrototypeUsage, normalize_rows_
 
 IGNORE = -100   # assignment of samples not in any bank (ignored by the loss)
 
@@ -66,6 +66,7 @@ class DeepClusterV2(PrototypeMethod):
     # Same optimisation as SwAV (METHODS.md 5.7-5.8): 4.8 / 0.0048 / warmup from 0.3 at batch 4096.
     defaults = {"optim": {"name": "larc", "lr": 0.3, "scale_lr": True, "weight_decay": 1e-6, "warmup_epochs": 10,
                           "warmup_start_lr": 0.01875, "min_lr": 0.0003, "exclude_bias_norm": False}}
+    small_image_defaults = {"deepcluster_v2": SMALL_IMAGE_VIEWS}     # 64 px or less: SwAV's CIFAR advice
     trainable_prototypes = False
 
     def __init__(self, backbone, cfg: DeepClusterV2Config, image_size: int):

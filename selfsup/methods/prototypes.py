@@ -32,13 +32,18 @@ class PrototypeConfig(MethodConfig):
     proj_dim: int = 128               # --feat_dim
     temperature: float = 0.1          # tau of eq. 2
     crops_for_assign: list[int] = field(default_factory=lambda: [0, 1])
-    crops: str = ""                   # e.g. 2x224+6x96; "": 2 x image size + 6 x (96/224 of it)
+    crops: str = ""                   # e.g. 2x224+6x96; "": 2 x image size + 6 x (96/224 of it), 2 + 4 x half at <= 64 px
     # None: the official value for the crops (METHODS.md 5.2, views.default_global_scale):
     # (0.14, 1) with 6 or more local crops (2x224+6x96), (0.08, 1) with fewer (2x224, 2x160+4x96)
     global_scale: Optional[tuple[float, float]] = None
     local_scale: tuple[float, float] = (0.05, 0.14)
     color_strength: float = 1.0       # jitter (0.8s, 0.8s, 0.8s, 0.2s); the CIFAR advice is s = 0.5
     blur_prob: float = 0.5
+
+
+# 64 px or less: the official advice for CIFAR (facebookresearch/swav issues #23, #37; configs/swav_cifar10.yaml):
+# colour distortion of strength 0.5 and no blur, as SimCLR's CIFAR-10 command.
+SMALL_IMAGE_VIEWS = {"color_strength": 0.5, "blur_prob": 0.0}
 
 
 class PrototypeMethod(Method):

@@ -18,7 +18,7 @@ import torch
 
 from selfsup.losses import sinkhorn
 from selfsup.methods.deepcluster_v2 import DeepClusterV2, DeepClusterV2Config
-from selfsup.methods.prototypes import normalize_rows_
+from selfsup.methods.prototypes import SMALL_IMAGE_VIEWS, normalize_rows_
 from selfsup.methods.swav import frozen_steps
 
 
@@ -35,6 +35,7 @@ class SeLaV2(DeepClusterV2):
     name = "sela_v2"
     Config = SeLaV2Config
     trainable_prototypes = True
+    small_image_defaults = {"sela_v2": SMALL_IMAGE_VIEWS}            # 64 px or less: SwAV's CIFAR advice
 
     @torch.no_grad()
     def head_labels(self, h: int, bank: torch.Tensor, g: torch.Generator):

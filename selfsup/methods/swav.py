@@ -31,7 +31,7 @@ from torch import nn
 from selfsup import distributed as dist
 from selfsup.losses import sinkhorn, swav
 from selfsup.methods.base import to_device
-from selfsup.methods.prototypes import PrototypeConfig, PrototypeMethod, PrototypeUsage, normalize_rows_
+from selfsup.methods.prototypes import SMALL_IMAGE_VIEWS, PrototypeConfig, PrototypeMethod, PrototypeUsage, normalize_rows_
 
 
 @dataclass
@@ -62,6 +62,8 @@ class SwAV(PrototypeMethod):
     # Per 256 images (scale_lr): lr 0.3, final 0.0003, warmup from 0.01875, i.e. 4.8 / 0.0048 / 0.3 at 4096.
     defaults = {"optim": {"name": "larc", "lr": 0.3, "scale_lr": True, "weight_decay": 1e-6, "warmup_epochs": 10,
                           "warmup_start_lr": 0.01875, "min_lr": 0.0003, "exclude_bias_norm": False}}
+    # 64 px or less: the official CIFAR advice (views, and prototypes an order of magnitude above the classes)
+    small_image_defaults = {"swav": {**SMALL_IMAGE_VIEWS, "nmb_prototypes": 100}}
 
     def __init__(self, backbone, cfg: SwAVConfig, image_size: int):
         super().__init__(backbone, cfg, image_size)
