@@ -55,8 +55,36 @@ def _patch_size(value: str):
         raise SelfSupError(f"--patch-size {value!r}: give a side in pixels, auto or multi") from None
 
 
+def _ints(flag: str, value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise SelfSupError(f"{flag} {value!r}: give whole numbers separated by commas, e.g. 1,2,4,8") from None
+
+
+def _suite(args) -> int:
+    """eval svm | lowshot: Goyal et al.'s VOC07 and low-shot SVMs on every tap."""
+    from selfsup.eval import suite
+
+    common = dict(taps=_taps(args.taps), costs=args.costs, image_size=args.image_size, device=args.device,
+                  batch_size=args.batch_size, cache=not args.no_cache, n_jobs=args.jobs, progress=not args.json)
+    if args.protocol == "svm":
+        result = suite.evaluate_svm(args.checkpoint, args.train_data, args.test_data, solver=args.solver, **common)
+    else:
+        result = suite.evaluate_lowshot(args.checkpoint, args.train_data, args.test_data,
+                                        ks=_ints("--shots", args.shots), num_samples=args.samples, **common)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print((suite.format_svm if args.protocol == "svm" else suite.format_lowshot)(result))
+    return 0
+
+
 def _eval(args) -> int:
     from selfsup.eval.run import evaluate
+
+    if args.protocol in ("svm", "lowshot"):
+        return _suite(args)
 
     patches = None
     if args.protocol == "patches":
@@ -156,9 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint's frozen backbone",
                        description="Evaluate the frozen backbone of a checkpoint on labelled data.")
-    p.add_argument("protocol", choices=["knn", "linear", "patches"],
+    p.add_argument("protocol", choices=["knn", "linear", "patches", "svm", "lowshot"],
                    help="knn: weighted cosine kNN; linear: linear probe on cached features; patches: kNN and linear "
-                        "probe on aggregated patch embeddings (BagSSL)")
+                        "probe on aggregated patch embeddings (BagSSL); svm: VOC07 linear SVMs per tap; lowshot: "
+                        "low-shot SVMs (Goyal et al. 2019)")
     p.add_argument("--checkpoint", required=True, help="a .pt file from `selfsup pretrain` (or a torchvision ResNet state dict)")
     p.add_argument("--train-data", required=True, help="labelled dataset SPEC to fit on")
     p.add_argument("--test-data", required=True, help="labelled dataset SPEC to score")
@@ -182,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+    g = p.add_argument_group("svm, lowshot", "options of `selfsup eval svm` and `selfsup eval lowshot` (Goyal et al. "
+                             "2019, METHODS.md 6.1, 6.3; --taps: default every stage for svm, the last two for lowshot)")
+    g.add_argument("--costs", default="goyal", help="SVM costs: goyal (fssb's 26), vissl (VISSL's 11) or a comma list")
+    g.add_argument("--jobs", type=int, default=-1, help="SVM worker processes (default -1: every core)")
+    g.add_argument("--solver", default="sklearn", choices=["sklearn", "torch"],
+                   help="svm: sklearn's LinearSVC (default, the reference) or the batched Newton solver in torch (GPU)")
+    g.add_argument("--shots", default="1,2,4,8,16,32,64,96", help="lowshot: k values (default 1,2,4,8,16,32,64,96)")
+    g.add_argument("--samples", type=int, default=5, help="lowshot: independent samples per k (default 5)")
     g = p.add_argument_group("patches", "options of `selfsup eval patches`")
     g.add_argument("--num-patches", type=int, default=16, help="patches averaged per image (global aggregation, default 16)")
     g.add_argument("--patch-size", default="auto", help="patch side in image pixels, multi (RandomResizedCrop(0.08, 1)) "

@@ -42,3 +42,41 @@ def test_layerwise_bad_options_are_one_line_errors(random_ckpt, capsys, argv, fr
     code, _, err = run(capsys, "eval", *argv[:1], "--checkpoint", random_ckpt, "--train-data", TINY, "--test-data", TEST,
                        *argv[1:], "--probe-epochs", "1")
     assert one_line_error(code, err, fragment), err
+
+
+@pytest.fixture(scope="module")
+def mosaics(tmp_path_factory):
+    from selfsup.data.datasets import load_dataset
+    from selfsup.data.mosaic import build_mosaics
+
+    out = tmp_path_factory.mktemp("voc") / "mosaics"
+    build_mosaics(load_dataset("synthetic:200?size=16&classes=4"), out, trainval=60, test=50, seed=0)
+    return out
+
+
+def test_svm_and_lowshot_from_the_command_line(random_ckpt, mosaics, capsys):
+    """eval svm: every stage's tap by default, a mAP per tap; eval lowshot: VOC-style samples on a
+    multi-label set, the cost chosen on the test set and said so."""
+    tv, te = f"voc07:{mosaics}?split=trainval", f"voc07:{mosaics}?split=test"
+    code, out, _ = run(capsys, "eval", "svm", "--checkpoint", random_ckpt, "--train-data", tv, "--test-data", te,
+                       "--costs", "0.1,1", "--jobs", "1", "--json")
+    result = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and result["taps"] == ["conv1", "conv2", "conv3", "conv4"] and result["multi_label"]
+    for r in result["per_tap"].values():
+        assert 0 < r["map"] <= 1 and len(r["classes"]) == 4 and r["timings"]["cv_s"] <= r["timings"]["total_s"]
+    code, out, _ = run(capsys, "eval", "lowshot", "--checkpoint", random_ckpt, "--train-data", tv, "--test-data", te,
+                       "--costs", "0.1,1", "--shots", "1", "--samples", "2", "--jobs", "1")
+    assert code == 0 and "| k | conv3 mAP (%) | conv4 mAP (%) |" in out and "chosen on the test set" in out
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["lowshot", "--shots", "1,x"], "--shots '1,x'"),
+    (["svm", "--costs", "-1"], "cost"),
+    (["svm", "--test-data", TINY], "must both be multi-label"),
+])
+def test_suite_bad_options_are_one_line_errors(random_ckpt, mosaics, capsys, argv, fragment):
+    test = argv[argv.index("--test-data") + 1] if "--test-data" in argv else f"voc07:{mosaics}?split=test"
+    rest = [a for i, a in enumerate(argv[1:]) if "--test-data" not in argv[1:][max(i - 1, 0):i + 1]]
+    code, _, err = run(capsys, "eval", argv[0], "--checkpoint", random_ckpt, "--train-data",
+                       f"voc07:{mosaics}?split=trainval", "--test-data", test, "--jobs", "1", *rest)
+    assert one_line_error(code, err, fragment), err
