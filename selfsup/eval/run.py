@@ -17,6 +17,9 @@ from selfsup.eval.patches import aggregated_features, check_patches
 
 
 def labelled(dataset, spec: str):
+    if dataset.targets is not None:
+        raise SelfSupError(f"{spec} is multi-label (voc07): score it with eval svm or eval lowshot, or use a "
+                           f"single-label set")
     if (dataset.labels < 0).any():
         raise SelfSupError(f"{spec} has unlabeled images: evaluation needs labels (use a labelled split, e.g. ?split=train)")
     return dataset

@@ -37,7 +37,8 @@ def targets_of(train, test, train_spec: str, test_spec: str) -> tuple[np.ndarray
         return label_matrix(train), label_matrix(test)
     from selfsup.eval.run import class_map, labelled
 
-    labelled(train, train_spec), labelled(test, test_spec)
+    labelled(train, train_spec)
+    labelled(test, test_spec)
     to_train = class_map(train, test, train_spec, test_spec)
     ytr = label_matrix(train)
     labels = np.asarray(test.labels, dtype=np.int64)
@@ -62,7 +63,8 @@ def _features(checkpoint, train_spec, test_spec, taps, image_size, device, batch
     xtr, _ = extract_tap_features(backbone, train, taps, **common)
     xte, _ = extract_tap_features(backbone, test, taps, **common)
     info = {"checkpoint": str(checkpoint), "taps": list(taps), "n_train": len(train), "n_test": len(test),
-            "classes": list(train.classes), "multi_label": train.targets is not None, "image_size": image_size}
+            "classes": list(train.classes), "multi_label": train.targets is not None, "image_size": image_size,
+            "device": str(device)}
     return taps, xtr, xte, ytr, yte, info
 
 
@@ -77,7 +79,7 @@ def evaluate_svm(checkpoint: str, train_spec: str, test_spec: str, taps=None, co
     per_tap = {}
     for tap in taps:
         result = svm_benchmark(xtr[tap].numpy(), ytr, xte[tap].numpy(), yte, costs, n_jobs=n_jobs, solver=solver,
-                               device=device if solver == "torch" else None)
+                               device=info["device"] if solver == "torch" else None)
         result["feature_dim"] = int(xtr[tap].shape[1])
         per_tap[tap] = result
     return {"protocol": "svm", **info, "costs": costs, "solver": solver, "per_tap": per_tap}
