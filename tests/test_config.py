@@ -77,3 +77,21 @@ def test_small_images_get_the_methods_small_image_recipe_below_the_users_setting
     assert (cfg.optim.lr, cfg.optim.weight_decay) == (0.5, 0.001)
     assert "px images" not in capsys.readouterr().out           # nothing of the small recipe was used
     assert resolve_config(get_method("simclr"), flags={"data": "small"}, image_size_of=size_of).optim.lr == 0.3
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("jigsaw", {"optim.lr": 0.01, "optim.weight_decay": 5e-4, "optim.bias_lr_mult": 2.0}),
+    ("jigsaw_pp", {"optim.lr": 0.01, "optim.weight_decay": 5e-4, "optim.bias_lr_mult": 2.0}),
+    ("deepcluster_v2", {"deepcluster_v2.color_strength": 0.5, "deepcluster_v2.blur_prob": 0.0}),
+])
+def test_the_small_image_recipes_pin_their_values_and_the_paper_keeps_large_images(method, expected):
+    """Each small-image recipe of README "Configuration" at 32 px; at 96 px the method's own defaults."""
+    from omegaconf import OmegaConf
+    m = get_method(method)
+    size_of = {"small": 32, "large": 96}.__getitem__
+    small = resolve_config(m, flags={"method": method, "data": "small"}, image_size_of=size_of)
+    large = resolve_config(m, flags={"method": method, "data": "large"}, image_size_of=size_of)
+    for key, value in expected.items():
+        assert OmegaConf.select(small, key) == pytest.approx(value), key
+    changed = [k for k, v in expected.items() if OmegaConf.select(large, k) != v]
+    assert changed, "the small-image recipe must differ from the method's defaults"
