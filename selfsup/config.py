@@ -48,6 +48,7 @@ class TrainConfig:
     backbone: str = "resnet18"
     cifar_stem: Optional[bool] = None # 3x3 stride-1 stem without max-pool; None (auto): on ResNets for images of 64 px or less
     image_size: Optional[int] = None  # view size; default: the dataset's image size
+    width: float = 1.0                # channel multiplier of the convnet (the capacity axis of a sweep)
     epochs: int = 100
     batch_size: int = 256             # global batch (split across processes)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -173,6 +174,7 @@ _CHECKS = [
     ("epochs", lambda v: v >= 0, "0 or more"),
     ("batch_size", lambda v: v >= 1, "at least 1"),
     ("image_size", lambda v: v is None or v >= 1, "at least 1"),
+    ("width", lambda v: v > 0, "positive"),
     ("optim.lr", lambda v: v > 0, "positive"),
     ("optim.min_lr", lambda v: v >= 0, "0 or more"),
     ("optim.warmup_start_lr", lambda v: v >= 0, "0 or more"),

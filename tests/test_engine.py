@@ -97,3 +97,21 @@ def test_cifar_stem_auto_follows_the_input_size(tmp_path, capsys):
     trainer.fit()
     assert load_checkpoint(tmp_path / "run" / "last.pt")["cifar_stem"] is True     # evaluation rebuilds the same stem
     assert Trainer(make_cfg(tmp_path / "r2", epochs=0, backbone="resnet18", cifar_stem="false")).cifar_stem is False
+
+
+def test_convnet_width_scales_the_channels_and_the_checkpoint_rebuilds_it(tmp_path):
+    """``width`` multiplies the convnet's channels (the capacity axis); the checkpoint records it, so
+    evaluation rebuilds the same network; other backbones refuse it in one line."""
+    from selfsup.checkpoint import load_backbone
+    from selfsup.models import build_backbone
+
+    assert build_backbone("convnet", width=0.5).tap_dims == {"conv1": 12, "conv2": 24, "conv3": 48, "conv4": 96}
+    assert build_backbone("convnet", width=2).out_dim == 384
+    Trainer(make_cfg(tmp_path / "run", epochs=0, width=0.5)).fit()
+    backbone = load_backbone(tmp_path / "run" / "last.pt")
+    assert backbone.out_dim == 96 and torch.equal(backbone.state_dict()["blocks.0.0.weight"],
+                                                  backbone_state(tmp_path / "run" / "last.pt")["blocks.0.0.weight"])
+    with pytest.raises(SelfSupError, match="applies to the convnet only"):
+        Trainer(make_cfg(tmp_path / "r18", epochs=0, width=2, backbone="resnet18"))
+    with pytest.raises(SelfSupError, match="width=0"):
+        Trainer(make_cfg(tmp_path / "zero", epochs=0, width=0))

@@ -18,7 +18,7 @@ import torch
 @dataclass
 class Batch:
     views: list[torch.Tensor]     # augmented, normalised views (each B x 3 x h x w)
-    labels: torch.Tensor          # B, int64 (-1 where unlabeled); methods must not use them
+    labels: torch.Tensor          # B, int64 (-1 where unlabeled); only the supervised method reads them
     indices: torch.Tensor         # B, dataset indices (for memory banks)
     targets: torch.Tensor | None = None   # pretext targets drawn with the views (a puzzle's permutation index)
 

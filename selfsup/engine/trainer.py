@@ -110,6 +110,11 @@ class Trainer:
         method_cls = get_method(cfg.method)
         method_cfg = OmegaConf.to_object(cfg[cfg.method])
         self.backbone_options = method_cls.backbone_options(method_cfg, cfg.backbone)
+        if cfg.width != 1.0:
+            if cfg.backbone != "convnet":
+                raise SelfSupError(f"width={cfg.width} applies to the convnet only: drop it, or pick a larger "
+                                   f"{cfg.backbone.rstrip('0123456789')} (e.g. resnet18 -> resnet50)")
+            self.backbone_options = {**self.backbone_options, "width": cfg.width}
         self.dataset = load_dataset(cfg.data)
         image_size = cfg.image_size or self.dataset.images.shape[-1]
         self.cifar_stem = cfg.cifar_stem
@@ -122,6 +127,7 @@ class Trainer:
         self.backbone = build_backbone(cfg.backbone, cifar_stem=self.cifar_stem, **self.backbone_options)
         if len(self.dataset) < cfg.batch_size:
             raise SelfSupError(f"the dataset has {len(self.dataset)} images, fewer than batch_size={cfg.batch_size}: lower --batch-size")
+        method_cfg = method_cls.fit_dataset(method_cfg, self.dataset)
         self.method = method_cls(self.backbone, method_cfg, image_size).to(self.device)
         if cfg.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)

@@ -15,12 +15,14 @@ from selfsup.methods.moco_v2 import MoCoV2
 from selfsup.methods.sela_v2 import SeLaV2
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.spectral_contrastive import SpectralContrastive
+from selfsup.methods.supervised import Supervised
 from selfsup.methods.swav import SwAV
 from selfsup.methods.tcr import TCR
 from selfsup.methods.vicreg import VICReg
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, VICReg, TCR, SpectralContrastive, MoCoV2, JigClu,
-                                                   SwAV, DeepClusterV2, SeLaV2, Jigsaw, JigsawPP, Colorization)}
+                                                   SwAV, DeepClusterV2, SeLaV2, Jigsaw, JigsawPP, Colorization,
+                                                   Supervised)}
 
 
 def get_method(name: str) -> type[Method]:

@@ -2,8 +2,9 @@
 
 A method is an ``nn.Module`` that owns the backbone and its pretraining heads.
 Before building the backbone the engine asks ``backbone_options(cfg, backbone_name)``
-(e.g. an L-only input for Colorization); checkpoints record the answer. Then it calls,
-in order:
+(e.g. an L-only input for Colorization); checkpoints record the answer. Before building
+the method it calls ``fit_dataset(cfg, dataset)`` (the supervised method reads its number
+of classes there). Then it calls, in order:
 
 - ``view_maker()`` once: a callable (uint8 batch, torch.Generator) -> list of views, or
   (views, targets) for pretext targets drawn with them (``Batch.targets``: Jigsaw's labels);
@@ -58,6 +59,12 @@ class Method(nn.Module):
     def backbone_options(cls, cfg: Any, backbone_name: str) -> dict[str, Any]:
         """Options of ``build_backbone`` this method needs (kept by evaluation too)."""
         return {}
+
+    @classmethod
+    def fit_dataset(cls, cfg: Any, dataset) -> Any:
+        """The method's config completed from the training set, before the method is built (the
+        supervised method takes its number of classes from the labels); others return it as is."""
+        return cfg
 
     def evaluation_tap(self) -> str:
         """The tap the method's paper evaluates at, which checkpoints record and ``selfsup eval``
