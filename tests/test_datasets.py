@@ -252,3 +252,16 @@ def test_subset_of_cached_dataset_stays_on_disk(folder, tmp_path):
     assert isinstance(sub.images, D.IndexedArray) and sub.images.shape == (2, 3, 8, 8)
     assert np.array_equal(np.asarray(sub.images), np.asarray(d.images)[[1, 7]])
     assert np.array_equal(sub.images[[1]], np.asarray(d.images)[[7]]) and list(sub.labels) == list(d.labels[[1, 7]])
+
+
+def test_filelist_accepts_any_integer_labels_as_pseudo_labels(folder, tmp_path, capsys):
+    """Pseudo-labels of a clustering may leave a cluster empty: labels 0 and 3 give 4 classes, said once;
+    -1 is unlabeled; other negative labels are refused in one line."""
+    root, images = folder
+    (tmp_path / "list.txt").write_text(f"{root}/c0/00.png 3\n{root}/c1/01.png 0\n")
+    d = load_dataset(str(tmp_path / "list.txt"), cache_dir=tmp_path / "cache")
+    assert list(d.labels) == [3, 0] and d.classes == ["0", "1", "2", "3"]
+    assert "2 of the 4 classes 0..3 have no image (e.g. 1, 2)" in capsys.readouterr().out
+    (tmp_path / "bad.txt").write_text(f"{root}/c0/00.png -2\n")
+    with pytest.raises(SelfSupError, match="must be 0 or more"):
+        load_dataset(str(tmp_path / "bad.txt"), cache_dir=tmp_path / "cache")

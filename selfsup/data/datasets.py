@@ -647,14 +647,20 @@ def read_filelist(path: Path, size: int | None, cache_root: Path) -> ImageArrayD
         names.append(str(file))
     if not names:
         raise SelfSupError(f"file list {path} names no images: write one 'path label' per line")
-    distinct = sorted(set(labels))
-    if distinct != list(range(len(distinct))):
-        raise SelfSupError(f"labels in {path} must be 0..K-1, found {distinct[:5]}...: renumber the classes")
+    if min(labels) < -1:
+        raise SelfSupError(f"labels in {path} must be 0 or more (-1: unlabeled), found {min(labels)}: renumber the classes")
+    # Any integer labels: the classes are 0 .. the largest label, so a label is its class index, and a class
+    # without images (an empty cluster of pseudo-labels) is kept, said once.
+    num_classes = max(labels) + 1
+    empty = sorted(set(range(num_classes)) - set(labels))
+    if empty:
+        print(f"file list {path}: {len(empty)} of the {num_classes} classes 0..{num_classes - 1} have no image "
+              f"(e.g. {', '.join(map(str, empty[:5]))}); kept as classes")
     source = _Source(Path("/"))
     st = path.stat()
     digest = hashlib.sha1("".join(stats).encode()).hexdigest()   # the listed images too, not only the list
     fingerprint = _short_hash(f"filelist-v2|{path.resolve()}|{size}|{st.st_size}|{st.st_mtime_ns}|{digest}")
-    return _decode_all(source, [n.lstrip("/") for n in names], labels, [str(c) for c in distinct], size,
+    return _decode_all(source, [n.lstrip("/") for n in names], labels, [str(c) for c in range(num_classes)], size,
                        cache_root / "arrays", fingerprint)
 
 
