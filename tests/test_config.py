@@ -83,6 +83,8 @@ def test_small_images_get_the_methods_small_image_recipe_below_the_users_setting
     ("jigsaw", {"optim.lr": 0.01, "optim.weight_decay": 5e-4, "optim.bias_lr_mult": 2.0}),
     ("jigsaw_pp", {"optim.lr": 0.01, "optim.weight_decay": 5e-4, "optim.bias_lr_mult": 2.0}),
     ("deepcluster_v2", {"deepcluster_v2.color_strength": 0.5, "deepcluster_v2.blur_prob": 0.0}),
+    ("swav", {"swav.color_strength": 0.5, "swav.blur_prob": 0.0, "swav.nmb_prototypes": 100, "swav.epsilon": 0.03,
+              "optim.lr": 0.6, "optim.min_lr": 0.0006}),
 ])
 def test_the_small_image_recipes_pin_their_values_and_the_paper_keeps_large_images(method, expected):
     """Each small-image recipe of README "Configuration" at 32 px; at 96 px the method's own defaults."""
@@ -95,3 +97,18 @@ def test_the_small_image_recipes_pin_their_values_and_the_paper_keeps_large_imag
         assert OmegaConf.select(small, key) == pytest.approx(value), key
     changed = [k for k, v in expected.items() if OmegaConf.select(large, k) != v]
     assert changed, "the small-image recipe must differ from the method's defaults"
+
+
+def test_swav_at_small_images_trains_on_two_global_crops():
+    """``crops: global`` at 64 px or less: 2 crops of the image size, global scale (0.08, 1) as the official
+    script for 2 crops alone; crops given by the user stay as given."""
+    from selfsup.data.views import multicrop_views
+
+    specs = multicrop_views(32, "global")
+    assert [s.size for s in specs] == [32, 32] and specs[0].scale == (0.08, 1.0)
+    size_of = {"small": 32}.__getitem__
+    cfg = resolve_config(get_method("swav"), flags={"method": "swav", "data": "small"}, image_size_of=size_of)
+    assert cfg.swav.crops == "global"
+    cfg = resolve_config(get_method("swav"), flags={"method": "swav", "data": "small"},
+                         overrides=["swav.crops=2x32+4x16"], image_size_of=size_of)
+    assert cfg.swav.crops == "2x32+4x16"

@@ -128,10 +128,13 @@ def multicrop_views(size: int, crops: str = "", global_scale=None, local_scale=(
     """SwAV multi-crop (§3.2; METHODS.md 5.2): the first group of ``crops`` are the global
     crops, the others local ones; "" means 2 x size + 6 x round(size * 96 / 224), and at 64 px
     or less 2 x size + 4 x size / 2 (the official advice for CIFAR, facebookresearch/swav
-    issues #23 and #37: 2x32+4x16, global scale (0.14, 1)). ``global_scale`` None:
+    issues #23 and #37: 2x32+4x16, global scale (0.14, 1)); "global" means the two global
+    crops of the image size alone (solo-learn's CIFAR recipe). ``global_scale`` None:
     ``default_global_scale`` of the crops. Colour distortion of strength s: jitter (0.8 s, 0.8 s, 0.8 s, 0.2 s) p=0.8,
     grayscale p=0.2."""
-    if crops:
+    if crops == "global":
+        groups = [(2, size)]
+    elif crops:
         groups = parse_crops(crops)
     elif size <= 64:
         groups = [(2, size), (4, max(1, round(size / 2)))]

@@ -32,7 +32,8 @@ class PrototypeConfig(MethodConfig):
     proj_dim: int = 128               # --feat_dim
     temperature: float = 0.1          # tau of eq. 2
     crops_for_assign: list[int] = field(default_factory=lambda: [0, 1])
-    crops: str = ""                   # e.g. 2x224+6x96; "": 2 x image size + 6 x (96/224 of it), 2 + 4 x half at <= 64 px
+    crops: str = ""                   # e.g. 2x224+6x96; "": 2 x image size + 6 x (96/224 of it), 2 + 4 x half at <= 64 px;
+                                      # "global": 2 x image size, no local crops
     # None: the official value for the crops (METHODS.md 5.2, views.default_global_scale):
     # (0.14, 1) with 6 or more local crops (2x224+6x96), (0.08, 1) with fewer (2x224, 2x160+4x96)
     global_scale: Optional[tuple[float, float]] = None

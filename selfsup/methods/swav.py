@@ -62,8 +62,12 @@ class SwAV(PrototypeMethod):
     # Per 256 images (scale_lr): lr 0.3, final 0.0003, warmup from 0.01875, i.e. 4.8 / 0.0048 / 0.3 at 4096.
     defaults = {"optim": {"name": "larc", "lr": 0.3, "scale_lr": True, "weight_decay": 1e-6, "warmup_epochs": 10,
                           "warmup_start_lr": 0.01875, "min_lr": 0.0003, "exclude_bias_norm": False}}
-    # 64 px or less: the official CIFAR advice (views, and prototypes an order of magnitude above the classes)
-    small_image_defaults = {"swav": {**SMALL_IMAGE_VIEWS, "nmb_prototypes": 100}}
+    # 64 px or less: the official CIFAR advice (views, and prototypes an order of magnitude above the classes);
+    # epsilon 0.03, the official README's remedy for codes stuck near uniform; two global crops and lr 0.6 -> 0.0006
+    # at batch 256, solo-learn's CIFAR recipe (the official batch-256 values, issue #37). With the 4 local crops of
+    # the advice and the batch-4096 lr, a 2-epoch CIFAR run learned 2 points (README, "The first run learns").
+    small_image_defaults = {"swav": {**SMALL_IMAGE_VIEWS, "nmb_prototypes": 100, "epsilon": 0.03, "crops": "global"},
+                            "optim": {"lr": 0.6, "min_lr": 0.0006}}
 
     def __init__(self, backbone, cfg: SwAVConfig, image_size: int):
         super().__init__(backbone, cfg, image_size)
