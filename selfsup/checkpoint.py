@@ -116,13 +116,8 @@ def load_backbone(path: str | Path, ckpt: dict | None = None):
     from selfsup.models import build_backbone
 
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
-    options = {}
-    if "backbone_state" in ckpt:
-        name, cifar_stem, state = ckpt["backbone"], ckpt.get("cifar_stem", False), ckpt["backbone_state"]
-        options = ckpt.get("backbone_options") or {}
-    else:
-        state = ckpt.get("state_dict", ckpt)
-        name, cifar_stem = _guess_torchvision_resnet(state, path)
+    name, cifar_stem, options = backbone_spec(path, ckpt)
+    state = ckpt["backbone_state"] if "backbone_state" in ckpt else ckpt.get("state_dict", ckpt)
     backbone = build_backbone(name, cifar_stem=cifar_stem, **options)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     try:
@@ -131,6 +126,14 @@ def load_backbone(path: str | Path, ckpt: dict | None = None):
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
         raise SelfSupError(f"checkpoint {path} does not fit backbone {name} ({first[:120]}): pass a checkpoint of that architecture") from None
     return backbone.eval()
+
+
+def backbone_spec(path: str | Path, ckpt: dict) -> tuple[str, bool, dict]:
+    """(name, cifar_stem, options) of the backbone a checkpoint holds: recorded by ``selfsup
+    pretrain``, inferred from the keys of a torchvision ResNet state dict."""
+    if "backbone_state" in ckpt:
+        return ckpt["backbone"], bool(ckpt.get("cifar_stem", False)), dict(ckpt.get("backbone_options") or {})
+    return (*_guess_torchvision_resnet(ckpt.get("state_dict", ckpt), path), {})
 
 
 def load_method(ckpt: dict, backbone):

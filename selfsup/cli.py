@@ -43,6 +43,24 @@ def _pretrain(args) -> int:
     return 0 if status == "done" else 130
 
 
+def _finetune(args) -> int:
+    from selfsup.finetune import finetune
+
+    result = finetune(args.init, args.data, args.test_data, args.recipe, args.epochs, args.batch_size, args.out,
+                      args.device, args.overrides)
+    if "top1" not in result:
+        print(f"{result['status']}: checkpoint {result['checkpoint']} (run the same command again to resume)")
+        return 130
+    if args.json:
+        print(json.dumps(result))
+    else:
+        changes = ", ".join(f"{k} {v}" for k, v in result["changes"].items()) or "none"
+        print(f"finetune ({result['recipe']}; changes: {changes}) on {result['n_train']} images: "
+              f"top-1 {result['top1'] * 100:.1f}, top-5 {result.get('top5', float('nan')) * 100:.1f} on "
+              f"{args.test_data}; checkpoint {result['checkpoint']}")
+    return 0
+
+
 def _patch_size(value: str):
     """--patch-size: "auto" (the checkpoint's), "multi" (None: multi-scale crops) or a side in pixels."""
     if value == "auto":
@@ -182,6 +200,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. optim.lr=0.1")
     p.set_defaults(func=_pretrain)
 
+    from selfsup.finetune import RECIPES
+
+    p = sub.add_parser("finetune", help="fine-tune a checkpoint's backbone with labels (semi-supervised, transfer)",
+                       description="Train the supervised method (a linear head, cross-entropy) with the backbone "
+                                   "initialised from --init, then score backbone and head on --test-data (top-1, "
+                                   "top-5). Semi-supervised: --data 'SPEC?fraction=0.01' (or 0.1). Rerunning the "
+                                   "command resumes the run in --out.")
+    p.add_argument("--init", required=True, help="a .pt file from `selfsup pretrain`, or a torchvision ResNet state dict")
+    p.add_argument("--data", required=True, help="labelled training SPEC, e.g. DIR.tar?val_per_class=500&part=train&fraction=0.1")
+    p.add_argument("--test-data", required=True, help="labelled SPEC to score")
+    p.add_argument("--recipe", default="swav-10pct", choices=list(RECIPES),
+                   help="learning rates and schedule: SwAV's or JigClu's semi-supervised recipe (default swav-10pct)")
+    p.add_argument("--epochs", type=int, help="epochs (default: the recipe's, 20 or 100)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default 256)")
+    p.add_argument("--out", help="run directory (default runs/latest)")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. optim.head_lr=1.0")
+    p.set_defaults(func=_finetune)
+
     p = sub.add_parser("eval", help="evaluate a checkpoint's frozen backbone",
                        description="Evaluate the frozen backbone of a checkpoint on labelled data.")
     p.add_argument("protocol", choices=["knn", "linear", "patches", "svm", "lowshot"],
@@ -273,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
         # key=value overrides may come anywhere after the method, between flags too
-        if args.command == "pretrain" and all(not e.startswith("-") for e in extra):
+        if args.command in ("pretrain", "finetune") and all(not e.startswith("-") for e in extra):
             args.overrides = list(args.overrides) + extra
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

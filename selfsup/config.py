@@ -32,6 +32,10 @@ class OptimConfig:
     exclude_bias_norm: bool = True    # biases and norm parameters: no weight decay, no LARS adaptation
     bias_lr_mult: float = 1.0         # biases' lr = this x lr (Caffe's lr_mult: 2 in the Jigsaw CFN)
     lars_eta: float = 0.001           # LARS trust coefficient
+    schedule: str = "cosine"          # cosine (to min_lr) | steps (x gamma at each of milestones, in epochs)
+    milestones: list[float] = field(default_factory=list)   # steps: epochs at which the lr is multiplied by gamma
+    gamma: float = 0.1                # steps: the factor at each milestone
+    head_lr: Optional[float] = None   # lr of the parameters outside the backbone (a classifier head), like lr; None: lr
 
 
 @dataclass
@@ -49,6 +53,7 @@ class TrainConfig:
     cifar_stem: Optional[bool] = None # 3x3 stride-1 stem without max-pool; None (auto): on ResNets for images of 64 px or less
     image_size: Optional[int] = None  # view size; default: the dataset's image size
     width: float = 1.0                # channel multiplier of the convnet (the capacity axis of a sweep)
+    init: str = ""                    # a checkpoint (selfsup, torchvision or timm) whose backbone weights start the run
     epochs: int = 100
     batch_size: int = 256             # global batch (split across processes)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -183,6 +188,10 @@ _CHECKS = [
     ("optim.warmup_epochs", lambda v: v >= 0, "0 or more"),
     ("optim.lars_eta", lambda v: v > 0, "positive"),
     ("optim.bias_lr_mult", lambda v: v > 0, "positive"),
+    ("optim.head_lr", lambda v: v is None or v > 0, "positive"),
+    ("optim.gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("optim.schedule", lambda v: v in ("cosine", "steps"), "cosine or steps"),
+    ("optim.milestones", lambda v: all(m > 0 for m in v) and list(v) == sorted(v), "increasing epochs above 0"),
     ("log_every", lambda v: v >= 1, "at least 1"),
     ("save_every", lambda v: v >= 0, "0 or more"),
     ("save_every_steps", lambda v: v >= 0, "0 or more"),

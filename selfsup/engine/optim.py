@@ -1,4 +1,4 @@
-"""Optimisers (SGD, LARS) and the per-iteration warmup + cosine schedule."""
+"""Optimisers (SGD, LARS) and the per-iteration warmup + cosine (or step) schedule."""
 from __future__ import annotations
 
 import math
@@ -9,15 +9,19 @@ from torch import nn
 from selfsup.errors import SelfSupError
 
 
-def param_groups(model: nn.Module, weight_decay: float, exclude_bias_norm: bool, bias_lr_mult: float = 1.0) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, exclude_bias_norm: bool, bias_lr_mult: float = 1.0,
+                 head_lr_mult: float = 1.0) -> list[dict]:
     """Parameter groups: regular weights; biases; normalisation parameters.
 
     With ``exclude_bias_norm`` biases and norm parameters get no weight decay and, under
     LARS, no trust-ratio adaptation (as in SimCLR, BYOL and VICReg); without it they are
     treated like the weights (as SwAV's LARC and MoCo's SGD). ``bias_lr_mult`` scales the
-    biases' learning rate (``lr_scale``; Caffe's ``lr_mult: 2`` of the CFN). Groups with the
-    same settings are merged.
+    biases' learning rate (``lr_scale``; Caffe's ``lr_mult: 2`` of the CFN), ``head_lr_mult``
+    that of every parameter outside ``model.backbone`` (a fine-tuned classifier's head: SwAV's
+    ``lr_last_layer``). Groups with the same settings are merged.
     """
+    backbone = getattr(model, "backbone", None)
+    in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None else set()
     merged: dict[tuple, list] = {}
     for module in model.modules():
         is_norm = isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
@@ -26,7 +30,8 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_bias_norm: bool,
                 continue
             bias = name == "bias" and not is_norm
             excluded = exclude_bias_norm and (is_norm or bias)
-            key = (0.0 if excluded else weight_decay, excluded, bias_lr_mult if bias else 1.0)
+            scale = (bias_lr_mult if bias else 1.0) * (1.0 if id(p) in in_backbone or backbone is None else head_lr_mult)
+            key = (0.0 if excluded else weight_decay, excluded, scale)
             merged.setdefault(key, []).append(p)
     return [{"params": params, "weight_decay": wd, "lars_exclude": excluded, "lr_scale": scale}
             for (wd, excluded, scale), params in merged.items()]
@@ -68,7 +73,8 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.exclude_bias_norm, cfg.bias_lr_mult)
+    head_mult = 1.0 if cfg.head_lr is None else cfg.head_lr / cfg.lr
+    groups = param_groups(model, cfg.weight_decay, cfg.exclude_bias_norm, cfg.bias_lr_mult, head_mult)
     if cfg.name == "sgd":
         for g in groups:
             g.pop("lars_exclude")
@@ -78,8 +84,11 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     raise SelfSupError(f"unknown optimiser {cfg.name!r}: set optim.name to sgd, lars or larc")
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, final: float = 0.0, start: float = 0.0) -> float:
-    """Linear warmup from ``start`` to ``peak`` over ``warmup_steps``, then cosine decay to ``final``.
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, final: float = 0.0, start: float = 0.0,
+          milestones: tuple[int, ...] | None = None, gamma: float = 0.1) -> float:
+    """Linear warmup from ``start`` to ``peak`` over ``warmup_steps``, then cosine decay to ``final``,
+    or, given ``milestones`` (steps), ``peak`` x ``gamma`` per milestone passed (the step schedule of
+    the fine-tuning and linear-probe recipes: MultiStepLR).
 
     Warmup: lr = start + (peak - start) step / warmup_steps, as SimCLR's and BYOL's code
     (from 0) and SwAV's (from ``start_warmup``; its ``np.linspace`` reaches the peak one step
@@ -87,5 +96,7 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, final: fl
     warmup (SwAV, METHODS.md 5.7)."""
     if step < warmup_steps:
         return start + (peak - start) * step / warmup_steps
+    if milestones is not None:
+        return peak * gamma ** sum(step >= m for m in milestones)
     t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * min(1.0, t)))

@@ -24,7 +24,7 @@ from selfsup import distributed as dist
 from selfsup.distributed import resolve_device
 from selfsup.data.datasets import load_dataset
 from selfsup.data.loader import BatchLoader
-from selfsup.checkpoint import SaveError, load_checkpoint, save_atomic
+from selfsup.checkpoint import SaveError, backbone_spec, load_backbone, load_checkpoint, save_atomic
 from selfsup.engine.optim import build_optimizer, lr_at
 from selfsup.engine.rundir import RunLock, config_changes, prepare_out, remove_temporaries, truncate_metrics
 from selfsup.config import check_config
@@ -118,16 +118,27 @@ class Trainer:
         self.dataset = load_dataset(cfg.data)
         image_size = cfg.image_size or self.dataset.images.shape[-1]
         self.cifar_stem = cfg.cifar_stem
-        if self.cifar_stem is None:
+        if self.cifar_stem is None and not cfg.init:
             self.cifar_stem = auto_cifar_stem(cfg.backbone, image_size)
             if self.cifar_stem and dist.is_main():
                 print(f"cifar_stem auto: the CIFAR stem (3x3 stride-1 conv, no max-pool) for {image_size} px images: "
                       f"every stage of {cfg.backbone} sees 16x the positions of the ImageNet stem, about 10x slower "
                       f"steps on a CPU; cifar_stem=false for speed")
-        self.backbone = build_backbone(cfg.backbone, cifar_stem=self.cifar_stem, **self.backbone_options)
+        if cfg.init:                     # fine-tuning: the backbone exactly as the checkpoint holds it, with its weights
+            init = load_checkpoint(cfg.init)
+            name, self.cifar_stem, self.backbone_options = backbone_spec(cfg.init, init)
+            if name != cfg.backbone:
+                raise SelfSupError(f"init checkpoint {cfg.init} holds a {name} backbone, not {cfg.backbone}: "
+                                   f"set --backbone {name}")
+            self.backbone = load_backbone(cfg.init, init).train()
+        else:
+            self.backbone = build_backbone(cfg.backbone, cifar_stem=self.cifar_stem, **self.backbone_options)
         if len(self.dataset) < cfg.batch_size:
             raise SelfSupError(f"the dataset has {len(self.dataset)} images, fewer than batch_size={cfg.batch_size}: lower --batch-size")
         method_cfg = method_cls.fit_dataset(method_cfg, self.dataset)
+        for key, value in vars(method_cfg).items():           # what the data decided is recorded in config.yaml
+            if OmegaConf.select(cfg, f"{cfg.method}.{key}") != value:
+                OmegaConf.update(cfg, f"{cfg.method}.{key}", value)
         self.method = method_cls(self.backbone, method_cfg, image_size).to(self.device)
         if cfg.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
@@ -149,6 +160,8 @@ class Trainer:
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = round(optim_cfg.warmup_epochs * self.steps_per_epoch)
+        self.milestone_steps = (tuple(round(m * self.steps_per_epoch) for m in optim_cfg.milestones)
+                                if optim_cfg.schedule == "steps" else None)
         self.epoch, self.step_in_epoch = 0, 0
         self.saved_step: int | None = None                # global step of the newest good checkpoint
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)   # any non-finite loss since the last check
@@ -313,7 +326,8 @@ class Trainer:
         for batch in self.loader.epoch(self.epoch, self.step_in_epoch):
             step = self.global_step
             at = step - step % self.steps_per_epoch if cfg.optim.per_epoch else step
-            lr = lr_at(at, self.total_steps, self.warmup_steps, self.peak_lr, self.final_lr, self.start_lr)
+            lr = lr_at(at, self.total_steps, self.warmup_steps, self.peak_lr, self.final_lr, self.start_lr,
+                       self.milestone_steps, cfg.optim.gamma)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             if cfg.channels_last:

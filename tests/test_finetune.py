@@ -1,0 +1,64 @@
+"""selfsup finetune: a pretrained backbone, labels, the recipes' learning rates, resume, top-1 / top-5."""
+import json
+
+import pytest
+import torch
+
+from conftest import run, tiny_overrides
+from selfsup.checkpoint import load_checkpoint
+from selfsup.config import resolve_config
+from selfsup.engine.optim import build_optimizer, lr_at
+from selfsup.engine.trainer import Trainer
+from selfsup.finetune import RECIPES, finetune_config
+from selfsup.methods import get_method
+
+DATA = "synthetic:96?classes=6&size=16"
+
+
+@pytest.fixture
+def pretrained(tmp_path):
+    cfg = resolve_config(get_method("simclr"), overrides=tiny_overrides(tmp_path / "pre", epochs=1, data=DATA))
+    Trainer(cfg).fit()
+    return tmp_path / "pre" / "last.pt"
+
+
+def test_step_schedule_multiplies_by_gamma_at_each_milestone():
+    lrs = [lr_at(s, 100, 0, 1.0, milestones=(12, 16), gamma=0.2) for s in (0, 11, 12, 15, 16, 99)]
+    assert lrs == pytest.approx([1.0, 1.0, 0.2, 0.2, 0.04, 0.04])
+    assert lr_at(2, 100, 5, 1.0, milestones=(12,), gamma=0.2) == pytest.approx(0.4)     # warmup first
+
+
+def test_recipe_gives_the_head_its_own_learning_rate(pretrained, tmp_path):
+    """SwAV's 1% recipe: trunk lr 0.02, head lr 5 (lr_last_layer), no weight decay, steps at 12 and 16."""
+    cfg = finetune_config(str(pretrained), DATA, "swav-1pct", batch_size=16, out=str(tmp_path / "ft"), device="cpu")
+    assert (cfg.optim.lr, cfg.optim.head_lr, cfg.optim.weight_decay, list(cfg.optim.milestones)) == (0.02, 5.0, 0.0, [12, 16])
+    assert cfg.backbone == "convnet" and cfg.image_size == 16 and cfg.init == str(pretrained)
+    trainer = Trainer(cfg)
+    head_ids = {id(p) for p in trainer.method.head.parameters()}
+    for group in trainer.optimizer.param_groups:
+        in_head = {id(p) in head_ids for p in group["params"]}
+        assert len(in_head) == 1 and group["lr_scale"] == pytest.approx(250.0 if in_head.pop() else 1.0)
+    start = load_checkpoint(pretrained)["backbone_state"]
+    assert all(torch.equal(v, trainer.backbone.state_dict()[k]) for k, v in start.items())     # init's weights
+
+
+def test_finetune_command_trains_scores_and_resumes(pretrained, tmp_path, capsys):
+    out = tmp_path / "ft"
+    args = ["finetune", "--init", pretrained, "--data", DATA, "--test-data", DATA, "--epochs", 3, "--batch-size", 16,
+            "--out", out, "--device", "cpu", "--json", "progress=false"]
+    code, stdout, err = run(capsys, *args)
+    assert code == 0, err
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["recipe"] == "swav-10pct" and result["changes"] == {"epochs": 3, "batch_size": 16}
+    assert 0 <= result["top1"] <= result["top5"] <= 1 and (out / "finetune.json").exists()
+    weights = load_checkpoint(out / "last.pt")["model"]["head.weight"].clone()
+    code, stdout, _ = run(capsys, *args)                 # the same command again: nothing to train, the same score
+    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["top1"] == result["top1"]
+    assert torch.equal(load_checkpoint(out / "last.pt")["model"]["head.weight"], weights)
+
+
+def test_finetune_refuses_a_backbone_other_than_the_checkpoints(pretrained, tmp_path, capsys):
+    code, _, err = run(capsys, "finetune", "--init", pretrained, "--data", DATA, "--test-data", DATA,
+                       "--out", tmp_path / "x", "backbone=resnet18")
+    assert code == 2 and "holds a convnet backbone, not resnet18: set --backbone convnet" in err
+    assert set(RECIPES) == {"swav-10pct", "swav-1pct", "jigclu-10pct", "jigclu-1pct"}
