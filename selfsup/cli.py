@@ -61,6 +61,17 @@ def _finetune(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from selfsup.sweep import run_sweep
+
+    result = run_sweep(args.file, parallel=args.parallel, out=args.out)
+    share = result["overhead_s"] / max(result["wall_s"], 1e-9)
+    print(f"sweep: {result['cells']} cells in {result['wall_s']:.0f} s (training {result['train_s']:.0f} s, "
+          f"evaluation {result['eval_s']:.0f} s, overhead {result['overhead_s']:.1f} s = {share:.1%}); "
+          f"{result['out']}/results.md, results.csv and plots")
+    return 0
+
+
 def _patch_size(value: str):
     """--patch-size: "auto" (the checkpoint's), "multi" (None: multi-scale crops) or a side in pixels."""
     if value == "auto":
@@ -219,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. optim.head_lr=1.0")
     p.set_defaults(func=_finetune)
+
+    p = sub.add_parser("sweep", help="a grid of pretraining runs, evaluated, tabulated and plotted (Goyal et al. 2019)",
+                       description="Run every cell of the grid in FILE.yaml (pretraining, then the evaluations it "
+                                   "lists), resumably, then write results.csv, results.md and log-x plots of each "
+                                   "metric against the plot axis. See configs/sweeps/.")
+    p.add_argument("file", help="sweep file: name, base, grid, evals, plot")
+    p.add_argument("--parallel", type=int, default=1, help="cells run at once (processes sharing the cores; default 1)")
+    p.add_argument("--out", help="sweep directory (default: the file's out, else runs/sweeps/NAME)")
+    p.set_defaults(func=_sweep)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint's frozen backbone",
                        description="Evaluate the frozen backbone of a checkpoint on labelled data.")

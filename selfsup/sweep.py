@@ -1,0 +1,251 @@
+"""Sweeps: ``selfsup sweep FILE.yaml``, a grid of pretraining runs, each evaluated, then tabulated and plotted.
+
+Goyal et al. 2019 study three axes: data size (the fraction of the pretraining set), model capacity
+(the network) and problem complexity (|P| of Jigsaw, K of Colorization), and plot a metric against each
+axis on a log x axis, one line per network or layer (their Figs. 1-3). A sweep file names the runs:
+
+    name: jigsaw_permutations
+    base:                        # settings of every cell: any `selfsup pretrain` key (dotted or nested)
+      method: jigsaw
+      backbone: convnet
+      epochs: 2
+      data: "cifar10-train-jpg.tar?val_per_class=500&part=train"
+    grid:                        # the axes: every combination is a cell
+      jigsaw.permutations: [100, 701, 2000]
+      width: [0.5, 1, 2]         # data.OPTION sets an option of the data spec, e.g. data.fraction: [0.1, 1]
+    evals:                       # run on each cell's checkpoint
+      - {protocol: knn, train_data: SPEC, test_data: SPEC, taps: [conv3, conv4]}
+      - {protocol: svm, train_data: "voc07:DIR?split=trainval", test_data: "voc07:DIR?split=test"}
+    plot: {x: jigsaw.permutations, lines: [width, tap]}    # default: the first axis; the others and the tap
+
+Each cell pretrains in ``OUT/cells/NAME`` and keeps its evaluations in ``evals.json`` there, so a
+rerun skips what is finished and resumes an interrupted run exactly. The sweep writes ``results.csv``
+(one row per cell, evaluation and tap), ``results.md`` (a table per metric, cells by rows) and one
+log-x plot per metric. ``--parallel N`` runs N cells at once, in processes sharing the cores.
+Each cell records its wall time and the part spent outside its training and evaluations (the
+sweep's own overhead).
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import yaml
+
+from selfsup.errors import SelfSupError
+
+PROTOCOLS = ("knn", "linear", "svm")
+FILE_KEYS = {"name", "out", "base", "grid", "evals", "plot"}
+
+
+def load_sweep(path: str | Path) -> dict:
+    """A sweep file, checked: a grid of non-empty lists and evaluations of a known protocol."""
+    try:
+        spec = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SelfSupError(f"cannot read sweep file {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(spec, dict):
+        raise SelfSupError(f"sweep file {path} must be a mapping with base, grid and evals")
+    unknown = sorted(set(spec) - FILE_KEYS)
+    if unknown:
+        raise SelfSupError(f"unknown key {unknown[0]!r} in sweep file {path}: use {', '.join(sorted(FILE_KEYS))}")
+    base = _flatten(spec.get("base") or {})
+    if "method" not in base or "data" not in base:
+        raise SelfSupError(f"sweep file {path}: base needs method and data")
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, dict) or not grid or any(not isinstance(v, list) or not v for v in grid.values()):
+        raise SelfSupError(f"sweep file {path}: grid must map each axis to a non-empty list, e.g. width: [0.5, 1, 2]")
+    evals = spec.get("evals") or []
+    for e in evals:
+        if not isinstance(e, dict) or e.get("protocol") not in PROTOCOLS or not {"train_data", "test_data"} <= set(e):
+            raise SelfSupError(f"sweep file {path}: each eval needs protocol ({', '.join(PROTOCOLS)}), train_data "
+                               f"and test_data, got {e!r}")
+    name = spec.get("name") or Path(path).stem
+    plot = spec.get("plot") or {}
+    axes = list(grid)
+    x = plot.get("x", axes[0])
+    if x not in grid:
+        raise SelfSupError(f"sweep file {path}: plot.x {x!r} is not an axis of the grid ({', '.join(axes)})")
+    lines = plot.get("lines", [a for a in axes if a != x] + ["tap"])
+    lines = [lines] if isinstance(lines, str) else list(lines)
+    return {"name": name, "out": spec.get("out") or f"runs/sweeps/{name}", "base": base, "grid": grid,
+            "evals": evals, "x": x, "lines": lines}
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def cells(spec: dict) -> list[dict]:
+    """Every combination of the grid's values, in file order (the last axis varies fastest)."""
+    axes = list(spec["grid"])
+    return [dict(zip(axes, values)) for values in itertools.product(*(spec["grid"][a] for a in axes))]
+
+
+def cell_name(cell: dict) -> str:
+    safe = lambda v: "".join(c if c.isalnum() or c in ".-" else "_" for c in str(v))   # noqa: E731
+    return ",".join(f"{k}={safe(v)}" for k, v in cell.items())
+
+
+def cell_settings(spec: dict, cell: dict) -> dict:
+    """The pretraining settings of a cell: base, then the cell's values; ``data.OPTION`` axes become
+    options of the data spec (``data.fraction: 0.1`` -> ``SPEC?...&fraction=0.1``)."""
+    settings = {**spec["base"], **{k: v for k, v in cell.items() if not k.startswith("data.")}}
+    options = [f"{k[len('data.'):]}={v}" for k, v in cell.items() if k.startswith("data.")]
+    if options:
+        data = str(settings["data"])
+        settings["data"] = data + ("&" if "?" in data else "?") + "&".join(options)
+    return settings
+
+
+def _evaluate(entry: dict, checkpoint: str) -> list[dict]:
+    """Rows (protocol, tap, metric, value) of one evaluation of a checkpoint."""
+    kw = {k: v for k, v in entry.items() if k not in ("protocol", "train_data", "test_data", "taps", "tap")}
+    taps = entry.get("taps") or ([entry["tap"]] if entry.get("tap") else None)
+    if entry["protocol"] == "svm":
+        from selfsup.eval.suite import evaluate_svm
+
+        result = evaluate_svm(checkpoint, entry["train_data"], entry["test_data"], taps=taps, **kw)
+        return [{"protocol": "svm", "tap": tap, "metric": "mAP", "value": r["map"]} for tap, r in result["per_tap"].items()]
+    from selfsup.eval.run import evaluate
+
+    rows = []
+    for tap in taps or [None]:
+        result = evaluate(entry["protocol"], checkpoint, entry["train_data"], entry["test_data"], tap=tap, **kw)
+        rows.append({"protocol": entry["protocol"], "tap": result["tap"], "metric": "top1", "value": result["top1"]})
+    return rows
+
+
+def run_cell(spec: dict, cell: dict, threads: int | None = None) -> dict:
+    """Pretrain one cell (resuming or skipping finished work), run its evaluations, return its record."""
+    import torch
+
+    from selfsup.config import resolve_config
+    from selfsup.data.datasets import load_dataset
+    from selfsup.engine.trainer import Trainer
+    from selfsup.methods import get_method
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    out = Path(spec["out"]) / "cells" / cell_name(cell)
+    settings = cell_settings(spec, cell)
+    items = [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in settings.items() if k != "method"]
+    items += [f"out={out}", "progress=false"]
+    cfg = resolve_config(get_method(settings["method"]), flags={"method": settings["method"]}, overrides=items,
+                         image_size_of=lambda s: load_dataset(s).image_size)
+    cfg.resume = (out / "last.pt").exists()
+    t_train = time.perf_counter()
+    status = Trainer(cfg).fit()
+    t_train = time.perf_counter() - t_train
+    if status != "done":
+        raise SelfSupError(f"cell {cell_name(cell)} stopped ({status}): run the sweep again to resume it")
+    done_file = out / "evals.json"
+    done = json.loads(done_file.read_text()) if done_file.exists() else {}
+    t_eval = 0.0
+    for entry in spec["evals"]:
+        key = json.dumps(entry, sort_keys=True)
+        if key not in done:
+            t = time.perf_counter()
+            done[key] = _evaluate(entry, str(out / "last.pt"))
+            t_eval += time.perf_counter() - t
+            done_file.write_text(json.dumps(done, indent=1))
+    rows = [{**cell, **row} for key in (json.dumps(e, sort_keys=True) for e in spec["evals"]) for row in done[key]]
+    wall = time.perf_counter() - t0
+    record = {"cell": cell, "rows": rows, "wall_s": round(wall, 3), "train_s": round(t_train, 3),
+              "eval_s": round(t_eval, 3), "overhead_s": round(wall - t_train - t_eval, 3)}
+    (out / "cell.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def run_sweep(path: str | Path, parallel: int = 1, out: str | None = None) -> dict:
+    """Run every cell of the sweep file (``parallel`` at a time), then write the CSV, the markdown
+    tables and the plots. Returns {"out", "records", "wall_s"}."""
+    spec = load_sweep(path)
+    if out:
+        spec["out"] = out
+    if parallel < 1:
+        raise SelfSupError(f"--parallel {parallel}: run at least 1 cell at a time")
+    root = Path(spec["out"])
+    root.mkdir(parents=True, exist_ok=True)
+    todo = cells(spec)
+    t0 = time.perf_counter()
+    if parallel == 1:
+        records = [run_cell(spec, c) for c in todo]
+    else:
+        import multiprocessing
+
+        threads = max(1, (os.cpu_count() or 1) // parallel)
+        with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+            records = list(pool.map(run_cell, [spec] * len(todo), todo, [threads] * len(todo)))
+    wall = time.perf_counter() - t0
+    write_outputs(spec, records, root)
+    summary = {"wall_s": round(wall, 1), "cells": len(records),
+               "train_s": round(sum(r["train_s"] for r in records), 1),
+               "eval_s": round(sum(r["eval_s"] for r in records), 1),
+               "overhead_s": round(sum(r["overhead_s"] for r in records), 2)}
+    (root / "sweep.json").write_text(json.dumps(summary, indent=1))
+    return {"out": str(root), "records": records, **summary}
+
+
+def write_outputs(spec: dict, records: list[dict], root: Path) -> None:
+    axes = list(spec["grid"])
+    rows = [row for r in records for row in r["rows"]]
+    columns = axes + ["protocol", "tap", "metric", "value"]
+    with open(root / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"# Sweep {spec['name']}", ""]
+    for (protocol, metric), group in _groups(rows).items():
+        taps = sorted({r["tap"] for r in group}, key=str)
+        lines += [f"## {protocol} {metric}", "", "| " + " | ".join(axes + taps) + " |",
+                  "|" + "---|" * (len(axes) + len(taps))]
+        for rec in records:
+            vals = {r["tap"]: r["value"] for r in group if all(r[a] == rec["cell"][a] for a in axes)}
+            lines.append("| " + " | ".join([str(rec["cell"][a]) for a in axes]
+                                           + [f"{vals[t] * 100:.1f}" if t in vals else "-" for t in taps]) + " |")
+        lines.append("")
+        plot_axis(group, spec["x"], spec["lines"], f"{protocol} {metric}",
+                  root / f"{protocol}_{metric}_vs_{spec['x'].replace('.', '_')}.png")
+    (root / "results.md").write_text("\n".join(lines))
+
+
+def _groups(rows: list[dict]) -> dict:
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["protocol"], r["metric"]), []).append(r)
+    return groups
+
+
+def plot_axis(rows: list[dict], x: str, lines: list[str], title: str, png: Path) -> None:
+    """The metric against axis ``x`` (log scale where every value is a positive number, as Goyal et
+    al.'s figures), one line per combination of the ``lines`` keys."""
+    from selfsup.report.plots import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    series: dict = {}
+    for r in rows:
+        label = ", ".join(f"{k}={r.get(k)}" for k in lines if k in r)
+        series.setdefault(label, []).append((r[x], r["value"] * 100))
+    numeric = all(isinstance(v, (int, float)) and v > 0 for pts in series.values() for v, _ in pts)
+    for label, pts in series.items():
+        pts = sorted(pts, key=lambda p: p[0] if numeric else str(p[0]))
+        ax.plot([p[0] if numeric else str(p[0]) for p in pts], [p[1] for p in pts], marker="o", label=label)
+    if numeric:
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)

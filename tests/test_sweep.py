@@ -1,0 +1,63 @@
+"""selfsup sweep: the grid, the data-spec axes, resumable cells, the CSV, the tables and the plots."""
+import csv
+import json
+
+import pytest
+
+from conftest import run
+from selfsup.errors import SelfSupError
+from selfsup.sweep import cell_settings, cells, load_sweep
+
+SWEEP = """
+name: tiny
+base:
+  method: simclr
+  backbone: convnet
+  epochs: 1
+  batch_size: 16
+  device: cpu
+  data: "synthetic:64?classes=4&size=16"
+  optim: {lr: 0.1, warmup_epochs: 0}
+grid:
+  width: [0.5, 1]
+  data.fraction: [0.5, 1.0]
+evals:
+  - {protocol: knn, train_data: "synthetic:64?classes=4&size=16", test_data: "synthetic:32?classes=4&size=16&seed=1", taps: [conv3, conv4]}
+"""
+
+
+def test_grid_and_data_axes(tmp_path):
+    (tmp_path / "s.yaml").write_text(SWEEP)
+    spec = load_sweep(tmp_path / "s.yaml")
+    assert [tuple(c.values()) for c in cells(spec)] == [(0.5, 0.5), (0.5, 1.0), (1, 0.5), (1, 1.0)]
+    s = cell_settings(spec, {"width": 2, "data.fraction": 0.1})
+    assert s["width"] == 2 and s["data"] == "synthetic:64?classes=4&size=16&fraction=0.1" and s["optim.lr"] == 0.1
+    assert spec["x"] == "width" and spec["lines"] == ["data.fraction", "tap"]
+    (tmp_path / "bad.yaml").write_text(SWEEP.replace("protocol: knn", "protocol: nope"))
+    with pytest.raises(SelfSupError, match="each eval needs protocol"):
+        load_sweep(tmp_path / "bad.yaml")
+    (tmp_path / "bad2.yaml").write_text(SWEEP.replace("width: [0.5, 1]", "width: []"))
+    with pytest.raises(SelfSupError, match="non-empty list"):
+        load_sweep(tmp_path / "bad2.yaml")
+
+
+def test_sweep_runs_every_cell_writes_results_and_skips_finished_work(tmp_path, capsys):
+    (tmp_path / "s.yaml").write_text(SWEEP)
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "sweep", tmp_path / "s.yaml", "--out", out, "--parallel", 2)
+    assert code == 0, err
+    assert "4 cells" in stdout and "overhead" in stdout
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 8 and {r["tap"] for r in rows} == {"conv3", "conv4"}
+    assert all(0 <= float(r["value"]) <= 1 for r in rows)
+    cell = out / "cells" / "width=0.5,data.fraction=0.5"
+    assert json.loads((cell / "cell.json").read_text())["train_s"] > 0
+    assert (out / "knn_top1_vs_width.png").stat().st_size > 1000 and "| width | data.fraction |" in (out / "results.md").read_text()
+    # the small cell really is small: half the channels, half the images
+    from selfsup.checkpoint import load_checkpoint
+    assert load_checkpoint(cell / "last.pt")["backbone_options"] == {"width": 0.5}
+    mtime = (cell / "last.pt").stat().st_mtime_ns
+    code, stdout, _ = run(capsys, "sweep", tmp_path / "s.yaml", "--out", out)       # everything is done: skipped
+    assert code == 0 and (cell / "last.pt").stat().st_mtime_ns == mtime
+    assert list(csv.DictReader(open(out / "results.csv"))) == rows
+    assert json.loads((cell / "cell.json").read_text())["eval_s"] == 0
