@@ -61,3 +61,23 @@ def test_sweep_runs_every_cell_writes_results_and_skips_finished_work(tmp_path, 
     assert code == 0 and (cell / "last.pt").stat().st_mtime_ns == mtime
     assert list(csv.DictReader(open(out / "results.csv"))) == rows
     assert json.loads((cell / "cell.json").read_text())["eval_s"] == 0
+
+
+def test_shipped_sweep_files_load_and_resolve_every_cell():
+    """Every file in configs/sweeps parses, and each cell's settings resolve to a valid run config
+    (no data is read: the image size is given)."""
+    from pathlib import Path
+
+    from selfsup.config import check_config, resolve_config
+    from selfsup.methods import get_method
+
+    files = sorted(Path(__file__).parent.parent.glob("configs/sweeps/*.yaml"))
+    assert len(files) >= 7
+    for f in files:
+        spec = load_sweep(f)
+        for cell in cells(spec):
+            s = cell_settings(spec, cell)
+            items = [f"{k}={v}" for k, v in s.items() if k != "method"]
+            cfg = resolve_config(get_method(s["method"]), flags={"method": s["method"]}, overrides=items,
+                                 image_size_of=lambda spec: 32)
+            check_config(cfg)
