@@ -109,9 +109,30 @@ def _suite(args) -> int:
     return 0
 
 
+def _cluster(args) -> int:
+    from selfsup.cluster.evaluate import evaluate_clustering
+
+    result = evaluate_clustering(args.checkpoint, args.test_data, args.clusters, args.tap,
+                                 args.pool, args.iterations, args.spherical, args.pca, args.seed,
+                                 image_size=args.image_size, device=args.device, batch_size=args.batch_size,
+                                 cache=not args.no_cache, progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"cluster at {result['tap']} (k-means, {result['clusters']} clusters, {result['iterations']} iterations"
+              f"{', spherical' if result['spherical'] else ''}{', PCA ' + str(result['pca']) if result['pca'] else ''}"
+              f", {result['kmeans_s']:.1f} s): NMI {result['nmi']:.4f}  ARI {result['ari']:.4f}  "
+              f"accuracy {result['accuracy']:.4f} ({result['n']} images)")
+    return 0
+
+
 def _eval(args) -> int:
     from selfsup.eval.run import evaluate
 
+    if args.protocol == "cluster":
+        return _cluster(args)
+    if not args.train_data:
+        raise SelfSupError(f"eval {args.protocol} needs --train-data SPEC (the labelled set to fit on)")
     if args.protocol in ("svm", "lowshot"):
         return _suite(args)
 
@@ -242,12 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint's frozen backbone",
                        description="Evaluate the frozen backbone of a checkpoint on labelled data.")
-    p.add_argument("protocol", choices=["knn", "linear", "patches", "svm", "lowshot"],
+    p.add_argument("protocol", choices=["knn", "linear", "patches", "svm", "lowshot", "cluster"],
                    help="knn: weighted cosine kNN; linear: linear probe on cached features; patches: kNN and linear "
                         "probe on aggregated patch embeddings (BagSSL); svm: VOC07 linear SVMs per tap; lowshot: "
-                        "low-shot SVMs (Goyal et al. 2019)")
+                        "low-shot SVMs (Goyal et al. 2019); cluster: k-means on the --test-data features against "
+                        "its labels (NMI, ARI, Hungarian accuracy)")
     p.add_argument("--checkpoint", required=True, help="a .pt file from `selfsup pretrain` (or a torchvision ResNet state dict)")
-    p.add_argument("--train-data", required=True, help="labelled dataset SPEC to fit on")
+    p.add_argument("--train-data", help="labelled dataset SPEC to fit on (every protocol but cluster)")
     p.add_argument("--test-data", required=True, help="labelled dataset SPEC to score")
     p.add_argument("--tap", help="feature tap, e.g. res3 or pool5 (default: the method's evaluation tap, recorded in the checkpoint; else the last stage)")
     p.add_argument("--pool", default="avg", help="avg: global average pool; 9k: adaptive pool to about 9k dims; "
@@ -277,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="svm: sklearn's LinearSVC (default, the reference) or the batched Newton solver in torch (GPU)")
     g.add_argument("--shots", default="1,2,4,8,16,32,64,96", help="lowshot: k values (default 1,2,4,8,16,32,64,96)")
     g.add_argument("--samples", type=int, default=5, help="lowshot: independent samples per k (default 5)")
+    g = p.add_argument_group("cluster", "options of `selfsup eval cluster` (k-means on --test-data; --train-data "
+                             "is not used and may be omitted)")
+    g.add_argument("--clusters", type=int, help="k-means centroids (default: the number of classes)")
+    g.add_argument("--iterations", type=int, default=20, help="Lloyd iterations (default 20)")
+    g.add_argument("--spherical", action="store_true", help="spherical k-means on L2-normalised features")
+    g.add_argument("--pca", type=int, help="PCA-whiten to this many dimensions first (DeepCluster)")
     g = p.add_argument_group("patches", "options of `selfsup eval patches`")
     g.add_argument("--num-patches", type=int, default=16, help="patches averaged per image (global aggregation, default 16)")
     g.add_argument("--patch-size", default="auto", help="patch side in image pixels, multi (RandomResizedCrop(0.08, 1)) "

@@ -18,7 +18,7 @@ from selfsup.engine.trainer import Trainer
 from selfsup.errors import SelfSupError
 from selfsup.losses import sinkhorn, swav
 from selfsup.methods import build_method, get_method
-from selfsup.methods.deepcluster_v2 import spherical_kmeans
+from selfsup.kmeans import spherical_kmeans
 from test_distributed import run_two_processes
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup import distributed as dist
+from selfsup.kmeans import spherical_kmeans
 from selfsup.methods.base import to_device
 from selfsup.methods.prototypes import SMALL_IMAGE_VIEWS, PrototypeConfig, PrototypeMethod, PrototypeUsage, normalize_rows_
 
@@ -32,32 +33,6 @@ IGNORE = -100   # assignment of samples not in any bank (ignored by the loss)
 class DeepClusterV2Config(PrototypeConfig):
     nmb_prototypes: list[int] = field(default_factory=lambda: [3000, 3000, 3000])   # K per head
     kmeans_iterations: int = 10
-
-
-@torch.no_grad()
-def spherical_kmeans(x: torch.Tensor, k: int, iterations: int = 10, generator: torch.Generator | None = None):
-    """Spherical k-means on L2-normalised rows ``x`` (N_local x d), as DeepCluster-v2.
-
-    Centroids start at K random rows chosen on rank 0 and broadcast; each
-    iteration assigns every row to its most similar centroid (dot product), then
-    sets each centroid to the L2-normalised sum of its rows (sums and counts
-    all-reduced over processes); an empty cluster keeps its centroid. A final
-    assignment step follows. Returns (K x d centroids, N_local assignments).
-    """
-    centroids = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
-    if dist.is_main():
-        pick = torch.randperm(len(x), generator=generator)[:k].to(x.device)
-        if len(pick) < k:
-            raise ValueError(f"k-means with k={k} needs at least k samples, got {len(x)}")
-        centroids = x[pick].clone()
-    dist.broadcast(centroids)
-    for _ in range(iterations):
-        assign = (x @ centroids.T).argmax(dim=1)
-        sums = dist.all_reduce_sum(torch.zeros_like(centroids).index_add_(0, assign, x))
-        counts = dist.all_reduce_sum(torch.bincount(assign, minlength=k).to(x.dtype))
-        nonempty = counts > 0
-        centroids[nonempty] = F.normalize(sums[nonempty] / counts[nonempty, None], dim=1)
-    return centroids, (x @ centroids.T).argmax(dim=1)
 
 
 class DeepClusterV2(PrototypeMethod):

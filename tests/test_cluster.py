@@ -1,0 +1,76 @@
+"""k-means (faiss and torch, Euclidean and spherical), assignment, the cluster metrics, eval cluster."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import adjusted_rand_score
+
+from conftest import run, tiny_overrides
+from selfsup.cluster.metrics import cluster_scores, hungarian_accuracy
+from selfsup.config import resolve_config
+from selfsup.engine.trainer import Trainer
+from selfsup.kmeans import assign, kmeans, pca_whiten
+from selfsup.methods import get_method
+
+
+def blobs(n_per=50, k=5, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k, d, generator=g) * 10
+    x = centres.repeat_interleave(n_per, 0) + torch.randn(k * n_per, d, generator=g)
+    return x, torch.arange(k).repeat_interleave(n_per)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+@pytest.mark.parametrize("spherical", [False, True])
+def test_kmeans_recovers_separable_blobs(backend, spherical):
+    x, y = blobs()
+    if spherical:
+        x = F.normalize(x, dim=1)
+    for seed in range(3):
+        _, labels = kmeans(x, 5, 20, spherical, seed=seed, backend=backend, init="k-means++")
+        assert adjusted_rand_score(y, labels) == pytest.approx(1.0)
+
+
+def test_assign_equals_brute_force_argmin():
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(1000, 8, generator=g, dtype=torch.float64), torch.randn(7, 8, generator=g, dtype=torch.float64)
+    brute = torch.cdist(x, c).argmin(1)
+    assert torch.equal(assign(x, c, chunk=64), brute)
+    xs, cs = F.normalize(x, dim=1), F.normalize(c, dim=1)
+    assert torch.equal(assign(xs, cs, spherical=True, chunk=100), (xs @ cs.T).argmax(1))
+
+
+def test_lloyd_step_is_the_mean_of_the_assigned_rows():
+    """One torch iteration from known seeds: each centroid becomes the mean of its rows."""
+    x, _ = blobs(n_per=10, k=3, d=4)
+    g = torch.Generator().manual_seed(3)
+    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(3))[:3]
+    first = assign(x, x[pick])
+    centroids, _ = kmeans(x, 3, 1, backend="torch", generator=g)
+    expected = torch.stack([x[first == j].mean(0) for j in range(3)])
+    assert torch.allclose(centroids, expected, atol=1e-6)
+
+
+def test_metrics_and_pca_whitening():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    assert hungarian_accuracy(y, np.array([5, 5, 3, 3, 9, 9])) == 1.0       # a relabelling is perfect
+    assert hungarian_accuracy(y, np.array([0, 0, 0, 0, 0, 0])) == pytest.approx(2 / 6)
+    s = cluster_scores(y, np.array([1, 1, 0, 0, 2, 2]))
+    assert s["nmi"] == pytest.approx(1.0) and s["ari"] == pytest.approx(1.0)
+    x = torch.randn(500, 6) @ torch.diag(torch.tensor([5.0, 3, 1, 0.5, 0.2, 0.1]))
+    w = pca_whiten(x, 3)
+    assert w.shape == (500, 3) and torch.allclose(w.norm(dim=1), torch.ones(500), atol=1e-5)
+
+
+def test_eval_cluster_command(tmp_path, capsys):
+    data = "synthetic:64?classes=4&size=16"
+    Trainer(resolve_config(get_method("simclr"), overrides=tiny_overrides(tmp_path / "run", epochs=0, data=data))).fit()
+    code, out, err = run(capsys, "eval", "cluster", "--checkpoint", tmp_path / "run" / "last.pt", "--test-data", data,
+                         "--json")
+    assert code == 0, err
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["clusters"] == 4 and r["tap"] == "conv4" and 0 <= r["accuracy"] <= 1 and -1 <= r["ari"] <= 1
+    code, _, err = run(capsys, "eval", "knn", "--checkpoint", tmp_path / "run" / "last.pt", "--test-data", data)
+    assert code == 2 and "needs --train-data" in err
