@@ -61,6 +61,19 @@ def _finetune(args) -> int:
     return 0
 
 
+def _transfer(args) -> int:
+    from selfsup.cluster.transfer import transfer
+
+    r = transfer(args.teacher, args.student, args.cluster_data, args.label_data, args.clusters, args.tap, args.pool,
+                 args.iterations, args.epochs, args.batch_size, args.out or "runs/transfer", args.device, args.overrides,
+                 args.seed)
+    p = r["pseudo_labels"]
+    what = "reused" if p["reused"] else f"{p['clusters_used']} of {p['clusters']} clusters used, k-means {p['kmeans_s']} s"
+    print(f"pseudo-labels {p['file']} ({what}); student {args.student} (lr {r['student_lr']}): {r['status']}, "
+          f"checkpoint {r['checkpoint']}")
+    return 0 if r["status"] == "done" else 130
+
+
 def _sweep(args) -> int:
     from selfsup.sweep import run_sweep
 
@@ -252,6 +265,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. optim.head_lr=1.0")
     p.set_defaults(func=_finetune)
 
+    p = sub.add_parser("transfer", help="knowledge transfer by clustering (CC+): a teacher's k-means pseudo-labels "
+                                        "train a student of any architecture",
+                       description="Cluster the teacher's features of --cluster-data (k-means, --clusters), label "
+                                   "every image of --label-data with its nearest centroid (OUT/pseudo_labels.npz), "
+                                   "then train --student from scratch to classify them (OUT/student; the supervised "
+                                   "method). The student evaluates like any checkpoint.")
+    p.add_argument("--teacher", required=True, help="a checkpoint, or random:BACKBONE (a randomly initialised network)")
+    p.add_argument("--student", required=True, help=f"student backbone: one of {', '.join(BACKBONES)}")
+    p.add_argument("--cluster-data", required=True, help="dataset SPEC whose teacher features are clustered")
+    p.add_argument("--label-data", help="dataset SPEC to label and train the student on (default: --cluster-data)")
+    p.add_argument("--clusters", type=int, default=2000, help="k of k-means (default 2000, the paper's)")
+    p.add_argument("--tap", help="teacher tap (default: its evaluation tap, conv4-style)")
+    p.add_argument("--pool", default="max", help="teacher feature pooling (default max: about 9.6k dims, the paper's)")
+    p.add_argument("--iterations", type=int, default=20, help="k-means iterations (default 20)")
+    p.add_argument("--epochs", type=int, help="student epochs")
+    p.add_argument("--batch-size", type=int, help="student batch size")
+    p.add_argument("--out", help="output directory (default runs/transfer)")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int, default=0, help="seed of k-means, the random teacher and the student")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="student settings, e.g. optim.lr=0.02")
+    p.set_defaults(func=_transfer)
+
     p = sub.add_parser("sweep", help="a grid of pretraining runs, evaluated, tabulated and plotted (Goyal et al. 2019)",
                        description="Run every cell of the grid in FILE.yaml (pretraining, then the evaluations it "
                                    "lists), resumably, then write results.csv, results.md and log-x plots of each "
@@ -273,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-data", required=True, help="labelled dataset SPEC to score")
     p.add_argument("--tap", help="feature tap, e.g. res3 or pool5 (default: the method's evaluation tap, recorded in the checkpoint; else the last stage)")
     p.add_argument("--pool", default="avg", help="avg: global average pool; 9k: adaptive pool to about 9k dims; "
-                                                 "goyal: Goyal et al.'s fixed windows, about 9k dims (default avg)")
+                                                 "goyal: Goyal et al.'s fixed windows, about 9k dims; max: max-pooled "
+                                                 "to about 9.6k dims, CC+'s teacher features (default avg)")
     p.add_argument("--image-size", type=int, help="evaluation size (default: the pretraining size)")
     p.add_argument("--k", type=int, default=20, help="kNN neighbours (default 20)")
     p.add_argument("--temperature", type=float, default=0.07, help="kNN temperature (default 0.07)")
@@ -359,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
         # key=value overrides may come anywhere after the method, between flags too
-        if args.command in ("pretrain", "finetune") and all(not e.startswith("-") for e in extra):
+        if args.command in ("pretrain", "finetune", "transfer") and all(not e.startswith("-") for e in extra):
             args.overrides = list(args.overrides) + extra
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -133,7 +133,7 @@ def test_9k_is_still_the_adaptive_approximation():
     fmap = torch.randn(2, 2048, 7, 7)
     assert torch.allclose(pool_features(fmap, "9k"), torch.flatten(torch.nn.functional.adaptive_avg_pool2d(fmap, 2), 1))
     assert not torch.allclose(pool_features(fmap, "goyal"), pool_features(fmap, "9k"))   # overlapping 6 x 6 windows
-    with pytest.raises(SelfSupError, match="use avg, 9k or goyal"):
+    with pytest.raises(SelfSupError, match="use avg, 9k, goyal or max"):
         pool_features(fmap, "max")
 
 
@@ -163,4 +163,4 @@ def test_cli_refuses_an_unknown_pooling_in_one_line(capsys, tv_resnet18):
     code = main(["eval", "knn", "--checkpoint", str(tv_resnet18), "--train-data", TINY, "--test-data", TINY,
                  "--pool", "goyl"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "unknown pooling 'goyl': use avg, 9k or goyal" in err[0]
+    assert code == 2 and len(err) == 1 and "unknown pooling 'goyl': use avg, 9k, goyal or max" in err[0]

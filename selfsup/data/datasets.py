@@ -33,7 +33,7 @@ from selfsup.data.subsets import fraction_per_class, holdout_split
 from selfsup.errors import SelfSupError
 
 FORMATS = ("imagefolder", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "filelist", "voc07", "synthetic")
-OPTIONS = ("split", "size", "val_per_class", "val_fraction", "part", "fraction", "seed", "classes", "channels")
+OPTIONS = ("split", "size", "val_per_class", "val_fraction", "part", "fraction", "seed", "classes", "channels", "labels")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -222,7 +222,52 @@ def _apply_subsets(data: ImageArrayDataset, options: dict) -> ImageArrayDataset:
     fraction = _number(options, "fraction", float)
     if fraction is not None:
         data = data.subset(fraction_per_class(data.labels, fraction, seed=seed))
+    if "labels" in options:
+        data = with_label_file(data, Path(options["labels"]).expanduser())
     return data
+
+
+# ------------------------------------------------------------------ label files (pseudo-labels)
+
+LABEL_FILE_KEYS = ("labels", "data_fingerprint", "teacher", "num_classes")
+
+
+def write_label_file(path: str | Path, labels, data: ImageArrayDataset, teacher: str, num_classes: int) -> None:
+    """A label file for the images of ``data`` (in its order): an ``.npz`` of plain arrays (no pickle)
+    with the labels, the dataset's fingerprint, the teacher that made them and the number of classes."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) != len(data):
+        raise SelfSupError(f"{len(labels)} labels for {len(data)} images")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, labels=labels, data_fingerprint=np.array(data.fingerprint), teacher=np.array(teacher),
+             num_classes=np.array(num_classes))
+    os.replace(tmp, path)
+
+
+def read_label_file(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in LABEL_FILE_KEYS if k not in f.files]
+            if missing:
+                raise SelfSupError(f"label file {path} lacks {missing[0]!r}: write it with `selfsup transfer`")
+            return {k: f[k].item() if f[k].ndim == 0 else f[k] for k in LABEL_FILE_KEYS}
+    except (OSError, ValueError) as exc:
+        raise SelfSupError(f"cannot read label file {path}: {str(exc).splitlines()[0]}") from None
+
+
+def with_label_file(data: ImageArrayDataset, path: Path) -> ImageArrayDataset:
+    """``SPEC?labels=FILE``: the images of SPEC with the labels of FILE (pseudo-labels), which must have
+    been written for exactly these images (the dataset's fingerprint is in the file)."""
+    f = read_label_file(path)
+    if str(f["data_fingerprint"]) != data.fingerprint or len(f["labels"]) != len(data):
+        raise SelfSupError(f"label file {path} was written for other images ({len(f['labels'])} labels, data "
+                           f"{f['data_fingerprint']}) than this spec's {len(data)} ({data.fingerprint}): give the "
+                           f"spec the labels were made for, or make them again")
+    k = int(f["num_classes"])
+    tag = hashlib.sha1(np.asarray(f["labels"]).tobytes()).hexdigest()[:12]
+    return ImageArrayDataset(data.images, np.asarray(f["labels"], dtype=np.int64), [str(i) for i in range(k)],
+                             f"{data.fingerprint}-labels-{tag}")
 
 
 # ------------------------------------------------------------------ binary formats

@@ -16,7 +16,8 @@ from selfsup.errors import SelfSupError
 from selfsup.eval.checks import at_least_one
 
 
-POOLS = ("avg", "9k", "goyal")
+POOLS = ("avg", "9k", "goyal", "max")
+CC_DIMS = 9600     # CC+ (METHODS.md 4): AlexNet conv4 max-pooled to 5 x 5 x 384
 
 # Goyal et al. 2019's average pooling of ResNet-50 at 224 px (METHODS.md 6.1; fssb's
 # resnet_jigsaw_finetune_linear.py for pool1, VISSL's feature-eval configs), by output grid:
@@ -90,20 +91,25 @@ def l2_normalize_goyal(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 def check_pool(pool: str) -> None:
     if pool not in POOLS:
-        raise SelfSupError(f"unknown pooling {pool!r}: use avg, 9k or goyal")
+        raise SelfSupError(f"unknown pooling {pool!r}: use avg, 9k, goyal or max")
 
 
 def pool_features(fmap: torch.Tensor, pool: str = "avg", target_dims: int = GOYAL_DIMS) -> torch.Tensor:
     """Flatten a B x C x h x w map: global average ("avg"); average-pooled to an s x s grid
     of non-overlapping adaptive windows, C * s^2 close to ``target_dims`` ("9k", an
     approximation of Goyal et al. 2019's pooling); or Goyal et al.'s fixed, overlapping
-    windows ("goyal", ``goyal_pool``: exact for ResNet-50 at 224 px, scaled otherwise)."""
+    windows ("goyal", ``goyal_pool``: exact for ResNet-50 at 224 px, scaled otherwise); or
+    max-pooled to the s x s grid with C * s^2 close to 9600 ("max": CC+'s teacher features,
+    METHODS.md 4: AlexNet conv4 5 x 5 x 384, VGG16 conv4 4 x 4 x 512)."""
     check_pool(pool)
     if pool == "avg":
         return torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1)
     if pool == "goyal":
         return goyal_pool(fmap, target_dims)
     c, h, w = fmap.shape[1:]
+    if pool == "max":
+        s = max(1, min(h, w, round(math.sqrt(CC_DIMS / c))))
+        return torch.flatten(F.adaptive_max_pool2d(fmap, s), 1)
     s = max(1, min(h, w, round(math.sqrt(target_dims / c))))
     return torch.flatten(F.adaptive_avg_pool2d(fmap, s), 1)
 

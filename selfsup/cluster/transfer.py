@@ -1,0 +1,122 @@
+"""Knowledge transfer by clustering, CC+ (Noroozi, Vinjimoor, Favaro, Pirsiavash, CVPR 2018, §3; METHODS.md 4).
+
+The knowledge of a teacher of any architecture goes to a student of any other through pseudo-labels:
+
+1. features of the clustering set through the teacher at a conv4-style tap, max-pooled to about
+   9.6k dimensions (``pool="max"``: AlexNet's 13 x 13 x 384 conv4 becomes 5 x 5 x 384);
+2. Euclidean k-means on them, k = 2000 (``selfsup.kmeans``: faiss Lloyd, 20 iterations, random seeds);
+3. every image of the labelling set (by default the clustering set; Table 2 uses another) gets the
+   index of its nearest centroid: ``pseudo_labels.npz``, which records the teacher and the images;
+4. the student is trained from scratch to classify the pseudo-labels (the ``supervised`` method on
+   ``LABEL_SPEC?labels=pseudo_labels.npz``), and evaluates like any backbone.
+
+Teachers: a checkpoint (``selfsup pretrain``, or a torchvision ResNet state dict) or ``random:BACKBONE``,
+a randomly initialised network (the paper's control, which transfers like random initialisation).
+The student's recipe is [A] (the paper says "standard AlexNet ImageNet settings"): SGD momentum 0.9,
+lr 0.01 per 256 images, weight decay 5e-4, cosine; for a random teacher the paper lowers the lr to
+0.001 for the student to converge, and so does ``transfer``.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from selfsup.checkpoint import load_backbone, load_checkpoint
+from selfsup.data.datasets import load_dataset, read_label_file, write_label_file
+from selfsup.distributed import resolve_device
+from selfsup.errors import SelfSupError
+from selfsup.eval.features import extract_features, file_hash
+from selfsup.kmeans import assign, kmeans
+
+RANDOM = "random:"
+
+
+def teacher_backbone(teacher: str, seed: int = 0, image_size: int | None = None):
+    """(backbone, its identity, its evaluation tap, its pretraining view size) of a teacher:
+    a checkpoint file, or ``random:BACKBONE`` (seeded initial weights; the CIFAR stem on a ResNet for
+    images of 64 px or less, as the engine would choose)."""
+    from selfsup.models import build_backbone
+    from selfsup.models.backbones import auto_cifar_stem
+
+    if teacher.startswith(RANDOM):
+        name = teacher[len(RANDOM):]
+        torch.manual_seed(seed)
+        backbone = build_backbone(name, cifar_stem=auto_cifar_stem(name, image_size or 224)).eval()
+        return backbone, f"{teacher}@seed{seed}", backbone.default_tap, None
+    ckpt = load_checkpoint(teacher)
+    backbone = load_backbone(teacher, ckpt)
+    size = ckpt.get("image_size") or (ckpt.get("config") or {}).get("image_size")
+    return backbone, f"{Path(teacher).name}@{file_hash(teacher)}", ckpt.get("eval_tap") or backbone.default_tap, size
+
+
+def pseudo_labels(teacher: str, cluster_spec: str, out_file: str | Path, label_spec: str | None = None,
+                  clusters: int = 2000, tap: str | None = None, pool: str = "max", iterations: int = 20,
+                  seed: int = 0, image_size: int | None = None, device: str = "cpu", batch_size: int = 256,
+                  progress: bool = False) -> dict:
+    """Cluster the teacher's features of ``cluster_spec`` and write the nearest-centroid index of every
+    image of ``label_spec`` (default: ``cluster_spec``) to ``out_file``. A file already there is reused
+    when the same teacher made it for the same images, and refused when another teacher did."""
+    label_spec = label_spec or cluster_spec
+    device = resolve_device(device)
+    cluster_set, label_set = load_dataset(cluster_spec), load_dataset(label_spec)
+    backbone, identity, default_tap, size = teacher_backbone(teacher, seed, image_size or cluster_set.image_size)
+    tap = tap or default_tap
+    made_by = f"{identity}|{tap}|{pool}|k{clusters}|it{iterations}|seed{seed}|{cluster_set.fingerprint}"
+    out_file = Path(out_file)
+    if out_file.exists():
+        f = read_label_file(out_file)
+        if f["teacher"] != made_by:
+            raise SelfSupError(f"{out_file} holds pseudo-labels of another teacher or setting ({f['teacher']}), "
+                               f"not {made_by}: delete it, or pick another --out")
+        if str(f["data_fingerprint"]) == label_set.fingerprint:
+            return {"file": str(out_file), "teacher": made_by, "reused": True, "clusters": int(f["num_classes"])}
+    size = image_size or size
+    cache = None if teacher.startswith(RANDOM) else file_hash(teacher)
+    common = dict(tap=tap, pool=pool, image_size=size, batch_size=batch_size, device=device, cache_key=cache,
+                  progress=progress)
+    x, _ = extract_features(backbone, cluster_set, **common)
+    if clusters > len(x):
+        raise SelfSupError(f"--clusters {clusters} is more than the {len(x)} images of {cluster_spec}: lower it")
+    t = time.perf_counter()
+    centroids, labels = kmeans(x.float(), clusters, iterations, seed=seed)
+    seconds = time.perf_counter() - t
+    if label_spec != cluster_spec:
+        y, _ = extract_features(backbone, label_set, **common)
+        labels = assign(y.float(), centroids)
+    labels = labels.cpu().numpy()
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    write_label_file(out_file, labels, label_set, made_by, clusters)
+    used = int((np.bincount(labels, minlength=clusters) > 0).sum())
+    return {"file": str(out_file), "teacher": made_by, "reused": False, "clusters": clusters, "clusters_used": used,
+            "feature_dim": int(x.shape[1]), "kmeans_s": round(seconds, 2), "n_cluster": len(x), "n_label": len(labels)}
+
+
+def transfer(teacher: str, student: str, cluster_spec: str, label_spec: str | None = None, clusters: int = 2000,
+             tap: str | None = None, pool: str = "max", iterations: int = 20, epochs: int | None = None,
+             batch_size: int | None = None, out: str = "runs/transfer", device: str | None = None,
+             overrides: list[str] | tuple[str, ...] = (), seed: int = 0) -> dict:
+    """CC+: pseudo-labels from ``teacher`` (``OUT/pseudo_labels.npz``), then the ``student`` backbone trained
+    from scratch to classify them (``OUT/student``; rerunning resumes it). Returns what was done."""
+    from selfsup.config import resolve_config
+    from selfsup.engine.trainer import pretrain
+    from selfsup.methods import get_method
+
+    label_spec = label_spec or cluster_spec
+    out = Path(out)
+    info = pseudo_labels(teacher, cluster_spec, out / "pseudo_labels.npz", label_spec, clusters, tap, pool,
+                         iterations, seed, device=device or "cpu", progress=True)
+    data = label_spec + ("&" if "?" in label_spec else "?") + f"labels={out / 'pseudo_labels.npz'}"
+    lr = 0.001 if teacher.startswith(RANDOM) else 0.01
+    recipe = [f"optim.lr={lr}", "optim.scale_lr=true", "optim.weight_decay=5e-4", "optim.momentum=0.9",
+              "optim.warmup_epochs=0", f"seed={seed}"]
+    flags = {"method": "supervised", "data": data, "backbone": student, "epochs": epochs, "batch_size": batch_size,
+             "out": str(out / "student"), "device": device}
+    cfg = resolve_config(get_method("supervised"), flags=flags, overrides=recipe + list(overrides),
+                         image_size_of=lambda s: load_dataset(s).image_size)
+    cfg.resume = (out / "student" / "last.pt").exists()
+    run_dir, status = pretrain(cfg)
+    return {"protocol": "transfer", "status": status, "pseudo_labels": info, "student": student,
+            "student_lr": cfg.optim.lr, "checkpoint": str(run_dir / "last.pt")}
