@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "every image of --label-data with its nearest centroid (OUT/pseudo_labels.npz), "
                                    "then train --student from scratch to classify them (OUT/student; the supervised "
                                    "method). The student evaluates like any checkpoint.")
-    p.add_argument("--teacher", required=True, help="a checkpoint, or random:BACKBONE (a randomly initialised network)")
+    p.add_argument("--teacher", required=True, help="a checkpoint, random:BACKBONE (a randomly initialised network), or "
+                                                   "hog[:WORDS] (HOG bag-of-words histograms, 1000 words by default)")
     p.add_argument("--student", required=True, help=f"student backbone: one of {', '.join(BACKBONES)}")
     p.add_argument("--cluster-data", required=True, help="dataset SPEC whose teacher features are clustered")
     p.add_argument("--label-data", help="dataset SPEC to label and train the student on (default: --cluster-data)")

@@ -61,3 +61,17 @@ def test_transfer_command_trains_a_student_that_eval_reads(teacher, tmp_path, ca
                             "--out", tmp_path / "rand", "--device", "cpu", "progress=false")
     assert code == 0, err
     assert "lr 0.001" in stdout
+
+
+def test_hog_bag_of_words_teacher(tmp_path):
+    """HOG descriptors per block, a codebook, L1 histograms; pseudo-labels from them."""
+    from selfsup.cluster.hog import hog_bow_features, hog_codebook, hog_descriptors
+
+    d = load_dataset(DATA)
+    desc = hog_descriptors(d.images[:3])
+    assert desc.shape == (3, 9, 36)               # 16 px: 4 px cells, 4 x 4 cells, 3 x 3 blocks of 2 x 2 x 9
+    book = hog_codebook(d, words=8)
+    h = hog_bow_features(d, book)
+    assert h.shape == (64, 8) and np.allclose(h.sum(1).numpy(), 1.0)
+    info = pseudo_labels("hog:8", DATA, tmp_path / "hog.npz", clusters=4)
+    assert info["feature_dim"] == 8 and len(read_label_file(tmp_path / "hog.npz")["labels"]) == 64

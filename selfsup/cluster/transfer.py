@@ -10,8 +10,9 @@ The knowledge of a teacher of any architecture goes to a student of any other th
 4. the student is trained from scratch to classify the pseudo-labels (the ``supervised`` method on
    ``LABEL_SPEC?labels=pseudo_labels.npz``), and evaluates like any backbone.
 
-Teachers: a checkpoint (``selfsup pretrain``, or a torchvision ResNet state dict) or ``random:BACKBONE``,
-a randomly initialised network (the paper's control, which transfers like random initialisation).
+Teachers: a checkpoint (``selfsup pretrain``, or a torchvision ResNet state dict), ``random:BACKBONE``,
+a randomly initialised network (the paper's control, which transfers like random initialisation), or
+``hog`` / ``hog:WORDS``, HOG bag-of-words histograms (``selfsup.cluster.hog``, the paper's HOG row).
 The student's recipe is [A] (the paper says "standard AlexNet ImageNet settings"): SGD momentum 0.9,
 lr 0.01 per 256 images, weight decay 5e-4, cosine; for a random teacher the paper lowers the lr to
 0.001 for the student to converge, and so does ``transfer``.
@@ -32,6 +33,7 @@ from selfsup.eval.features import extract_features, file_hash
 from selfsup.kmeans import assign, kmeans
 
 RANDOM = "random:"
+HOG = "hog:"
 
 
 def teacher_backbone(teacher: str, seed: int = 0, image_size: int | None = None):
@@ -62,7 +64,10 @@ def pseudo_labels(teacher: str, cluster_spec: str, out_file: str | Path, label_s
     label_spec = label_spec or cluster_spec
     device = resolve_device(device)
     cluster_set, label_set = load_dataset(cluster_spec), load_dataset(label_spec)
-    backbone, identity, default_tap, size = teacher_backbone(teacher, seed, image_size or cluster_set.image_size)
+    if teacher == "hog" or teacher.startswith(HOG):
+        backbone, identity, default_tap, size, pool = None, f"{teacher}@seed{seed}", "bag-of-words", None, "histogram"
+    else:
+        backbone, identity, default_tap, size = teacher_backbone(teacher, seed, image_size or cluster_set.image_size)
     tap = tap or default_tap
     made_by = f"{identity}|{tap}|{pool}|k{clusters}|it{iterations}|seed{seed}|{cluster_set.fingerprint}"
     out_file = Path(out_file)
@@ -73,19 +78,26 @@ def pseudo_labels(teacher: str, cluster_spec: str, out_file: str | Path, label_s
                                f"not {made_by}: delete it, or pick another --out")
         if str(f["data_fingerprint"]) == label_set.fingerprint:
             return {"file": str(out_file), "teacher": made_by, "reused": True, "clusters": int(f["num_classes"])}
-    size = image_size or size
-    cache = None if teacher.startswith(RANDOM) else file_hash(teacher)
-    common = dict(tap=tap, pool=pool, image_size=size, batch_size=batch_size, device=device, cache_key=cache,
-                  progress=progress)
-    x, _ = extract_features(backbone, cluster_set, **common)
+    if backbone is None:                      # HOG bag of words: a codebook from the clustering set
+        from selfsup.cluster.hog import hog_bow_features, hog_codebook
+
+        words = int(teacher[len(HOG):]) if teacher.startswith(HOG) else 1000
+        codebook = hog_codebook(cluster_set, words, seed=seed)
+        features = lambda d: hog_bow_features(d, codebook)      # noqa: E731
+    else:
+        size = image_size or size
+        cache = None if teacher.startswith(RANDOM) else file_hash(teacher)
+        common = dict(tap=tap, pool=pool, image_size=size, batch_size=batch_size, device=device, cache_key=cache,
+                      progress=progress)
+        features = lambda d: extract_features(backbone, d, **common)[0]      # noqa: E731
+    x = features(cluster_set)
     if clusters > len(x):
         raise SelfSupError(f"--clusters {clusters} is more than the {len(x)} images of {cluster_spec}: lower it")
     t = time.perf_counter()
     centroids, labels = kmeans(x.float(), clusters, iterations, seed=seed)
     seconds = time.perf_counter() - t
     if label_spec != cluster_spec:
-        y, _ = extract_features(backbone, label_set, **common)
-        labels = assign(y.float(), centroids)
+        labels = assign(features(label_set).float(), centroids)
     labels = labels.cpu().numpy()
     out_file.parent.mkdir(parents=True, exist_ok=True)
     write_label_file(out_file, labels, label_set, made_by, clusters)
