@@ -66,11 +66,14 @@ def _transfer(args) -> int:
 
     r = transfer(args.teacher, args.student, args.cluster_data, args.label_data, args.clusters, args.tap, args.pool,
                  args.iterations, args.epochs, args.batch_size, args.out or "runs/transfer", args.device, args.overrides,
-                 args.seed)
+                 args.seed, args.objective)
     p = r["pseudo_labels"]
-    what = "reused" if p["reused"] else f"{p['clusters_used']} of {p['clusters']} clusters used, k-means {p['kmeans_s']} s"
-    print(f"pseudo-labels {p['file']} ({what}); student {args.student} (lr {r['student_lr']}): {r['status']}, "
-          f"checkpoint {r['checkpoint']}")
+    if p is None:
+        what = "regressing the teacher's features"
+    else:
+        what = "reused" if p["reused"] else f"{p['clusters_used']} of {p['clusters']} clusters used, k-means {p['kmeans_s']} s"
+        what = f"pseudo-labels {p['file']} ({what})"
+    print(f"{what}; student {args.student} (lr {r['student_lr']}): {r['status']}, checkpoint {r['checkpoint']}")
     return 0 if r["status"] == "done" else 130
 
 
@@ -285,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default runs/transfer)")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=0, help="seed of k-means, the random teacher and the student")
+    p.add_argument("--objective", default="classify", choices=["classify", "regress"],
+                   help="classify: CC+ (the pseudo-labels); regress: the distillation baseline, the student "
+                        "regresses the teacher's pooled features (default classify)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="student settings, e.g. optim.lr=0.02")
     p.set_defaults(func=_transfer)
 

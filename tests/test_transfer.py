@@ -75,3 +75,21 @@ def test_hog_bag_of_words_teacher(tmp_path):
     assert h.shape == (64, 8) and np.allclose(h.sum(1).numpy(), 1.0)
     info = pseudo_labels("hog:8", DATA, tmp_path / "hog.npz", clusters=4)
     assert info["feature_dim"] == 8 and len(read_label_file(tmp_path / "hog.npz")["labels"]) == 64
+
+
+def test_regress_objective_trains_a_student_on_the_teachers_features(teacher, tmp_path, capsys):
+    """The distillation baseline: MSE between the student's linear map and the frozen teacher's pooled features."""
+    import torch
+    from selfsup.methods import build_method
+    m = build_method("distill", backbone="convnet", image_size=16, teacher=teacher).train()
+    assert not m.teacher.training and not any(p.requires_grad for p in m.teacher.parameters())
+    x = torch.randn(4, 3, 16, 16)
+    from selfsup.data.loader import Batch
+    loss = m(Batch([x], torch.zeros(4, dtype=torch.long), torch.arange(4)))["loss"]
+    target = pool_features(m.teacher.forward_taps(x, (m.tap,))[m.tap], "max")
+    assert torch.allclose(loss, ((m.regressor(m.backbone(x)) - target) ** 2).mean(), atol=1e-6)
+    code, stdout, err = run(capsys, "transfer", "--teacher", teacher, "--student", "convnet", "--cluster-data", DATA,
+                            "--objective", "regress", "--epochs", 1, "--batch-size", 16, "--out", tmp_path / "reg",
+                            "--device", "cpu", "progress=false")
+    assert code == 0, err
+    assert "regressing the teacher's features" in stdout and (tmp_path / "reg" / "student" / "last.pt").exists()

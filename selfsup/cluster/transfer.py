@@ -109,26 +109,38 @@ def pseudo_labels(teacher: str, cluster_spec: str, out_file: str | Path, label_s
 def transfer(teacher: str, student: str, cluster_spec: str, label_spec: str | None = None, clusters: int = 2000,
              tap: str | None = None, pool: str = "max", iterations: int = 20, epochs: int | None = None,
              batch_size: int | None = None, out: str = "runs/transfer", device: str | None = None,
-             overrides: list[str] | tuple[str, ...] = (), seed: int = 0) -> dict:
+             overrides: list[str] | tuple[str, ...] = (), seed: int = 0, objective: str = "classify") -> dict:
     """CC+: pseudo-labels from ``teacher`` (``OUT/pseudo_labels.npz``), then the ``student`` backbone trained
-    from scratch to classify them (``OUT/student``; rerunning resumes it). Returns what was done."""
+    from scratch to classify them (``OUT/student``; rerunning resumes it). ``objective="regress"`` is the
+    distillation baseline instead: the student regresses the teacher's features (the ``distill`` method).
+    Returns what was done."""
     from selfsup.config import resolve_config
     from selfsup.engine.trainer import pretrain
     from selfsup.methods import get_method
 
+    if objective not in ("classify", "regress"):
+        raise SelfSupError(f"unknown --objective {objective!r}: use classify (CC+) or regress (distillation)")
     label_spec = label_spec or cluster_spec
     out = Path(out)
-    info = pseudo_labels(teacher, cluster_spec, out / "pseudo_labels.npz", label_spec, clusters, tap, pool,
-                         iterations, seed, device=device or "cpu", progress=True)
-    data = label_spec + ("&" if "?" in label_spec else "?") + f"labels={out / 'pseudo_labels.npz'}"
-    lr = 0.001 if teacher.startswith(RANDOM) else 0.01
-    recipe = [f"optim.lr={lr}", "optim.scale_lr=true", "optim.weight_decay=5e-4", "optim.momentum=0.9",
-              "optim.warmup_epochs=0", f"seed={seed}"]
-    flags = {"method": "supervised", "data": data, "backbone": student, "epochs": epochs, "batch_size": batch_size,
+    recipe = ["optim.scale_lr=true", "optim.weight_decay=5e-4", "optim.momentum=0.9", "optim.warmup_epochs=0",
+              f"seed={seed}"]
+    if objective == "regress":
+        if teacher.startswith(RANDOM) or teacher == "hog" or teacher.startswith(HOG):
+            raise SelfSupError("--objective regress needs a network checkpoint as --teacher")
+        info, method, data = None, "distill", label_spec
+        recipe += ["optim.lr=0.01", f"distill.teacher={teacher}", f"distill.pool={pool}"] + (
+            [f"distill.tap={tap}"] if tap else [])
+    else:
+        info = pseudo_labels(teacher, cluster_spec, out / "pseudo_labels.npz", label_spec, clusters, tap, pool,
+                             iterations, seed, device=device or "cpu", progress=True)
+        method = "supervised"
+        data = label_spec + ("&" if "?" in label_spec else "?") + f"labels={out / 'pseudo_labels.npz'}"
+        recipe += [f"optim.lr={0.001 if teacher.startswith(RANDOM) else 0.01}"]
+    flags = {"method": method, "data": data, "backbone": student, "epochs": epochs, "batch_size": batch_size,
              "out": str(out / "student"), "device": device}
-    cfg = resolve_config(get_method("supervised"), flags=flags, overrides=recipe + list(overrides),
+    cfg = resolve_config(get_method(method), flags=flags, overrides=recipe + list(overrides),
                          image_size_of=lambda s: load_dataset(s).image_size)
     cfg.resume = (out / "student" / "last.pt").exists()
     run_dir, status = pretrain(cfg)
-    return {"protocol": "transfer", "status": status, "pseudo_labels": info, "student": student,
+    return {"protocol": "transfer", "objective": objective, "status": status, "pseudo_labels": info, "student": student,
             "student_lr": cfg.optim.lr, "checkpoint": str(run_dir / "last.pt")}

@@ -13,11 +13,11 @@ from selfsup.data.datasets import cache_root
 from selfsup.data.views import EvalTransform, normalize, to_float
 from selfsup.checkpoint import safe_load, save_atomic
 from selfsup.errors import SelfSupError
+from selfsup.models.pooling import cc_max_pool
 from selfsup.eval.checks import at_least_one
 
 
 POOLS = ("avg", "9k", "goyal", "max")
-CC_DIMS = 9600     # CC+ (METHODS.md 4): AlexNet conv4 max-pooled to 5 x 5 x 384
 
 # Goyal et al. 2019's average pooling of ResNet-50 at 224 px (METHODS.md 6.1; fssb's
 # resnet_jigsaw_finetune_linear.py for pool1, VISSL's feature-eval configs), by output grid:
@@ -106,10 +106,9 @@ def pool_features(fmap: torch.Tensor, pool: str = "avg", target_dims: int = GOYA
         return torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1)
     if pool == "goyal":
         return goyal_pool(fmap, target_dims)
-    c, h, w = fmap.shape[1:]
     if pool == "max":
-        s = max(1, min(h, w, round(math.sqrt(CC_DIMS / c))))
-        return torch.flatten(F.adaptive_max_pool2d(fmap, s), 1)
+        return cc_max_pool(fmap)
+    c, h, w = fmap.shape[1:]
     s = max(1, min(h, w, round(math.sqrt(target_dims / c))))
     return torch.flatten(F.adaptive_avg_pool2d(fmap, s), 1)
 

@@ -8,6 +8,7 @@ from selfsup.methods.base import Method, MethodConfig
 from selfsup.methods.byol import BYOL
 from selfsup.methods.colorization import Colorization
 from selfsup.methods.deepcluster_v2 import DeepClusterV2
+from selfsup.methods.distill import Distill
 from selfsup.methods.jigclu import JigClu
 from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.jigsaw_pp import JigsawPP
@@ -22,7 +23,7 @@ from selfsup.methods.vicreg import VICReg
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, VICReg, TCR, SpectralContrastive, MoCoV2, JigClu,
                                                    SwAV, DeepClusterV2, SeLaV2, Jigsaw, JigsawPP, Colorization,
-                                                   Supervised)}
+                                                   Supervised, Distill)}
 
 
 def get_method(name: str) -> type[Method]:
