@@ -212,7 +212,7 @@ def _viz(args) -> int:
                     patch_size=_patch_size(args.patch_size), stride=args.stride, k=args.k,
                     patches_per_image=args.patches_per_image, max_images=args.max_images,
                     counts=counts, image_size=args.image_size,
-                    device=args.device))
+                    device=args.device, clusters=args.clusters))
     return 0
 
 
@@ -368,9 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "embedding) against N; colorize: a colorization checkpoint's annealed-mean "
                                    "colourisation of --max-images images from --index, under their grayscale input "
                                    "and above the ground truth.")
-    p.add_argument("kind", choices=["heatmap", "patch-knn", "convergence", "colorize"])
+    p.add_argument("kind", choices=["heatmap", "patch-knn", "convergence", "colorize", "filters", "clusters"])
     p.add_argument("--checkpoint", required=True, help="a .pt file from `selfsup pretrain` (or a torchvision ResNet state dict)")
-    p.add_argument("--data", required=True, help="dataset SPEC")
+    p.add_argument("--data", help="dataset SPEC (every kind but filters)")
+    p.add_argument("--clusters", type=int, default=100, help="clusters: k-means centroids (default 100); 8 are shown "
+                                                            "with their --k nearest images")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--index", type=int, default=0, help="image of the query patch (heatmap, patch-knn); first image (colorize)")
     p.add_argument("--query", help="query window as ROW,COL in the grid of windows (default the centre)")

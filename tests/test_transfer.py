@@ -93,3 +93,15 @@ def test_regress_objective_trains_a_student_on_the_teachers_features(teacher, tm
                             "--device", "cpu", "progress=false")
     assert code == 0, err
     assert "regressing the teacher's features" in stdout and (tmp_path / "reg" / "student" / "last.pt").exists()
+
+
+def test_viz_filters_and_clusters(teacher, tmp_path, capsys):
+    code, out, err = run(capsys, "viz", "filters", "--checkpoint", teacher, "--out", tmp_path / "f.png")
+    assert code == 0, err
+    assert "24 filters of (3, 3, 3)" in out and (tmp_path / "f.png").stat().st_size > 1000
+    code, out, err = run(capsys, "viz", "clusters", "--checkpoint", teacher, "--data", DATA, "--clusters", 6,
+                         "--k", 4, "--out", tmp_path / "c.png")
+    assert code == 0, err
+    assert "6 clusters at conv4" in out and (tmp_path / "c.png").stat().st_size > 1000
+    code, _, err = run(capsys, "viz", "clusters", "--checkpoint", teacher, "--out", tmp_path / "x.png")
+    assert code == 2 and "needs --data" in err

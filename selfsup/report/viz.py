@@ -1,5 +1,6 @@
 """PNG figures of what a backbone learned (BagSSL Fig. 3a, 4 and 5; Colorization's colourised
-images, Zhang et al. Fig. 1), for `selfsup viz`."""
+images, Zhang et al. Fig. 1; CC+'s conv1 filters and clusters, Noroozi et al. 2018 Figs. 4 and 5),
+for `selfsup viz`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -122,15 +123,78 @@ def colorize_figure(ckpt: dict, checkpoint: str, backbone, dataset, out: str | P
             f"ab RMSE {float(error):.1f} against the ground truth")
 
 
-def visualise(kind: str, checkpoint: str, data: str, out: str | Path, index: int = 0, query=None, patch_size="auto",
-              stride: int | None = None, k: int = 16, patches_per_image: int = 16, max_images: int | None = None,
-              counts=(1, 2, 4, 8, 16), image_size: int | None = None, device: str = "cpu") -> str:
-    """Write the ``kind`` figure ("heatmap", "patch-knn", "convergence" or "colorize") to ``out``; returns a
-    summary line. ``colorize`` shows ``max_images`` images (default 8) from ``index``. Everything
+def filters_png(backbone, png: str | Path, title: str) -> str:
+    """The first convolution's filters, each min-max scaled on its own (Noroozi et al. 2018 Fig. 4)."""
+    conv = next((m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if conv is None:
+        raise SelfSupError("this backbone has no convolution to show")
+    w = conv.weight.detach().float().cpu()
+    lo, hi = w.amin((1, 2, 3), keepdim=True), w.amax((1, 2, 3), keepdim=True)
+    w = (w - lo) / (hi - lo).clamp_min(1e-12)
+    n = len(w)
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    plt = _plt()
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.6, rows * 0.6 + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < n:
+            _show(ax, w[i])
+        ax.axis("off")
+    fig.suptitle(title, fontsize=8)
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return f"{n} filters of {tuple(w.shape[1:])}"
+
+
+def clusters_png(backbone, dataset, png: str | Path, clusters: int, shown: int, per_cluster: int, tap: str,
+                 image_size: int | None, device, seed: int = 0) -> str:
+    """k-means on the dataset's features at ``tap``; for ``shown`` random clusters, the ``per_cluster`` images
+    nearest their centroid, one row each (Noroozi et al. 2018 Fig. 5)."""
+    from selfsup.eval.features import extract_features
+    from selfsup.kmeans import kmeans
+
+    x, _ = extract_features(backbone, dataset, tap=tap, image_size=image_size, device=device)
+    if not 1 <= clusters <= len(x):
+        raise SelfSupError(f"--clusters {clusters} must be between 1 and the {len(x)} images")
+    centroids, labels = kmeans(x.float(), clusters, 20, seed=seed)
+    rng = np.random.default_rng(seed)
+    sizes = torch.bincount(labels, minlength=clusters)
+    pick = rng.choice(np.flatnonzero(sizes.numpy() > 0), min(shown, int((sizes > 0).sum())), replace=False)
+    plt = _plt()
+    fig, axes = plt.subplots(len(pick), per_cluster, figsize=(per_cluster * 0.8, len(pick) * 0.85), squeeze=False)
+    for row, c in enumerate(pick):
+        members = torch.nonzero(labels == int(c)).flatten()
+        dist = ((x[members].float() - centroids[int(c)]) ** 2).sum(1)
+        nearest = members[dist.argsort()[:per_cluster]]
+        for col, ax in enumerate(axes[row]):
+            if col < len(nearest):
+                _show(ax, torch.from_numpy(np.array(dataset.images[int(nearest[col])])),
+                      f"cluster {int(c)} ({int(sizes[c])})" if col == 0 else "")
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return f"{clusters} clusters at {tap}, {len(pick)} shown with their {per_cluster} nearest images"
+
+
+def visualise(kind: str, checkpoint: str, data: str | None, out: str | Path, index: int = 0, query=None,
+              patch_size="auto", stride: int | None = None, k: int = 16, patches_per_image: int = 16,
+              max_images: int | None = None, counts=(1, 2, 4, 8, 16), image_size: int | None = None,
+              device: str = "cpu", clusters: int = 100) -> str:
+    """Write the ``kind`` figure ("heatmap", "patch-knn", "convergence", "colorize", "filters" or "clusters")
+    to ``out``; returns a summary line. ``colorize`` shows ``max_images`` images (default 8) from ``index``;
+    ``clusters`` shows 8 of ``clusters`` k-means clusters with their ``k`` nearest images. Everything
     runs on ``device`` (auto, cpu or cuda); sizes and counts below 1 are refused before anything runs."""
     device = resolve_device(device)
-    if kind not in ("heatmap", "patch-knn", "convergence", "colorize"):
-        raise SelfSupError(f"unknown figure {kind!r}: use heatmap, patch-knn, convergence or colorize")
+    kinds = ("heatmap", "patch-knn", "convergence", "colorize", "filters", "clusters")
+    if kind not in kinds:
+        raise SelfSupError(f"unknown figure {kind!r}: use {', '.join(kinds)}")
+    if kind == "filters":
+        backbone = load_backbone(checkpoint)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        return f"wrote {out}: " + filters_png(backbone, out, f"{checkpoint}: first convolution")
+    if not data:
+        raise SelfSupError(f"viz {kind} needs --data SPEC")
     for flag, value, example in (("--k", k, 16), ("--patches-per-image", patches_per_image, 16),
                                  ("--max-images", max_images, 256), ("--stride", stride, 4),
                                  ("--image-size", image_size, 224)):
@@ -142,6 +206,10 @@ def visualise(kind: str, checkpoint: str, data: str, out: str | Path, index: int
     if not 0 <= index < len(dataset):
         raise SelfSupError(f"--index {index} is outside the dataset of {len(dataset)} images")
     input_size = image_size or (ckpt.get("config") or {}).get("image_size")
+    if kind == "clusters":
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        tap = ckpt.get("eval_tap") or backbone.default_tap
+        return f"wrote {out}: " + clusters_png(backbone, dataset, out, clusters, 8, k, tap, input_size, device)
     if kind == "colorize":
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         return colorize_figure(ckpt, checkpoint, backbone, dataset, out, index, max_images or 8, input_size, device)
