@@ -18,7 +18,8 @@ weight decay, batch 256, RandomResizedCrop + flip, step decay):
   rates, steps x 0.1 at epochs 30, 60 and 90; 100 epochs [A] (the length is not given).
 
 The recipes are ImageNet's: on a small subset an epoch is a few steps, so give ``--epochs``
-(and ``--batch-size``) that fit it; the result names the recipe and every change to it.
+(and ``--batch-size``) that fit it; the steps keep their share of the run (12 and 16 of 20 epochs
+become 60 and 80 of 100); the result names the recipe and every change to it.
 """
 from __future__ import annotations
 
@@ -67,6 +68,9 @@ def finetune_config(init: str, data: str, recipe: str = "swav-10pct", epochs: in
     for key, value in (("epochs", epochs), ("batch_size", batch_size)):
         if value is not None:
             settings[key] = value
+    if settings["epochs"] != RECIPES[recipe]["epochs"]:        # the steps keep their share of the run
+        share = settings["epochs"] / RECIPES[recipe]["epochs"]
+        settings["optim.milestones"] = [round(m * share, 4) for m in RECIPES[recipe]["optim.milestones"]]
     items = [f"{k}={json.dumps(v)}" if isinstance(v, list) else f"{k}={v}" for k, v in settings.items()]
     if size:
         items.append(f"image_size={size}")
