@@ -226,26 +226,11 @@ def _groups(rows: list[dict]) -> dict:
 
 
 def plot_axis(rows: list[dict], x: str, lines: list[str], title: str, png: Path) -> None:
-    """The metric against axis ``x`` (log scale where every value is a positive number, as Goyal et
-    al.'s figures), one line per combination of the ``lines`` keys."""
-    from selfsup.report.plots import _plt
+    """The metric (in %) against axis ``x``, one line per combination of the ``lines`` keys."""
+    from selfsup.report.plots import series_plot
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
     series: dict = {}
     for r in rows:
         label = ", ".join(f"{k}={r.get(k)}" for k in lines if k in r)
         series.setdefault(label, []).append((r[x], r["value"] * 100))
-    numeric = all(isinstance(v, (int, float)) and v > 0 for pts in series.values() for v, _ in pts)
-    for label, pts in series.items():
-        pts = sorted(pts, key=lambda p: p[0] if numeric else str(p[0]))
-        ax.plot([p[0] if numeric else str(p[0]) for p in pts], [p[1] for p in pts], marker="o", label=label)
-    if numeric:
-        ax.set_xscale("log")
-    ax.set_xlabel(x)
-    ax.set_ylabel(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    series_plot(series, x, title, png)

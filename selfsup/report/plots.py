@@ -21,6 +21,14 @@ def read_metrics(path: str | Path, epoch_end: bool = False) -> list[dict]:
     return [r for r in records if bool(r.get("epoch_end")) == epoch_end]
 
 
+def _finish(plt, fig, ax, png: str | Path, legend_size: int = 8) -> None:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
 def curves(records: list[dict], keys: list[str], png: str | Path, title: str, x: str = "epoch") -> None:
     """One line per key against ``x`` (e.g. prototypes in use per epoch)."""
     plt = _plt()
@@ -30,11 +38,23 @@ def curves(records: list[dict], keys: list[str], png: str | Path, title: str, x:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
     ax.set_xlabel(x)
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    _finish(plt, fig, ax, png)
+
+
+def series_plot(series: dict[str, list[tuple]], xlabel: str, ylabel: str, png: str | Path) -> None:
+    """One line per label of (x, y) points; a log x axis when every x is a positive number (Goyal et
+    al. 2019's scaling figures), else the x values as categories."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    numeric = all(isinstance(v, (int, float)) and v > 0 for pts in series.values() for v, _ in pts)
+    for label, pts in series.items():
+        pts = sorted(pts, key=lambda p: p[0] if numeric else str(p[0]))
+        ax.plot([p[0] if numeric else str(p[0]) for p in pts], [p[1] for p in pts], marker="o", label=label)
+    if numeric:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    _finish(plt, fig, ax, png, legend_size=7)
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
