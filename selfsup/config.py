@@ -53,7 +53,7 @@ class TrainConfig:
     cifar_stem: Optional[bool] = None # 3x3 stride-1 stem without max-pool; None (auto): on ResNets for images of 64 px or less
     image_size: Optional[int] = None  # view size; default: the dataset's image size
     width: float = 1.0                # channel multiplier of the convnet (the capacity axis of a sweep)
-    init: str = ""                    # a checkpoint (selfsup, torchvision or timm) whose backbone weights start the run
+    init: str = ""                    # a checkpoint (selfsup, or a torchvision ResNet state dict) whose backbone starts the run
     epochs: int = 100
     batch_size: int = 256             # global batch (split across processes)
     optim: OptimConfig = field(default_factory=OptimConfig)

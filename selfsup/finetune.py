@@ -62,7 +62,7 @@ def finetune_config(init: str, data: str, recipe: str = "swav-10pct", epochs: in
     if recipe not in RECIPES:
         raise SelfSupError(f"unknown fine-tuning recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
     ckpt = load_checkpoint(init)
-    name, _, _ = backbone_spec(init, ckpt)
+    name, _, options = backbone_spec(init, ckpt)
     size = ckpt.get("image_size") or (ckpt.get("config") or {}).get("image_size")
     settings = dict(RECIPES[recipe])
     for key, value in (("epochs", epochs), ("batch_size", batch_size)):
@@ -74,6 +74,8 @@ def finetune_config(init: str, data: str, recipe: str = "swav-10pct", epochs: in
     items = [f"{k}={json.dumps(v)}" if isinstance(v, list) else f"{k}={v}" for k, v in settings.items()]
     if size:
         items.append(f"image_size={size}")
+    if "width" in options:
+        items.append(f"width={options['width']}")
     flags = {"method": "supervised", "data": data, "backbone": name, "init": str(init), "out": out, "device": device}
     cfg = resolve_config(get_method("supervised"), flags=flags, overrides=items + list(overrides))
     if (Path(cfg.out) / "last.pt").exists():

@@ -63,3 +63,10 @@ def test_finetune_refuses_a_backbone_other_than_the_checkpoints(pretrained, tmp_
                        "--out", tmp_path / "x", "backbone=resnet18")
     assert code == 2 and "holds a convnet backbone, not resnet18: set --backbone convnet" in err
     assert set(RECIPES) == {"swav-10pct", "swav-1pct", "jigclu-10pct", "jigclu-1pct"}
+
+
+def test_finetune_keeps_the_init_checkpoints_width(tmp_path):
+    cfg = resolve_config(get_method("simclr"), overrides=tiny_overrides(tmp_path / "w", epochs=0, data=DATA, width=0.5))
+    Trainer(cfg).fit()
+    ft = finetune_config(str(tmp_path / "w" / "last.pt"), DATA, batch_size=16, out=str(tmp_path / "ft"), device="cpu")
+    assert ft.width == 0.5 and Trainer(ft).backbone.out_dim == 96

@@ -130,6 +130,9 @@ class Trainer:
             if name != cfg.backbone:
                 raise SelfSupError(f"init checkpoint {cfg.init} holds a {name} backbone, not {cfg.backbone}: "
                                    f"set --backbone {name}")
+            if cfg.width != self.backbone_options.get("width", 1.0):
+                raise SelfSupError(f"init checkpoint {cfg.init} holds a convnet of width "
+                                   f"{self.backbone_options.get('width', 1.0)}, not {cfg.width}: drop width=")
             self.backbone = load_backbone(cfg.init, init).train()
         else:
             self.backbone = build_backbone(cfg.backbone, cifar_stem=self.cifar_stem, **self.backbone_options)
