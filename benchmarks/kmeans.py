@@ -20,7 +20,6 @@ import argparse
 import resource
 import time
 
-import numpy as np
 import torch
 
 from selfsup.kmeans import assign, kmeans

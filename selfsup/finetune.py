@@ -86,7 +86,7 @@ def finetune_config(init: str, data: str, recipe: str = "swav-10pct", epochs: in
 @torch.no_grad()
 def score(run_checkpoint: str | Path, test_spec: str, train_spec: str, device: str = "cpu",
           batch_size: int = 256) -> dict:
-    """Top-1 and top-5 of a fine-tuned network (backbone and head of a ``supervised`` run) on ``test_spec``,
+    """The training-set size, top-1 and top-5 of a fine-tuned network (backbone and head of a ``supervised`` run) on ``test_spec``,
     centre view at the run's size; test classes matched to the training classes by name."""
     ckpt = load_checkpoint(run_checkpoint)
     config = ckpt.get("config") or {}
@@ -104,7 +104,7 @@ def score(run_checkpoint: str | Path, test_spec: str, train_spec: str, device: s
                                      device=device)
     logits = head.eval()(feats)
     labels = labels if to_train is None else to_train[labels]
-    return {k: round(v, 4) for k, v in topk_accuracy(logits, labels).items()}
+    return {"n_train": len(train), **{k: round(v, 4) for k, v in topk_accuracy(logits, labels).items()}}
 
 
 def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", epochs: int | None = None,
@@ -119,7 +119,7 @@ def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", e
     recipe_values = RECIPES[recipe]
     changes = {k: v for k, v in ((k, _select(cfg, k)) for k in recipe_values) if v != recipe_values[k]}
     result = {"protocol": "finetune", "recipe": recipe, "changes": changes, "init": str(init), "train_data": data,
-              "test_data": test_data, "n_train": len(load_dataset(data)), "epochs": cfg.epochs,
+              "test_data": test_data, "epochs": cfg.epochs,
               **score(run_dir / "last.pt", test_data, data, cfg.device),
               "checkpoint": str(run_dir / "last.pt")}
     (run_dir / "finetune.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -52,10 +52,10 @@ def _torch_lloyd(x: torch.Tensor, k: int, iterations: int, spherical: bool, gene
                  init: str = "random"):
     centroids = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
     if dist.is_main():
-        pick = torch.randperm(len(x), generator=generator)[:k].to(x.device)
-        if len(pick) < k:
+        if len(x) < k:
             raise ValueError(f"k-means with k={k} needs at least k samples, got {len(x)}")
-        centroids = x[pick].clone() if init == "random" else kmeans_plus_plus(x, k, generator)
+        centroids = (x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone() if init == "random"
+                     else kmeans_plus_plus(x, k, generator))
     dist.broadcast(centroids)
     for _ in range(iterations):
         labels = assign(x, centroids, spherical)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import yaml
 
+from selfsup.config import flatten
 from selfsup.errors import SelfSupError
 
 PROTOCOLS = ("knn", "linear", "svm")
@@ -54,7 +55,7 @@ def load_sweep(path: str | Path) -> dict:
     unknown = sorted(set(spec) - FILE_KEYS)
     if unknown:
         raise SelfSupError(f"unknown key {unknown[0]!r} in sweep file {path}: use {', '.join(sorted(FILE_KEYS))}")
-    base = _flatten(spec.get("base") or {})
+    base = flatten(spec.get("base") or {})
     if "method" not in base or "data" not in base:
         raise SelfSupError(f"sweep file {path}: base needs method and data")
     grid = spec.get("grid") or {}
@@ -75,12 +76,6 @@ def load_sweep(path: str | Path) -> dict:
     lines = [lines] if isinstance(lines, str) else list(lines)
     return {"name": name, "out": spec.get("out") or f"runs/sweeps/{name}", "base": base, "grid": grid,
             "evals": evals, "x": x, "lines": lines}
-
-
-def _flatten(tree, prefix: str = "") -> dict:
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: tree}
 
 
 def cells(spec: dict) -> list[dict]:

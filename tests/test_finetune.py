@@ -7,7 +7,7 @@ import torch
 from conftest import run, tiny_overrides
 from selfsup.checkpoint import load_checkpoint
 from selfsup.config import resolve_config
-from selfsup.engine.optim import build_optimizer, lr_at
+from selfsup.engine.optim import lr_at
 from selfsup.engine.trainer import Trainer
 from selfsup.finetune import RECIPES, finetune_config
 from selfsup.methods import get_method

@@ -99,8 +99,6 @@ def test_puzzle_colours_one_draw_per_puzzle():
 
 
 def test_jigsaw_pp_backbone_standardises_each_tile_and_each_evaluated_image():
-    from selfsup.checkpoint import load_backbone
-
     method = build_method("jigsaw_pp", backbone="convnet", image_size=32)
     assert type(method.backbone).__name__ == "TileNorm"
     rgb = torch.rand(36, 3, 8, 8) * 0.5 + 0.2

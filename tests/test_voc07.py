@@ -1,5 +1,4 @@
 """voc07:DIR (VOC2007 layout, METHODS.md 6.1), multi-label targets, label_matrix and the mosaic builder."""
-import os
 import warnings
 from pathlib import Path
 

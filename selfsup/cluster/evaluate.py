@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from selfsup.checkpoint import load_backbone, load_checkpoint
@@ -43,8 +42,8 @@ def evaluate_clustering(checkpoint: str, data_spec: str, clusters: int | None = 
     if pca:
         if not 1 <= pca <= x.shape[1]:
             raise SelfSupError(f"--pca {pca} must be between 1 and the feature dimension {x.shape[1]}")
-        x = pca_whiten(x, pca)
-    if spherical or pca:
+        x = pca_whiten(x, pca)               # whitened rows, L2-normalised (DeepCluster)
+    elif spherical:
         x = F.normalize(x, dim=1)
     t = time.perf_counter()
     try:

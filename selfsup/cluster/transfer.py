@@ -45,8 +45,9 @@ def teacher_backbone(teacher: str, seed: int = 0, image_size: int | None = None)
 
     if teacher.startswith(RANDOM):
         name = teacher[len(RANDOM):]
-        torch.manual_seed(seed)
-        backbone = build_backbone(name, cifar_stem=auto_cifar_stem(name, image_size or 224)).eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            backbone = build_backbone(name, cifar_stem=auto_cifar_stem(name, image_size or 224)).eval()
         return backbone, f"{teacher}@seed{seed}", backbone.default_tap, None
     ckpt = load_checkpoint(teacher)
     backbone = load_backbone(teacher, ckpt)

@@ -138,9 +138,10 @@ class Trainer:
             self.backbone = build_backbone(cfg.backbone, cifar_stem=self.cifar_stem, **self.backbone_options)
         if len(self.dataset) < cfg.batch_size:
             raise SelfSupError(f"the dataset has {len(self.dataset)} images, fewer than batch_size={cfg.batch_size}: lower --batch-size")
+        before = dict(vars(method_cfg))
         method_cfg = method_cls.fit_dataset(method_cfg, self.dataset)
         for key, value in vars(method_cfg).items():           # what the data decided is recorded in config.yaml
-            if OmegaConf.select(cfg, f"{cfg.method}.{key}") != value:
+            if value is not before[key]:
                 OmegaConf.update(cfg, f"{cfg.method}.{key}", value)
         self.method = method_cls(self.backbone, method_cfg, image_size).to(self.device)
         if cfg.channels_last:

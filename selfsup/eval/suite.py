@@ -118,7 +118,7 @@ def format_lowshot(result: dict) -> str:
     ks = list(next(iter(result["per_tap"].values()))["ks"]) if taps else []
     places = result["style"] == "places"
     metric = "mAP / top-1 (%)" if places else "mAP (%)"
-    lines = [f"| k | " + " | ".join(f"{tap} {metric}" for tap in taps) + " |", "|---" * (len(taps) + 1) + "|"]
+    lines = ["| k | " + " | ".join(f"{tap} {metric}" for tap in taps) + " |", "|---" * (len(taps) + 1) + "|"]
     for k in ks:
         cells = []
         for tap in taps:
