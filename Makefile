@@ -7,9 +7,9 @@ BIN    := $(VENV)/bin
 
 .PHONY: setup demo test test-slow fashion-mnist bench clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 setup: $(BIN)/.installed

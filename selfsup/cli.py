@@ -24,6 +24,11 @@ def _pretrain(args) -> int:
              "device": args.device}
     cfg = resolve_config(method_cls, args.config, flags, args.overrides,
                          image_size_of=lambda spec: load_dataset(spec).image_size)
+    if args.print_config:
+        from selfsup.config import describe_config
+
+        print(describe_config(cfg, method_cls), end="")
+        return 0
     if not cfg.data:
         raise SelfSupError("no data given: pass --data SPEC (a folder, .tar, or FORMAT:PATH)")
     check_config(cfg)                       # before the monitor loads its data
@@ -227,7 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     from selfsup.methods import METHODS
     from selfsup.models import BACKBONES
 
+    from selfsup import __version__
+
     parser = argparse.ArgumentParser(prog="selfsup", description="Self-supervised visual representation learning and its evaluation.")
+    parser.add_argument("--version", action="version", version=f"selfsup {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("pretrain", help="learn a backbone without labels",
@@ -240,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs (0 saves the initial weights)")
     p.add_argument("--batch-size", type=int, help="global batch size")
     p.add_argument("--out", help="run directory (default runs/latest)")
-    p.add_argument("--config", help="YAML file of settings")
+    p.add_argument("--config", help="YAML file of settings, or the name of a shipped config (e.g. swav_cifar10, "
+                                    "jigclu_imagenet: the files in selfsup/configs)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved settings as YAML (every key with its meaning and default) and exit")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--resume-with-changes", action="store_true",
                    help="continue the run in --out with settings that differ from its own (recorded in metrics.jsonl)")
@@ -297,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="a grid of pretraining runs, evaluated, tabulated and plotted (Goyal et al. 2019)",
                        description="Run every cell of the grid in FILE.yaml (pretraining, then the evaluations it "
                                    "lists), resumably, then write results.csv, results.md and log-x plots of each "
-                                   "metric against the plot axis. See configs/sweeps/.")
-    p.add_argument("file", help="sweep file: name, base, grid, evals, plot")
+                                   "metric against the plot axis. The shipped sweeps are in selfsup/configs/sweeps/.")
+    p.add_argument("file", help="sweep file (name, base, grid, evals, plot), or the name of a shipped one, e.g. "
+                                "goyal_capacity_cifar10")
     p.add_argument("--parallel", type=int, default=1, help="cells run at once (processes sharing the cores; default 1)")
     p.add_argument("--out", help="sweep directory (default: the file's out, else runs/sweeps/NAME)")
     p.set_defaults(func=_sweep)

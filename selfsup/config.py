@@ -9,8 +9,14 @@ The method's own hyperparameters live under a key named after the method.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import inspect
+import json
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Optional
+
+import yaml
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -72,12 +78,33 @@ class TrainConfig:
     progress: bool = True             # tqdm bar
 
 
-def _format_error(exc: OmegaConfBaseException, where: str) -> SelfSupError:
+def _format_error(exc: OmegaConfBaseException, where: str, method: str = "METHOD") -> SelfSupError:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
     msg = str(exc).splitlines()[0]
     if "Key" in type(exc).__name__ or "not in struct" in msg or "Could not override" in msg:
-        return SelfSupError(f"unknown config key {key!r} in {where}: check the spelling (see `selfsup pretrain --help`)")
+        return SelfSupError(f"unknown config key {key!r} in {where}: check the spelling (every key, with its default: "
+                            f"`selfsup pretrain {method} --print-config`)")
     return SelfSupError(f"bad config value for {key!r} in {where}: {msg}")
+
+
+CONFIG_DIR = Path(__file__).parent / "configs"      # the shipped configs (package data)
+
+
+def shipped_configs(folder: str = "") -> list[str]:
+    """Names of the shipped YAML configs (``folder="sweeps"``: the sweep files)."""
+    return sorted(p.stem for p in (CONFIG_DIR / folder).glob("*.yaml"))
+
+
+def find_config(name: str, folder: str = "", what: str = "config") -> Path:
+    """``name`` itself when it is a file, else the shipped config of that name in ``CONFIG_DIR/folder``
+    (``swav_cifar10``, ``swav_cifar10.yaml``; ``folder="sweeps"`` for sweep files)."""
+    if Path(name).is_file():
+        return Path(name)
+    stem = name[:-5] if name.endswith(".yaml") else name
+    if "/" not in stem and (CONFIG_DIR / folder / f"{stem}.yaml").is_file():
+        return CONFIG_DIR / folder / f"{stem}.yaml"
+    raise SelfSupError(f"{what} {name!r} is neither a file nor a shipped {what}: pass a YAML path or one of "
+                       f"{', '.join(shipped_configs(folder))}")
 
 
 SMALL_IMAGE = 64                      # px: images this small get the method's small_image_defaults
@@ -95,6 +122,7 @@ def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | 
     OmegaConf.set_struct(base, True)
     layers: list[tuple[str, Any]] = [("method defaults", method_cls.defaults)]
     if file:
+        file = str(find_config(file))
         try:
             layers.append((file, OmegaConf.load(file)))
         except (OSError, Exception) as exc:  # yaml errors are not OmegaConf errors
@@ -102,13 +130,13 @@ def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | 
     layers.append(("command-line flags", {k: v for k, v in (flags or {}).items() if v is not None}))
     user_keys = {k for _, layer in layers[1:] for k in flatten(layer)}
     user_keys |= {item.partition("=")[0].strip() for item in overrides or []}
-    cfg, recipe_epochs = _merge(base, layers, overrides)
+    cfg, recipe_epochs = _merge(base, layers, overrides, method_cls.name)
     small = method_cls.small_image_defaults
     size = cfg.image_size or (image_size_of(cfg.data) if small and image_size_of and cfg.data else None)
     if small and size is not None and size <= SMALL_IMAGE:
         layers.insert(1, (f"{method_cls.name}'s defaults for small images", small))
         before = cfg
-        cfg, recipe_epochs = _merge(base, layers, overrides)
+        cfg, recipe_epochs = _merge(base, layers, overrides, method_cls.name)
         changed = {k: (OmegaConf.select(before, k), v) for k, v in flatten(small).items() if k not in user_keys}
         if changed:
             print(f"{size} px images: {method_cls.name}'s recipe for images of {SMALL_IMAGE} px or less, "
@@ -120,7 +148,7 @@ def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | 
     return cfg
 
 
-def _merge(base, layers, overrides) -> tuple[DictConfig, int]:
+def _merge(base, layers, overrides, method: str) -> tuple[DictConfig, int]:
     """``base`` with every layer, then the key=value overrides, merged in order; and the
     recipe's epochs (those after the method's layers, before the user's)."""
     recipe_epochs = base.epochs
@@ -128,7 +156,7 @@ def _merge(base, layers, overrides) -> tuple[DictConfig, int]:
         try:
             base = OmegaConf.merge(base, layer)
         except OmegaConfBaseException as exc:
-            raise _format_error(exc, where) from None
+            raise _format_error(exc, where, method) from None
         if where == "method defaults" or where.endswith("defaults for small images"):
             recipe_epochs = base.epochs
     for item in overrides or []:
@@ -137,8 +165,52 @@ def _merge(base, layers, overrides) -> tuple[DictConfig, int]:
         try:
             base = OmegaConf.merge(base, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
-            raise _format_error(exc, f"override {item!r}") from None
+            raise _format_error(exc, f"override {item!r}", method) from None
     return base, recipe_epochs
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """The trailing ``# comment`` of each field in the source of a config dataclass and its bases."""
+    comments: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if is_dataclass(k)]):
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for name, comment in re.findall(r"^\s+(\w+)\s*:[^#\n]*#\s*(.*)$", source, flags=re.M):
+            comments[name] = comment.strip()
+    return comments
+
+
+def _yaml_value(value) -> str:
+    if isinstance(value, (tuple, list)):
+        value = json.loads(json.dumps(value))      # tuples (nested too) as YAML lists
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("\n...\n").strip()
+
+
+def describe_config(cfg: DictConfig, method_cls) -> str:
+    """The resolved ``cfg`` as YAML that ``--config`` reads back: every key with its value, its
+    meaning (the dataclass field's comment) and its default (the dataclass's), e.g.
+    ``  lr: 0.3  # peak learning rate (per 256 images if scale_lr) [default 0.05]``."""
+    lines = [f"# selfsup pretrain {method_cls.name}: the resolved settings; [default X] is the built-in default "
+             "before the method's recipe"]
+
+    def walk(instance, node, indent: str) -> None:
+        comments = _field_comments(type(instance))
+        for f in fields(instance):
+            default, value = getattr(instance, f.name), node[f.name]
+            if is_dataclass(default):
+                lines.append(f"{indent}{f.name}:{'  # ' + comments[f.name] if f.name in comments else ''}")
+                walk(default, value, indent + "  ")
+                continue
+            value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            note = " ".join(filter(None, [comments.get(f.name, ""), f"[default {_yaml_value(default)}]"]))
+            lines.append(f"{indent}{f.name}: {_yaml_value(value)}  # {note}")
+
+    walk(TrainConfig(), cfg, "")
+    lines.append(f"{method_cls.name}:  # the method's own settings")
+    walk(method_cls.Config(), cfg[method_cls.name], "  ")
+    return "\n".join(lines) + "\n"
 
 
 def flatten(tree, prefix: str = "") -> dict:

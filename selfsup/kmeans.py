@@ -8,7 +8,7 @@
 - backend ``faiss`` (``faiss.Kmeans``: the fast path on one process, on the GPU when faiss-gpu
   and CUDA are there) or ``torch`` (any device, and under DDP: sums and counts are all-reduced,
   so every process gets the same centroids from its own rows). ``auto``: faiss on one CPU
-  process, torch otherwise. faiss re-seeds empty clusters by splitting large ones, torch keeps
+  process when it is installed (the ``faiss`` extra), torch otherwise. faiss re-seeds empty clusters by splitting large ones, torch keeps
   them: the two agree on the algorithm, not on the bits.
 - ``assign(x, centroids)``: the nearest centroid of every row, in chunks (memory flat in N).
 - ``pca_whiten(x, dim)``: PCA to ``dim`` dimensions with whitening, the DeepCluster preprocessing.
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup import distributed as dist
+from selfsup.errors import SelfSupError
 
 BACKENDS = ("auto", "faiss", "torch")
 
@@ -82,6 +83,14 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> tor
     return x[torch.tensor(seeds, device=x.device)].clone()
 
 
+def _has_faiss() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _faiss_lloyd(x: torch.Tensor, k: int, iterations: int, spherical: bool, seed: int,
                  init: torch.Tensor | None = None):
     import faiss
@@ -106,8 +115,10 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 20, spherical: bool = Fals
     if init not in ("random", "k-means++"):
         raise ValueError(f"unknown k-means init {init!r}: use random or k-means++")
     if backend == "auto":
-        backend = "faiss" if dist.world_size() == 1 and x.device.type == "cpu" else "torch"
+        backend = "faiss" if dist.world_size() == 1 and x.device.type == "cpu" and _has_faiss() else "torch"
     if backend == "faiss":
+        if not _has_faiss():
+            raise SelfSupError("backend='faiss' needs faiss: pip install 'selfsup[faiss]' (or use backend='torch')")
         if dist.world_size() > 1:
             raise ValueError("the faiss backend runs on one process: use backend='torch' under DDP")
         seeds = kmeans_plus_plus(x, k, torch.Generator().manual_seed(seed)) if init == "k-means++" else None

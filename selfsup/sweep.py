@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from selfsup.config import flatten
+from selfsup.config import find_config, flatten
 from selfsup.errors import SelfSupError
 
 PROTOCOLS = ("knn", "linear", "svm")
@@ -45,7 +45,9 @@ FILE_KEYS = {"name", "out", "base", "grid", "evals", "plot"}
 
 
 def load_sweep(path: str | Path) -> dict:
-    """A sweep file, checked: a grid of non-empty lists and evaluations of a known protocol."""
+    """A sweep file (a path, or the name of a shipped sweep), checked: a grid of non-empty lists and
+    evaluations of a known protocol."""
+    path = find_config(str(path), "sweeps", "sweep file")
     try:
         spec = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:

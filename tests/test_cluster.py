@@ -10,6 +10,7 @@ from sklearn.metrics import adjusted_rand_score
 from conftest import run, tiny_overrides
 from selfsup.cluster.metrics import cluster_scores, hungarian_accuracy
 from selfsup.config import resolve_config
+from selfsup.errors import SelfSupError
 from selfsup.engine.trainer import Trainer
 from selfsup.kmeans import assign, kmeans, pca_whiten
 from selfsup.methods import get_method
@@ -74,3 +75,13 @@ def test_eval_cluster_command(tmp_path, capsys):
     assert r["clusters"] == 4 and r["tap"] == "conv4" and 0 <= r["accuracy"] <= 1 and -1 <= r["ari"] <= 1
     code, _, err = run(capsys, "eval", "knn", "--checkpoint", tmp_path / "run" / "last.pt", "--test-data", data)
     assert code == 2 and "needs --train-data" in err
+def test_auto_backend_without_faiss(monkeypatch):
+    """faiss is an optional extra: without it ``auto`` runs the torch backend and ``faiss`` names the extra."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    x = torch.cat([torch.randn(50, 4) * 0.1 + c for c in (torch.full((4,), -5.0), torch.full((4,), 5.0))])
+    centroids, labels = kmeans(x, 2, iterations=10, seed=0, backend="auto")
+    assert centroids.shape == (2, 4) and len(set(labels[:50].tolist())) == 1 != len(set(labels.tolist()))
+    with pytest.raises(SelfSupError, match=r"selfsup\[faiss\]"):
+        kmeans(x, 2, backend="faiss")

@@ -112,3 +112,56 @@ def test_swav_at_small_images_trains_on_two_global_crops():
     cfg = resolve_config(get_method("swav"), flags={"method": "swav", "data": "small"},
                          overrides=["swav.crops=2x32+4x16"], image_size_of=size_of)
     assert cfg.swav.crops == "2x32+4x16"
+
+
+def test_shipped_configs_by_name_and_packaged():
+    """`--config NAME` finds a shipped config inside the package (so a wheel has them), with or without
+    .yaml; an unknown name is one error listing the shipped names."""
+    from selfsup.config import CONFIG_DIR, find_config, shipped_configs
+
+    assert CONFIG_DIR.parent.name == "selfsup" and "swav_cifar10" in shipped_configs()
+    assert find_config("swav_cifar10") == find_config("swav_cifar10.yaml") == CONFIG_DIR / "swav_cifar10.yaml"
+    assert find_config("goyal_capacity_cifar10", "sweeps").parent.name == "sweeps"
+    cfg = resolve_config(get_method("swav"), "swav_cifar10")
+    assert cfg.swav.nmb_prototypes == resolve_config(get_method("swav"), str(CONFIG_DIR / "swav_cifar10.yaml")).swav.nmb_prototypes
+    with pytest.raises(SelfSupError, match="neither a file nor a shipped config.*swav_cifar10"):
+        find_config("no_such_config")
+
+
+@pytest.mark.parametrize("name", ["swav", "jigclu", "colorization", "simclr"])
+def test_print_config_is_yaml_that_reads_back(name, tmp_path):
+    """--print-config: every key with a comment and its built-in default, as YAML that --config reads
+    back to the same resolved settings."""
+    import json
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    from selfsup.config import describe_config
+
+    m = get_method(name)
+    cfg = resolve_config(m, None, {"method": name, "epochs": 3}, ["optim.lr=0.25"])
+    text = describe_config(cfg, m)
+    plain = json.loads(json.dumps(OmegaConf.to_container(cfg)))
+    assert yaml.safe_load(text) == plain
+    leaves = [ln for ln in text.splitlines()[1:] if not ln.split("  #")[0].rstrip().endswith(":")]
+    assert len(leaves) > 40 and all("  # " in ln and "[default " in ln for ln in leaves)
+    assert "  lr: 0.25  # peak learning rate" in text and "[default 0.05]" in text
+    f = tmp_path / "printed.yaml"
+    f.write_text(text)
+    again = resolve_config(m, str(f))
+    assert json.loads(json.dumps(OmegaConf.to_container(again))) == plain
+
+
+def test_unknown_key_points_to_print_config():
+    with pytest.raises(SelfSupError, match=r"selfsup pretrain simclr --print-config"):
+        resolve_config(get_method("simclr"), None, None, ["optim.lrr=1"])
+
+
+def test_version_flag(capsys):
+    from selfsup import __version__
+    from selfsup.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"selfsup {__version__}"
