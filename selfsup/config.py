@@ -75,7 +75,7 @@ class TrainConfig:
     save_every_steps: int = 0         # also write last.pt every N steps (0: at epoch ends and on SIGTERM only)
     resume: bool = False
     resume_with_changes: bool = False # resume although the config differs from the run's (the change is recorded)
-    progress: bool = True             # tqdm bar
+    progress: bool = True             # progress output: a bar on a terminal, plain lines in a log
 
 
 def _format_error(exc: OmegaConfBaseException, where: str, method: str = "METHOD") -> SelfSupError:

@@ -29,6 +29,7 @@ from selfsup.engine.optim import build_optimizer, lr_at
 from selfsup.engine.rundir import RunLock, config_changes, prepare_out, remove_temporaries, truncate_metrics
 from selfsup.config import check_config
 from selfsup.errors import SelfSupError
+from selfsup.progress import line_every, progress
 from selfsup.methods import get_method
 from selfsup.methods.base import to_device
 from selfsup.models import build_backbone
@@ -318,7 +319,7 @@ class Trainer:
         if self.step_in_epoch == 0:
             self.method.on_epoch_start(self.epoch, self.loader)
         bar = _progress(self.steps_per_epoch, self.step_in_epoch, f"epoch {self.epoch + 1}/{cfg.epochs}",
-                        enabled=main and cfg.progress)
+                        enabled=main and cfg.progress, every=line_every(self.steps_per_epoch, cfg.log_every))
         try:
             return self._steps(stop, writer, metrics, bar)
         finally:
@@ -369,7 +370,7 @@ class Trainer:
                     for k, v in record.items():
                         if k not in ("epoch", "step"):
                             writer.add_scalar(f"train/{k}", v, step + 1)
-                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{record['images_per_s']:.0f}")
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.4g}", img_s=f"{record['images_per_s']:.0f}")
                 window_images, t0 = 0, time.perf_counter()
             bar.update(1)
             if stopping:
@@ -401,10 +402,11 @@ def _tensorboard(out: Path, purge_step: int | None = None):
     return SummaryWriter(str(out / "tb"), purge_step=purge_step)    # on resume: drop events past the checkpoint
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
+def _progress(total: int, initial: int, desc: str, enabled: bool, every: int | None = None):
+    """The epoch's progress: a tqdm bar on a terminal, plain lines in a log (``selfsup.progress``).
+    ``every`` is a multiple of ``log_every``, so a line only falls on a step whose loss, lr and
+    images/s the loop has already brought to the host."""
+    return progress(total, initial, desc, enabled=enabled, every=every)
 
 
 def pretrain(cfg, on_epoch_end=None) -> tuple[Path, str]:

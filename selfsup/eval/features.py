@@ -199,9 +199,9 @@ def extract_tap_features(backbone, dataset, taps, pool: str = "avg", image_size:
     transform = EvalTransform(image_size) if crop == 1.0 else CenterView(image_size, crop)
     chunks = {tap: [] for tap in todo}
     n = len(dataset)
-    from tqdm import tqdm
+    from selfsup.progress import track
 
-    for start in tqdm(range(0, n, batch_size), desc="features", disable=not progress, leave=False):
+    for start in track(range(0, n, batch_size), desc="features", enabled=progress, unit="batch"):
         images = torch.from_numpy(np.array(dataset.images[start:start + batch_size])).to(device)
         fmaps = backbone.forward_taps(transform(images).contiguous(memory_format=torch.channels_last), todo)
         for tap in todo:

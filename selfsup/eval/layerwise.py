@@ -72,7 +72,7 @@ def fit_heads(heads: nn.ModuleDict, features_of, labels: torch.Tensor, epochs: i
     device until the epoch ends: one host sync per epoch. ``history`` receives one entry per
     epoch, {"lr": lr, "loss": {tap: mean loss}}.
     """
-    from tqdm import trange
+    from selfsup.progress import track
 
     opt = goyal_optimizer(heads, lr, preset)
     taps = list(heads)
@@ -80,7 +80,7 @@ def fit_heads(heads: nn.ModuleDict, features_of, labels: torch.Tensor, epochs: i
     n, batch = len(labels), preset.batch_size
     heads.train()
     losses = {tap: float("nan") for tap in taps}
-    for epoch in trange(epochs, desc="layer-wise probe", disable=not progress, leave=False):
+    for epoch in track(range(epochs), desc="layer-wise probe", enabled=progress, unit="epoch"):
         epoch_lr = preset_lr(preset, lr, epochs, epoch)
         for group in opt.param_groups:
             group["lr"] = epoch_lr

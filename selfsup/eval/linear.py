@@ -116,7 +116,7 @@ def _fit(head, features_of, labels: torch.Tensor, preset: Preset, epochs: int, l
          weight_decay: float, g: torch.Generator, history: list | None = None, progress: bool = False) -> float:
     """Train ``head`` with SGD (momentum 0.9) on ``features_of(indices)``; returns the last epoch's
     mean loss and appends every epoch's to ``history``."""
-    from tqdm import trange
+    from selfsup.progress import track
 
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay,
                           nesterov=preset.nesterov)
@@ -124,7 +124,7 @@ def _fit(head, features_of, labels: torch.Tensor, preset: Preset, epochs: int, l
     steps_per_epoch = math.ceil(n / batch_size)
     device = next(head.parameters()).device
     mean_loss = float("nan")
-    for epoch in trange(epochs, desc="linear probe", disable=not progress, leave=False):
+    for epoch in track(range(epochs), desc="linear probe", enabled=progress, unit="epoch"):
         order = torch.randperm(n, generator=g)
         total = 0.0
         for step, start in enumerate(range(0, n, batch_size)):

@@ -148,10 +148,10 @@ def aggregated_features(backbone, dataset, num_patches: int = 16, patch_size: in
         grid, (gh, gw) = grid_boxes(height, width, window, stride, device)
     # images per step: fixed for global aggregation, so the patch positions drawn do not depend on ``chunk``
     step = IMAGES_PER_STEP if aggregate == "global" else max(1, chunk // (gh * gw))
-    from tqdm import tqdm
+    from selfsup.progress import track
 
     feats = []
-    for start in tqdm(range(0, len(dataset), step), desc="patches", disable=not progress, leave=False):
+    for start in track(range(0, len(dataset), step), desc="patches", enabled=progress, unit="batch"):
         x = _images(dataset, start, step, device)
         if aggregate == "global":
             boxes, source = random_boxes(len(x), height, width, num_patches, patch_size, g, device)
