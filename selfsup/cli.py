@@ -93,6 +93,16 @@ def _sweep(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from selfsup.bench import BENCH_METHODS, bench, table
+
+    methods = BENCH_METHODS if args.methods == "all" else args.methods.split(",")
+    results = bench(methods, args.backbone, args.batch_size, args.image_size, args.steps, args.warmup, args.device,
+                    args.overrides)
+    print(table(results, args.backbone, args.batch_size, args.image_size, args.steps))
+    return 0
+
+
 def _patch_size(value: str):
     """--patch-size: "auto" (the checkpoint's), "multi" (None: multi-scale crops) or a side in pixels."""
     if value == "auto":
@@ -244,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(e.g. optim.lr=0.5 simclr.temperature=0.2).")
     p.add_argument("method", help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--data", help="dataset SPEC: [FORMAT:]PATH[?options], e.g. cifar10:DIR or DIR.tar?val_per_class=500&part=train")
-    p.add_argument("--backbone", help=f"one of: {', '.join(BACKBONES)} (default resnet18)")
+    p.add_argument("--backbone", help=f"one of: {', '.join(BACKBONES)}, or timm:NAME for any installed timm model "
+                                      "(default resnet18)")
     p.add_argument("--epochs", type=int, help="epochs (0 saves the initial weights)")
     p.add_argument("--batch-size", type=int, help="global batch size")
     p.add_argument("--out", help="run directory (default runs/latest)")
@@ -287,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "method). The student evaluates like any checkpoint.")
     p.add_argument("--teacher", required=True, help="a checkpoint, random:BACKBONE (a randomly initialised network), or "
                                                    "hog[:WORDS] (HOG bag-of-words histograms, 1000 words by default)")
-    p.add_argument("--student", required=True, help=f"student backbone: one of {', '.join(BACKBONES)}")
+    p.add_argument("--student", required=True, help=f"student backbone: one of {', '.join(BACKBONES)}, or timm:NAME")
     p.add_argument("--cluster-data", required=True, help="dataset SPEC whose teacher features are clustered")
     p.add_argument("--label-data", help="dataset SPEC to label and train the student on (default: --cluster-data)")
     p.add_argument("--clusters", type=int, default=2000, help="k of k-means (default 2000, the paper's)")
@@ -399,6 +410,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     p.set_defaults(func=_viz)
 
+    p = sub.add_parser("bench", help="the training-step throughput of every method against the supervised step",
+                       description="Train each method for a few steps through the engine, with its defaults, on "
+                                   "in-memory synthetic images (views drawn on the fly, no decoding), and print a "
+                                   "table of images/s and the step against the supervised step.")
+    p.add_argument("--methods", default="all", help="comma list of methods (default all 13; supervised always)")
+    p.add_argument("--backbone", default="convnet", help="backbone (default convnet)")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
+    p.add_argument("--image-size", type=int, default=32, help="image size in pixels (default 32)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per method (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed first steps (default 2)")
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="settings for every method, e.g. cifar_stem=false")
+    p.set_defaults(func=_bench)
+
     p = sub.add_parser("demo", help="the whole pipeline on Fashion-MNIST in minutes on a CPU",
                        description="Pretrain a small convnet with SimCLR on Fashion-MNIST, evaluate it with kNN and a "
                                    "linear probe against random weights, and write report.md with plots.")
@@ -416,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
         # key=value overrides may come anywhere after the method, between flags too
-        if args.command in ("pretrain", "finetune", "transfer") and all(not e.startswith("-") for e in extra):
+        if args.command in ("pretrain", "finetune", "transfer", "bench") and all(not e.startswith("-") for e in extra):
             args.overrides = list(args.overrides) + extra
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -50,7 +50,7 @@ def test_eval_accepts_a_torchvision_state_dict(tmp_path, capsys):
     (["pretrain", "simclr", "--data", TINY, "optim.lr=fast"], "bad config value"),
     (["pretrain", "simclr", "--data", TINY, "epochs"], "key=value"),
     (["pretrain", "simclr", "--data", "nosuchformat:/tmp"], "unknown format"),
-    (["pretrain", "simclr", "--data", TINY, "--config", "/no/such.yaml"], "cannot read config"),
+    (["pretrain", "simclr", "--data", TINY, "--config", "/no/such.yaml"], "neither a file nor a shipped config"),
     (["eval", "knn", "--checkpoint", "/no/such.pt", "--train-data", TINY, "--test-data", TINY], "does not exist"),
 ])
 def test_bad_input_gets_one_line_error(capsys, argv, fragment):

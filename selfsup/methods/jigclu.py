@@ -92,9 +92,13 @@ class JigClu(Method):
         backbone.train(was_training)
         if min(h, w) < m:
             smaller = f"jigclu.m={min(h, w)}, " if min(h, w) >= 2 else ""
+            stride = getattr(backbone, "tap_strides", {}).get(backbone.default_tap)     # timm models: their own stem
+            if stride:
+                fix = f"use {smaller}{'or ' if smaller else ''}image_size {m * stride} or more (output stride {stride})"
+            else:
+                fix = f"use cifar_stem=true (the default on ResNets at 64 px or less), {smaller}or a larger image_size"
             raise SelfSupError(f"jigclu splits the final feature map into {m} x {m} cells, but this backbone gives "
-                               f"{h} x {w} at {image_size} px: use cifar_stem=true (the default on ResNets at 64 px "
-                               f"or less), {smaller}or a larger image_size")
+                               f"{h} x {w} at {image_size} px: {fix}")
 
     def view_maker(self):
         c = self.cfg

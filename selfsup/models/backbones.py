@@ -2,7 +2,8 @@
 
 A backbone maps images (B x 3 x H x W) to feature maps at named taps
 (``conv1, pool1, res2 .. res5, pool5`` for ResNets, ``conv1 .. conv4`` for the small
-convnet, ``conv1 .. conv5`` for the AlexNet of Jigsaw's CFN); ``default_tap`` is the
+convnet, ``conv1 .. conv5`` for the AlexNet of Jigsaw's CFN; ``stage1 .. stageN`` for a timm
+convnet and ``block{i} .. norm`` for a timm ViT, ``timm:NAME``, see ``timm_backbone``); ``default_tap`` is the
 last feature map (``res5`` for ResNets, else the last tap) and ``forward`` returns it
 globally average-pooled (B x ``out_dim``), the representation evaluated by default. Pretraining heads live in the
 methods, so a backbone's state dict is all evaluation needs.
@@ -243,6 +244,7 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "alexnet": lambda **kw: AlexNet(**kw),
 }
 INPUTS = ("rgb", "L", "tile_norm")
+TIMM_PREFIX = "timm:"        # timm:NAME, any installed timm model (a prefix family, not in BACKBONES)
 
 
 def auto_cifar_stem(name: str, image_size: int) -> bool:
@@ -252,17 +254,27 @@ def auto_cifar_stem(name: str, image_size: int) -> bool:
 
 
 def build_backbone(name: str, cifar_stem: bool = False, input: str = "rgb", **options) -> Backbone:
-    """Create a backbone by registry name, e.g. ``build_backbone("resnet18", cifar_stem=True)``.
+    """Create a backbone by registry name, e.g. ``build_backbone("resnet18", cifar_stem=True)``,
+    or any installed timm model as ``timm:NAME`` (``selfsup.models.timm_backbone``; the optional
+    extra ``selfsup[timm]``), e.g. ``build_backbone("timm:vit_small_patch16_224")``.
 
     ``input="L"`` builds it with one input channel behind ``LChannel`` (Colorization),
     ``input="tile_norm"`` behind ``TileNorm`` (Jigsaw++); ``options`` go to the
-    constructor (``last_stride`` for ResNets)."""
-    if name not in BACKBONES:
-        raise SelfSupError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
+    constructor (``last_stride`` for ResNets; ``img_size`` and ``timm.create_model``'s
+    arguments for timm models)."""
+    if name.startswith(TIMM_PREFIX):
+        from selfsup.models.timm_backbone import TimmBackbone
+
+        factory = lambda **kw: TimmBackbone(name[len(TIMM_PREFIX):], **kw)  # noqa: E731
+    elif name in BACKBONES:
+        factory = BACKBONES[name]
+    else:
+        raise SelfSupError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}, or {TIMM_PREFIX}NAME "
+                           f"for a timm model")
     if input not in INPUTS:
         raise SelfSupError(f"unknown backbone input {input!r}: use one of {', '.join(INPUTS)}")
     try:
-        net = BACKBONES[name](cifar_stem=cifar_stem, in_channels=1 if input == "L" else 3, **options)
+        net = factory(cifar_stem=cifar_stem, in_channels=1 if input == "L" else 3, **options)
     except TypeError:
         raise SelfSupError(f"backbone {name} takes no option {', '.join(options)}") from None
     return {"rgb": lambda n: n, "L": LChannel, "tile_norm": TileNorm}[input](net)

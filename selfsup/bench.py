@@ -1,0 +1,95 @@
+"""`selfsup bench`: the training-step throughput of every method beside the supervised step.
+
+Each method trains through the engine exactly as ``selfsup pretrain`` does (its defaults, its
+small-image recipe at 64 px or less, its views drawn on the fly, the optimiser and schedule), with
+one backbone, batch and image size, on in-memory synthetic images (``synthetic:N``: no decode
+cost, so the figure is the step, augmentation included). The first ``warmup`` steps are dropped;
+the table gives the median images/s of the rest, the step time, and the step's cost as a multiple
+of the supervised step (cross-entropy on a linear head: the floor every method pays).
+
+Methods whose clustering needs more images than the run has (prototype counts above the image
+count, a MoCo queue longer than the data) get smaller counts, listed under the table.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from selfsup.errors import SelfSupError
+
+BENCH_METHODS = ("supervised", "simclr", "byol", "vicreg", "tcr", "spectral_contrastive", "moco_v2", "jigclu",
+                 "swav", "deepcluster_v2", "sela_v2", "jigsaw", "jigsaw_pp", "colorization")
+
+
+def _fits(method: str, cfg, images: int) -> dict[str, str]:
+    """Overrides that let a clustering method run on ``images`` images (only where its count exceeds them)."""
+    from omegaconf import OmegaConf
+
+    changes = {}
+    protos = OmegaConf.select(cfg, f"{method}.nmb_prototypes")
+    if protos is not None:
+        counts = list(protos) if OmegaConf.is_config(protos) else [protos]
+        if max(counts) > images // 2:
+            small = [min(c, images // 2) for c in counts]
+            changes[f"{method}.nmb_prototypes"] = str(small if OmegaConf.is_config(protos) else small[0])
+    queue = OmegaConf.select(cfg, f"{method}.queue_size")
+    if queue is not None and queue > images:
+        changes[f"{method}.queue_size"] = str(images - images % cfg.batch_size)
+    return changes
+
+
+def bench_method(method: str, backbone: str, batch_size: int, size: int, steps: int, warmup: int,
+                 device: str, folder: Path, extra: list[str] | None = None) -> dict:
+    """One short ``pretrain`` of ``method``: {"images_per_s", "step_ms", "changes"} (median after ``warmup``)."""
+    from selfsup.config import resolve_config
+    from selfsup.data.datasets import load_dataset
+    from selfsup.engine.trainer import Trainer
+    from selfsup.methods import get_method
+
+    images = batch_size * (steps + warmup)
+    items = {"method": method, "data": f"synthetic:{images}?classes=10&size={size}", "backbone": backbone,
+             "batch_size": batch_size, "epochs": 1, "out": str(folder / method), "progress": False,
+             "log_every": 1, "device": device}
+    overrides = [f"{k}={v}" for k, v in items.items()] + list(extra or [])
+    size_of = lambda spec: load_dataset(spec).image_size   # noqa: E731
+    cls = get_method(method)
+    changes = _fits(method, resolve_config(cls, overrides=overrides, image_size_of=size_of), images)
+    cfg = resolve_config(cls, overrides=overrides + [f"{k}={v}" for k, v in changes.items()], image_size_of=size_of)
+    Trainer(cfg).fit()
+    rates = [json.loads(line)["images_per_s"] for line in (folder / method / "metrics.jsonl").read_text().splitlines()
+             if '"images_per_s"' in line][warmup:]
+    if not rates:
+        raise SelfSupError(f"bench: {method} logged no timed step: use --steps 1 or more")
+    rate = statistics.median(rates)
+    return {"images_per_s": rate, "step_ms": 1000 * batch_size / rate, "changes": changes}
+
+
+def bench(methods=BENCH_METHODS, backbone: str = "convnet", batch_size: int = 256, size: int = 32, steps: int = 5,
+          warmup: int = 2, device: str = "cpu", extra: list[str] | None = None, log=print) -> dict[str, dict]:
+    """{method: bench_method(...)} for ``supervised`` and ``methods``, in order."""
+    if steps < 1 or warmup < 0 or batch_size < 2:
+        raise SelfSupError("bench needs --steps 1 or more, --warmup 0 or more and --batch-size 2 or more")
+    methods = ["supervised"] + [m for m in methods if m != "supervised"]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in methods:
+            t = time.perf_counter()
+            results[m] = bench_method(m, backbone, batch_size, size, steps, warmup, device, Path(tmp), extra)
+            log(f"bench {m}: {results[m]['images_per_s']:.0f} img/s ({time.perf_counter() - t:.0f} s)")
+    return results
+
+
+def table(results: dict[str, dict], backbone: str, batch_size: int, size: int, steps: int) -> str:
+    """The markdown table: images/s, step time, and the step against the supervised step."""
+    base = results["supervised"]["step_ms"]
+    rows = [f"{backbone}, batch {batch_size}, {size} px, median of {steps} steps per method",
+            "", "| method | images/s | step (ms) | step / supervised step |", "|---|---|---|---|"]
+    for m, r in results.items():
+        rows.append(f"| {m} | {r['images_per_s']:.0f} | {r['step_ms']:.0f} | {r['step_ms'] / base:.2f} |")
+    notes = [f"{m}: {', '.join(f'{k}={v}' for k, v in r['changes'].items())}" for m, r in results.items() if r["changes"]]
+    if notes:
+        rows += ["", "Smaller counts for the synthetic set: " + "; ".join(notes)]
+    return "\n".join(rows)
