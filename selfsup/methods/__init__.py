@@ -26,6 +26,17 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, VICReg, TC
                                                    Supervised, Distill)}
 
 
+def register_method(cls: type[Method]) -> type[Method]:
+    """Add a method of your own (a ``Method`` subclass with a ``name``), as a class decorator: every
+    command and function that takes a method name then knows it (docs/add_a_method.md)."""
+    if not (isinstance(cls, type) and issubclass(cls, Method) and cls.name):
+        raise SelfSupError(f"register_method needs a Method subclass with a name, got {cls!r}")
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise SelfSupError(f"a method named {cls.name!r} exists already: give yours another name")
+    METHODS[cls.name] = cls
+    return cls
+
+
 def get_method(name: str) -> type[Method]:
     if name not in METHODS:
         raise SelfSupError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
@@ -48,4 +59,4 @@ def build_method(name: str, backbone="resnet18", image_size: int = 224, cifar_st
     return cls(backbone, cfg, image_size)
 
 
-__all__ = ["METHODS", "Method", "MethodConfig", "build_method", "get_method"]
+__all__ = ["METHODS", "Method", "MethodConfig", "build_method", "get_method", "register_method"]
