@@ -410,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     p.set_defaults(func=_viz)
 
+    from selfsup.export import add_parser as add_export
+
+    add_export(sub)
+
     p = sub.add_parser("bench", help="the training-step throughput of every method against the supervised step",
                        description="Train each method for a few steps through the engine, with its defaults, on "
                                    "in-memory synthetic images (views drawn on the fly, no decoding), and print a "
