@@ -54,6 +54,12 @@ def save_atomic(obj, path: str | Path) -> None:
     write (disk full, read-only folder) is a one-line ``SaveError`` and keeps the
     previous file.
     """
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_atomic(path: str | Path, write) -> None:
+    """``write(binary file)`` into a temporary file beside ``path``, then as ``save_atomic``: fsync,
+    rename, fsync the folder; a failed write is a ``SaveError`` and keeps the previous file."""
     path = Path(path)
     kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
     tmp = temporary_name(path)
@@ -61,7 +67,7 @@ def save_atomic(obj, path: str | Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

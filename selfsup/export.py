@@ -29,15 +29,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from selfsup import __version__
-from selfsup.checkpoint import SaveError, _fsync_dir, backbone_spec, load_backbone, load_checkpoint, save_atomic, \
-    temporary_name
+from selfsup.checkpoint import backbone_spec, load_backbone, load_checkpoint, save_atomic, write_atomic
 from selfsup.data.views import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.errors import SelfSupError
 from selfsup.models.backbones import InputStage, ResNet, TileNorm
@@ -78,27 +76,8 @@ def config_sha256(config: dict | None) -> str | None:
 
 
 def _write_bytes_atomic(data: bytes, path: Path) -> None:
-    """``data`` to a temporary file beside ``path``, fsync, rename over ``path``, fsync the folder;
-    a failed write is a one-line ``SaveError`` and keeps the previous file."""
-    kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
-    tmp = temporary_name(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise SaveError(path, exc.strerror or str(exc), kept) from None
-        raise
+    """``data`` written atomically (``checkpoint.write_atomic``)."""
+    write_atomic(path, lambda f: f.write(data))
 
 
 def _conv_spec(conv: nn.Conv2d) -> dict:

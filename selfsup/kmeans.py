@@ -85,10 +85,10 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> tor
 
 def _has_faiss() -> bool:
     try:
-        import faiss  # noqa: F401
+        import faiss
     except ImportError:
         return False
-    return True
+    return faiss is not None
 
 
 def _faiss_lloyd(x: torch.Tensor, k: int, iterations: int, spherical: bool, seed: int,

@@ -15,7 +15,7 @@ from torch import nn
 from conftest import TINY, one_line_error, run
 from selfsup.checkpoint import load_backbone, load_checkpoint
 from selfsup.errors import SelfSupError
-from selfsup.export import add_parser, export, run as export_run
+from selfsup.export import add_parser, export
 from selfsup.models import build_backbone
 from selfsup.models.backbones import LChannel, TileNorm
 

@@ -1,8 +1,6 @@
 """Barlow Twins (Zbontar et al., ICML 2021) as a method of your own: the example of docs/add_a_method.md."""
 from dataclasses import dataclass
 
-import torch
-
 from selfsup.data.views import ViewMaker, view_recipe
 from selfsup.methods import Method, MethodConfig, register_method
 from selfsup.methods.base import forward_views
