@@ -1,9 +1,21 @@
-"""`selfsup demo`: the whole pipeline on real data (Fashion-MNIST) in minutes on a CPU.
+"""`selfsup demo`: methods of the founding papers on real data (Fashion-MNIST), every
+evaluation protocol, and pictures, in minutes on a CPU.
 
-SimCLR pretrains the small convnet on the 60,000 training images; kNN and a
-linear probe on frozen features then compare it with the same backbone at its
-random initialisation, on the 10,000 test images. The run directory receives
-both checkpoints, the metrics, a loss curve, an accuracy chart and report.md.
+SimCLR, JigClu and SwAV pretrain the small convnet on the 60,000 training images,
+each for a fixed epoch budget (``DEMO_RUNS``). Their frozen features, and those of the
+same convnet at its random initialisation, then go through every protocol on the
+10,000 test images, all on the same features (the checkpoint's evaluation tap,
+average-pooled):
+
+- kNN (k=20, T=0.07, cosine) and the linear probe (30 epochs, standardised features);
+- linear SVMs of Goyal et al. 2019 (METHODS.md 6.1: one-vs-rest, cost by 3-fold CV) on
+  ``SVM_PER_CLASS`` training images per class, scored as test mAP;
+- the low-shot curve (METHODS.md 6.3, Places style): SVMs on k labelled images per
+  class, k = 1 .. 96, test top-1 averaged over ``LOWSHOT_SAMPLES`` draws.
+
+The run directory receives the checkpoints, results.json and report.md with the loss
+curves, the accuracy bars, the low-shot curve and a nearest-neighbour retrieval grid
+(random weights against the best method).
 """
 from __future__ import annotations
 
@@ -11,16 +23,26 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from selfsup.errors import SelfSupError
 
 DEBIAN_PATH = "/usr/share/datasets/fashion-mnist"
 
-# SimCLR on the convnet at 28 px, 4 epochs of 60,000 images (about 5 min on 2 CPU cores).
-DEMO_SETTINGS = [
-    "backbone=convnet", "batch_size=256", "epochs=4",
-    "optim.name=lars", "optim.lr=1.0", "optim.weight_decay=1e-6", "optim.warmup_epochs=0.5",
-    "optim.scale_lr=false", "simclr.temperature=0.2", "simclr.proj_hidden_dim=512", "log_every=5",
-]
+COMMON = ["backbone=convnet", "batch_size=256", "log_every=5"]
+# Each method's epochs and settings (chosen with experiments/tune_demo.py on a split of the
+# training images, never on the test images): about 8 minutes in all on 2 CPU cores.
+DEMO_RUNS: dict[str, tuple[int, list[str]]] = {
+    "simclr": (3, ["optim.name=lars", "optim.lr=1.0", "optim.weight_decay=1e-6", "optim.warmup_epochs=0.5",
+                   "optim.scale_lr=false", "simclr.temperature=0.2", "simclr.proj_hidden_dim=512"]),
+    "jigclu": (4, []),
+    "swav": (3, []),
+}
+KNN_K, KNN_T, LINEAR_EPOCHS = 20, 0.07, 30
+LOWSHOT_KS, LOWSHOT_SAMPLES = (1, 2, 4, 8, 16, 32, 64, 96), 3
+SVM_PER_CLASS, SVM_COSTS = 200, "0.1,1,10,100"
+QUERIES, NEIGHBOURS = 6, 8
 
 
 def find_fashion_mnist(data: str | None) -> str:
@@ -32,64 +54,215 @@ def find_fashion_mnist(data: str | None) -> str:
                        "or pass --data DIR holding the IDX files")
 
 
-def run_demo(out: str = "runs/demo", data: str | None = None, epochs: int | None = None, device: str = "auto") -> dict:
-    from selfsup.config import resolve_config
+def check_methods(methods) -> list[str]:
+    methods = list(methods)
+    unknown = [m for m in methods if m not in DEMO_RUNS]
+    if unknown or not methods:
+        raise SelfSupError(f"the demo has no recipe for {', '.join(unknown) or 'an empty list'}: choose among "
+                           f"{', '.join(DEMO_RUNS)} (e.g. --methods simclr,jigclu)")
+    return methods
+
+
+def _one_hot(labels: torch.Tensor, classes: int) -> np.ndarray:
+    y = np.zeros((len(labels), classes), dtype=np.int8)
+    y[np.arange(len(labels)), labels.numpy()] = 1
+    return y
+
+
+def svm_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> np.ndarray:
+    """``per_class`` random training rows of every class (all of a smaller class), sorted."""
+    g = np.random.default_rng(seed)
+    y = labels.numpy()
+    rows = [g.permutation(np.flatnonzero(y == c))[:per_class] for c in np.unique(y)]
+    return np.sort(np.concatenate(rows))
+
+
+def score_features(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor) -> dict:
+    """Every protocol on one pair of feature arrays: kNN, linear, SVM mAP and the low-shot top-1 per k."""
+    from selfsup.eval.knn import knn_scores, topk_accuracy
+    from selfsup.eval.linear import linear_probe
+    from selfsup.eval.lowshot import lowshot_benchmark
+    from selfsup.eval.svm import svm_benchmark
+
+    classes = int(max(ytr.max(), yte.max())) + 1
+    t0 = time.perf_counter()
+    out = {"knn": topk_accuracy(knn_scores(xtr, ytr, xte, KNN_K, KNN_T, classes), yte)["top1"],
+           "linear": linear_probe(xtr, ytr, xte, yte, epochs=LINEAR_EPOCHS)["top1"]}
+    Ytr, Yte = _one_hot(ytr, classes), _one_hot(yte, classes)
+    rows = svm_subset(ytr, SVM_PER_CLASS)
+    out["svm_map"] = svm_benchmark(xtr.numpy()[rows], Ytr[rows], xte.numpy(), Yte, SVM_COSTS)["map"]
+    low = lowshot_benchmark(xtr.numpy(), Ytr, xte.numpy(), Yte, LOWSHOT_KS, LOWSHOT_SAMPLES, SVM_COSTS,
+                            style="places")
+    out["lowshot"] = {int(k): r["top1"]["mean"] for k, r in low["ks"].items()}
+    out["eval_s"] = time.perf_counter() - t0
+    return out
+
+
+def _features(checkpoint: Path, train, test, device: str):
+    from selfsup.checkpoint import load_backbone, load_checkpoint
+    from selfsup.eval.features import extract_features, file_hash
+
+    ckpt = load_checkpoint(checkpoint)
+    backbone = load_backbone(checkpoint, ckpt)
+    tap = ckpt.get("eval_tap") or backbone.default_tap
+    common = dict(tap=tap, image_size=(ckpt.get("config") or {}).get("image_size"), device=device,
+                  cache_key=file_hash(checkpoint))
+    xtr, ytr = extract_features(backbone, train, **common)
+    xte, yte = extract_features(backbone, test, **common)
+    return xtr, ytr, xte, yte
+
+
+def nearest_training_images(xtr: torch.Tensor, xte: torch.Tensor, queries: np.ndarray, k: int) -> torch.Tensor:
+    """The indices (queries x k) of each query's k nearest training images by cosine similarity."""
+    a = torch.nn.functional.normalize(xtr, dim=1)
+    q = torch.nn.functional.normalize(xte[torch.as_tensor(queries)], dim=1)
+    return (q @ a.T).topk(k, dim=1).indices
+
+
+def query_images(labels: torch.Tensor, count: int) -> np.ndarray:
+    """One test image of each of the first ``count`` classes (the first of its class)."""
+    y = labels.numpy()
+    return np.array([int(np.flatnonzero(y == c)[0]) for c in np.unique(y)[:count]])
+
+
+def pretrain(method: str, run_dir: Path, train_spec: str, epochs: int, device: str,
+             extra: list[str] | None = None) -> float:
+    """Train (or resume, or reuse a finished) run of ``method``; returns its seconds of pretraining."""
+    from selfsup.checkpoint import load_checkpoint
+    from selfsup.config import check_config, resolve_config
+    from selfsup.data.datasets import load_dataset
     from selfsup.engine.trainer import Trainer
-    from selfsup.eval.run import evaluate
     from selfsup.methods import get_method
-    from selfsup.report import accuracy_bars, loss_curve, markdown_table, read_metrics
 
-    root = find_fashion_mnist(data)
+    settings = COMMON + DEMO_RUNS.get(method, (0, []))[1] + (extra or []) + [f"out={run_dir}"]
+    flags = {"method": method, "data": train_spec, "epochs": epochs, "device": device}
+    # as `selfsup pretrain` resolves it: the method's defaults, its small-image values, then the settings
+    cfg = resolve_config(get_method(method), None, flags, settings,
+                         image_size_of=lambda spec: load_dataset(spec).image_size)
+    check_config(cfg)
+    timing = run_dir / "seconds"
+    if (run_dir / "last.pt").exists() and timing.exists():
+        ckpt = load_checkpoint(run_dir / "last.pt")
+        if ckpt.get("epoch") == cfg.epochs and not ckpt.get("step_in_epoch"):
+            return float(timing.read_text())
+    cfg.resume = (run_dir / "last.pt").exists()
+    t0 = time.perf_counter()
+    Trainer(cfg).fit()
+    seconds = time.perf_counter() - t0
+    timing.write_text(f"{seconds:.1f}\n")
+    return seconds
+
+
+def run_demo(out: str = "runs/demo", data: str | None = None, epochs: int | None = None, device: str = "auto",
+             methods=None, train_spec: str | None = None, test_spec: str | None = None,
+             settings: dict[str, list[str]] | None = None) -> dict:
+    """Pretrain ``methods`` (default: all of ``DEMO_RUNS``), score them and random weights with
+    every protocol, write the report; returns ``results[name]`` (knn, linear, svm_map, lowshot,
+    pretrain_s, eval_s). ``epochs`` overrides every method's budget; ``train_spec`` /
+    ``test_spec`` replace Fashion-MNIST's splits and ``settings`` adds settings per method
+    (experiments/tune_demo.py scores variants on a split of the training images)."""
+    from selfsup.data.datasets import load_dataset
+    from selfsup.distributed import resolve_device
+
+    methods = check_methods(methods or DEMO_RUNS)
+    if train_spec is None or test_spec is None:
+        root = find_fashion_mnist(data)
+        train_spec, test_spec = f"fashion-mnist:{root}?split=train", f"fashion-mnist:{root}?split=test"
     out = Path(out)
-    train_spec, test_spec = f"fashion-mnist:{root}?split=train", f"fashion-mnist:{root}?split=test"
-    settings = DEMO_SETTINGS + [f"device={device}"] + ([f"epochs={epochs}"] if epochs is not None else [])
+    eval_device = str(resolve_device(device))
     t_start = time.perf_counter()
-    runs = {}
-    for name, extra in (("random", ["epochs=0"]), ("simclr", [])):
-        run_dir = out / name
-        cfg = resolve_config(get_method("simclr"), overrides=settings + extra + [f"data={train_spec}", f"out={run_dir}"])
-        cfg.resume = (run_dir / "last.pt").exists()
-        print(f"[demo] {'random initialisation' if name == 'random' else f'SimCLR pretraining, {cfg.epochs} epochs'} -> {run_dir}")
-        Trainer(cfg).fit()
-        runs[name] = run_dir / "last.pt"
-    t_pretrain = time.perf_counter() - t_start
+    runs: dict[str, float] = {}
+    for name in ["random"] + methods:
+        # random weights: the initialisation every method starts from (same seed), saved by a 0-epoch run
+        method = "simclr" if name == "random" else name
+        n = 0 if name == "random" else DEMO_RUNS[name][0] if epochs is None else epochs
+        label = "random initialisation" if name == "random" else f"{name} pretraining, {n} epochs"
+        print(f"[demo] {label} -> {out / name}", flush=True)
+        runs[name] = pretrain(method, out / name, train_spec, n, device, (settings or {}).get(name))
 
-    results: dict[str, dict[str, float]] = {}
-    rows = []
-    for name, ckpt in runs.items():
-        results[name] = {}
-        for protocol in ("knn", "linear"):
-            print(f"[demo] {protocol} evaluation of {name} weights")
-            r = evaluate(protocol, str(ckpt), train_spec, test_spec, epochs=30, progress=True,
-                         device="cuda" if device == "cuda" else "cpu")
-            results[name][protocol] = r["top1"]
-            rows.append({"weights": name, "protocol": protocol, "top1": r["top1"], "top5": r.get("top5", 0.0)})
+    train, test = load_dataset(train_spec), load_dataset(test_spec)
+    results, feats = {}, {}
+    for name in runs:
+        print(f"[demo] evaluating {name}: kNN, linear, SVM, low-shot", flush=True)
+        t0 = time.perf_counter()
+        xtr, ytr, xte, yte = _features(out / name / "last.pt", train, test, eval_device)
+        results[name] = {**score_features(xtr, ytr, xte, yte), "pretrain_s": runs[name]}
+        results[name]["eval_s"] = time.perf_counter() - t0
+        feats[name] = (xtr, xte)
+        print(f"[demo] {name}: kNN {results[name]['knn'] * 100:.1f}  linear {results[name]['linear'] * 100:.1f}  "
+              f"SVM mAP {results[name]['svm_map'] * 100:.1f}  low-shot(1) {results[name]['lowshot'].get(1, 0) * 100:.1f}",
+              flush=True)
     total = time.perf_counter() - t_start
-
-    metrics = read_metrics(out / "simclr" / "metrics.jsonl")
-    loss_curve(metrics, out / "loss.png", "SimCLR loss, convnet on Fashion-MNIST")
-    accuracy_bars(results, out / "accuracy.png", "Fashion-MNIST test top-1: SimCLR vs random weights")
-    table = markdown_table(rows, ["weights", "protocol", "top1", "top5"])
-    speed = sum(m["images_per_s"] for m in metrics) / len(metrics)
-    report = f"""# selfsup demo: SimCLR on Fashion-MNIST
-
-Backbone `convnet` (4 conv blocks), SimCLR pretraining on the 60,000 training images,
-frozen-feature evaluation on the 10,000 test images (kNN: k=20, T=0.07, cosine; linear probe: 30 epochs
-on standardised features). Pretraining settings: `{' '.join(settings)}`.
-
-{table}
-
-Pretraining took {t_pretrain / 60:.1f} min at {speed:.0f} images/s (two views each); the whole demo {total / 60:.1f} min.
-
-![loss](loss.png)
-
-![accuracy](accuracy.png)
-"""
-    (out / "report.md").write_text(report)
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
-    print("\n" + table + "\n")
+    best = max(methods, key=lambda m: results[m]["knn"])
+    write_report(out, results, methods, best, feats, train, test, ytr, yte, total)
     print(f"[demo] report: {out / 'report.md'} ({total / 60:.1f} min)")
     return results
 
 
-__all__ = ["run_demo", "find_fashion_mnist"]
+def results_table(results: dict) -> str:
+    ks = sorted({k for r in results.values() for k in r["lowshot"]})
+    shown = [k for k in ks if k in (1, 4, 16, 96)] or ks
+    head = ["weights", "pretraining", "kNN", "linear", "SVM mAP"] + [f"low-shot {k}/class" for k in shown]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    random_knn = results["random"]["knn"]
+    for name, r in results.items():
+        gain = "" if name == "random" else f" ({(r['knn'] - random_knn) * 100:+.1f})"
+        cells = [name, f"{r['pretrain_s']:.0f} s", f"{r['knn'] * 100:.1f}{gain}", f"{r['linear'] * 100:.1f}",
+                 f"{r['svm_map'] * 100:.1f}"] + [f"{r['lowshot'][k] * 100:.1f}" for k in shown]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, results: dict, methods: list[str], best: str, feats: dict, train, test, ytr, yte,
+                 total: float) -> None:
+    from selfsup.report.plots import accuracy_bars, loss_curves, read_metrics, series_plot
+    from selfsup.report.viz import retrieval_png
+
+    loss_curves({m: read_metrics(out / m / "metrics.jsonl") for m in methods}, out / "loss.png")
+    accuracy_bars({name: {"kNN": r["knn"], "linear": r["linear"], "SVM mAP": r["svm_map"],
+                          "low-shot 1/class": r["lowshot"].get(1, 0.0)} for name, r in results.items()},
+                  out / "accuracy.png", "Fashion-MNIST test: methods against random weights", ylabel="%")
+    series_plot({name: [(k, 100 * v) for k, v in r["lowshot"].items()] for name, r in results.items()},
+                "labelled training images per class", "test top-1 (%)", out / "lowshot.png")
+    queries = query_images(yte, QUERIES)
+    grids = {name: nearest_training_images(feats[name][0], feats[name][1], queries, NEIGHBOURS)
+             for name in ("random", best)}
+    retrieval_png(test, train, queries, grids, out / "retrieval.png")
+    table = results_table(results)
+    budget = ", ".join(f"{m} {DEMO_RUNS[m][0]}" for m in methods)
+    report = f"""# selfsup demo: {', '.join(methods)} on Fashion-MNIST
+
+Backbone `convnet` (4 conv blocks), pretrained on the 60,000 training images (epochs: {budget}),
+then frozen; every protocol runs on the same features (the method's evaluation tap, average-pooled) and
+scores the 10,000 test images: kNN (k={KNN_K}, T={KNN_T}, cosine; the gain over random weights in
+brackets), a linear probe ({LINEAR_EPOCHS} epochs on standardised features), linear SVMs (Goyal et al.
+2019: one-vs-rest, cost by 3-fold CV over {SVM_COSTS}, on {SVM_PER_CLASS} training images per class; test
+mAP) and the low-shot SVMs (k labelled images per class, top-1, mean of {LOWSHOT_SAMPLES} draws; cost
+chosen on the test set, as Goyal et al.'s code). All figures are percentages.
+
+{table}
+
+The whole demo took {total / 60:.1f} min; the pretraining column is each run's wall-clock time.
+
+## Low-shot: few labels are where self-supervision shows
+
+![low-shot](lowshot.png)
+
+## Accuracy
+
+![accuracy](accuracy.png)
+
+## Nearest training images of test queries: random weights, then {best}
+
+![retrieval](retrieval.png)
+
+## Training loss
+
+![loss](loss.png)
+"""
+    (out / "report.md").write_text(report)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print("\n" + table + "\n")
+
+
+__all__ = ["run_demo", "find_fashion_mnist", "score_features", "results_table"]

@@ -2,9 +2,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from selfsup.data.datasets import load_dataset
-from selfsup.demo import find_fashion_mnist, run_demo
+from selfsup.demo import find_fashion_mnist, nearest_training_images, run_demo, score_features
 from selfsup.errors import SelfSupError
 from test_datasets import FASHION, write_idx
 
@@ -23,13 +24,49 @@ def tiny_fashion(tmp_path):
 
 def test_demo_pipeline_writes_report(tiny_fashion, tmp_path):
     results = run_demo(out=str(tmp_path / "demo"), data=str(tiny_fashion), epochs=1, device="cpu")
-    assert set(results) == {"random", "simclr"} and set(results["simclr"]) == {"knn", "linear"}
+    assert list(results) == ["random", "simclr", "jigclu", "swav"]
+    for r in results.values():
+        assert {"knn", "linear", "svm_map", "lowshot", "pretrain_s", "eval_s"} <= set(r)
+        assert all(0 <= r[p] <= 1 for p in ("knn", "linear", "svm_map"))
+        # 30 training images per class: k = 1 .. 16 run, 32 .. 96 are skipped
+        assert sorted(r["lowshot"]) == [1, 2, 4, 8, 16] and all(0 <= v <= 1 for v in r["lowshot"].values())
     out = tmp_path / "demo"
     report = (out / "report.md").read_text()
-    assert "| simclr | knn |" in report and "loss.png" in report
-    assert (out / "loss.png").stat().st_size > 1000 and (out / "accuracy.png").stat().st_size > 1000
-    rows = json.loads((out / "results.json").read_text())
-    assert all(0 <= r["top1"] <= 1 for r in rows)
+    assert "| simclr |" in report and "| random | 0 s |" in report
+    for png in ("loss.png", "accuracy.png", "lowshot.png", "retrieval.png"):
+        assert f"]({png})" in report and (out / png).stat().st_size > 1000
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["jigclu"]["knn"] == results["jigclu"]["knn"]
+    # a second run reuses the finished runs: same pretraining times, no retraining
+    again = run_demo(out=str(out), data=str(tiny_fashion), epochs=1, device="cpu", methods=["simclr"])
+    assert again["simclr"]["pretrain_s"] == pytest.approx(results["simclr"]["pretrain_s"], abs=0.1)
+
+
+def test_demo_refuses_unknown_method(tiny_fashion, tmp_path):
+    with pytest.raises(SelfSupError, match="no recipe for byol"):
+        run_demo(out=str(tmp_path / "demo"), data=str(tiny_fashion), methods=["simclr", "byol"])
+
+
+def test_score_features_on_separable_features():
+    """Every protocol scores features that separate the classes perfectly at (nearly) 100%."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(10, 16, generator=g) * 10
+    ytr, yte = torch.arange(10).repeat(40), torch.arange(10).repeat(10)
+    xtr = centres[ytr] + torch.randn(len(ytr), 16, generator=g)
+    xte = centres[yte] + torch.randn(len(yte), 16, generator=g)
+    r = score_features(xtr, ytr, xte, yte)
+    assert r["knn"] == 1.0 and r["linear"] == 1.0 and r["svm_map"] > 0.99
+    assert sorted(r["lowshot"]) == [1, 2, 4, 8, 16, 32] and r["lowshot"][32] > 0.99
+
+
+def test_nearest_training_images_is_brute_force_cosine():
+    g = torch.Generator().manual_seed(1)
+    xtr, xte = torch.randn(50, 8, generator=g), torch.randn(5, 8, generator=g)
+    queries = np.array([0, 3])
+    idx = nearest_training_images(xtr, xte, queries, 4)
+    for row, q in enumerate(queries):
+        sims = [float(torch.nn.functional.cosine_similarity(xte[q], xtr[j], dim=0)) for j in range(50)]
+        assert idx[row].tolist() == sorted(range(50), key=lambda j: -sims[j])[:4]
 
 
 def test_demo_without_data_says_how_to_get_it(tmp_path):
@@ -41,4 +78,5 @@ def test_demo_without_data_says_how_to_get_it(tmp_path):
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_real_demo_beats_random_weights(tmp_path):
     results = run_demo(out=str(tmp_path / "demo"), device="cpu")
-    assert results["simclr"]["knn"] > results["random"]["knn"]
+    assert all(results[m]["knn"] > results["random"]["knn"] for m in ("simclr", "jigclu", "swav"))
+    assert max(results[m]["knn"] for m in ("simclr", "jigclu", "swav")) >= results["random"]["knn"] + 0.05

@@ -79,20 +79,36 @@ def loss_curve(metrics: list[dict], png: str | Path, title: str = "training loss
     plt.close(fig)
 
 
-def accuracy_bars(results: dict[str, dict[str, float]], png: str | Path, title: str = "top-1 accuracy") -> None:
-    """``results[model][protocol] = top-1``: grouped bars, one group per protocol."""
+def loss_curves(runs: dict[str, list[dict]], png: str | Path) -> None:
+    """One panel per run: its training loss against the step (losses of different methods differ in scale)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3), squeeze=False)
+    for ax, (name, records) in zip(axes[0], runs.items()):
+        pts = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts])
+        ax.set_title(f"{name} loss", fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def accuracy_bars(results: dict[str, dict[str, float]], png: str | Path, title: str = "top-1 accuracy",
+                  ylabel: str = "top-1 (%)") -> None:
+    """``results[model][protocol] = top-1``: grouped bars, one group per protocol (in first-seen order)."""
     plt = _plt()
     models = list(results)
-    protocols = sorted({p for r in results.values() for p in r})
+    protocols = list(dict.fromkeys(p for r in results.values() for p in r))
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.6 * len(protocols), 3.5))
     for i, model in enumerate(models):
         xs = [j + i * width for j in range(len(protocols))]
         vals = [100 * results[model].get(p, 0.0) for p in protocols]
         bars = ax.bar(xs, vals, width, label=model)
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(protocols))], protocols)
-    ax.set_ylabel("top-1 (%)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 100)
     ax.set_title(title)
     ax.legend()

@@ -177,6 +177,30 @@ def clusters_png(backbone, dataset, png: str | Path, clusters: int, shown: int, 
     return f"{clusters} clusters at {tap}, {len(pick)} shown with their {per_cluster} nearest images"
 
 
+def retrieval_png(queries_from, bank, queries, neighbours: dict[str, torch.Tensor], png: str | Path) -> None:
+    """Image retrieval side by side: per row a query image of ``queries_from``, then, for each
+    named feature space, its nearest images of ``bank`` (``neighbours[name]``: queries x k
+    indices, nearest first), titled with their class, green when it is the query's, red otherwise."""
+    plt = _plt()
+    k = next(iter(neighbours.values())).shape[1]
+    cols = len(neighbours) * (k + 1)
+    fig, axes = plt.subplots(len(queries), cols, figsize=(0.75 * cols, 0.9 * len(queries) + 0.3), squeeze=False)
+    for row, q in enumerate(queries):
+        label = int(queries_from.labels[int(q)])
+        for block, (name, idx) in enumerate(neighbours.items()):
+            first = block * (k + 1)
+            _show(axes[row, first], torch.from_numpy(np.array(queries_from.images[int(q)])),
+                  f"{name}: query" if row == 0 else "")
+            for col, j in enumerate(idx[row].tolist(), start=first + 1):
+                ax = axes[row, col]
+                same = int(bank.labels[j]) == label
+                _show(ax, torch.from_numpy(np.array(bank.images[j])))
+                ax.set_title(str(bank.classes[int(bank.labels[j])])[:7], fontsize=6, color="green" if same else "red")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
 def visualise(kind: str, checkpoint: str, data: str | None, out: str | Path, index: int = 0, query=None,
               patch_size="auto", stride: int | None = None, k: int = 16, patches_per_image: int = 16,
               max_images: int | None = None, counts=(1, 2, 4, 8, 16), image_size: int | None = None,
