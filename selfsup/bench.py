@@ -41,12 +41,11 @@ def _fits(method: str, cfg, images: int) -> dict[str, str]:
     return changes
 
 
-def bench_method(method: str, backbone: str, batch_size: int, size: int, steps: int, warmup: int,
-                 device: str, folder: Path, extra: list[str] | None = None) -> dict:
-    """One short ``pretrain`` of ``method``: {"images_per_s", "step_ms", "changes"} (median after ``warmup``)."""
+def _bench_config(method: str, backbone: str, batch_size: int, size: int, steps: int, warmup: int, device: str,
+                  folder: Path, extra: list[str] | None):
+    """The config of a one-epoch ``pretrain`` of ``steps + warmup`` batches, and the counts changed to fit."""
     from selfsup.config import resolve_config
     from selfsup.data.datasets import load_dataset
-    from selfsup.engine.trainer import Trainer
     from selfsup.methods import get_method
 
     images = batch_size * (steps + warmup)
@@ -58,6 +57,15 @@ def bench_method(method: str, backbone: str, batch_size: int, size: int, steps: 
     cls = get_method(method)
     changes = _fits(method, resolve_config(cls, overrides=overrides, image_size_of=size_of), images)
     cfg = resolve_config(cls, overrides=overrides + [f"{k}={v}" for k, v in changes.items()], image_size_of=size_of)
+    return cfg, changes
+
+
+def bench_method(method: str, backbone: str, batch_size: int, size: int, steps: int, warmup: int,
+                 device: str, folder: Path, extra: list[str] | None = None) -> dict:
+    """One short ``pretrain`` of ``method``: {"images_per_s", "step_ms", "changes"} (median after ``warmup``)."""
+    from selfsup.engine.trainer import Trainer
+
+    cfg, changes = _bench_config(method, backbone, batch_size, size, steps, warmup, device, folder, extra)
     Trainer(cfg).fit()
     rates = [json.loads(line)["images_per_s"] for line in (folder / method / "metrics.jsonl").read_text().splitlines()
              if '"images_per_s"' in line][warmup:]
@@ -67,17 +75,62 @@ def bench_method(method: str, backbone: str, batch_size: int, size: int, steps: 
     return {"images_per_s": rate, "step_ms": 1000 * batch_size / rate, "changes": changes}
 
 
+PARTS = ("data wait", "forward and loss", "backward", "optimizer", "logging and host syncs")
+
+
+def profile_method(method: str, backbone: str, batch_size: int, size: int, steps: int, warmup: int,
+                   device: str, folder: Path, extra: list[str] | None = None) -> dict:
+    """The step of ``method`` split into its parts, in ms per step (mean after ``warmup``):
+
+    - ``data + augmentation``: one batch read and augmented, timed on its own (the loader's
+      thread does this while the previous step trains; ``data wait`` is what the step waits);
+    - ``data wait``, ``forward and loss`` (of which ``backbone forward``), ``backward``,
+      ``optimizer``, ``logging and host syncs``: timed inside the engine's loop
+      (``Trainer.clock``), with ``log_every=1`` as ``selfsup bench``;
+    - ``step``: their sum, and ``images_per_s`` from it."""
+    from selfsup.engine.clock import StepClock
+    from selfsup.engine.trainer import Trainer
+
+    cfg, changes = _bench_config(method, backbone, batch_size, size, steps, warmup, device, folder, extra)
+    trainer = Trainer(cfg)
+    loader = trainer.loader
+    indices = loader.batch_indices(0)
+    t = time.perf_counter()
+    for step in range(min(2, len(indices))):
+        loader.load(0, step, indices[step])
+    augment_s = (time.perf_counter() - t) / min(2, len(indices))
+    clock = StepClock(trainer.device, warmup=warmup)
+    trainer.clock = clock
+    backbone_taps = trainer.backbone.forward_taps          # every backbone call goes through forward_taps
+
+    def timed_taps(*args, **kwargs):
+        with clock("backbone forward"):
+            return backbone_taps(*args, **kwargs)
+
+    trainer.backbone.forward_taps = timed_taps
+    trainer.fit()
+    n = clock.timed_steps
+    if n < 1:
+        raise SelfSupError(f"bench --profile: {method} ran no timed step: use --steps 1 or more")
+    ms = {part: 1000 * clock.seconds.get(part, 0.0) / n for part in PARTS + ("backbone forward",)}
+    step_ms = sum(ms[p] for p in PARTS)
+    return {"data + augmentation": 1000 * augment_s, **ms, "step": step_ms,
+            "images_per_s": 1000 * batch_size / step_ms, "changes": changes}
+
+
 def bench(methods=BENCH_METHODS, backbone: str = "convnet", batch_size: int = 256, size: int = 32, steps: int = 5,
-          warmup: int = 2, device: str = "cpu", extra: list[str] | None = None, log=print) -> dict[str, dict]:
-    """{method: bench_method(...)} for ``supervised`` and ``methods``, in order."""
+          warmup: int = 2, device: str = "cpu", extra: list[str] | None = None, log=print,
+          profile: bool = False) -> dict[str, dict]:
+    """{method: bench_method(...)} (or ``profile_method`` with ``profile``) for ``supervised`` and ``methods``."""
     if steps < 1 or warmup < 0 or batch_size < 2:
         raise SelfSupError("bench needs --steps 1 or more, --warmup 0 or more and --batch-size 2 or more")
     methods = ["supervised"] + [m for m in methods if m != "supervised"]
+    run = profile_method if profile else bench_method
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for m in methods:
             t = time.perf_counter()
-            results[m] = bench_method(m, backbone, batch_size, size, steps, warmup, device, Path(tmp), extra)
+            results[m] = run(m, backbone, batch_size, size, steps, warmup, device, Path(tmp), extra)
             log(f"bench {m}: {results[m]['images_per_s']:.0f} img/s ({time.perf_counter() - t:.0f} s)")
     return results
 
@@ -92,4 +145,17 @@ def table(results: dict[str, dict], backbone: str, batch_size: int, size: int, s
     notes = [f"{m}: {', '.join(f'{k}={v}' for k, v in r['changes'].items())}" for m, r in results.items() if r["changes"]]
     if notes:
         rows += ["", "Smaller counts for the synthetic set: " + "; ".join(notes)]
+    return "\n".join(rows)
+
+
+def profile_table(results: dict[str, dict], backbone: str, batch_size: int, size: int, steps: int) -> str:
+    """The markdown table of ``bench --profile``: ms per step of each part, per method."""
+    cols = ("data + augmentation",) + PARTS[:2] + ("backbone forward",) + PARTS[2:]
+    rows = [f"{backbone}, batch {batch_size}, {size} px, ms per step (mean of {steps} steps after the warmup); "
+            "data + augmentation runs in the loader's thread, beside the step, and data wait is what the step waits "
+            "for it; backbone forward is part of forward and loss",
+            "", "| method | " + " | ".join(cols) + " | step | images/s |", "|---" * (len(cols) + 3) + "|"]
+    for m, r in results.items():
+        rows.append(f"| {m} | " + " | ".join(f"{r[c]:.1f}" for c in cols) + f" | {r['step']:.1f} | "
+                    f"{r['images_per_s']:.0f} |")
     return "\n".join(rows)

@@ -94,12 +94,13 @@ def _sweep(args) -> int:
 
 
 def _bench(args) -> int:
-    from selfsup.bench import BENCH_METHODS, bench, table
+    from selfsup.bench import BENCH_METHODS, bench, profile_table, table
 
     methods = BENCH_METHODS if args.methods == "all" else args.methods.split(",")
     results = bench(methods, args.backbone, args.batch_size, args.image_size, args.steps, args.warmup, args.device,
-                    args.overrides)
-    print(table(results, args.backbone, args.batch_size, args.image_size, args.steps))
+                    args.overrides, profile=args.profile)
+    print((profile_table if args.profile else table)(results, args.backbone, args.batch_size, args.image_size,
+                                                     args.steps))
     return 0
 
 
@@ -426,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5, help="timed steps per method (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed first steps (default 2)")
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
+    p.add_argument("--profile", action="store_true",
+                   help="split each method's step into data, forward and loss (backbone share), backward, optimizer "
+                        "and logging, in ms per step")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="settings for every method, e.g. cifar_stem=false")
     p.set_defaults(func=_bench)
 

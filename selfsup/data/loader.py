@@ -56,7 +56,8 @@ class BatchLoader:
             out.append(chunk[self.rank * per:(self.rank + 1) * per])
         return out
 
-    def _load(self, epoch: int, step: int, idx: np.ndarray) -> Batch:
+    def load(self, epoch: int, step: int, idx: np.ndarray) -> Batch:
+        """The batch of (epoch, step) for the dataset rows ``idx``: read, moved to the device, augmented."""
         images = torch.from_numpy(np.ascontiguousarray(self.dataset.images[np.sort(idx)]))
         order = np.argsort(np.argsort(idx))                     # undo the sort used for fast reads
         images = images[torch.from_numpy(order)]
@@ -80,7 +81,7 @@ class BatchLoader:
                 for step, idx in steps:
                     if stop.is_set():
                         return
-                    q.put(self._load(epoch, step, idx))
+                    q.put(self.load(epoch, step, idx))
                 q.put(None)
             except BaseException as exc:  # handed to the consumer
                 q.put(exc)

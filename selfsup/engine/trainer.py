@@ -25,6 +25,7 @@ from selfsup.distributed import resolve_device
 from selfsup.data.datasets import load_dataset
 from selfsup.data.loader import BatchLoader
 from selfsup.checkpoint import SaveError, backbone_spec, load_backbone, load_checkpoint, save_atomic
+from selfsup.engine.clock import NO_CLOCK
 from selfsup.engine.optim import build_optimizer, lr_at
 from selfsup.engine.rundir import RunLock, config_changes, prepare_out, remove_temporaries, truncate_metrics
 from selfsup.config import check_config
@@ -170,6 +171,7 @@ class Trainer:
         self.epoch, self.step_in_epoch = 0, 0
         self.saved_step: int | None = None                # global step of the newest good checkpoint
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)   # any non-finite loss since the last check
+        self.clock = NO_CLOCK            # `selfsup bench --profile` sets a StepClock: seconds per part of the step
 
     @property
     def global_step(self) -> int:
@@ -328,7 +330,8 @@ class Trainer:
     def _steps(self, stop, writer, metrics, bar) -> str:
         cfg, main = self.cfg, dist.is_main()
         window_images, t0 = 0, time.perf_counter()
-        for batch in self.loader.epoch(self.epoch, self.step_in_epoch):
+        clock = self.clock
+        for batch in clock.iterate("data wait", self.loader.epoch(self.epoch, self.step_in_epoch)):
             step = self.global_step
             at = step - step % self.steps_per_epoch if cfg.optim.per_epoch else step
             lr = lr_at(at, self.total_steps, self.warmup_steps, self.peak_lr, self.final_lr, self.start_lr,
@@ -339,39 +342,42 @@ class Trainer:
                 batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
             autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                         else contextlib.nullcontext())
-            with autocast:
+            with clock("forward and loss"), autocast:
                 out = self.model(batch)
             loss = out["loss"]
             self.nonfinite |= ~loss.detach().isfinite()        # on the device: no host sync per step
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.method.on_after_backward(step)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.method.on_step_end(step, self.total_steps)
+            with clock("backward"):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.method.on_after_backward(step)
+            with clock("optimizer"):
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.method.on_step_end(step, self.total_steps)
             self.step_in_epoch += 1
             window_images += len(batch.indices) * self.world
             log = self.step_in_epoch % cfg.log_every == 0 or self.step_in_epoch == self.steps_per_epoch
             # every process takes the same decision at every step boundary: stop, or go on
-            nonfinite = bool(self.nonfinite) if log else False
-            stopping, nonfinite = dist.agree_any(stop.signal is not None, nonfinite)
-            if nonfinite:
-                raise SelfSupError(f"the loss became non-finite by step {step + 1}: {self._kept()}, not overwritten; "
-                                   f"lower optim.lr, or use precision=fp32")
-            if log:
-                value = float(loss.detach())
-                elapsed = time.perf_counter() - t0
-                record = {"epoch": self.epoch, "step": step + 1, "loss": value, "lr": lr,
-                          "images_per_s": window_images / elapsed}
-                record.update({k: float(v.detach()) for k, v in out.items() if k != "loss"})
-                if main:
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
-                    for k, v in record.items():
-                        if k not in ("epoch", "step"):
-                            writer.add_scalar(f"train/{k}", v, step + 1)
-                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.4g}", img_s=f"{record['images_per_s']:.0f}")
-                window_images, t0 = 0, time.perf_counter()
+            with clock("logging and host syncs"):
+                nonfinite = bool(self.nonfinite) if log else False
+                stopping, nonfinite = dist.agree_any(stop.signal is not None, nonfinite)
+                if nonfinite:
+                    raise SelfSupError(f"the loss became non-finite by step {step + 1}: {self._kept()}, not overwritten; "
+                                       f"lower optim.lr, or use precision=fp32")
+                if log:
+                    value = float(loss.detach())
+                    elapsed = time.perf_counter() - t0
+                    record = {"epoch": self.epoch, "step": step + 1, "loss": value, "lr": lr,
+                              "images_per_s": window_images / elapsed}
+                    record.update({k: float(v.detach()) for k, v in out.items() if k != "loss"})
+                    if main:
+                        metrics.write(json.dumps(record) + "\n")
+                        metrics.flush()
+                        for k, v in record.items():
+                            if k not in ("epoch", "step"):
+                                writer.add_scalar(f"train/{k}", v, step + 1)
+                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.4g}", img_s=f"{record['images_per_s']:.0f}")
+                    window_images, t0 = 0, time.perf_counter()
             bar.update(1)
             if stopping:
                 self.save()
