@@ -32,7 +32,7 @@ def test_demo_pipeline_writes_report(tiny_fashion, tmp_path):
         assert sorted(r["lowshot"]) == [1, 2, 4, 8, 16] and all(0 <= v <= 1 for v in r["lowshot"].values())
     out = tmp_path / "demo"
     report = (out / "report.md").read_text()
-    assert "| simclr |" in report and "| random | 0 s |" in report
+    assert "| simclr |" in report and "| random | 0 s |" in report and "evaluation" in report
     for png in ("loss.png", "accuracy.png", "lowshot.png", "retrieval.png"):
         assert f"]({png})" in report and (out / png).stat().st_size > 1000
     saved = json.loads((out / "results.json").read_text())
