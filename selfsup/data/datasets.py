@@ -7,6 +7,9 @@ labels (-1 = unlabeled). Image files are decoded once, in parallel, into a
 memory-mapped ``.npy`` cache keyed by every file's name, size and time; the
 binary formats (CIFAR, STL-10, IDX) are read directly. Augmentation happens later, on batches of tensors.
 
+Image files too many to decode into memory (or ``stream=1``), ``unlabeled:DIR`` trees and ``shards:`` tars
+can instead stream: ``selfsup.data.stream.StreamImageSet`` (same interface, decoded in DataLoader workers).
+
 Multi-label sets (``voc07:DIR``, see ``selfsup.data.voc07``) also carry ``targets``: int8 N x C with
 1 present, 0 absent, -1 difficult (the convention of Goyal et al.'s code, METHODS.md 6.1); their labels are -1.
 """
@@ -23,17 +26,20 @@ import socket
 import tarfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from selfsup.data.subsets import fraction_per_class, holdout_split
 from selfsup.errors import SelfSupError
 
-FORMATS = ("imagefolder", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "filelist", "voc07", "synthetic")
-OPTIONS = ("split", "size", "val_per_class", "val_fraction", "part", "fraction", "seed", "classes", "channels", "labels")
+FORMATS = ("imagefolder", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "filelist", "voc07", "synthetic",
+           "unlabeled", "shards")
+OPTIONS = ("split", "size", "val_per_class", "val_fraction", "part", "fraction", "seed", "classes", "channels", "labels",
+           "stream", "shrink", "workers", "buffer")
+STREAM_OPTIONS = ("stream", "shrink", "workers", "buffer")     # the streaming path's (selfsup.data.stream)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -171,14 +177,20 @@ def detect_format(path: Path) -> str:
         return "fashion-mnist" if "fashion" in str(path).lower() else "mnist"
     if any((path / e).is_dir() for e in entries):
         return "imagefolder"
-    raise SelfSupError(f"no known dataset layout in {path}: use class subfolders of images or give FORMAT:PATH "
-                       f"with one of {', '.join(FORMATS)}")
+    raise SelfSupError(f"no known dataset layout in {path}: use class subfolders of images, unlabeled:{path} for "
+                       f"images without classes, or FORMAT:PATH with one of {', '.join(FORMATS)}")
 
 
-def load_dataset(spec: str, cache_dir: str | Path | None = None) -> ImageArrayDataset:
-    """Load the dataset a SPEC names (see the module docstring and the README)."""
+def load_dataset(spec: str, cache_dir: str | Path | None = None):
+    """Load the dataset a SPEC names (see the module docstring and the README): an ``ImageArrayDataset``, or
+    for image files that stream (``stream=1``, or too many to decode into memory) a
+    ``selfsup.data.stream.StreamImageSet`` with the same interface."""
     fmt, path_str, options = parse_spec(spec)
+    if fmt == "shards":
+        from selfsup.data.shards import read_shards
+        return _apply_subsets(read_shards(path_str, options, cache_root(cache_dir)), options)
     if fmt == "synthetic":
+        _no_stream_options(options, fmt)
         data = synthetic(path_str, options)
     else:
         path = Path(path_str).expanduser()
@@ -187,20 +199,30 @@ def load_dataset(spec: str, cache_dir: str | Path | None = None) -> ImageArrayDa
                                f"file, or FORMAT:PATH")
         fmt = fmt or detect_format(path)
         split = options.get("split")
+        if fmt not in ("imagefolder", "filelist", "unlabeled"):
+            _no_stream_options(options, fmt)
         if fmt in ("cifar10", "cifar100"):
             data = read_cifar(path, fmt, split or "train")
         elif fmt == "stl10":
             data = read_stl10(path, split or "train")
         elif fmt in ("mnist", "fashion-mnist"):
             data = read_idx(path, split or "train", fashion=fmt == "fashion-mnist" or "fashion" in str(path).lower())
-        elif fmt == "imagefolder":
-            data = read_imagefolder(path, split, _positive(options, "size"), cache_root(cache_dir))
+        elif fmt in ("imagefolder", "unlabeled"):
+            data = read_imagefolder(path, split, _positive(options, "size"), cache_root(cache_dir),
+                                    unlabeled=fmt == "unlabeled", options=options)
         elif fmt == "voc07":
             from selfsup.data.voc07 import read_voc07          # here: voc07 builds on this module
             data = read_voc07(path, split or "trainval", _positive(options, "size", example=224), cache_root(cache_dir))
         else:
-            data = read_filelist(path, _positive(options, "size"), cache_root(cache_dir))
+            data = read_filelist(path, _positive(options, "size"), cache_root(cache_dir), options=options)
     return _apply_subsets(data, options)
+
+
+def _no_stream_options(options: dict, fmt: str) -> None:
+    used = [k for k in STREAM_OPTIONS if k in options]
+    if used:
+        raise SelfSupError(f"data option {used[0]}= applies to image files (imagefolder, unlabeled, filelist, "
+                           f"shards), not to {fmt}: drop it")
 
 
 def _apply_subsets(data: ImageArrayDataset, options: dict) -> ImageArrayDataset:
@@ -266,8 +288,8 @@ def with_label_file(data: ImageArrayDataset, path: Path) -> ImageArrayDataset:
                            f"spec the labels were made for, or make them again")
     k = int(f["num_classes"])
     tag = hashlib.sha1(np.asarray(f["labels"]).tobytes()).hexdigest()[:12]
-    return ImageArrayDataset(data.images, np.asarray(f["labels"], dtype=np.int64), [str(i) for i in range(k)],
-                             f"{data.fingerprint}-labels-{tag}")
+    return replace(data, labels=np.asarray(f["labels"], dtype=np.int64), classes=[str(i) for i in range(k)],
+                   fingerprint=f"{data.fingerprint}-labels-{tag}", targets=None)
 
 
 # ------------------------------------------------------------------ binary formats
@@ -443,11 +465,13 @@ class _Source:
         return f"{self.path}:{name}" if self.tar is not None else str(self.path / name)
 
 
-def _decode(data: bytes, size: int | None, mode: str, fit: str = "crop") -> np.ndarray:
+def _decode(data: bytes, size: int | None, mode: str, fit: str = "crop", orient: bool = False) -> np.ndarray:
     """C x H x W uint8. ``fit="crop"``: resize the short side to ``size``, then center-crop size x size;
     ``fit="squash"``: resize to exactly size x size, ignoring the aspect ratio (Goyal's VOC07 transform,
-    METHODS.md 6.1)."""
+    METHODS.md 6.1). ``orient``: apply the EXIF orientation first (the streaming path does)."""
     with Image.open(io.BytesIO(data)) as im:
+        if orient:
+            im = ImageOps.exif_transpose(im)
         im = im.convert(mode)
         if size is not None and im.size != (size, size) and fit == "squash":
             im = im.resize((size, size), Image.BILINEAR, reducing_gap=None)
@@ -634,14 +658,8 @@ def _stat_line(file) -> str:
     return f"{file}|{st.st_size}|{st.st_mtime_ns}\n"
 
 
-def read_imagefolder(path: Path, split: str | None, size: int | None, cache_root: Path) -> ImageArrayDataset:
-    if path.is_file():                      # a tar: its size and time identify it, no need to list it again
-        st = path.stat()
-        early = _short_hash(f"imagefolder-tar-v2|{path.resolve()}|{split}|{size}|{st.st_size}|{st.st_mtime_ns}")
-        cached = _cached(cache_root / "arrays", early)
-        if cached is not None:
-            return cached
-    source = _Source(path)
+def _folder_entries(source: _Source, path: Path, split: str | None) -> tuple[list[str], list[int], list[str]]:
+    """(names, labels, classes) of an image folder (or tar) of class subfolders, names relative to ``path``."""
     files = [f for f in source.files() if f.lower().endswith(IMAGE_EXTENSIONS)]
     if not files:
         raise SelfSupError(f"no images found in {path}: expected class subfolders holding image files")
@@ -659,22 +677,66 @@ def read_imagefolder(path: Path, split: str | None, size: int | None, cache_root
             parts = [p[1:] for p in parts]
     parts = [p for p in parts if len(p) >= 2]
     if not parts:
-        raise SelfSupError(f"no images inside class subfolders of {path}: put each class's images in a folder of its own")
+        raise SelfSupError(f"no images inside class subfolders of {path}: put each class's images in a folder of "
+                           f"its own, or give unlabeled:{path} for images without classes")
     classes = sorted({p[0] for p in parts})
     index = {c: i for i, c in enumerate(classes)}
-    names = [prefix + "/".join(p) for p in parts]
-    labels = [index[p[0]] for p in parts]
+    return [prefix + "/".join(p) for p in parts], [index[p[0]] for p in parts], classes
+
+
+def _tree_identity(path: Path) -> str:
+    """Path, size and time of a tar, or of a folder and its subfolders (not of every file: streaming stats no image)."""
+    if path.is_file():
+        st = path.stat()
+        return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    dirs = sorted(top for top, _, _ in os.walk(path))
+    return f"{path.resolve()}|" + hashlib.sha1("".join(f"{d}|{os.stat(d).st_mtime_ns}" for d in dirs).encode()).hexdigest()
+
+
+def read_imagefolder(path: Path, split: str | None, size: int | None, cache_root: Path, unlabeled: bool = False,
+                     options: dict | None = None):
+    """Class subfolders (``unlabeled``: any tree of images, labels -1), decoded into memory, or streamed when
+    ``stream=1`` or when the decoded array would not fit in half of the RAM (``selfsup.data.stream``)."""
+    options = options or {}
+    kind = "unlabeled" if unlabeled else "imagefolder"
+    if path.is_file() and options.get("stream") in (None, "0", "auto"):
+        # a tar: its size and time identify it, no need to list it again
+        st = path.stat()
+        early = _short_hash(f"{kind}-tar-v2|{path.resolve()}|{split}|{size}|{st.st_size}|{st.st_mtime_ns}")
+        if unlabeled:
+            early = _short_hash(f"unlabeled|{early}")
+        cached = _cached(cache_root / "arrays", early)
+        if cached is not None:
+            return cached
+    source = _Source(path)
+    if unlabeled:
+        from selfsup.data.stream import list_unlabeled
+        names = list_unlabeled(source, path, split)
+        labels, classes = [-1] * len(names), []
+    else:
+        names, labels, classes = _folder_entries(source, path, split)
+    from selfsup.data.stream import choose_stream, stream_set
+    if choose_stream(len(names), size, options.get("stream"), str(path)):
+        return stream_set(path if path.is_dir() else Path("/"), names, labels, classes,
+                          f"{kind}|{split}|{_tree_identity(path)}", options, tar=path if path.is_file() else None)
     if path.is_file():
         fingerprint = early
     else:                                   # every file's name, size and time: a changed image is decoded again
         digest = hashlib.sha1("".join(_stat_line(path / n) for n in names).encode()).hexdigest()
         fingerprint = _short_hash(f"imagefolder-v2|{path.resolve()}|{split}|{size}|{digest}")
+        if unlabeled:
+            fingerprint = _short_hash(f"unlabeled|{fingerprint}")
     return _decode_all(source, names, labels, classes, size, cache_root / "arrays", fingerprint)
 
 
-def read_filelist(path: Path, size: int | None, cache_root: Path) -> ImageArrayDataset:
+def read_filelist(path: Path, size: int | None, cache_root: Path, options: dict | None = None):
+    """``path label`` lines, or ``path`` alone (unlabeled: -1); decoded into memory, or streamed (stream=1, or
+    too large for memory: the listed files are then not stat'ed, only named)."""
+    options = options or {}
     names, labels, stats = [], [], []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    lines = path.read_text().splitlines()
+    stream = options.get("stream") == "1"
+    for number, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -682,13 +744,21 @@ def read_filelist(path: Path, size: int | None, cache_root: Path) -> ImageArrayD
         try:
             labels.append(int(label))
         except ValueError:
-            raise SelfSupError(f"{path} line {number}: expected 'path label' with an integer label, got {line!r}") from None
+            whole = Path(line).expanduser()
+            whole = whole if whole.is_absolute() else path.parent / whole
+            if " " in line and not whole.is_file():
+                raise SelfSupError(f"{path} line {number}: expected 'path label' with an integer label, or a path "
+                                   f"alone (unlabeled), got {line!r}") from None
+            item = line                             # a path alone: unlabeled
+            labels.append(-1)
         file = Path(item.strip()).expanduser()
         file = Path(os.path.abspath(file if file.is_absolute() else path.parent / file))
-        try:
-            stats.append(_stat_line(file))
-        except OSError:
-            raise SelfSupError(f"{path} line {number}: image {file} does not exist: fix the path or drop the line") from None
+        if not stream:
+            try:
+                stats.append(_stat_line(file))
+            except OSError:
+                raise SelfSupError(f"{path} line {number}: image {file} does not exist: fix the path or drop the "
+                                   f"line") from None
         names.append(str(file))
     if not names:
         raise SelfSupError(f"file list {path} names no images: write one 'path label' per line")
@@ -698,6 +768,11 @@ def read_filelist(path: Path, size: int | None, cache_root: Path) -> ImageArrayD
     # without images (an empty cluster of pseudo-labels) is kept, said once.
     num_classes = max(labels) + 1
     empty = sorted(set(range(num_classes)) - set(labels))
+    from selfsup.data.stream import choose_stream, stream_set
+    if stream or (options.get("stream") != "0" and choose_stream(len(names), size, options.get("stream"), str(path))):
+        st = path.stat()
+        return stream_set(Path("/"), [n.lstrip("/") for n in names], labels, [str(c) for c in range(num_classes)],
+                          f"filelist|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}", options)
     if empty:
         print(f"file list {path}: {len(empty)} of the {num_classes} classes 0..{num_classes - 1} have no image "
               f"(e.g. {', '.join(map(str, empty[:5]))}); kept as classes")

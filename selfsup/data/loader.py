@@ -70,21 +70,29 @@ class BatchLoader:
         views, targets = views if isinstance(views, tuple) else (views, None)
         return Batch(views, labels, torch.from_numpy(idx.astype(np.int64)).to(self.device), targets)
 
+    def _batches(self, epoch: int, steps: list) -> Iterator[Batch]:
+        """The batches of ``steps`` ((step, indices) pairs) in order (the streaming loader decodes in workers)."""
+        for step, idx in steps:
+            yield self.load(epoch, step, idx)
+
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """Yield the batches of ``epoch`` from ``start_step`` on, prepared ahead in a thread."""
         steps = list(enumerate(self.batch_indices(epoch)))[start_step:]
+        produce = self._batches(epoch, steps)
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
         def work():
             try:
-                for step, idx in steps:
+                for batch in produce:
                     if stop.is_set():
                         return
-                    q.put(self.load(epoch, step, idx))
+                    q.put(batch)
                 q.put(None)
             except BaseException as exc:  # handed to the consumer
                 q.put(exc)
+            finally:
+                produce.close()           # a streaming loader's worker processes end here
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()

@@ -205,42 +205,82 @@ def _coin(n: int, p: float, g: torch.Generator, device) -> torch.Tensor:
     return torch.rand(n, generator=g, device=device) < p
 
 
-def crop_boxes(n: int, height: int, width: int, scale, ratio, g: torch.Generator, device) -> torch.Tensor:
+def crop_boxes(n: int, height, width, scale, ratio, g: torch.Generator, device) -> torch.Tensor:
     """RandomResizedCrop boxes (x1, y1, x2, y2) per sample, torchvision's algorithm:
-    up to 10 draws of (area, log-ratio), the first that fits, else a central crop."""
+    up to 10 draws of (area, log-ratio), the first that fits, else a central crop.
+
+    ``height`` and ``width``: ints (every image of the batch), or tensors of n per-sample
+    sizes (images of their own sizes padded into one batch: each box lies inside its image)."""
+    per_sample = torch.is_tensor(height)
+    if per_sample:
+        height = height.to(device=device, dtype=torch.float32)
+        width = width.to(device=device, dtype=torch.float32)
     tries = 10
-    area = height * width * _uniform(n * tries, *scale, g, device).view(n, tries)
+    hw = height * width
+    area = (hw[:, None] if per_sample else hw) * _uniform(n * tries, *scale, g, device).view(n, tries)
     log_r = _uniform(n * tries, math.log(ratio[0]), math.log(ratio[1]), g, device).view(n, tries)
     r = torch.exp(log_r)
     w = torch.round(torch.sqrt(area * r))
     h = torch.round(torch.sqrt(area / r))
-    ok = (w > 0) & (h > 0) & (w <= width) & (h <= height)
+    if per_sample:
+        ok = (w > 0) & (h > 0) & (w <= width[:, None]) & (h <= height[:, None])
+    else:
+        ok = (w > 0) & (h > 0) & (w <= width) & (h <= height)
     first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1, device=device))
     # fallback: whole image, clamped to the ratio range
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        fw, fh = round(height * ratio[1]), height
+    if per_sample:
+        in_ratio = width / height
+        low, high = in_ratio < ratio[0], in_ratio > ratio[1]
+        fw = torch.where(high, torch.round(height * ratio[1]), width)
+        fh = torch.where(low, torch.round(width / ratio[0]), height)
     else:
-        fw, fh = width, height
+        in_ratio = width / height
+        if in_ratio < ratio[0]:
+            fw, fh = width, round(width / ratio[0])
+        elif in_ratio > ratio[1]:
+            fw, fh = round(height * ratio[1]), height
+        else:
+            fw, fh = width, height
+        fw, fh = torch.full_like(w[:, 0], fw), torch.full_like(h[:, 0], fh)
     idx = first.clamp(min=0)
-    w = torch.where(first >= 0, w.gather(1, idx[:, None])[:, 0], torch.full_like(w[:, 0], fw))
-    h = torch.where(first >= 0, h.gather(1, idx[:, None])[:, 0], torch.full_like(h[:, 0], fh))
+    w = torch.where(first >= 0, w.gather(1, idx[:, None])[:, 0], fw)
+    h = torch.where(first >= 0, h.gather(1, idx[:, None])[:, 0], fh)
     u = torch.rand(n, 2, generator=g, device=device)
     x1 = torch.where(first >= 0, torch.floor(u[:, 0] * (width - w + 1)), torch.floor((width - w) / 2))
     y1 = torch.where(first >= 0, torch.floor(u[:, 1] * (height - h + 1)), torch.floor((height - h) / 2))
     return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
 
 
-def patch_boxes(n: int, height: int, width: int, side: int, g: torch.Generator, device) -> torch.Tensor:
+def patch_boxes(n: int, height, width, side: int, g: torch.Generator, device) -> torch.Tensor:
     """Boxes (x1, y1, x2, y2) of ``side`` x ``side`` patches at uniformly random integer
-    positions, entirely inside a height x width image (BagSSL fixed-scale sampling)."""
+    positions, entirely inside a height x width image (BagSSL fixed-scale sampling);
+    ``height`` and ``width`` may be tensors of per-sample sizes (see ``crop_boxes``)."""
+    if torch.is_tensor(height):
+        height, width = height.to(device=device, dtype=torch.float32), width.to(device=device, dtype=torch.float32)
+        if side > float(torch.minimum(height, width).min()):
+            small = int(torch.minimum(height, width).argmin())
+            raise SelfSupError(f"patch side {side} exceeds an image of {int(height[small])}x{int(width[small])} px: "
+                               f"use a smaller patch side")
+        u = torch.rand(n, 2, generator=g, device=device)
+        x1, y1 = torch.floor(u[:, 0] * (width - side + 1)), torch.floor(u[:, 1] * (height - side + 1))
+        return torch.stack([x1, y1, x1 + side, y1 + side], dim=1)
     if side > min(height, width):
         raise SelfSupError(f"patch side {side} exceeds the {height}x{width} images: use a smaller patch side")
     x1 = torch.randint(0, width - side + 1, (n,), generator=g, device=device).float()
     y1 = torch.randint(0, height - side + 1, (n,), generator=g, device=device).float()
     return torch.stack([x1, y1, x1 + side, y1 + side], dim=1)
+
+
+def fill_padding(x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Images padded into one batch (image i in the top-left sizes[i] = (h, w) of x[i]) with the padding
+    overwritten by each image's last row and column: bilinear sampling at an image's border then reads
+    exactly what it reads at the border of an unpadded image (roi_align clamps to the edge pixel)."""
+    n, c, hh, ww = x.shape
+    sizes = sizes.to(x.device)
+    rows = torch.minimum(torch.arange(hh, device=x.device)[None], sizes[:, 0:1] - 1)      # n x H
+    cols = torch.minimum(torch.arange(ww, device=x.device)[None], sizes[:, 1:2] - 1)      # n x W
+    x = x.gather(2, rows[:, None, :, None].expand(n, c, hh, ww))
+    return x.gather(3, cols[:, None, None, :].expand(n, c, hh, ww))
 
 
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, source: torch.Tensor | None = None) -> torch.Tensor:
@@ -344,12 +384,16 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int | None = Non
     return y.view(n, c, h, w)
 
 
-def augment(x: torch.Tensor, spec: ViewSpec, g: torch.Generator) -> torch.Tensor:
-    """One view of a float batch in [0, 1] (B x 3 x H x W); returns B x 3 x size x size in [0, 1]."""
+def augment(x: torch.Tensor, spec: ViewSpec, g: torch.Generator, sizes: torch.Tensor | None = None) -> torch.Tensor:
+    """One view of a float batch in [0, 1] (B x 3 x H x W); returns B x 3 x size x size in [0, 1].
+
+    ``sizes`` (B x 2: h, w): the true size of each image of a padded batch (the streaming path); every
+    crop or patch is drawn inside it, by the same definitions."""
+    height, width = (x.shape[2], x.shape[3]) if sizes is None else (sizes[:, 0], sizes[:, 1])
     if spec.patch is not None:
-        boxes = patch_boxes(len(x), x.shape[2], x.shape[3], spec.patch, g, x.device)
+        boxes = patch_boxes(len(x), height, width, spec.patch, g, x.device)
     else:
-        boxes = crop_boxes(len(x), x.shape[2], x.shape[3], spec.scale, spec.ratio, g, x.device)
+        boxes = crop_boxes(len(x), height, width, spec.scale, spec.ratio, g, x.device)
     return photometric(resized_crop(x, boxes, spec.size), spec, g)
 
 
@@ -398,14 +442,22 @@ def unnormalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.
 
 
 class ViewMaker:
-    """Callable turning a uint8 batch into the list of normalised views of a recipe."""
+    """Callable turning a uint8 batch into the list of normalised views of a recipe.
+
+    ``sizes`` (B x 2: h, w), on the streaming path: the batch holds images of their own sizes padded to
+    the largest; the padding is replaced by edge pixels (``fill_padding``) and every crop drawn inside
+    its image's true size."""
+
+    accepts_sizes = True
 
     def __init__(self, specs: list[ViewSpec], mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.specs, self.mean, self.std = list(specs), mean, std
 
-    def __call__(self, images: torch.Tensor, g: torch.Generator) -> list[torch.Tensor]:
+    def __call__(self, images: torch.Tensor, g: torch.Generator, sizes: torch.Tensor | None = None) -> list[torch.Tensor]:
         x = to_float(images)
-        return [normalize(augment(x, spec, g), self.mean, self.std) for spec in self.specs]
+        if sizes is not None:
+            x = fill_padding(x, sizes)
+        return [normalize(augment(x, spec, g, sizes), self.mean, self.std) for spec in self.specs]
 
 
 class EvalTransform:

@@ -161,8 +161,14 @@ class Trainer:
         self.start_lr = optim_cfg.warmup_start_lr * scale
         self.optimizer = build_optimizer(self.method, optim_cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.loader = BatchLoader(self.dataset, cfg.batch_size // self.world, self.method.view_maker(),
-                                  device=self.device, seed=cfg.seed, rank=self.rank, world_size=self.world)
+        if getattr(self.dataset, "streaming", False):         # decoded in DataLoader workers (selfsup.data.stream)
+            from selfsup.data.stream import StreamLoader
+            self.loader = StreamLoader(self.dataset, cfg.batch_size // self.world, self.method.view_maker(),
+                                       image_size=image_size, device=self.device, seed=cfg.seed, rank=self.rank,
+                                       world_size=self.world)
+        else:
+            self.loader = BatchLoader(self.dataset, cfg.batch_size // self.world, self.method.view_maker(),
+                                      device=self.device, seed=cfg.seed, rank=self.rank, world_size=self.world)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = round(optim_cfg.warmup_epochs * self.steps_per_epoch)

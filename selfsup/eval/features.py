@@ -201,8 +201,15 @@ def extract_tap_features(backbone, dataset, taps, pool: str = "avg", image_size:
     n = len(dataset)
     from selfsup.progress import track
 
-    for start in track(range(0, n, batch_size), desc="features", enabled=progress, unit="batch"):
-        images = torch.from_numpy(np.array(dataset.images[start:start + batch_size])).to(device)
+    if getattr(dataset, "streaming", False):      # decoded from the original files, in order, in workers
+        size = image_size or dataset.size
+        batches = dataset.eval_batches(batch_size, size, crop)      # already size x size: the transform normalises
+        transform = EvalTransform(size)
+    else:
+        batches = (torch.from_numpy(np.array(dataset.images[start:start + batch_size]))
+                   for start in range(0, n, batch_size))
+    for images in track(batches, desc="features", enabled=progress, unit="batch", total=-(-n // batch_size)):
+        images = images.to(device)
         fmaps = backbone.forward_taps(transform(images).contiguous(memory_format=torch.channels_last), todo)
         for tap in todo:
             chunks[tap].append(pool_features(fmaps[tap].float(), pool).cpu())

@@ -32,6 +32,8 @@ class KnnMonitor:
         data = data.subset(fraction_per_class(data.labels, min(1.0, images / len(data)), seed))
         memory, queries = holdout_split(data.labels, val_fraction=0.5, seed=seed)
         self.memory, self.queries = data.subset(memory), data.subset(queries)
+        if getattr(data, "streaming", False):              # decoded once (resize, centre crop), kept in memory
+            self.memory, self.queries = self.memory.to_memory(), self.queries.to_memory()
         for part in (self.memory, self.queries):          # small: held in memory for the whole run
             part.images = np.ascontiguousarray(np.asarray(part.images))
         self.every, self.k, self.temperature = every, k, temperature

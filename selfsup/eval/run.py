@@ -20,6 +20,9 @@ def labelled(dataset, spec: str):
     if dataset.targets is not None:
         raise SelfSupError(f"{spec} is multi-label (voc07): score it with eval svm or eval lowshot, or use a "
                            f"single-label set")
+    if len(dataset.labels) and (dataset.labels < 0).all():
+        raise SelfSupError(f"{spec} has no labels (unlabeled data, for pretraining): evaluation needs labelled train "
+                           f"and test sets, e.g. a folder of class subfolders or a 'path label' file list")
     if (dataset.labels < 0).any():
         raise SelfSupError(f"{spec} has unlabeled images: evaluation needs labels (use a labelled split, e.g. ?split=train)")
     return dataset

@@ -1,0 +1,297 @@
+"""The streaming path (selfsup.data.stream, selfsup.data.shards): decode from the files, crops at the
+images' own sizes, exact resume, unlabeled data, shards, path choice, evaluation order."""
+import os
+import signal
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import one_line_error, run, tiny_overrides
+from selfsup.config import resolve_config
+from selfsup.checkpoint import load_checkpoint
+from selfsup.data import stream as stream_mod
+from selfsup.data.datasets import ImageArrayDataset, load_dataset
+from selfsup.data.shards import expand_braces, main as shards_main
+from selfsup.data.stream import StreamImageSet, StreamLoader, collate_padded
+from selfsup.data.views import ViewMaker, ViewSpec, crop_boxes, simclr_views
+from selfsup.engine.trainer import Trainer
+from selfsup.errors import SelfSupError
+from selfsup.methods import get_method
+
+
+def _pattern(w, h, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def make_mixed(root):
+    """Class folders with gray, RGBA, CMYK JPEG, palette PNG, an EXIF-rotated JPEG, 20 to 600 px, one
+    corrupt and one empty file. Returns {relative name: (channels, h, w)} of the good ones."""
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    expect = {}
+    Image.fromarray(_pattern(20, 30, 0)[..., 0], "L").save(root / "a" / "gray.png")
+    expect["a/gray.png"] = (3, 30, 20)
+    Image.fromarray(np.dstack([_pattern(40, 25, 1), np.full((25, 40), 128, np.uint8)]), "RGBA").save(root / "a" / "rgba.png")
+    expect["a/rgba.png"] = (3, 25, 40)
+    Image.fromarray(_pattern(600, 300, 2)).convert("CMYK").save(root / "b" / "cmyk.jpg")
+    expect["b/cmyk.jpg"] = (3, 300, 600)
+    Image.fromarray(_pattern(64, 64, 3)).convert("P").save(root / "b" / "palette.png")
+    expect["b/palette.png"] = (3, 64, 64)
+    im = Image.fromarray(_pattern(50, 30, 4))
+    exif = im.getexif()
+    exif[0x0112] = 6                                            # rotate 90: stored 50 x 30, shown 30 x 50
+    im.save(root / "b" / "rotated.jpg", exif=exif)
+    expect["b/rotated.jpg"] = (3, 50, 30)
+    (root / "a" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg" * 10)
+    (root / "b" / "empty.jpg").write_bytes(b"")
+    return expect
+
+
+def make_folder(root, n=24, classes=2, seed=0, flat=False):
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(n):
+        folder = root if flat else root / f"c{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        w, h = int(rng.integers(16, 60)), int(rng.integers(16, 60))
+        name = folder / f"img{i:03d}.{'png' if i % 3 else 'jpg'}"
+        Image.fromarray(_pattern(w, h, seed * 1000 + i)).save(name)
+        names.append(name)
+    return names
+
+
+class Recorder:
+    """A size-aware transform that hands back the padded batch and the sizes."""
+    accepts_sizes = True
+
+    def __call__(self, images, g, sizes=None):
+        return [images.clone(), sizes.clone()]
+
+
+def test_mixed_folder_streams_with_right_channels_and_sizes_and_names_bad_files(tmp_path):
+    expect = make_mixed(tmp_path / "mixed")
+    data = load_dataset(f"{tmp_path / 'mixed'}?stream=1&workers=0")
+    assert isinstance(data, StreamImageSet) and len(data) == 7 and data.classes == ["a", "b"]
+    assert data.channels == 3
+    loader = StreamLoader(data, 7, Recorder(), device="cpu", shuffle=False, drop_last=False, shrink=0)
+    with pytest.warns(UserWarning, match="corrupt.jpg.*empty.jpg|empty.jpg.*corrupt.jpg"):
+        (batch,) = list(loader.epoch(0))
+    images, sizes = batch.views
+    names = [data.names[i].decode() for i in batch.indices.tolist()]
+    assert "a/corrupt.jpg" not in names and "b/empty.jpg" not in names      # replaced by the next readable one
+    for k, name in enumerate(names):
+        c, h, w = expect[name]
+        assert images.shape[1] == c and tuple(sizes[k].tolist()) == (h, w)
+    # the pre-shrink keeps the aspect ratio: short side at most the bound
+    shrunk = StreamLoader(data, 7, Recorder(), device="cpu", shuffle=False, drop_last=False, shrink=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, sizes = list(shrunk.epoch(0))[0].views
+    cmyk = names.index("b/cmyk.jpg")
+    assert tuple(sizes[cmyk].tolist()) == (32, 64) and sizes.min(1).values.max() <= 32
+
+
+def test_gray_folder_streams_one_channel(tmp_path):
+    (tmp_path / "g" / "x").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(_pattern(30 + i, 20, i)[..., 0], "L").save(tmp_path / "g" / "x" / f"{i}.png")
+    data = load_dataset(f"{tmp_path / 'g'}?stream=1&workers=0")
+    assert data.channels == 1 and data.images[0:3].shape == (3, 1, 20, 20)
+
+
+def test_crops_stay_inside_each_images_true_size(tmp_path):
+    sizes = torch.tensor([[10, 40], [40, 10], [5, 5], [64, 64], [33, 17], [64, 2]] * 20)
+    h, w = sizes[:, 0], sizes[:, 1]
+    boxes = crop_boxes(len(sizes), h, w, (0.08, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0), "cpu")
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+    # padding of a distinctive value (255) never shows: the images hold 0..100 only
+    images = torch.full((len(sizes), 3, 64, 64), 255, dtype=torch.uint8)
+    g = torch.Generator().manual_seed(1)
+    for k, (hh, ww) in enumerate(sizes.tolist()):
+        images[k, :, :hh, :ww] = torch.randint(0, 101, (3, hh, ww), generator=g, dtype=torch.uint8)
+    spec = ViewSpec(32, jitter_prob=0.0, gray_prob=0.0)
+    maker = ViewMaker([spec, ViewSpec(24, patch=2, jitter_prob=0.0, gray_prob=0.0)], mean=(0, 0, 0), std=(1, 1, 1))
+    for view in maker(images, torch.Generator().manual_seed(2), sizes=sizes):
+        assert view.max() <= 100 / 255 + 1e-5
+
+
+def test_in_memory_views_unchanged_by_the_sizes_argument():
+    """Equal sizes for every image give the in-memory path's boxes exactly."""
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = crop_boxes(50, 30, 40, (0.08, 1.0), (3 / 4, 4 / 3), g1, "cpu")
+    b = crop_boxes(50, torch.full((50,), 30), torch.full((50,), 40), (0.08, 1.0), (3 / 4, 4 / 3), g2, "cpu")
+    assert torch.equal(a, b)
+
+
+def test_resume_mid_epoch_gives_the_same_batches_and_views(tmp_path):
+    make_folder(tmp_path / "f", n=24)
+    data = load_dataset(f"{tmp_path / 'f'}?stream=1&workers=2")
+    maker = ViewMaker(simclr_views(16))
+    loader = StreamLoader(data, 6, maker, device="cpu", seed=5)
+    full = list(loader.epoch(1))
+    resumed = list(StreamLoader(data, 6, maker, device="cpu", seed=5).epoch(1, start_step=2))
+    assert len(full) == 4 and len(resumed) == 2
+    for a, b in zip(full[2:], resumed):
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.labels, b.labels)
+        assert all(torch.equal(x, y) for x, y in zip(a.views, b.views))
+    assert not torch.equal(full[0].indices, list(loader.epoch(2))[0].indices)   # a new order per epoch
+    inline = loader.load(1, 3, loader.batch_indices(1)[3])                       # no workers: the same
+    assert all(torch.equal(x, y) for x, y in zip(inline.views, full[3].views))
+
+
+def test_trainer_interrupted_and_resumed_on_the_stream_matches(tmp_path):
+    make_folder(tmp_path / "f", n=32)
+    spec = f"{tmp_path / 'f'}?stream=1&workers=1"
+
+    def cfg(out, resume=False):
+        c = resolve_config(get_method("simclr"), overrides=tiny_overrides(out, data=spec, image_size=16))
+        c.resume = resume
+        return c
+
+    Trainer(cfg(tmp_path / "straight")).fit()
+
+    def kill_after_first_epoch(trainer):
+        if trainer.epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    assert Trainer(cfg(tmp_path / "cut")).fit(on_epoch_end=kill_after_first_epoch) == "interrupted"
+    ckpt = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["step_in_epoch"] == 1          # stopped mid-epoch
+    assert Trainer(cfg(tmp_path / "cut", resume=True)).fit() == "done"
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")["backbone_state"]
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")["backbone_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unlabeled_folder_pretrains_and_eval_refuses_it(tmp_path, capsys):
+    make_folder(tmp_path / "u", n=32, flat=True)
+    (tmp_path / "u" / "deeper").mkdir()
+    Image.fromarray(_pattern(20, 20, 99)).save(tmp_path / "u" / "deeper" / "extra.png")
+    data = load_dataset(f"unlabeled:{tmp_path / 'u'}")
+    assert isinstance(data, ImageArrayDataset) and len(data) == 33 and (data.labels == -1).all()
+    streamed = load_dataset(f"unlabeled:{tmp_path / 'u'}?stream=1")
+    assert len(streamed) == 33 and (streamed.labels == -1).all() and streamed.classes == []
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "pretrain", "simclr", "--data", f"unlabeled:{tmp_path / 'u'}?stream=1&workers=1",
+                       "--backbone", "convnet", "--epochs", "1", "--batch-size", "16", "--out", out, "--device", "cpu",
+                       "progress=false", "image_size=16")
+    assert code == 0, err
+    assert (out / "last.pt").exists()
+    code, _, err = run(capsys, "eval", "knn", "--checkpoint", out / "last.pt", "--train-data",
+                       f"unlabeled:{tmp_path / 'u'}", "--test-data", f"unlabeled:{tmp_path / 'u'}", "--device", "cpu")
+    assert one_line_error(code, err, "no labels")
+
+
+def test_file_list_without_labels_is_unlabeled(tmp_path):
+    files = make_folder(tmp_path / "f", n=4, flat=True)
+    (tmp_path / "list.txt").write_text(f"{files[0]}\n{files[1].name}\n{files[2]} 1\n")
+    (tmp_path / "f" / "list.txt").write_text(f"{files[0]}\n{files[1].name}\n{files[2]} 1\n")
+    data = load_dataset(str(tmp_path / "f" / "list.txt"))
+    assert data.labels.tolist() == [-1, -1, 1]
+    streamed = load_dataset(f"{tmp_path / 'f' / 'list.txt'}?stream=1&workers=0")
+    assert streamed.labels.tolist() == [-1, -1, 1] and streamed.images[0:3].shape[0] == 3
+
+
+def test_shards_round_trip(tmp_path, capsys):
+    make_folder(tmp_path / "src", n=10, classes=3)
+    assert shards_main([str(tmp_path / "src"), str(tmp_path / "out"), "--shard-size", "4"]) == 0
+    assert "wrote 3 shard(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "classes.txt", "shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    memory = load_dataset(str(tmp_path / "src"))                    # the folder's order: the shard keys
+    source_files = sorted((tmp_path / "src").rglob("*.*"))
+    for spec in (f"shards:{tmp_path / 'out'}", f"shards:{tmp_path / 'out'}/shard-{{000000..000002}}.tar",
+                 f"shards:{tmp_path / 'out'}/shard-*.tar"):
+        data = load_dataset(spec + "?workers=0")
+        assert len(data) == 10 and data.classes == ["c0", "c1", "c2"]
+        for i in range(len(data)):
+            key = int(data.names[i].decode().partition(".")[0])
+            assert data.read(i) == source_files[key].read_bytes()
+            assert data.labels[i] == memory.labels[key]
+        order = data.epoch_order(0, 1)
+        assert sorted(order.tolist()) == list(range(10)) and np.array_equal(order, data.epoch_order(0, 1))
+        assert not np.array_equal(order, data.epoch_order(0, 2))
+    # training batches read from the shards
+    loader = StreamLoader(data, 5, ViewMaker(simclr_views(16)), device="cpu", seed=0)
+    batches = list(loader.epoch(0))
+    assert len(batches) == 2 and batches[0].views[0].shape == (5, 3, 16, 16)
+    assert expand_braces("a-{08..10}.tar") == ["a-08.tar", "a-09.tar", "a-10.tar"]
+    with pytest.raises(SelfSupError, match="no .tar shards"):
+        load_dataset(f"shards:{tmp_path / 'src'}")
+
+
+def test_an_image_folder_tar_streams_from_member_offsets(tmp_path):
+    import tarfile
+
+    files = make_folder(tmp_path / "f", n=6)
+    with tarfile.open(tmp_path / "f.tar", "w") as tar:
+        tar.add(tmp_path / "f", arcname="f")
+    data = load_dataset(f"{tmp_path / 'f.tar'}?stream=1&workers=0")
+    assert len(data) == 6 and data.classes == ["c0", "c1"]
+    by_name = {f"f/{p.parent.name}/{p.name}": p for p in files}
+    for i in range(6):
+        assert data.read(i) == by_name[data.names[i].decode()].read_bytes()
+    memory = load_dataset(str(tmp_path / "f.tar"))
+    assert torch.equal(torch.cat(list(data.eval_batches(4, memory.image_size))), torch.from_numpy(np.array(memory.images)))
+
+
+def test_eval_batches_in_order_match_the_in_memory_decode(tmp_path):
+    make_folder(tmp_path / "f", n=6)
+    memory = load_dataset(f"{tmp_path / 'f'}?size=20")
+    data = load_dataset(f"{tmp_path / 'f'}?size=20&stream=1&workers=0")
+    got = torch.cat(list(data.eval_batches(4, 20)))
+    assert torch.equal(got, torch.from_numpy(np.array(memory.images)))
+    assert np.array_equal(data.images[2], memory.images[2])
+    crops = torch.cat(list(data.eval_batches(4, 16, crop=16 / 20)))            # Resize(20) -> CenterCrop(16)
+    assert crops.shape == (6, 3, 16, 16)
+    assert torch.equal(crops[0], got[0, :, 2:18, 2:18])
+
+
+def test_the_path_is_chosen_from_the_decoded_size(tmp_path, monkeypatch, capsys):
+    make_folder(tmp_path / "f", n=6)
+    assert isinstance(load_dataset(str(tmp_path / "f")), ImageArrayDataset)         # small: in memory, silent
+    assert "data:" not in capsys.readouterr().out
+    monkeypatch.setattr(stream_mod, "physical_ram", lambda: 6 * 3 * 256 * 256)       # half of it is too little
+    data = load_dataset(f"{tmp_path / 'f'}?workers=0")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert isinstance(data, StreamImageSet) and len(out) == 1 and "streaming" in out[0]
+    assert isinstance(load_dataset(f"{tmp_path / 'f'}?stream=0"), ImageArrayDataset)
+    with pytest.raises(SelfSupError, match="stream=1"):
+        load_dataset(f"{tmp_path / 'f'}?stream=yes")
+    with pytest.raises(SelfSupError, match="applies to image files"):
+        load_dataset("synthetic:8?stream=1")
+
+
+def test_fixed_size_view_makers_get_centre_crops_and_the_monitor_holds_a_subset(tmp_path):
+    """JigClu / Jigsaw view makers take no sizes: they get each image resized and centre-cropped to the
+    data's size, the very pixels the in-memory path decodes."""
+    from selfsup.data.jigclu import JigCluViews
+    from selfsup.eval.monitor import KnnMonitor
+
+    make_folder(tmp_path / "f", n=8)
+    memory = load_dataset(f"{tmp_path / 'f'}?size=24")
+    data = load_dataset(f"{tmp_path / 'f'}?size=24&stream=1&workers=0")
+
+    class Fixed:
+        def __call__(self, images, g):
+            return [images.clone()]
+
+    loader = StreamLoader(data, 4, Fixed(), device="cpu", shuffle=False)
+    got = torch.cat([b.views[0] for b in loader.epoch(0)])
+    assert torch.equal(got, torch.from_numpy(np.array(memory.images)))
+    views = StreamLoader(data, 4, JigCluViews(24), device="cpu").load(0, 0, np.arange(4))
+    assert views.views[0].shape == (16, 3, 12, 12)
+    monitor = KnnMonitor(f"{tmp_path / 'f'}?size=24&stream=1&workers=0", images=8)
+    assert isinstance(monitor.memory, ImageArrayDataset) and monitor.memory.images.shape[1:] == (3, 24, 24)
+
+
+def test_collate_pads_and_reports_sizes():
+    a, b = np.ones((3, 4, 6), np.uint8), np.full((3, 7, 2), 2, np.uint8)
+    images, sizes, labels, indices, bad = collate_padded([(a, 0, 0, None), (b, 1, 1, "x.jpg")])
+    assert images.shape == (2, 3, 7, 6) and sizes.tolist() == [[4, 6], [7, 2]] and bad == ["x.jpg"]
+    assert images[0, :, 4:].sum() == 0 and images[1, :, :, 2:].sum() == 0
