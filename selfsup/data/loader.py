@@ -46,9 +46,13 @@ class BatchLoader:
         n = len(self.dataset)
         return n // self.global_batch if self.drop_last else -(-n // self.global_batch)
 
-    def batch_indices(self, epoch: int) -> list[np.ndarray]:
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The order of the dataset's rows in ``epoch``: a function of (seed, epoch) only."""
         n = len(self.dataset)
-        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+
+    def batch_indices(self, epoch: int) -> list[np.ndarray]:
+        order = self.epoch_order(epoch)
         out = []
         for k in range(len(self)):
             chunk = order[k * self.global_batch:(k + 1) * self.global_batch]

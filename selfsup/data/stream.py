@@ -330,15 +330,9 @@ class StreamLoader(BatchLoader):
         self.workers = dataset._workers(workers)
         self._warned: set = set()
 
-    def batch_indices(self, epoch: int) -> list[np.ndarray]:
-        n = len(self.dataset)
-        order = self.dataset.epoch_order(self.seed, epoch) if self.shuffle else np.arange(n)
-        out = []
-        for k in range(len(self)):
-            chunk = order[k * self.global_batch:(k + 1) * self.global_batch]
-            per = -(-len(chunk) // self.world_size)
-            out.append(chunk[self.rank * per:(self.rank + 1) * per])
-        return out
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The set's own order (shards: shard order, then windows of ``buffer``), as a function of (seed, epoch)."""
+        return self.dataset.epoch_order(self.seed, epoch) if self.shuffle else np.arange(len(self.dataset))
 
     def _finish(self, epoch: int, step: int, item) -> Batch:
         images, sizes, labels, indices, bad = item
