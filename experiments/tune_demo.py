@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from selfsup.data.datasets import load_dataset
-from selfsup.demo import _features, find_fashion_mnist, pretrain
+from selfsup.demo import checkpoint_features, find_fashion_mnist, pretrain
 from selfsup.eval.knn import knn_predict
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     run = Path(args.out) / args.name
     seconds = pretrain(args.method, run, f"{spec}&part=train", args.epochs, "cpu", args.settings)
     with torch.inference_mode():
-        xb, yb, xq, yq = _features(run / "last.pt", load_dataset(f"{spec}&part=train"),
+        xb, yb, xq, yq = checkpoint_features(run / "last.pt", load_dataset(f"{spec}&part=train"),
                                    load_dataset(f"{spec}&part=val"), "cpu")
         top1 = (knn_predict(xb, yb, xq) == yq).float().mean().item()
     print(json.dumps({"name": args.name, "method": args.method, "epochs": args.epochs, "settings": args.settings,

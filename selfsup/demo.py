@@ -99,7 +99,8 @@ def score_features(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte:
     return out
 
 
-def _features(checkpoint: Path, train, test, device: str):
+def checkpoint_features(checkpoint: Path, train, test, device: str):
+    """Features (cached) and labels of ``train`` and ``test`` at the checkpoint's evaluation tap, average-pooled."""
     from selfsup.checkpoint import load_backbone, load_checkpoint
     from selfsup.eval.features import extract_features, file_hash
 
@@ -182,7 +183,7 @@ def run_demo(out: str = "runs/demo", data: str | None = None, epochs: int | None
     for name in runs:
         print(f"[demo] evaluating {name}: kNN, linear, SVM, low-shot", flush=True)
         t0 = time.perf_counter()
-        xtr, ytr, xte, yte = _features(out / name / "last.pt", train, test, eval_device)
+        xtr, ytr, xte, yte = checkpoint_features(out / name / "last.pt", train, test, eval_device)
         results[name] = {**score_features(xtr, ytr, xte, yte), "pretrain_s": runs[name]}
         results[name]["eval_s"] = time.perf_counter() - t0
         feats[name] = (xtr, xte)
@@ -264,4 +265,4 @@ times (evaluation: feature extraction and the four protocols).
     print("\n" + table + "\n")
 
 
-__all__ = ["run_demo", "find_fashion_mnist", "score_features", "results_table"]
+__all__ = ["checkpoint_features", "find_fashion_mnist", "pretrain", "results_table", "run_demo", "score_features"]
