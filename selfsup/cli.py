@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline on Fashion-MNIST in minutes on a CPU",
                        description="Pretrain a small convnet with SimCLR, JigClu and SwAV on Fashion-MNIST, score "
                                    "them against random weights with kNN, the linear probe, linear SVMs and the "
-                                   "low-shot curve, and write report.md with pictures (about 11 minutes on 2 CPU "
+                                   "low-shot curve, and write report.md with pictures (about 10 minutes on 2 CPU "
                                    "cores).")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--data", default=None, help="Fashion-MNIST folder (default: Debian's /usr/share/datasets/fashion-mnist)")
