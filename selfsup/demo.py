@@ -66,12 +66,6 @@ def check_methods(methods) -> list[str]:
     return methods
 
 
-def _one_hot(labels: torch.Tensor, classes: int) -> np.ndarray:
-    y = np.zeros((len(labels), classes), dtype=np.int8)
-    y[np.arange(len(labels)), labels.numpy()] = 1
-    return y
-
-
 def svm_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> np.ndarray:
     """``per_class`` random training rows of every class (all of a smaller class), sorted."""
     g = np.random.default_rng(seed)
@@ -90,7 +84,8 @@ def score_features(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte:
     classes = int(max(ytr.max(), yte.max())) + 1
     out = {"knn": topk_accuracy(knn_scores(xtr, ytr, xte, KNN_K, KNN_T, classes), yte)["top1"],
            "linear": linear_probe(xtr, ytr, xte, yte, epochs=LINEAR_EPOCHS)["top1"]}
-    Ytr, Yte = _one_hot(ytr, classes), _one_hot(yte, classes)
+    one_hot = np.eye(classes, dtype=np.int8)              # one-vs-rest targets of the SVMs
+    Ytr, Yte = one_hot[ytr.numpy()], one_hot[yte.numpy()]
     rows = svm_subset(ytr, SVM_PER_CLASS)
     out["svm_map"] = svm_benchmark(xtr.numpy()[rows], Ytr[rows], xte.numpy(), Yte, SVM_COSTS)["map"]
     low = lowshot_benchmark(xtr.numpy(), Ytr, xte.numpy(), Yte, LOWSHOT_KS, LOWSHOT_SAMPLES, SVM_COSTS,
@@ -170,10 +165,11 @@ def run_demo(out: str = "runs/demo", data: str | None = None, epochs: int | None
     eval_device = str(resolve_device(device))
     t_start = time.perf_counter()
     runs: dict[str, float] = {}
+    budgets: dict[str, int] = {}
     for name in ["random"] + methods:
         # random weights: the initialisation every method starts from (same seed), saved by a 0-epoch run
         method = "simclr" if name == "random" else name
-        n = 0 if name == "random" else DEMO_RUNS[name][0] if epochs is None else epochs
+        n = budgets[name] = 0 if name == "random" else DEMO_RUNS[name][0] if epochs is None else epochs
         label = "random initialisation" if name == "random" else f"{name} pretraining, {n} epochs"
         print(f"[demo] {label} -> {out / name}", flush=True)
         runs[name] = pretrain(method, out / name, train_spec, n, device)
@@ -192,7 +188,7 @@ def run_demo(out: str = "runs/demo", data: str | None = None, epochs: int | None
               flush=True)
     total = time.perf_counter() - t_start
     best = max(methods, key=lambda m: results[m]["knn"])
-    write_report(out, results, methods, best, feats, train, test, ytr, yte, total)
+    write_report(out, results, {m: budgets[m] for m in methods}, best, feats, train, test, yte, total)
     print(f"[demo] report: {out / 'report.md'} ({total / 60:.1f} min)")
     return results
 
@@ -212,8 +208,9 @@ def results_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Path, results: dict, methods: list[str], best: str, feats: dict, train, test, ytr, yte,
+def write_report(out: Path, results: dict, budgets: dict[str, int], best: str, feats: dict, train, test, yte,
                  total: float) -> None:
+    methods = list(budgets)
     from selfsup.report.plots import accuracy_bars, loss_curves, read_metrics, series_plot
     from selfsup.report.viz import retrieval_png
 
@@ -228,7 +225,7 @@ def write_report(out: Path, results: dict, methods: list[str], best: str, feats:
              for name in ("random", best)}
     retrieval_png(test, train, queries, grids, out / "retrieval.png")
     table = results_table(results)
-    budget = ", ".join(f"{m} {DEMO_RUNS[m][0]}" for m in methods)
+    budget = ", ".join(f"{m} {n}" for m, n in budgets.items())
     report = f"""# selfsup demo: {', '.join(methods)} on Fashion-MNIST
 
 Backbone `convnet` (4 conv blocks), pretrained on the 60,000 training images (epochs: {budget}),

@@ -33,6 +33,7 @@ def test_demo_pipeline_writes_report(tiny_fashion, tmp_path):
     out = tmp_path / "demo"
     report = (out / "report.md").read_text()
     assert "| simclr |" in report and "| random | 0 s |" in report and "evaluation" in report
+    assert "epochs: simclr 1, jigclu 1, swav 1" in report          # the budgets run, not the defaults
     for png in ("loss.png", "accuracy.png", "lowshot.png", "retrieval.png"):
         assert f"]({png})" in report and (out / png).stat().st_size > 1000
     saved = json.loads((out / "results.json").read_text())
