@@ -256,10 +256,17 @@ def test_the_path_is_chosen_from_the_decoded_size(tmp_path, monkeypatch, capsys)
     make_folder(tmp_path / "f", n=6)
     assert isinstance(load_dataset(str(tmp_path / "f")), ImageArrayDataset)         # small: in memory, silent
     assert "data:" not in capsys.readouterr().out
-    monkeypatch.setattr(stream_mod, "physical_ram", lambda: 6 * 3 * 256 * 256)       # half of it is too little
+    side = stream_mod.sampled_side(lambda n: (tmp_path / "f" / n).read_bytes(),
+                                   [f"c{i % 2}/img{i:03d}.{'png' if i % 3 else 'jpg'}" for i in range(6)])
+    assert 16 <= side < 60                          # the median short side, as decoding chooses: not 256
+    monkeypatch.setattr(stream_mod, "physical_ram", lambda: 2 * 6 * 3 * side * side)   # the decoded set fits
+    assert isinstance(load_dataset(f"{tmp_path / 'f'}?workers=0"), ImageArrayDataset)
+    monkeypatch.setattr(stream_mod, "physical_ram", lambda: 6 * 3 * side * side)       # half of it is too little
     data = load_dataset(f"{tmp_path / 'f'}?workers=0")
     out = capsys.readouterr().out.strip().splitlines()
     assert isinstance(data, StreamImageSet) and len(out) == 1 and "streaming" in out[0]
+    assert f"decoded at {side} px" in out[0]
+    assert data.size == side                        # the stream decodes at the side the choice assumed
     assert isinstance(load_dataset(f"{tmp_path / 'f'}?stream=0"), ImageArrayDataset)
     with pytest.raises(SelfSupError, match="stream=1"):
         load_dataset(f"{tmp_path / 'f'}?stream=yes")

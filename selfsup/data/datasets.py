@@ -493,6 +493,12 @@ def _header(blob: bytes):
         return None
 
 
+def _read_head(file: str) -> bytes:
+    """The first PROBE_HEAD bytes of a file: enough for its header."""
+    with open(file, "rb") as f:
+        return f.read(PROBE_HEAD)
+
+
 def _probe_all(source: _Source, names: list[str]) -> tuple[list, dict]:
     """(mode, (width, height)) of every image from its header, None where unreadable; and {index: bytes} of
     the files read whole, kept for decoding while they total at most KEEP_BYTES."""
@@ -522,13 +528,22 @@ def _is_gray(mode: str) -> bool:
     return mode in GRAY_MODES or mode.startswith("I;16")
 
 
+def _side_rule(sizes: list[tuple[int, int]]) -> int:
+    """The decoded side of a set of (width, height): their side when all are one square size, else the median
+    short side, at most 256."""
+    if len(set(sizes)) == 1 and sizes[0][0] == sizes[0][1]:
+        return sizes[0][0]
+    shorts = sorted(min(s) for s in sizes)
+    return min(256, shorts[(len(shorts) - 1) // 2])
+
+
 def _choose_size(path: Path, sizes: list[tuple[int, int]]) -> int:
     """The images' side if they all share one square size; else the median short side, at most 256, with a warning."""
     distinct = set(sizes)
+    size = _side_rule(sizes)
     if len(distinct) == 1 and sizes[0][0] == sizes[0][1]:
-        return sizes[0][0]
+        return size
     shorts = sorted(min(s) for s in sizes)
-    size = min(256, shorts[(len(shorts) - 1) // 2])
     if len(distinct) == 1:
         how = f"are all {sizes[0][0]}x{sizes[0][1]}, not square"
     else:
@@ -716,7 +731,8 @@ def read_imagefolder(path: Path, split: str | None, size: int | None, cache_root
     else:
         names, labels, classes = _folder_entries(source, path, split)
     from selfsup.data.stream import choose_stream, stream_set
-    if choose_stream(len(names), size, options.get("stream"), str(path)):
+    if choose_stream(len(names), size, options.get("stream"), str(path), lambda n: source.read(n, PROBE_HEAD),
+                     names):
         return stream_set(path if path.is_dir() else Path("/"), names, labels, classes,
                           f"{kind}|{split}|{_tree_identity(path)}", options, tar=path if path.is_file() else None)
     if path.is_file():
@@ -769,7 +785,8 @@ def read_filelist(path: Path, size: int | None, cache_root: Path, options: dict 
     num_classes = max(labels) + 1
     empty = sorted(set(range(num_classes)) - set(labels))
     from selfsup.data.stream import choose_stream, stream_set
-    if stream or (options.get("stream") != "0" and choose_stream(len(names), size, options.get("stream"), str(path))):
+    if stream or (options.get("stream") != "0" and choose_stream(len(names), size, options.get("stream"), str(path),
+                                                                 _read_head, names)):
         st = path.stat()
         return stream_set(Path("/"), [n.lstrip("/") for n in names], labels, [str(c) for c in range(num_classes)],
                           f"filelist|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}", options)

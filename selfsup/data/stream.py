@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from selfsup.data.datasets import (IMAGE_EXTENSIONS, _decode, _header, _is_gray, _short_hash)
+from selfsup.data.datasets import (IMAGE_EXTENSIONS, _decode, _header, _is_gray, _short_hash, _side_rule)
 from selfsup.data.loader import Batch, BatchLoader, batch_generator
 from selfsup.errors import SelfSupError
 
@@ -58,16 +58,19 @@ def physical_ram() -> int | None:
         return None
 
 
-def choose_stream(count: int, size: int | None, option: str | None, what: str) -> bool:
-    """``stream=1`` / ``stream=0`` as given; else stream when the decoded array (count x 3 x S x S bytes, S the
-    ``size=`` option or 256) would not fit in half of the physical RAM, and say so in one line."""
+def choose_stream(count: int, size: int | None, option: str | None, what: str, read_head=None,
+                  names: list[str] = ()) -> bool:
+    """``stream=1`` / ``stream=0`` as given; else stream when the decoded array (count x 3 x S x S bytes) would
+    not fit in half of the physical RAM, and say so in one line. S is the ``size=`` option, else the side that
+    decoding would choose from the headers of up to PROBE evenly spaced ``names`` (``read_head(name)``: a file's
+    first bytes), else 256."""
     if option is not None:
         if option not in ("0", "1", "auto"):
             raise SelfSupError(f"data option stream={option!r}: use stream=1 (stream from the files), stream=0 "
                                f"(decode into memory) or stream=auto")
         if option != "auto":
             return option == "1"
-    side = size or 256
+    side = size or (sampled_side(read_head, names) if read_head is not None and names else None) or 256
     need, ram = count * 3 * side * side, physical_ram()
     if ram is None:
         return False
@@ -358,6 +361,21 @@ class StreamLoader(BatchLoader):
 
 # ---------------------------------------------------------------- building sets
 
+def sampled_side(read_head, names: list[str]) -> int | None:
+    """The side that decoding into memory would choose (``_side_rule``), from the headers of up to PROBE evenly
+    spaced images; None when none of them is readable."""
+    picks = np.unique(np.linspace(0, len(names) - 1, min(len(names), PROBE)).round().astype(np.int64))
+    found = []
+    for i in picks:
+        try:
+            head = _header(read_head(names[int(i)]))
+        except (OSError, SelfSupError):
+            head = None
+        if head is not None:
+            found.append(head[1])
+    return _side_rule(found) if found else None
+
+
 def probe(data: StreamImageSet, size: int | None, mode: str | None) -> StreamImageSet:
     """The colour mode (L when every probed image is grayscale) and the size (the in-memory rule: the images'
     side when all are one square size, else the median short side, at most 256) from the headers of up to
@@ -378,12 +396,7 @@ def probe(data: StreamImageSet, size: int | None, mode: str | None) -> StreamIma
     if mode is None:
         mode = "L" if all(_is_gray(m) for m, _ in found) else "RGB"
     if size is None:
-        sizes = [s for _, s in found]
-        if len(set(sizes)) == 1 and sizes[0][0] == sizes[0][1]:
-            size = sizes[0][0]
-        else:
-            shorts = sorted(min(s) for s in sizes)
-            size = min(256, shorts[(len(shorts) - 1) // 2])
+        size = _side_rule([s for _, s in found])
     return replace(data, mode=mode, size=size)
 
 
