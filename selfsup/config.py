@@ -42,6 +42,7 @@ class OptimConfig:
     milestones: list[float] = field(default_factory=list)   # steps: epochs at which the lr is multiplied by gamma
     gamma: float = 0.1                # steps: the factor at each milestone
     head_lr: Optional[float] = None   # lr of the parameters outside the backbone (a classifier head), like lr; None: lr
+    fused: bool = False               # sgd: torch's fused kernel; lars / larc: multi-tensor (foreach) updates
 
 
 @dataclass
@@ -69,6 +70,8 @@ class TrainConfig:
     device: str = "auto"              # auto | cpu | cuda
     precision: str = "auto"           # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     channels_last: bool = True
+    compile: str = "false"            # torch.compile the backbone: false | true | auto (on CUDA only); pays on GPUs
+    data_on_device: bool = False      # the whole uint8 dataset copied to the device once (in-memory sets)
     sync_bn: bool = True              # SyncBatchNorm when distributed on CUDA (per-process BN on CPU)
     log_every: int = 10               # steps between metrics.jsonl records
     save_every: int = 0               # also keep epoch_N.pt every N epochs (0: only last.pt)
@@ -101,7 +104,7 @@ def find_config(name: str, folder: str = "", what: str = "config") -> Path:
     if Path(name).is_file():
         return Path(name)
     stem = name[:-5] if name.endswith(".yaml") else name
-    if "/" not in stem and (CONFIG_DIR / folder / f"{stem}.yaml").is_file():
+    if ".." not in stem.split("/") and (CONFIG_DIR / folder / f"{stem}.yaml").is_file():   # also speedrun/NAME
         return CONFIG_DIR / folder / f"{stem}.yaml"
     raise SelfSupError(f"{what} {name!r} is neither a file nor a shipped {what}: pass a YAML path or one of "
                        f"{', '.join(shipped_configs(folder))}")

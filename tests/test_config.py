@@ -6,7 +6,8 @@ from selfsup.config import resolve_config
 from selfsup.errors import SelfSupError
 from selfsup.methods import METHODS, build_method, get_method
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")) + sorted(
+    (Path(__file__).resolve().parents[1] / "configs" / "speedrun").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

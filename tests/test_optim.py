@@ -40,6 +40,33 @@ def test_lars_step_matches_formula():
     assert torch.allclose(b, b0 - 0.5 * gb, atol=1e-6)
 
 
+@pytest.mark.parametrize("larc", [False, True])
+def test_foreach_lars_equals_the_per_parameter_loop(larc):
+    """optim.fused=true: the multi-tensor update is the same LARS / LARC update, step after step."""
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 36, 2)) for _ in "ab"]
+    models[1].load_state_dict(models[0].state_dict())
+    with torch.no_grad():
+        models[0][0].bias.zero_()                    # a zero-norm weight keeps trust 1
+        models[1][0].bias.zero_()
+    opts = [LARS(param_groups(m, 1e-2, exclude), lr=0.3, momentum=0.9, eta=0.02, larc=larc, foreach=f)
+            for m, f, exclude in ((models[0], False, True), (models[1], True, True))]
+    for _ in range(3):
+        x = torch.randn(4, 3, 8, 8)
+        for m, opt in zip(models, opts):
+            opt.zero_grad()
+            m(x).square().sum().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_fused_sgd_is_built_on_request():
+    model = nn.Linear(3, 2)
+    assert build_optimizer(model, OptimConfig(name="sgd", fused=True)).defaults["fused"]
+    assert build_optimizer(model, OptimConfig(name="lars", fused=True)).foreach
+
+
 def test_build_optimizer_by_name():
     model = nn.Linear(3, 2)
     assert isinstance(build_optimizer(model, OptimConfig(name="lars")), LARS)

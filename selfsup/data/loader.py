@@ -36,11 +36,16 @@ class BatchLoader:
     """
 
     def __init__(self, dataset, batch_size: int, transform: Callable, *, device, shuffle: bool = True,
-                 drop_last: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1, prefetch: int = 2):
+                 drop_last: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1, prefetch: int = 2,
+                 resident: bool = False):
         self.dataset, self.batch_size, self.transform = dataset, batch_size, transform
         self.device, self.shuffle, self.drop_last = torch.device(device), shuffle, drop_last
         self.seed, self.rank, self.world_size, self.prefetch = seed, rank, world_size, prefetch
         self.global_batch = batch_size * world_size
+        self.resident = None              # ``resident``: every image and label on the device, copied once
+        if resident:
+            self.resident = (torch.from_numpy(np.ascontiguousarray(dataset.images)).to(self.device),
+                             torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64)).to(self.device))
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -62,11 +67,15 @@ class BatchLoader:
 
     def load(self, epoch: int, step: int, idx: np.ndarray) -> Batch:
         """The batch of (epoch, step) for the dataset rows ``idx``: read, moved to the device, augmented."""
-        images = torch.from_numpy(np.ascontiguousarray(self.dataset.images[np.sort(idx)]))
-        order = np.argsort(np.argsort(idx))                     # undo the sort used for fast reads
-        images = images[torch.from_numpy(order)]
-        labels = torch.from_numpy(np.asarray(self.dataset.labels[idx], dtype=np.int64))
-        if self.device.type == "cuda":
+        if self.resident is not None:
+            rows = torch.from_numpy(idx.astype(np.int64)).to(self.device)
+            images, labels = self.resident[0][rows], self.resident[1][rows]
+        else:
+            images = torch.from_numpy(np.ascontiguousarray(self.dataset.images[np.sort(idx)]))
+            order = np.argsort(np.argsort(idx))                     # undo the sort used for fast reads
+            images = images[torch.from_numpy(order)]
+            labels = torch.from_numpy(np.asarray(self.dataset.labels[idx], dtype=np.int64))
+        if self.device.type == "cuda" and self.resident is None:
             images = images.pin_memory().to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
         g = batch_generator(self.seed, epoch, step, self.rank, self.device)

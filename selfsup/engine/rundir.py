@@ -22,7 +22,7 @@ from selfsup.errors import SelfSupError
 
 # settings that do not change what a run computes: they may differ on resume
 RESUMABLE_KEYS = {"out", "resume", "resume_with_changes", "device", "progress", "log_every", "save_every",
-                  "save_every_steps", "monitor"}
+                  "save_every_steps", "monitor", "compile", "data_on_device", "optim.fused"}   # how, not what
 
 
 def prepare_out(out: Path) -> None:
@@ -94,4 +94,4 @@ def config_changes(saved: dict, current: dict) -> dict[str, list]:
     """{key: [saved value, current value]} for every setting that changes what the run computes."""
     a, b = flatten(saved), flatten(current)
     return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b))
-            if k.split(".")[0] not in RESUMABLE_KEYS and a.get(k) != b.get(k)}
+            if k.split(".")[0] not in RESUMABLE_KEYS and k not in RESUMABLE_KEYS and a.get(k) != b.get(k)}

@@ -148,6 +148,11 @@ class Trainer:
         self.method = method_cls(self.backbone, method_cfg, image_size).to(self.device)
         if cfg.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
+        compile_mode = {"false": False, "off": False, "true": True, "on": True, "auto": self.device.type == "cuda"}
+        if str(cfg.compile).lower() not in compile_mode:
+            raise SelfSupError(f"compile={cfg.compile!r}: use false, true, or auto (on CUDA only)")
+        if compile_mode[str(cfg.compile).lower()]:
+            self.backbone.compile()          # in place: the state dict keeps its keys
         self.model: nn.Module = self.method
         if self.distributed:
             if cfg.sync_bn and method_cls.sync_bn and self.device.type == "cuda":   # SyncBatchNorm is CUDA-only
@@ -162,13 +167,17 @@ class Trainer:
         self.optimizer = build_optimizer(self.method, optim_cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         if getattr(self.dataset, "streaming", False):         # decoded in DataLoader workers (selfsup.data.stream)
+            if cfg.data_on_device:
+                raise SelfSupError("data_on_device=true needs an in-memory dataset, not a streamed one: drop it, or "
+                                   "add stream=0 to the data spec if the decoded images fit in memory")
             from selfsup.data.stream import StreamLoader
             self.loader = StreamLoader(self.dataset, cfg.batch_size // self.world, self.method.view_maker(),
                                        image_size=image_size, device=self.device, seed=cfg.seed, rank=self.rank,
                                        world_size=self.world)
         else:
             self.loader = BatchLoader(self.dataset, cfg.batch_size // self.world, self.method.view_maker(),
-                                      device=self.device, seed=cfg.seed, rank=self.rank, world_size=self.world)
+                                      device=self.device, seed=cfg.seed, rank=self.rank, world_size=self.world,
+                                      resident=cfg.data_on_device)
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = round(optim_cfg.warmup_epochs * self.steps_per_epoch)

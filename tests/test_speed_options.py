@@ -1,0 +1,58 @@
+"""The speed options (issue 20) change how a run computes, never what: data_on_device, optim.fused, compile;
+and the GPU speed recipe configs/speedrun/simclr_cifar10_resnet18.yaml runs on a CPU as it stands."""
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from selfsup.checkpoint import load_checkpoint
+from selfsup.config import find_config, resolve_config
+from selfsup.engine.trainer import Trainer
+from selfsup.errors import SelfSupError
+from selfsup.methods import get_method
+
+
+def train(out, **kw):
+    cfg = resolve_config(get_method("simclr"), overrides=tiny_overrides(out, epochs=1, **kw))
+    trainer = Trainer(cfg)
+    trainer.fit()
+    return trainer, load_checkpoint(out / "last.pt")["backbone_state"]
+
+
+def test_data_on_device_and_foreach_lars_train_the_same_weights(tmp_path):
+    _, plain = train(tmp_path / "plain")
+    trainer, fast = train(tmp_path / "fast", data_on_device=True, **{"optim.fused": True})
+    assert trainer.loader.resident is not None and trainer.optimizer.foreach
+    assert all(torch.allclose(plain[k].float(), fast[k].float(), atol=1e-5) for k in plain)
+
+
+def test_speed_options_do_not_block_resume(tmp_path):
+    train(tmp_path / "run")
+    cfg = resolve_config(get_method("simclr"), overrides=tiny_overrides(
+        tmp_path / "run", epochs=1, data_on_device=True, compile="false", **{"optim.fused": True}))
+    cfg.resume = True
+    assert Trainer(cfg).fit() == "done"
+
+
+def test_bad_compile_value_and_streamed_data_on_device_are_one_line_errors(tmp_path):
+    with pytest.raises(SelfSupError, match="compile='fast': use false, true, or auto"):
+        train(tmp_path / "a", compile="fast")
+    from PIL import Image
+    for i in range(16):
+        (tmp_path / "f" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20, 20), (i * 10, 0, 0)).save(tmp_path / "f" / f"c{i % 2}" / f"{i}.png")
+    with pytest.raises(SelfSupError, match="data_on_device=true needs an in-memory dataset"):
+        train(tmp_path / "b", data_on_device=True, data=f"{tmp_path / 'f'}?stream=1&workers=0")
+
+
+def test_speedrun_config_runs_on_cpu(tmp_path):
+    """The shipped recipe, found by name, shortened to one epoch of a small set (and a CPU-sized batch): on a
+    CPU compile=auto stays off and precision=auto is fp32; the resident data and the foreach LARS are used."""
+    path = find_config("speedrun/simclr_cifar10_resnet18")
+    cfg = resolve_config(get_method("simclr"), str(path), overrides=[
+        "data=synthetic:64?classes=4&size=32", f"out={tmp_path / 'run'}", "epochs=1", "batch_size=32",
+        "device=cpu", "progress=false"])
+    assert cfg.compile == "auto" and cfg.data_on_device and cfg.optim.fused and cfg.cifar_stem
+    trainer = Trainer(cfg)
+    assert trainer.fit() == "done"
+    assert trainer.amp_dtype is None and trainer.loader.resident is not None
+    assert not hasattr(trainer.backbone, "_compiled_call_impl") or trainer.backbone._compiled_call_impl is None
