@@ -98,6 +98,18 @@ def test_projection_mlp():
     assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in head) == 2
 
 
+def test_projection_mlp_last_bn_is_the_official_simclr_head():
+    """Linear(no bias) -> BN(scale, no shift): every output unit of a training batch has mean 0 (the
+    shift is frozen at 0), and the Linear before it has no bias."""
+    torch.manual_seed(0)
+    head = projection_mlp(16, 32, 8, last_bn=True).train()
+    assert head[-2].bias is None and isinstance(head[-1], torch.nn.BatchNorm1d)
+    assert not head[-1].bias.requires_grad and head[-1].weight.requires_grad
+    z = head(torch.randn(64, 16) * 3 + 1)
+    assert torch.allclose(z.mean(0), torch.zeros(8), atol=1e-5)
+    assert torch.allclose(z.var(0, unbiased=False), torch.ones(8), atol=1e-3)
+
+
 @pytest.mark.parametrize("depth, size", [(18, 64), (50, 224)])
 def test_resnet_pool1_and_pool5_taps(depth, size):
     torch.manual_seed(0)

@@ -168,6 +168,7 @@ class JointEmbeddingConfig(MethodConfig):
     proj_dim: int = 128
     proj_layers: int = 2               # Linear layers of the projector (BN + ReLU between)
     proj_last_bias: bool = True
+    proj_last_bn: bool = False         # a BatchNorm (scale, no shift) after the last Linear: the official SimCLR code
     views: str = "simclr"              # view recipe, e.g. byol, multicrop:2x32+4x16, patch:14 (BagSSL)
     joint_pass: bool = True            # all views of a size in one pass (SimCLR); False: one pass per view (VICReg)
 
@@ -182,7 +183,8 @@ class JointEmbeddingMethod(Method):
     def __init__(self, backbone, cfg, image_size: int):
         super().__init__(backbone, cfg, image_size)
         self.projector = projection_mlp(backbone.out_dim, cfg.proj_hidden_dim, cfg.proj_dim,
-                                        num_layers=cfg.proj_layers, last_bias=cfg.proj_last_bias)
+                                        num_layers=cfg.proj_layers, last_bias=cfg.proj_last_bias,
+                                        last_bn=cfg.proj_last_bn)
 
     def view_maker(self):
         return ViewMaker(view_recipe(self.cfg.views, self.image_size))
