@@ -6,10 +6,23 @@ Also times the augmentation alone: selfsup's batched tensor views, kornia.augmen
 (if installed) and torchvision's per-image PIL pipeline.
 
     python benchmarks/input_pipeline.py [--data ../shared/data/cifar10-train-jpg.tar] [--backbone convnet] [--limit 0]
+
+``--imagenet-like N`` measures the streaming path (issue 18) instead, at 224 px: a folder of N JPEGs at
+ImageNet's typical 500 x 375, quality 90, upsampled from the CIFAR-10 images (for the decode cost only: their
+content is CIFAR's), made once under ``--work``. SimCLR two-view throughput, the loader alone and end to end
+with ResNet-18, for selfsup's stream (``stream=1``), torchvision's ``ImageFolder`` + ``DataLoader`` with the
+per-image PIL SimCLR transform (the same workers), and the memmap path on the same images (decoded once at
+256 px, the decode timed apart); then, in fresh processes, the resident memory of streaming 10 x N and N
+images (the 10 x N folder hard-links the N files) and the time to the first batch of the 10 x N folder.
+Targets (2-core CPU): loader >= 1.3x torchvision's; RSS within 10%; first batch < 5 s.
+
+    python benchmarks/input_pipeline.py --imagenet-like 10000 [--workers 1] [--work /tmp/inet_like]
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
 from pathlib import Path
 
@@ -70,14 +83,176 @@ def augmentation_only(images: torch.Tensor, size: int) -> None:
     print(f"                                          torchvision PIL/image {len(pil) / (time.perf_counter() - t):7.0f} images/s")
 
 
+# ------------------------------------------------------------------ the streaming path (--imagenet-like N)
+
+def make_imagenet_like(folder: Path, n: int, source: str) -> Path:
+    """N JPEGs of 500 x 375, quality 90, bicubic upsamplings of the first N images of ``source``, in one folder
+    per class; kept across runs (``done`` marks a finished folder)."""
+    from PIL import Image
+
+    if (folder / "done").exists():
+        return folder
+    data = load_dataset(source)
+    if len(data) < n:
+        raise SystemExit(f"{source} has {len(data)} images, fewer than {n}")
+    t = time.perf_counter()
+    for i in range(n):
+        d = folder / f"c{int(data.labels[i])}"
+        d.mkdir(parents=True, exist_ok=True)
+        im = Image.fromarray(np.asarray(data.images[i]).transpose(1, 2, 0)).resize((500, 375), Image.BICUBIC)
+        im.save(d / f"{i:07d}.jpg", quality=90)
+    (folder / "done").write_text(f"{n}\n")
+    print(f"wrote {n} JPEGs (500x375, q90) to {folder} in {time.perf_counter() - t:.0f} s")
+    return folder
+
+
+def linked_copies(folder: Path, out: Path, times: int) -> Path:
+    """``times`` hard links of every file of ``folder`` (a folder of times x N images at no disk cost)."""
+    if (out / "done").exists():
+        return out
+    for k in range(times):
+        for f in folder.glob("c*/*.jpg"):
+            (out / f.parent.name).mkdir(parents=True, exist_ok=True)
+            target = out / f.parent.name / f"{k}_{f.name}"
+            if not target.exists():
+                os.link(f, target)
+    (out / "done").write_text(f"{times}\n")
+    return out
+
+
+def torchvision_loader(folder: Path, size: int, batch: int, workers: int):
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    view = T.Compose([T.RandomResizedCrop(size, scale=(0.08, 1.0)), T.RandomHorizontalFlip(),
+                      T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8), T.RandomGrayscale(0.2),
+                      T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+
+    class TwoViews:
+        def __call__(self, im):
+            return view(im), view(im)
+
+    data = ImageFolder(str(folder), transform=TwoViews(), is_valid_file=lambda p: p.endswith(".jpg"))
+    return torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                                       persistent_workers=False, prefetch_factor=2 if workers else None)
+
+
+def rate(batches, steps: int, step=None, warm: int = 1) -> float:
+    """Images per second over ``steps`` batches after ``warm`` (two views count as one image)."""
+    it = iter(batches)
+    for _ in range(warm):
+        b = next(it)
+        if step:
+            step(b)
+    t, n = time.perf_counter(), 0
+    for _ in range(steps):
+        b = next(it)
+        if step:
+            step(b)
+        n += len(b[1]) if isinstance(b, (list, tuple)) else len(b.indices)
+    return n / (time.perf_counter() - t)
+
+
+def tv_step(method, opt):
+    """The SimCLR training step on a torchvision batch ((view_a, view_b), labels)."""
+    from selfsup.data.loader import Batch
+
+    inner = train_step(method, opt)
+    return lambda b: inner(Batch([b[0][0].contiguous(memory_format=torch.channels_last),
+                                  b[0][1].contiguous(memory_format=torch.channels_last)], b[1], b[1]))
+
+
+def rss_child(folder: str, batch: int, steps: int, workers: int) -> None:
+    """In a fresh process: stream ``steps`` batches of ``folder``; print the peak RSS (this process and its
+    workers) and the seconds from the call to the first batch."""
+    import resource
+
+    from selfsup.data.stream import StreamLoader
+
+    t = time.perf_counter()
+    data = load_dataset(f"{folder}?stream=1&workers={workers}")
+    loader = StreamLoader(data, batch, ViewMaker(simclr_views(224)), image_size=224, device="cpu", seed=0)
+    it = loader.epoch(0)
+    next(it)
+    first = time.perf_counter() - t
+    for _ in range(steps - 1):
+        next(it)
+    it.close()
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"images": len(data), "rss_mb": own / 1024, "worker_rss_mb": kids / 1024, "first_s": first}))
+
+
+def streaming(args) -> None:
+    import subprocess
+    import sys
+
+    from selfsup.data.stream import StreamLoader
+
+    work = Path(args.work)
+    folder = make_imagenet_like(work / f"n{args.imagenet_like}", args.imagenet_like, args.data)
+    size, batch, w = 224, args.stream_batch, args.workers
+    print(f"SimCLR two views at {size} px, batch {batch}, {w} worker(s), {torch.get_num_threads()} threads, "
+          f"{args.imagenet_like} JPEGs of 500x375")
+    views = ViewMaker(simclr_views(size))
+    ours = StreamLoader(load_dataset(f"{folder}?stream=1&workers={w}"), batch, views, image_size=size,
+                        device="cpu", seed=0)
+    t = time.perf_counter()
+    memmap_data = load_dataset(f"{folder}?size=256&stream=0")
+    decode_s = time.perf_counter() - t
+    memmap = BatchLoader(memmap_data, batch, views, device="cpu", seed=0)
+    steps = args.stream_steps
+    loader = {"selfsup stream": rate(ours.epoch(0), steps),
+              "torchvision ImageFolder": rate(torchvision_loader(folder, size, batch, w), steps),
+              "selfsup memmap (256 px)": rate(memmap.epoch(0), steps)}
+    method = build_method("simclr", backbone="resnet18", image_size=size).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
+    step, e2e_steps = train_step(method, opt), args.e2e_steps
+    end = {"selfsup stream": rate(ours.epoch(1), e2e_steps, step),
+           "torchvision ImageFolder": rate(torchvision_loader(folder, size, batch, w), e2e_steps, tv_step(method, opt)),
+           "selfsup memmap (256 px)": rate(memmap.epoch(1), e2e_steps, step)}
+    ready = [b for _, b in zip(range(e2e_steps + 1), memmap.epoch(2))]
+    model_only = rate(ready, e2e_steps, step)
+    print(f"memmap path: the one-off decode at 256 px took {decode_s:.0f} s ({args.imagenet_like / decode_s:.0f} img/s)")
+    print("| loader | loader alone (img/s) | end to end, ResNet-18 (img/s) |\n|---|---|---|")
+    for name in loader:
+        print(f"| {name} | {loader[name]:.0f} | {end[name]:.1f} |")
+    print(f"| views already in memory (model only) | | {model_only:.1f} |")
+    print(f"loader: selfsup stream / torchvision = {loader['selfsup stream'] / loader['torchvision ImageFolder']:.2f}x "
+          f"(target >= 1.3x); end to end = {end['selfsup stream'] / model_only:.2f} of model only")
+    big = linked_copies(folder, work / f"n{args.imagenet_like}x10", 10)
+    out = {}
+    for name, path in (("N", folder), ("10N", big)):
+        res = subprocess.run([sys.executable, __file__, "--rss-child", str(path), "--stream-batch", str(batch),
+                              "--workers", str(w)], capture_output=True, text=True, check=True)
+        out[name] = json.loads(res.stdout.strip().splitlines()[-1])
+    for name, r in out.items():
+        print(f"{r['images']:>7} images: peak RSS {r['rss_mb']:.0f} MB (workers {r['worker_rss_mb']:.0f} MB), "
+              f"first batch after {r['first_s']:.2f} s")
+    total = {k: r["rss_mb"] + r["worker_rss_mb"] for k, r in out.items()}
+    print(f"RSS 10N / N = {total['10N'] / total['N']:.3f} (target within 10%); first batch of "
+          f"{out['10N']['images']} images {out['10N']['first_s']:.2f} s (target < 5 s)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--imagenet-like", type=int, default=0, help="the streaming benchmark on N JPEGs")
+    parser.add_argument("--work", default="/tmp/imagenet_like", help="where the JPEG folders are made (kept)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--stream-batch", type=int, default=64)
+    parser.add_argument("--stream-steps", type=int, default=20)
+    parser.add_argument("--e2e-steps", type=int, default=3)
+    parser.add_argument("--rss-child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--backbone", default="convnet")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
     parser.add_argument("--memory-steps", type=int, default=30)
     args = parser.parse_args()
+    if args.rss_child:
+        return rss_child(args.rss_child, args.stream_batch, 10, args.workers)
+    if args.imagenet_like:
+        return streaming(args)
     torch.manual_seed(0)
     t = time.perf_counter()
     data = load_dataset(args.data)

@@ -58,6 +58,22 @@ def test_colour_ops_match_torchvision():
     assert torch.allclose(V.grayscale(x), TF.rgb_to_grayscale(x), atol=2e-4)
 
 
+def test_hue_rotation_matches_torchvision_per_image_and_at_the_edges():
+    """Per-image shifts, on random colours, grays (no hue), pure and saturated colours, black and white."""
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 9, 9)
+    x[1] = x[1, :1]                                    # gray: max == min
+    x[2, :, :3] = torch.tensor([1.0, 0, 0]).view(3, 1, 1)
+    x[2, :, 3:6] = torch.tensor([0, 1.0, 0]).view(3, 1, 1)
+    x[2, :, 6:] = torch.tensor([0, 0, 1.0]).view(3, 1, 1)
+    x[3] = (x[3] > 0.5).float()                        # black, white and the six corner colours
+    x[4, :, :, :4] = 0
+    shifts = torch.tensor([-0.5, 0.25, -0.33, 0.5, 0.07, -0.01])
+    got = V.adjust_hue(x, shifts)
+    for i, h in enumerate(shifts.tolist()):
+        assert torch.allclose(got[i], TF.adjust_hue(x[i:i + 1], h)[0], atol=2e-5), i
+
+
 def test_per_sample_factors_are_independent():
     x = batch().float() / 255
     f = torch.linspace(0.5, 1.5, 8)

@@ -317,25 +317,21 @@ def adjust_saturation(x, factor):
 
 
 def adjust_hue(x, shift):
-    """Rotate the hue of each image by ``shift`` (a fraction of the circle, in [-0.5, 0.5])."""
+    """Rotate the hue of each image by ``shift`` (a fraction of the circle, in [-0.5, 0.5]), as torchvision's
+    RGB -> HSV -> RGB. The way back is the closed form of HSV -> RGB: channel n in (R, G, B) = (5, 3, 1) is
+    v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + 6 h) mod 6, and v s = max - min: no branch per sector."""
     r, g, b = x.unbind(1)
     maxc, _ = x.max(1)
     minc, _ = x.min(1)
-    v = maxc
     delta = maxc - minc
-    s = delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc))
     dc = torch.where(delta > 0, delta, torch.ones_like(delta))
-    rc, gc, bc = (maxc - r) / dc, (maxc - g) / dc, (maxc - b) / dc
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    h = (h + shift.view(-1, 1, 1)) % 1.0
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    i = i.long() % 6
-    choices = torch.stack([
-        torch.stack([v, q, p, p, t, v]), torch.stack([t, v, v, q, p, p]), torch.stack([p, p, t, v, v, q])])
-    return choices.gather(1, i[None, None].expand(3, 1, *i.shape)).squeeze(1).permute(1, 0, 2, 3)
+    h6 = torch.where(maxc == r, (g - b) / dc, torch.where(maxc == g, 2.0 + (b - r) / dc, 4.0 + (r - g) / dc))
+    h6 = torch.where(delta > 0, h6, torch.zeros_like(h6)) + 6.0 * shift.view(-1, 1, 1)
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(h6 + n, 6.0)
+        out.append(maxc - delta * torch.minimum(k, 4.0 - k).clamp_(0, 1))
+    return torch.stack(out, 1)
 
 
 def color_jitter(x, strengths, g: torch.Generator) -> torch.Tensor:
