@@ -115,3 +115,26 @@ def test_blur_of_tiny_views_keeps_them():
         assert out.shape == x.shape and torch.isfinite(out).all()
         if size < 3:                                  # a 1-tap kernel: the view unchanged
             assert torch.allclose(out, x)
+
+
+@pytest.mark.parametrize("size", [8, 24])
+def test_crop_inside_never_reads_a_pixel_outside_its_box(size):
+    """Pixels outside the box are 100, inside in [0, 1]: the default crop blends the border in (up to half a
+    pixel's weight at the edges), ``inside=True`` never does, and keeps the box's content."""
+    x = torch.full((2, 3, 20, 20), 100.0)
+    x[:, :, 5:15, 4:16] = torch.rand(2, 3, 10, 12)
+    boxes = torch.tensor([[4.0, 5.0, 16.0, 15.0]] * 2)
+    assert V.resized_crop(x, boxes, size).max() > 1
+    inside = V.resized_crop(x, boxes, size, inside=True)
+    assert inside.max() <= 1 and inside.min() >= 0
+    flat = torch.zeros(2, 3, 20, 20)
+    flat[:, :, 5:15, 4:16] = 0.5
+    assert torch.allclose(V.resized_crop(flat, boxes, size, inside=True), torch.full((2, 3, size, size), 0.5))
+
+
+def test_crop_inside_option_reaches_the_views_of_joint_embedding_methods():
+    from selfsup.methods import build_method
+
+    m = build_method("simclr", backbone="convnet", image_size=32, crop_inside=True)
+    assert all(spec.inside for spec in m.view_maker().specs)
+    assert not any(spec.inside for spec in build_method("simclr", backbone="convnet", image_size=32).view_maker().specs)

@@ -65,6 +65,7 @@ class ViewSpec:
     blur_kernel_frac: float | None = None          # None: kernel +-3 sigma; 0.1: SimCLR code's size // 10 (odd)
     solarize_prob: float = 0.0
     patch: int | None = None        # fixed patch side in source pixels at a random position, instead of the crop
+    inside: bool = False            # the crop's bilinear samples never read a pixel outside its box (see resized_crop)
 
 
 
@@ -283,14 +284,20 @@ def fill_padding(x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     return x.gather(3, cols[:, None, None, :].expand(n, c, hh, ww))
 
 
-def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, source: torch.Tensor | None = None) -> torch.Tensor:
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, source: torch.Tensor | None = None,
+                 inside: bool = False) -> torch.Tensor:
     """Crop image ``source[i]`` (default: image i) to box i (x1, y1, x2, y2 in pixels)
     and resize it to size x size: one output per box.
 
     roi_align averages several bilinear samples per output pixel when shrinking,
-    which acts like an antialiasing filter."""
+    which acts like an antialiasing filter. Its samples span the box's continuous extent, so those within half
+    a pixel of an edge blend in the pixel beyond it. ``inside``: the box is shrunk by half a pixel on each
+    side, so every sample lies between the centres of the box's own edge pixels, as when the crop is cut out
+    first and then resized (PIL, torchvision); the scale changes by (w - 1) / w."""
     if source is None:
         source = torch.arange(len(boxes), device=x.device)
+    if inside:
+        boxes = boxes + torch.tensor([0.5, 0.5, -0.5, -0.5], device=boxes.device, dtype=boxes.dtype)
     rois = torch.cat([source.to(x.dtype)[:, None], boxes.to(x.dtype)], dim=1)
     return roi_align(x, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
@@ -390,7 +397,7 @@ def augment(x: torch.Tensor, spec: ViewSpec, g: torch.Generator, sizes: torch.Te
         boxes = patch_boxes(len(x), height, width, spec.patch, g, x.device)
     else:
         boxes = crop_boxes(len(x), height, width, spec.scale, spec.ratio, g, x.device)
-    return photometric(resized_crop(x, boxes, spec.size), spec, g)
+    return photometric(resized_crop(x, boxes, spec.size, inside=spec.inside), spec, g)
 
 
 def photometric(v: torch.Tensor, spec: ViewSpec, g: torch.Generator) -> torch.Tensor:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -171,6 +171,7 @@ class JointEmbeddingConfig(MethodConfig):
     proj_last_bn: bool = False         # a BatchNorm (scale, no shift) after the last Linear: the official SimCLR code
     views: str = "simclr"              # view recipe, e.g. byol, multicrop:2x32+4x16, patch:14 (BagSSL)
     joint_pass: bool = True            # all views of a size in one pass (SimCLR); False: one pass per view (VICReg)
+    crop_inside: bool = False          # crops never read a pixel outside their box (as PIL's crop-then-resize)
 
 
 class JointEmbeddingMethod(Method):
@@ -187,7 +188,8 @@ class JointEmbeddingMethod(Method):
                                         last_bn=cfg.proj_last_bn)
 
     def view_maker(self):
-        return ViewMaker(view_recipe(self.cfg.views, self.image_size))
+        specs = view_recipe(self.cfg.views, self.image_size)
+        return ViewMaker([replace(s, inside=True) for s in specs] if self.cfg.crop_inside else specs)
 
     def pair_loss(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
