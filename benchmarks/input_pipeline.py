@@ -124,8 +124,10 @@ def torchvision_loader(folder: Path, size: int, batch: int, workers: int):
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
 
+    # the same views as selfsup's simclr recipe at 224 px: its blur (p 0.5, sigma 0.1..2, 13 taps) included
     view = T.Compose([T.RandomResizedCrop(size, scale=(0.08, 1.0)), T.RandomHorizontalFlip(),
                       T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8), T.RandomGrayscale(0.2),
+                      T.RandomApply([T.GaussianBlur(13, sigma=(0.1, 2.0))], p=0.5),
                       T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
 
     class TwoViews:
