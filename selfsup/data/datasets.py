@@ -62,13 +62,44 @@ class IndexedArray:
         return np.asarray(self.base[self.index], dtype=dtype)
 
 
+class CenterCrops:
+    """The side x side centre crops of images stored at their own aspect ratio: row i of ``full`` holds an
+    image of ``sizes[i]`` = (h, w) in its top-left corner (zero padding after it). Read lazily, row by row,
+    like ``IndexedArray``: what evaluation and the fixed-size view makers see of such a set."""
+
+    def __init__(self, full, sizes: np.ndarray, side: int):
+        self.full, self.sizes, self.side = full, np.asarray(sizes, dtype=np.int64), side
+        self.shape, self.dtype, self.ndim = (len(self.sizes), full.shape[1], side, side), full.dtype, 4
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def _crop(self, image: np.ndarray, size) -> np.ndarray:
+        top, left = (int(size[0]) - self.side) // 2, (int(size[1]) - self.side) // 2
+        return image[:, top:top + self.side, left:left + self.side]
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return np.ascontiguousarray(self._crop(np.asarray(self.full[key]), self.sizes[key]))
+        rows, sizes = np.asarray(self.full[key]), self.sizes[key]
+        out = np.empty((len(sizes),) + self.shape[1:], dtype=self.dtype)
+        for j in range(len(sizes)):
+            out[j] = self._crop(rows[j], sizes[j])
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[np.arange(len(self))], dtype=dtype)
+
+
 @dataclass
 class ImageArrayDataset:
-    images: np.ndarray        # uint8 N x C x H x W (possibly memory-mapped, or an IndexedArray of one)
+    images: np.ndarray        # uint8 N x C x H x W (possibly memory-mapped, or an IndexedArray / CenterCrops of one)
     labels: np.ndarray        # int64 N, -1 where unlabeled
     classes: list[str]
     fingerprint: str          # identifies source, options and contents, for caches
     targets: np.ndarray | None = None   # int8 N x len(classes) for multi-label sets: 1 present, 0 absent, -1 difficult
+    full: np.ndarray | None = None      # images at their own aspect ratio, padded (``images`` = their centre crops)
+    sizes: np.ndarray | None = None     # int64 N x 2: the true (h, w) of each row of ``full``
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -84,14 +115,22 @@ class ImageArrayDataset:
     def subset(self, indices) -> "ImageArrayDataset":
         indices = np.asarray(indices, dtype=np.int64)
         tag = hashlib.sha1(indices.tobytes()).hexdigest()[:12]
-        if isinstance(self.images, IndexedArray):
-            images = IndexedArray(self.images.base, self.images.index[indices])
-        elif isinstance(self.images, np.memmap):
-            images = IndexedArray(self.images, indices)
-        else:
-            images = self.images[indices]
         targets = None if self.targets is None else np.asarray(self.targets[indices])
-        return ImageArrayDataset(images, self.labels[indices], self.classes, f"{self.fingerprint}-{tag}", targets)
+        if self.full is not None:
+            full, sizes = _rows(self.full, indices), self.sizes[indices]
+            return ImageArrayDataset(CenterCrops(full, sizes, self.images.side), self.labels[indices], self.classes,
+                                     f"{self.fingerprint}-{tag}", targets, full, sizes)
+        return ImageArrayDataset(_rows(self.images, indices), self.labels[indices], self.classes,
+                                 f"{self.fingerprint}-{tag}", targets)
+
+
+def _rows(array, indices: np.ndarray):
+    """Rows ``indices`` of an array: lazily when it is on disk (a memmap, or an IndexedArray of one)."""
+    if isinstance(array, IndexedArray):
+        return IndexedArray(array.base, array.index[indices])
+    if isinstance(array, np.memmap):
+        return IndexedArray(array, indices)
+    return array[indices]
 
 
 def label_matrix(dataset: ImageArrayDataset) -> np.ndarray:
@@ -465,10 +504,23 @@ class _Source:
         return f"{self.path}:{name}" if self.tar is not None else str(self.path / name)
 
 
+MAX_ASPECT = 2               # fit="keep": the long side is kept up to this many times the short side
+
+
+def kept_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(h, w) of an image of ``width`` x ``height`` under fit="keep": the short side resized to ``size``, the
+    long side in proportion, centre-cropped to at most MAX_ASPECT x ``size``."""
+    scale = size / min(width, height)
+    w, h = max(size, round(width * scale)), max(size, round(height * scale))
+    return min(h, MAX_ASPECT * size), min(w, MAX_ASPECT * size)
+
+
 def _decode(data: bytes, size: int | None, mode: str, fit: str = "crop", orient: bool = False) -> np.ndarray:
     """C x H x W uint8. ``fit="crop"``: resize the short side to ``size``, then center-crop size x size;
-    ``fit="squash"``: resize to exactly size x size, ignoring the aspect ratio (Goyal's VOC07 transform,
-    METHODS.md 6.1). ``orient``: apply the EXIF orientation first (the streaming path does)."""
+    ``fit="keep"``: resize the short side to ``size`` and keep the aspect ratio (``kept_size``: the long side
+    centre-cropped to at most MAX_ASPECT x size); ``fit="squash"``: resize to exactly size x size, ignoring the
+    aspect ratio (Goyal's VOC07 transform, METHODS.md 6.1). ``orient``: apply the EXIF orientation first (the
+    streaming path does)."""
     with Image.open(io.BytesIO(data)) as im:
         if orient:
             im = ImageOps.exif_transpose(im)
@@ -479,8 +531,10 @@ def _decode(data: bytes, size: int | None, mode: str, fit: str = "crop", orient:
             scale = size / min(im.size)
             w, h = max(size, round(im.size[0] * scale)), max(size, round(im.size[1] * scale))
             im = im.resize((w, h), Image.BILINEAR, reducing_gap=None)
-            left, top = (w - size) // 2, (h - size) // 2
-            im = im.crop((left, top, left + size, top + size))
+            ch, cw = kept_size(w, h, size) if fit == "keep" else (size, size)
+            # offsets such that the centre size x size of the kept image is exactly the fit="crop" image
+            left, top = (w - size) // 2 - (cw - size) // 2, (h - size) // 2 - (ch - size) // 2
+            im = im.crop((left, top, left + cw, top + ch))
         arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
@@ -548,8 +602,9 @@ def _choose_size(path: Path, sizes: list[tuple[int, int]]) -> int:
         how = f"are all {sizes[0][0]}x{sizes[0][1]}, not square"
     else:
         how = f"differ in size ({len(distinct)} distinct sizes, short sides {shorts[0]} to {shorts[-1]} px)"
-    warnings.warn(f"images in {path} {how}: resizing each to a short side of {size} px and center-cropping to "
-                  f"{size}x{size} (the median short side, at most 256); add ?size=N to the data spec to choose another")
+    warnings.warn(f"images in {path} {how}: resizing each to a short side of {size} px (the median short side, "
+                  f"at most 256), keeping its aspect ratio for training crops, centre-cropped to {size}x{size} for "
+                  f"evaluation; add ?size=N to the data spec to choose another")
     return size
 
 
@@ -578,13 +633,15 @@ def _remove_stale_tmps(cache: Path, fingerprint: str) -> None:
 
 
 def _decode_all(source: _Source, names: list[str], labels: list[int], classes: list[str], size: int | None,
-                cache: Path, fingerprint: str, *, fit: str = "crop", mode: str | None = None, size_rule=None,
+                cache: Path, fingerprint: str, *, fit: str = "keep", mode: str | None = None, size_rule=None,
                 targets: np.ndarray | None = None) -> ImageArrayDataset:
     """Decode every image once into ``cache/<fingerprint>.npy`` (memory-mapped), skipping corrupt files.
 
     Every image's header decides: colour (3 channels) unless all readable images are grayscale or ``mode`` is
     given ("RGB" or "L"), and the size unless ``size`` is given: ``size_rule(sizes)`` of the readable images'
-    (width, height), by default ``_choose_size``. ``fit`` is how an image becomes size x size (see ``_decode``).
+    (width, height), by default ``_choose_size``. ``fit`` is how an image is stored (see ``_decode``): with
+    "keep", images that do not all become size x size keep their aspect ratio, padded into one array with
+    their true sizes (``<fingerprint>.sizes.npy``; the dataset's ``images`` are then their centre crops).
     ``targets`` (N x C, multi-label) are saved as ``<fingerprint>.targets.npy``, minus the rows of corrupt files."""
     images_file, labels_file = cache / f"{fingerprint}.npy", cache / f"{fingerprint}.labels.npy"
     cached = _cached(cache, fingerprint)
@@ -599,18 +656,26 @@ def _decode_all(source: _Source, names: list[str], labels: list[int], classes: l
     if size is None:
         sizes = [s for _, s in readable]
         size = size_rule(sizes) if size_rule is not None else _choose_size(source.path, sizes)
+    shape = (size, size)
+    if fit == "keep":
+        dims = [kept_size(w, h, size) for _, (w, h) in readable]
+        fit = "crop" if all(d == (size, size) for d in dims) else "keep"
+        shape = (max(h for h, _ in dims), max(w for _, w in dims))
     cache.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmps(cache, fingerprint)
     tmp, tmp2 = _tmp(cache, fingerprint, "npy"), _tmp(cache, fingerprint, "npy2")
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                        shape=(len(names), 1 if mode == "L" else 3, size, size))
+                                        shape=(len(names), 1 if mode == "L" else 3) + shape)
         ok = np.zeros(len(names), dtype=bool)
+        true_sizes = np.zeros((len(names), 2), dtype=np.int64)
 
         def decode(item):
             i, blob = item
             try:
-                out[i] = _decode(blob, size, mode, fit)
+                arr = _decode(blob, size, mode, fit)[:, :shape[0], :shape[1]]
+                out[i, :, :arr.shape[1], :arr.shape[2]] = arr
+                true_sizes[i] = arr.shape[1:]
                 ok[i] = True
             except Exception:
                 pass
@@ -635,9 +700,15 @@ def _decode_all(source: _Source, names: list[str], labels: list[int], classes: l
             os.replace(tmp2, tmp)
             labels = [labels[i] for i in keep]
             targets = None if targets is None else np.asarray(targets)[keep]
+            true_sizes = true_sizes[keep]
         else:
             out.flush()
             del out
+        if fit == "keep":
+            sizes_tmp = _tmp(cache, fingerprint, "sizes.npy")
+            with open(sizes_tmp, "wb") as f:
+                np.save(f, true_sizes)
+            os.replace(sizes_tmp, cache / f"{fingerprint}.sizes.npy")
         labels_tmp, classes_tmp = _tmp(cache, fingerprint, "labels.npy"), _tmp(cache, fingerprint, "classes.json")
         with open(labels_tmp, "wb") as f:
             np.save(f, np.asarray(labels, dtype=np.int64))
@@ -661,10 +732,14 @@ def _cached(cache: Path, fingerprint: str) -> ImageArrayDataset | None:
     if not images_file.exists():
         return None
     classes = json.loads((cache / f"{fingerprint}.classes.json").read_text())
-    targets_file = cache / f"{fingerprint}.targets.npy"
+    targets_file, sizes_file = cache / f"{fingerprint}.targets.npy", cache / f"{fingerprint}.sizes.npy"
     targets = np.load(targets_file) if targets_file.exists() else None
-    return ImageArrayDataset(np.load(images_file, mmap_mode="r"), np.load(cache / f"{fingerprint}.labels.npy"),
-                             classes, fingerprint, targets)
+    images, labels = np.load(images_file, mmap_mode="r"), np.load(cache / f"{fingerprint}.labels.npy")
+    if sizes_file.exists():                  # stored at their own aspect ratio: the short side is the size
+        sizes = np.load(sizes_file)
+        return ImageArrayDataset(CenterCrops(images, sizes, int(sizes.min())), labels, classes, fingerprint,
+                                 targets, images, sizes)
+    return ImageArrayDataset(images, labels, classes, fingerprint, targets)
 
 
 def _stat_line(file) -> str:
@@ -717,7 +792,7 @@ def read_imagefolder(path: Path, split: str | None, size: int | None, cache_root
     if path.is_file() and options.get("stream") in (None, "0", "auto"):
         # a tar: its size and time identify it, no need to list it again
         st = path.stat()
-        early = _short_hash(f"{kind}-tar-v2|{path.resolve()}|{split}|{size}|{st.st_size}|{st.st_mtime_ns}")
+        early = _short_hash(f"{kind}-tar-v3|{path.resolve()}|{split}|{size}|{st.st_size}|{st.st_mtime_ns}")
         if unlabeled:
             early = _short_hash(f"unlabeled|{early}")
         cached = _cached(cache_root / "arrays", early)
@@ -739,7 +814,7 @@ def read_imagefolder(path: Path, split: str | None, size: int | None, cache_root
         fingerprint = early
     else:                                   # every file's name, size and time: a changed image is decoded again
         digest = hashlib.sha1("".join(_stat_line(path / n) for n in names).encode()).hexdigest()
-        fingerprint = _short_hash(f"imagefolder-v2|{path.resolve()}|{split}|{size}|{digest}")
+        fingerprint = _short_hash(f"imagefolder-v3|{path.resolve()}|{split}|{size}|{digest}")
         if unlabeled:
             fingerprint = _short_hash(f"unlabeled|{fingerprint}")
     return _decode_all(source, names, labels, classes, size, cache_root / "arrays", fingerprint)
@@ -796,7 +871,7 @@ def read_filelist(path: Path, size: int | None, cache_root: Path, options: dict 
     source = _Source(Path("/"))
     st = path.stat()
     digest = hashlib.sha1("".join(stats).encode()).hexdigest()   # the listed images too, not only the list
-    fingerprint = _short_hash(f"filelist-v2|{path.resolve()}|{size}|{st.st_size}|{st.st_mtime_ns}|{digest}")
+    fingerprint = _short_hash(f"filelist-v3|{path.resolve()}|{size}|{st.st_size}|{st.st_mtime_ns}|{digest}")
     return _decode_all(source, [n.lstrip("/") for n in names], labels, [str(c) for c in range(num_classes)], size,
                        cache_root / "arrays", fingerprint)
 

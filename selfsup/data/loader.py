@@ -42,9 +42,13 @@ class BatchLoader:
         self.device, self.shuffle, self.drop_last = torch.device(device), shuffle, drop_last
         self.seed, self.rank, self.world_size, self.prefetch = seed, rank, world_size, prefetch
         self.global_batch = batch_size * world_size
+        # images stored at their own aspect ratio (``dataset.full``, ``dataset.sizes``) reach a size-aware
+        # transform whole, padded, with their sizes; any other transform gets their centre crops
+        self.padded = getattr(dataset, "full", None) is not None and getattr(transform, "accepts_sizes", False)
+        self.source = dataset.full if self.padded else dataset.images
         self.resident = None              # ``resident``: every image and label on the device, copied once
         if resident:
-            self.resident = (torch.from_numpy(np.ascontiguousarray(dataset.images)).to(self.device),
+            self.resident = (torch.from_numpy(np.ascontiguousarray(self.source)).to(self.device),
                              torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64)).to(self.device))
 
     def __len__(self) -> int:
@@ -71,7 +75,7 @@ class BatchLoader:
             rows = torch.from_numpy(idx.astype(np.int64)).to(self.device)
             images, labels = self.resident[0][rows], self.resident[1][rows]
         else:
-            images = torch.from_numpy(np.ascontiguousarray(self.dataset.images[np.sort(idx)]))
+            images = torch.from_numpy(np.ascontiguousarray(self.source[np.sort(idx)]))
             order = np.argsort(np.argsort(idx))                     # undo the sort used for fast reads
             images = images[torch.from_numpy(order)]
             labels = torch.from_numpy(np.asarray(self.dataset.labels[idx], dtype=np.int64))
@@ -79,7 +83,11 @@ class BatchLoader:
             images = images.pin_memory().to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
         g = batch_generator(self.seed, epoch, step, self.rank, self.device)
-        views = self.transform(images, g)             # a list of views, or (views, targets)
+        if self.padded:
+            sizes = torch.from_numpy(np.asarray(self.dataset.sizes[idx], dtype=np.int64)).to(self.device)
+            views = self.transform(images, g, sizes=sizes)
+        else:
+            views = self.transform(images, g)         # a list of views, or (views, targets)
         views, targets = views if isinstance(views, tuple) else (views, None)
         return Batch(views, labels, torch.from_numpy(idx.astype(np.int64)).to(self.device), targets)
 
