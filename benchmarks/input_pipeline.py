@@ -207,6 +207,10 @@ def streaming(args) -> None:
     loader = {"selfsup stream": rate(ours.epoch(0), steps),
               "torchvision ImageFolder": rate(torchvision_loader(folder, size, batch, w), steps),
               "selfsup memmap (256 px)": rate(memmap.epoch(0), steps)}
+    if args.device_decode:       # JPEGs decoded in batches in the loader thread (decode_jpeg on the CPU here)
+        batched = StreamLoader(load_dataset(f"{folder}?stream=1&workers={w}&decode=device"), batch, views,
+                               image_size=size, device="cpu", seed=0)
+        loader["selfsup stream, decode=device"] = rate(batched.epoch(0), steps)
     method = build_method("simclr", backbone="resnet18", image_size=size).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
     step, e2e_steps = train_step(method, opt), args.e2e_steps
@@ -218,7 +222,7 @@ def streaming(args) -> None:
     print(f"memmap path: the one-off decode at 256 px took {decode_s:.0f} s ({args.imagenet_like / decode_s:.0f} img/s)")
     print("| loader | loader alone (img/s) | end to end, ResNet-18 (img/s) |\n|---|---|---|")
     for name in loader:
-        print(f"| {name} | {loader[name]:.0f} | {end[name]:.1f} |")
+        print(f"| {name} | {loader[name]:.0f} | {end[name]:.1f} |" if name in end else f"| {name} | {loader[name]:.0f} | |")
     print(f"| views already in memory (model only) | | {model_only:.1f} |")
     print(f"loader: selfsup stream / torchvision = {loader['selfsup stream'] / loader['torchvision ImageFolder']:.2f}x "
           f"(target >= 1.3x); end to end = {end['selfsup stream'] / model_only:.2f} of model only")
@@ -244,6 +248,7 @@ def main():
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--stream-batch", type=int, default=64)
     parser.add_argument("--stream-steps", type=int, default=20)
+    parser.add_argument("--device-decode", action="store_true", help="also the loader with decode=device")
     parser.add_argument("--e2e-steps", type=int, default=3)
     parser.add_argument("--rss-child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--backbone", default="convnet")

@@ -302,3 +302,87 @@ def test_collate_pads_and_reports_sizes():
     images, sizes, labels, indices, bad = collate_padded([(a, 0, 0, None), (b, 1, 1, "x.jpg")])
     assert images.shape == (2, 3, 7, 6) and sizes.tolist() == [[4, 6], [7, 2]] and bad == ["x.jpg"]
     assert images[0, :, 4:].sum() == 0 and images[1, :, :, 2:].sum() == 0
+
+
+def _smooth_jpeg(path, w, h, seed, mode="RGB"):
+    """A JPEG of a smooth gradient with a little noise (natural-image-like, so both decoders agree closely)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (w + h)], -1) + rng.normal(0, 4, (h, w, 3))
+    Image.fromarray(base.clip(0, 255).astype(np.uint8)).convert(mode).save(path, quality=90)
+
+
+def test_device_decode_gives_the_workers_images_sizes_and_replacements(tmp_path):
+    """decode=device (here on the CPU: the nvJPEG path's code with libjpeg-turbo) decodes the JPEGs in one batch,
+    the rest with PIL, and replaces unreadable files, including a JPEG whose header reads but whose data is cut,
+    exactly as the workers path does; pixels agree to within JPEG decoders' rounding."""
+    expect = make_mixed(tmp_path / "mixed")
+    for k, (w, h) in enumerate([(120, 80), (64, 96)]):
+        _smooth_jpeg(tmp_path / "mixed" / "a" / f"photo{k}.jpg", w, h, k)
+        expect[f"a/photo{k}.jpg"] = (3, h, w)
+    _smooth_jpeg(tmp_path / "mixed" / "b" / "gray.jpg", 50, 40, 7, "L")
+    expect["b/gray.jpg"] = (3, 40, 50)
+    whole = (tmp_path / "mixed" / "a" / "photo0.jpg").read_bytes()
+    (tmp_path / "mixed" / "a" / "cut.jpg").write_bytes(whole[:len(whole) // 2])
+    results = {}
+    for decode in ("workers", "device"):
+        data = load_dataset(f"{tmp_path / 'mixed'}?stream=1&workers=0&decode={decode}")
+        for shrink in (0, 32):
+            loader = StreamLoader(data, len(data), Recorder(), device="cpu", shuffle=False, drop_last=False,
+                                  shrink=shrink)
+            assert loader.device_decode == (decode == "device")
+            with pytest.warns(UserWarning, match="cut.jpg"):
+                (batch,) = list(loader.epoch(0))
+            results[decode, shrink] = batch
+    for shrink in (0, 32):
+        a, b = results["workers", shrink], results["device", shrink]
+        assert torch.equal(a.indices, b.indices) and torch.equal(a.labels, b.labels)
+        assert torch.equal(a.views[1], b.views[1])                              # the same true sizes
+        names = [data.names[i].decode() for i in a.indices.tolist()]
+        assert "a/cut.jpg" not in names and "a/corrupt.jpg" not in names
+        for k, name in enumerate(names):
+            h, w = a.views[1][k].tolist()
+            x, y = a.views[0][k, :, :h, :w].float(), b.views[0][k, :, :h, :w].float()
+            if shrink == 0 and not stream_mod.device_ready((tmp_path / "mixed" / name).read_bytes(), "RGB"):
+                assert torch.equal(x, y), name                                  # PIL's decode on both paths
+            elif name.startswith("a/photo") or name == "b/gray.jpg":
+                assert (x - y).abs().mean() < (1.0 if shrink == 0 else 3.0), name
+
+
+def test_device_ready_sends_only_plain_jpegs_to_the_batched_decoder(tmp_path):
+    make_mixed(tmp_path / "m")
+    ready = {p.name: stream_mod.device_ready(p.read_bytes(), "RGB") for p in (tmp_path / "m").rglob("*.*")}
+    assert ready == {"gray.png": False, "rgba.png": False, "cmyk.jpg": False, "palette.png": False,
+                     "rotated.jpg": False, "corrupt.jpg": False, "empty.jpg": False}
+    _smooth_jpeg(tmp_path / "rgb.jpg", 20, 20, 0)
+    _smooth_jpeg(tmp_path / "gray.jpg", 20, 20, 0, "L")
+    assert stream_mod.device_ready((tmp_path / "rgb.jpg").read_bytes(), "RGB")
+    assert stream_mod.device_ready((tmp_path / "gray.jpg").read_bytes(), "RGB")
+    assert stream_mod.device_ready((tmp_path / "gray.jpg").read_bytes(), "L")
+    assert not stream_mod.device_ready((tmp_path / "rgb.jpg").read_bytes(), "L")     # PIL's luma, not the Y plane
+    assert stream_mod.shrunk_size(375, 500, 224) == (224, 299) and stream_mod.shrunk_size(100, 50, 224) == (100, 50)
+
+
+def test_device_decode_resumes_mid_epoch_exactly(tmp_path):
+    for i in range(12):
+        (tmp_path / "f" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        _smooth_jpeg(tmp_path / "f" / f"c{i % 2}" / f"{i}.jpg", 30 + 3 * i, 40, i)
+    data = load_dataset(f"{tmp_path / 'f'}?stream=1&workers=1&decode=device")
+    maker = ViewMaker(simclr_views(16))
+    full = list(StreamLoader(data, 4, maker, device="cpu", seed=3).epoch(2))
+    resumed = list(StreamLoader(data, 4, maker, device="cpu", seed=3).epoch(2, start_step=1))
+    for a, b in zip(full[1:], resumed):
+        assert torch.equal(a.indices, b.indices)
+        assert all(torch.equal(x, y) for x, y in zip(a.views, b.views))
+
+
+def test_decode_option_errors_are_one_line(tmp_path, monkeypatch):
+    make_folder(tmp_path / "f", n=4)
+    with pytest.raises(SelfSupError, match="decode='gpu'.*decode=workers"):
+        load_dataset(f"{tmp_path / 'f'}?stream=1&decode=gpu")
+    data = load_dataset(f"{tmp_path / 'f'}?stream=1&decode=device")
+    monkeypatch.setattr(stream_mod, "device_decode_works", lambda device: False)
+    with pytest.raises(SelfSupError, match="cannot decode JPEGs on cpu.*decode=workers"):
+        StreamLoader(data, 2, Recorder(), device="cpu")
+    auto = load_dataset(f"{tmp_path / 'f'}?stream=1")
+    assert not StreamLoader(auto, 2, Recorder(), device="cpu").device_decode      # auto: nvJPEG on CUDA only

@@ -38,8 +38,8 @@ from selfsup.errors import SelfSupError
 FORMATS = ("imagefolder", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "filelist", "voc07", "synthetic",
            "unlabeled", "shards")
 OPTIONS = ("split", "size", "val_per_class", "val_fraction", "part", "fraction", "seed", "classes", "channels", "labels",
-           "stream", "shrink", "workers", "buffer")
-STREAM_OPTIONS = ("stream", "shrink", "workers", "buffer")     # the streaming path's (selfsup.data.stream)
+           "stream", "shrink", "workers", "buffer", "decode")
+STREAM_OPTIONS = ("stream", "shrink", "workers", "buffer", "decode")     # the streaming path's (selfsup.data.stream)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 

@@ -125,6 +125,80 @@ def decode_center(blob: bytes, mode: str, size: int, crop: float = 1.0) -> np.nd
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+def device_ready(blob: bytes, mode: str) -> bool:
+    """Whether the batched JPEG decoder (``decode_batch``) gives this image as ``decode_image`` would: a JPEG
+    stored as YCbCr or gray (gray is also accepted for ``mode`` RGB: both replicate it), without an EXIF
+    rotation. Everything else (PNG, CMYK, rotated photos) is decoded by PIL in the workers. Reads the header
+    only."""
+    try:
+        with Image.open(io.BytesIO(blob)) as im:
+            if im.format != "JPEG" or im.mode not in (("L",) if mode == "L" else ("RGB", "L")):
+                return False
+            return im.getexif().get(0x0112, 1) == 1
+    except Exception:
+        return False
+
+
+def shrunk_size(h: int, w: int, bound: int | None) -> tuple[int, int]:
+    """(h, w) with the short side brought down to ``bound`` (``decode_image``'s rounding); unchanged when it is
+    already at most ``bound``."""
+    if not bound or min(h, w) <= bound:
+        return h, w
+    s = bound / min(h, w)
+    return max(bound, round(h * s)), max(bound, round(w * s))
+
+
+def decode_batch(blobs: list[np.ndarray], mode: str, device: torch.device) -> list[torch.Tensor | None]:
+    """C x H x W uint8 images of JPEG byte arrays, decoded together on ``device`` by ``torchvision.io.decode_jpeg``
+    (nvJPEG on CUDA, libjpeg-turbo on the CPU). One call for the batch; if it fails, one call per image, and an
+    image that still fails is None (the caller decodes it, or its replacement, with PIL)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    read = ImageReadMode.GRAY if mode == "L" else ImageReadMode.RGB
+    data = [torch.from_numpy(np.array(b, copy=True)) for b in blobs]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # torchvision 0.29 deprecates its decoders for TorchCodec's
+        try:
+            return list(decode_jpeg(data, mode=read, device=device))
+        except Exception:
+            out = []
+            for d in data:
+                try:
+                    out.append(decode_jpeg(d, mode=read, device=device))
+                except Exception:
+                    out.append(None)
+            return out
+
+
+def shrink_on_device(image: torch.Tensor, bound: int | None) -> torch.Tensor:
+    """``image`` (C x H x W uint8) with its short side at most ``bound``: bilinear with antialiasing, as PIL's
+    resize (without JPEG draft mode's DCT scaling, so pixels differ slightly from ``decode_image``'s)."""
+    h, w = image.shape[-2:]
+    target = shrunk_size(h, w, bound)
+    if target == (h, w):
+        return image
+    out = torch.nn.functional.interpolate(image[None].float(), size=target, mode="bilinear", antialias=True,
+                                          align_corners=False)
+    return out[0].round_().clamp_(0, 255).to(torch.uint8)
+
+
+_DEVICE_DECODE: dict = {}
+
+
+def device_decode_works(device: torch.device) -> bool:
+    """Whether ``decode_jpeg`` runs on ``device`` (nvJPEG needs a CUDA build of torchvision); tried once per device."""
+    key = str(device)
+    if key not in _DEVICE_DECODE:
+        probe_image = Image.new("RGB", (16, 16), (200, 40, 90))
+        buffer = io.BytesIO()
+        probe_image.save(buffer, format="JPEG")
+        try:
+            _DEVICE_DECODE[key] = decode_batch([np.frombuffer(buffer.getvalue(), np.uint8)], "RGB", device)[0] is not None
+        except Exception:
+            _DEVICE_DECODE[key] = False
+    return _DEVICE_DECODE[key]
+
+
 # ---------------------------------------------------------------- the image set
 
 @dataclass
@@ -143,6 +217,7 @@ class StreamImageSet:
     member: np.ndarray | None = None   # int64 N x 3: (tar index, data offset, size) of each member
     shrink: int | None = None          # the ``shrink=`` option: short side bound of training decodes (0: none)
     workers: int | None = None         # DataLoader workers (None: default_workers())
+    decode: str = "auto"               # training decodes: "workers" (PIL), "device" (batched decode_jpeg), "auto"
     targets: np.ndarray | None = None
     streaming = True
 
@@ -205,13 +280,16 @@ class StreamImageSet:
 
     def load(self, i: int, how) -> tuple[np.ndarray, int, str | None]:
         """(image, index actually decoded, name of the unreadable image it replaces or None). ``how``:
-        ("shrink", bound) or ("center", size, crop)."""
+        ("shrink", bound), ("center", size, crop) or ("bytes", bound): the file's bytes (1-D uint8) when
+        ``device_ready`` says the batched decoder takes it, else the image as with ("shrink", bound)."""
         bad = None
         for k in range(len(self)):
             j = (i + k) % len(self)
             try:
                 blob = self.read(j)
-                if how[0] == "shrink":
+                if how[0] == "bytes" and device_ready(blob, self.mode):
+                    return np.frombuffer(blob, dtype=np.uint8), j, bad
+                if how[0] in ("shrink", "bytes"):
                     return decode_image(blob, self.mode, how[1]), j, bad
                 return decode_center(blob, self.mode, how[1], how[2]), j, bad
             except Exception:
@@ -299,11 +377,19 @@ def collate_padded(items):
     return out, sizes, labels, indices, [it[3] for it in items if it[3] is not None]
 
 
-def _iterate(reader: _Reader, batches: list, workers: int):
+def collate_payloads(items):
+    """The reader's payloads as they are (JPEG bytes, 1-D, or decoded images, 3-D), labels, indices decoded and
+    the names of unreadable images replaced: for decoding on the device."""
+    labels = torch.tensor([it[1] for it in items], dtype=torch.int64)
+    indices = torch.tensor([it[2] for it in items], dtype=torch.int64)
+    return [it[0] for it in items], labels, indices, [it[3] for it in items if it[3] is not None]
+
+
+def _iterate(reader: _Reader, batches: list, workers: int, collate=collate_padded):
     if not batches:
         return iter(())
     loader = torch.utils.data.DataLoader(reader, batch_sampler=batches, num_workers=min(workers, len(batches)),
-                                         collate_fn=collate_padded, prefetch_factor=2 if workers else None,
+                                         collate_fn=collate, prefetch_factor=2 if workers else None,
                                          persistent_workers=False)
     return iter(loader)
 
@@ -332,12 +418,56 @@ class StreamLoader(BatchLoader):
         self.how = ("shrink", shrink or None) if self.padded else ("center", dataset.size, 1.0)
         self.workers = dataset._workers(workers)
         self._warned: set = set()
+        self.device_decode = self.padded and self._device_decode(dataset.decode)
+        if self.device_decode:
+            self.how = ("bytes", shrink or None)
+
+    def _device_decode(self, option: str) -> bool:
+        """``decode=device``: JPEGs decoded in batches on the training device; ``auto``: so on CUDA (nvJPEG) when
+        it works there, else in the workers; ``workers``: PIL in the workers."""
+        if option == "workers" or (option == "auto" and self.device.type != "cuda"):
+            return False
+        if device_decode_works(self.device):
+            if option == "auto":
+                print(f"data: JPEGs decoded in batches on {self.device} (nvJPEG); decode=workers decodes them with "
+                      f"PIL in the DataLoader workers")
+            return True
+        if option == "device":
+            raise SelfSupError(f"data option decode=device: torchvision cannot decode JPEGs on {self.device} "
+                               f"(nvJPEG needs torchvision built with CUDA); use decode=workers")
+        return False
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The set's own order (shards: shard order, then windows of ``buffer``), as a function of (seed, epoch)."""
         return self.dataset.epoch_order(self.seed, epoch) if self.shuffle else np.arange(len(self.dataset))
 
+    def _decode_on_device(self, item):
+        """The batch of a ("bytes", bound) reader decoded on the device: JPEG bytes together (``decode_batch``),
+        PIL's images (and JPEGs the decoder refused, or their replacements) as they come; shrunk, padded."""
+        payloads, labels, indices, bad = item
+        jpegs = [k for k, p in enumerate(payloads) if p.ndim == 1]
+        images: list = [None] * len(payloads)
+        for k, image in zip(jpegs, decode_batch([payloads[k] for k in jpegs], self.dataset.mode, self.device)):
+            images[k] = None if image is None else shrink_on_device(image, self.how[1])
+        for k, p in enumerate(payloads):
+            if images[k] is None:
+                if p.ndim == 1:
+                    p, j, replaced = self.dataset.load(int(indices[k]), ("shrink", self.how[1]))
+                    if j != int(indices[k]):
+                        bad = bad + [replaced or self.dataset.name(int(indices[k]))]
+                        labels[k], indices[k] = int(self.dataset.labels[j]), j
+                images[k] = torch.from_numpy(np.ascontiguousarray(p)).to(self.device)
+        h = max(im.shape[1] for im in images)
+        w = max(im.shape[2] for im in images)
+        out = torch.zeros((len(images), images[0].shape[0], h, w), dtype=torch.uint8, device=self.device)
+        for k, im in enumerate(images):
+            out[k, :, :im.shape[1], :im.shape[2]] = im
+        sizes = torch.tensor([im.shape[1:] for im in images], dtype=torch.int64)
+        return out, sizes, labels, indices, bad
+
     def _finish(self, epoch: int, step: int, item) -> Batch:
+        if self.device_decode:
+            item = self._decode_on_device(item)
         images, sizes, labels, indices, bad = item
         _warn_bad(self.dataset, bad, self._warned)
         if self.device.type == "cuda":
@@ -350,11 +480,12 @@ class StreamLoader(BatchLoader):
 
     def load(self, epoch: int, step: int, idx: np.ndarray) -> Batch:
         items = [_Reader(self.dataset, self.how)[int(i)] for i in idx]
-        return self._finish(epoch, step, collate_padded(items))
+        return self._finish(epoch, step, (collate_payloads if self.device_decode else collate_padded)(items))
 
     def _batches(self, epoch: int, steps: list) -> Iterator[Batch]:
         reader = _Reader(self.dataset, self.how)
-        source = _iterate(reader, [[int(i) for i in idx] for _, idx in steps], self.workers)
+        source = _iterate(reader, [[int(i) for i in idx] for _, idx in steps], self.workers,
+                          collate_payloads if self.device_decode else collate_padded)
         for (step, _), item in zip(steps, source):
             yield self._finish(epoch, step, item)
 
@@ -429,8 +560,16 @@ def stream_set(root: Path, names: list[str], labels, classes: list[str], identit
     if shrink is not None and shrink < 0:
         raise SelfSupError(f"data option shrink={shrink} must be 0 (keep full size) or a short side in px")
     data = StreamImageSet(encoded, labels, classes, fingerprint, str(root), tars=tars, member=member,
-                          shrink=shrink, workers=workers)
+                          shrink=shrink, workers=workers, decode=decode_option(options))
     return probe(data, _positive(options, "size"), None if channels is None else ("L" if channels == 1 else "RGB"))
+
+
+def decode_option(options: dict) -> str:
+    decode = options.get("decode", "auto")
+    if decode not in ("auto", "workers", "device"):
+        raise SelfSupError(f"data option decode={decode!r}: use decode=workers (PIL in the DataLoader workers), "
+                           f"decode=device (JPEGs in batches on the training device: nvJPEG on CUDA) or decode=auto")
+    return decode
 
 
 def list_unlabeled(source, path: Path, split: str | None) -> list[str]:
