@@ -386,3 +386,23 @@ def test_decode_option_errors_are_one_line(tmp_path, monkeypatch):
         StreamLoader(data, 2, Recorder(), device="cpu")
     auto = load_dataset(f"{tmp_path / 'f'}?stream=1")
     assert not StreamLoader(auto, 2, Recorder(), device="cpu").device_decode      # auto: nvJPEG on CUDA only
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_crops_of_a_padded_batch_equal_crops_of_each_image_alone(inside):
+    """fill_padding overwrites only the row and column past each image: roi_align then samples a padded batch
+    exactly as it samples each image unpadded (boxes reaching the right and bottom edges included)."""
+    from selfsup.data.views import fill_padding, resized_crop
+
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.tensor([[20, 33], [40, 12], [40, 40], [7, 40]])
+    padded = torch.full((4, 3, 40, 40), 9.0)                      # a value no image holds
+    images = [torch.rand(3, h, w, generator=g) for h, w in sizes.tolist()]
+    for k, im in enumerate(images):
+        padded[k, :, :im.shape[1], :im.shape[2]] = im
+    fill_padding(padded, sizes)
+    for k, (h, w) in enumerate(sizes.tolist()):
+        boxes = torch.tensor([[0.0, 0.0, w, h], [w / 3, h / 2, w, h], [w - 2.5, h - 1.5, w, h]])
+        alone = resized_crop(images[k][None], boxes, 8, source=torch.zeros(3, dtype=torch.long), inside=inside)
+        batch = resized_crop(padded, boxes, 8, source=torch.full((3,), k), inside=inside)
+        torch.testing.assert_close(batch, alone, rtol=0, atol=1e-6)

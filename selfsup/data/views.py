@@ -273,15 +273,19 @@ def patch_boxes(n: int, height, width, side: int, g: torch.Generator, device) ->
 
 
 def fill_padding(x: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-    """Images padded into one batch (image i in the top-left sizes[i] = (h, w) of x[i]) with the padding
-    overwritten by each image's last row and column: bilinear sampling at an image's border then reads
-    exactly what it reads at the border of an unpadded image (roi_align clamps to the edge pixel)."""
+    """Images padded into one batch (image i in the top-left sizes[i] = (h, w) of x[i]) with the row and the
+    column just past each image's true size overwritten by its last row and column, in place. Those are the
+    only padding pixels a crop reads: every box lies inside its image and roi_align's bilinear samples lie at
+    least half a pixel inside the box, so a sample reads at most one pixel past the image, which then holds
+    what roi_align's clamping reads at the border of an unpadded image. The rest of the padding is never read."""
     n, c, hh, ww = x.shape
     sizes = sizes.to(x.device)
-    rows = torch.minimum(torch.arange(hh, device=x.device)[None], sizes[:, 0:1] - 1)      # n x H
-    cols = torch.minimum(torch.arange(ww, device=x.device)[None], sizes[:, 1:2] - 1)      # n x W
-    x = x.gather(2, rows[:, None, :, None].expand(n, c, hh, ww))
-    return x.gather(3, cols[:, None, None, :].expand(n, c, hh, ww))
+    h, w, batch = sizes[:, 0], sizes[:, 1], torch.arange(n, device=x.device)
+    row = h.clamp(max=hh - 1)
+    x[batch, :, row, :] = torch.where((h < hh).view(n, 1, 1), x[batch, :, h - 1, :], x[batch, :, row, :])
+    col = w.clamp(max=ww - 1)
+    x[batch, :, :, col] = torch.where((w < ww).view(n, 1, 1), x[batch, :, :, w - 1], x[batch, :, :, col])
+    return x
 
 
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, source: torch.Tensor | None = None,
