@@ -94,7 +94,7 @@ def decode_image(blob: bytes, mode: str, shrink: int | None = None) -> np.ndarra
         target = None
         if shrink and min(im.size) > shrink:
             s = shrink / min(im.size)          # the final size from the stored size: JPEG draft rounds its own way
-            target = (max(shrink, round(im.size[0] * s)), max(shrink, round(im.size[1] * s)))
+            target = shrunk_size(im.size[1], im.size[0], shrink)[::-1]
             im.draft(None, (max(1, math.ceil(im.size[0] * s)), max(1, math.ceil(im.size[1] * s))))
         stored = im.size
         im = ImageOps.exif_transpose(im)
