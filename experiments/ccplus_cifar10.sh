@@ -5,7 +5,9 @@
 # Rows: random init; the teacher; the same convnet trained directly with JigClu for the teacher's plus the
 # student's epochs (the same total budget); CC+ students from the JigClu teacher (k = 100, 500, 2000), from a
 # random-network teacher (student lr 0.001) and from HOG bag of words; the distillation baseline (--objective
-# regress); and a ResNet-18 student (ImageNet stem at 32 px) of the JigClu teacher's k = 2000 labels.
+# regress); a ResNet-18 student (ImageNet stem at 32 px) of the JigClu teacher's k = 2000 labels; and a ResNet-18
+# teacher at about the JigClu teacher's budget (SimCLR, 2 epochs, ImageNet stem: JigClu needs a final map of at
+# least 2 x 2, which the ImageNet stem leaves only from 64 px) with its convnet student (k = 2000).
 #   bash experiments/ccplus_cifar10.sh SUITE_OUT OUT
 set -euo pipefail
 SUITE=${1:?usage: $0 SUITE_OUT OUT}
@@ -44,3 +46,7 @@ cc cc_random_k2000 random:convnet convnet 2000
 cc cc_hog_k2000 hog convnet 2000
 cc distill_jigclu "$T" convnet 2000 --objective regress
 cc cc_jigclu_k2000_resnet18 "$T" resnet18 2000
+pretrain_once simclr_r18 simclr 2 --backbone resnet18 optim.lr=1.0 optim.scale_lr=false optim.warmup_epochs=1 \
+  simclr.temperature=0.2 simclr.proj_hidden_dim=512
+row "teacher: SimCLR ResNet-18, 2 epochs" "$OUT/simclr_r18/last.pt" "$(cat "$OUT/simclr_r18/seconds") s"
+cc cc_simclr_r18_k2000 "$OUT/simclr_r18/last.pt" convnet 2000
