@@ -24,6 +24,7 @@ become 60 and 80 of 100); the result names the recipe and every change to it.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -104,7 +105,19 @@ def score(run_checkpoint: str | Path, test_spec: str, train_spec: str, device: s
                                      device=device)
     logits = head.eval()(feats)
     labels = labels if to_train is None else to_train[labels]
-    return {"n_train": len(train), **{k: round(v, 4) for k, v in topk_accuracy(logits, labels).items()}}
+    return {"n_train": len(train), "classes": int(sup["num_classes"]),
+            **{k: round(v, 4) for k, v in topk_accuracy(logits, labels).items()}}
+
+
+def chance_warning(top1: float, classes: int, head_lr: float) -> str | None:
+    """A one-line warning when a fine-tuned network scores at chance level (under 1.5 / classes): the run
+    learned nothing, most often because the head's learning rate diverged (swav-1pct's 5.0 does on the small
+    convnet: loss 190 after 7 steps, top-1 10% on CIFAR-10)."""
+    if classes < 2 or top1 >= 1.5 / classes:
+        return None
+    return (f"top-1 {top1 * 100:.1f}% is chance level for {classes} classes: the run learned nothing; check "
+            f"the training loss in metrics.jsonl and lower the head's learning rate (optim.head_lr={head_lr:g}, "
+            f"e.g. optim.head_lr=0.2)")
 
 
 def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", epochs: int | None = None,
@@ -122,6 +135,10 @@ def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", e
               "test_data": test_data, "epochs": cfg.epochs,
               **score(run_dir / "last.pt", test_data, data, cfg.device),
               "checkpoint": str(run_dir / "last.pt")}
+    warning = chance_warning(result["top1"], result["classes"], _select(cfg, "optim.head_lr"))
+    if warning:
+        result["warning"] = warning
+        warnings.warn(warning, stacklevel=2)
     (run_dir / "finetune.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 

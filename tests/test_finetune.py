@@ -9,7 +9,7 @@ from selfsup.checkpoint import load_checkpoint
 from selfsup.config import resolve_config
 from selfsup.engine.optim import lr_at
 from selfsup.engine.trainer import Trainer
-from selfsup.finetune import RECIPES, finetune_config
+from selfsup.finetune import RECIPES, chance_warning, finetune_config
 from selfsup.methods import get_method
 
 DATA = "synthetic:96?classes=6&size=16"
@@ -52,6 +52,7 @@ def test_finetune_command_trains_scores_and_resumes(pretrained, tmp_path, capsys
     assert result["recipe"] == "swav-10pct"
     assert result["changes"] == {"epochs": 3, "batch_size": 16, "optim.milestones": [1.8, 2.4]}   # 12, 16 of 20
     assert 0 <= result["top1"] <= result["top5"] <= 1 and (out / "finetune.json").exists()
+    assert result["classes"] == 6 and ("warning" in result) == (result["top1"] < 1.5 / 6)
     weights = load_checkpoint(out / "last.pt")["model"]["head.weight"].clone()
     code, stdout, _ = run(capsys, *args)                 # the same command again: nothing to train, the same score
     assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["top1"] == result["top1"]
@@ -70,3 +71,11 @@ def test_finetune_keeps_the_init_checkpoints_width(tmp_path):
     Trainer(cfg).fit()
     ft = finetune_config(str(tmp_path / "w" / "last.pt"), DATA, batch_size=16, out=str(tmp_path / "ft"), device="cpu")
     assert ft.width == 0.5 and Trainer(ft).backbone.out_dim == 96
+
+
+def test_a_chance_level_score_is_said_with_the_head_lr_to_lower():
+    """A diverged head (swav-1pct's lr 5 on the convnet) scores exactly chance: the result says so."""
+    warning = chance_warning(0.1, 10, 5.0)
+    assert "chance level for 10 classes" in warning and "optim.head_lr=5" in warning
+    assert chance_warning(0.149, 10, 5.0) and chance_warning(0.15, 10, 5.0) is None
+    assert chance_warning(0.0, 1, 0.2) is None
