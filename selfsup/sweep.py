@@ -13,6 +13,8 @@ axis on a log x axis, one line per network or layer (their Figs. 1-3). A sweep f
     grid:                        # the axes: every combination is a cell
       jigsaw.permutations: [100, 701, 2000]
       width: [0.5, 1, 2]         # data.OPTION sets an option of the data spec, e.g. data.fraction: [0.1, 1]
+    zip: [[data.fraction, epochs]]   # optional: axes whose values go together, i-th with i-th (e.g. equal steps:
+                                     # fraction 0.1, 0.3, 1 with epochs 20, 7, 2), not every combination
     evals:                       # run on each cell's checkpoint
       - {protocol: knn, train_data: SPEC, test_data: SPEC, taps: [conv3, conv4]}
       - {protocol: svm, train_data: "voc07:DIR?split=trainval", test_data: "voc07:DIR?split=test"}
@@ -41,7 +43,7 @@ from selfsup.config import find_config, flatten
 from selfsup.errors import SelfSupError
 
 PROTOCOLS = ("knn", "linear", "svm")
-FILE_KEYS = {"name", "out", "base", "grid", "evals", "plot"}
+FILE_KEYS = {"name", "out", "base", "grid", "zip", "evals", "plot"}
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -63,6 +65,7 @@ def load_sweep(path: str | Path) -> dict:
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or not grid or any(not isinstance(v, list) or not v for v in grid.values()):
         raise SelfSupError(f"sweep file {path}: grid must map each axis to a non-empty list, e.g. width: [0.5, 1, 2]")
+    zipped = _zip_groups(spec.get("zip"), grid, path)
     evals = spec.get("evals") or []
     for e in evals:
         if not isinstance(e, dict) or e.get("protocol") not in PROTOCOLS or not {"train_data", "test_data"} <= set(e):
@@ -74,16 +77,46 @@ def load_sweep(path: str | Path) -> dict:
     x = plot.get("x", axes[0])
     if x not in grid:
         raise SelfSupError(f"sweep file {path}: plot.x {x!r} is not an axis of the grid ({', '.join(axes)})")
-    lines = plot.get("lines", [a for a in axes if a != x] + ["tap"])
+    with_x = next((g for g in zipped if x in g), [x])          # axes that move with x draw no lines of their own
+    lines = plot.get("lines", [a for a in axes if a not in with_x] + ["tap"])
     lines = [lines] if isinstance(lines, str) else list(lines)
     return {"name": name, "out": spec.get("out") or f"runs/sweeps/{name}", "base": base, "grid": grid,
-            "evals": evals, "x": x, "lines": lines}
+            "zip": zipped, "evals": evals, "x": x, "lines": lines}
+
+
+def _zip_groups(zipped, grid: dict, path) -> list[list[str]]:
+    """The ``zip`` groups of a sweep file: lists of grid axes of equal length, each axis in one group."""
+    if not zipped:
+        return []
+    groups = [zipped] if all(isinstance(a, str) for a in zipped) else zipped
+    seen: set = set()
+    for g in groups:
+        if not isinstance(g, list) or len(g) < 2 or any(a not in grid or a in seen for a in g):
+            raise SelfSupError(f"sweep file {path}: zip must list groups of two or more grid axes, each axis "
+                               f"in one group, e.g. zip: [[data.fraction, epochs]]; got {g!r}")
+        if len({len(grid[a]) for a in g}) != 1:
+            raise SelfSupError(f"sweep file {path}: the zipped axes {', '.join(g)} need lists of one length, got "
+                               + ", ".join(str(len(grid[a])) for a in g))
+        seen.update(g)
+    return [list(g) for g in groups]
 
 
 def cells(spec: dict) -> list[dict]:
-    """Every combination of the grid's values, in file order (the last axis varies fastest)."""
-    axes = list(spec["grid"])
-    return [dict(zip(axes, values)) for values in itertools.product(*(spec["grid"][a] for a in axes))]
+    """Every combination of the grid's values, in file order (the last axis varies fastest); the axes
+    of a ``zip`` group move together, as one axis at the place of the group's first axis."""
+    zipped = spec.get("zip") or []
+    units = []                                              # each unit: the axes it sets, and its list of values
+    for axis in spec["grid"]:
+        group = next((g for g in zipped if axis in g), None)
+        if group is None:
+            units.append(([axis], [(v,) for v in spec["grid"][axis]]))
+        elif axis == group[0]:
+            units.append((group, list(zip(*(spec["grid"][a] for a in group)))))
+    out = []
+    for combo in itertools.product(*(values for _, values in units)):
+        cell = {a: v for (names, _), vals in zip(units, combo) for a, v in zip(names, vals)}
+        out.append({a: cell[a] for a in spec["grid"]})
+    return out
 
 
 def cell_name(cell: dict) -> str:

@@ -41,6 +41,23 @@ def test_grid_and_data_axes(tmp_path):
         load_sweep(tmp_path / "bad2.yaml")
 
 
+def test_zipped_axes_move_together(tmp_path):
+    """zip: [[data.fraction, epochs]] pairs the i-th values (equal steps), the other axes still multiply."""
+    (tmp_path / "z.yaml").write_text(SWEEP.replace("data.fraction: [0.5, 1.0]", "data.fraction: [0.1, 0.3, 1.0]\n  epochs: [20, 7, 2]")
+                                     + "zip: [data.fraction, epochs]\nplot: {x: data.fraction}\n")
+    spec = load_sweep(tmp_path / "z.yaml")
+    assert [tuple(c.values()) for c in cells(spec)] == [(0.5, 0.1, 20), (0.5, 0.3, 7), (0.5, 1.0, 2),
+                                                        (1, 0.1, 20), (1, 0.3, 7), (1, 1.0, 2)]
+    assert list(cells(spec)[0]) == ["width", "data.fraction", "epochs"] and spec["lines"] == ["width", "tap"]
+    assert cell_settings(spec, cells(spec)[1])["epochs"] == 7
+    (tmp_path / "bad.yaml").write_text((tmp_path / "z.yaml").read_text().replace("epochs: [20, 7, 2]", "epochs: [20, 7]"))
+    with pytest.raises(SelfSupError, match="zipped axes data.fraction, epochs need lists of one length, got 3, 2"):
+        load_sweep(tmp_path / "bad.yaml")
+    (tmp_path / "bad2.yaml").write_text((tmp_path / "z.yaml").read_text().replace("zip: [data.fraction, epochs]", "zip: [data.fraction, nope]"))
+    with pytest.raises(SelfSupError, match="zip must list groups of two or more grid axes"):
+        load_sweep(tmp_path / "bad2.yaml")
+
+
 def test_sweep_runs_every_cell_writes_results_and_skips_finished_work(tmp_path, capsys):
     (tmp_path / "s.yaml").write_text(SWEEP)
     out = tmp_path / "out"
