@@ -362,16 +362,21 @@ class _Reader(torch.utils.data.Dataset):
         return image, int(self.data.labels[j]), j, bad
 
 
+def pad_batch(images: list, device=None):
+    """C x h x W uint8 images padded with zeros (bottom and right) into one B x C x H x W batch of the largest
+    H and W, on ``device`` (default: the images'), and their true sizes (B x 2: h, w)."""
+    h = max(im.shape[1] for im in images)
+    w = max(im.shape[2] for im in images)
+    out = torch.zeros((len(images), images[0].shape[0], h, w), dtype=torch.uint8, device=device or images[0].device)
+    for k, im in enumerate(images):
+        out[k, :, :im.shape[1], :im.shape[2]] = im
+    return out, torch.tensor([im.shape[1:] for im in images], dtype=torch.int64)
+
+
 def collate_padded(items):
     """Images padded (zeros, bottom and right) to the batch's largest H x W, their true sizes (B x 2: h, w),
     labels, the indices decoded, and the names of unreadable images replaced."""
-    h = max(it[0].shape[1] for it in items)
-    w = max(it[0].shape[2] for it in items)
-    out = torch.zeros((len(items), items[0][0].shape[0], h, w), dtype=torch.uint8)
-    view = out.numpy()
-    for k, (image, *_rest) in enumerate(items):
-        view[k, :, :image.shape[1], :image.shape[2]] = image
-    sizes = torch.tensor([it[0].shape[1:] for it in items], dtype=torch.int64)
+    out, sizes = pad_batch([torch.from_numpy(np.ascontiguousarray(it[0])) for it in items])
     labels = torch.tensor([it[1] for it in items], dtype=torch.int64)
     indices = torch.tensor([it[2] for it in items], dtype=torch.int64)
     return out, sizes, labels, indices, [it[3] for it in items if it[3] is not None]
@@ -457,12 +462,7 @@ class StreamLoader(BatchLoader):
                         bad = bad + [replaced or self.dataset.name(int(indices[k]))]
                         labels[k], indices[k] = int(self.dataset.labels[j]), j
                 images[k] = torch.from_numpy(np.ascontiguousarray(p)).to(self.device)
-        h = max(im.shape[1] for im in images)
-        w = max(im.shape[2] for im in images)
-        out = torch.zeros((len(images), images[0].shape[0], h, w), dtype=torch.uint8, device=self.device)
-        for k, im in enumerate(images):
-            out[k, :, :im.shape[1], :im.shape[2]] = im
-        sizes = torch.tensor([im.shape[1:] for im in images], dtype=torch.int64)
+        out, sizes = pad_batch(images, self.device)
         return out, sizes, labels, indices, bad
 
     def _finish(self, epoch: int, step: int, item) -> Batch:
