@@ -135,7 +135,8 @@ def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", e
               "test_data": test_data, "epochs": cfg.epochs,
               **score(run_dir / "last.pt", test_data, data, cfg.device),
               "checkpoint": str(run_dir / "last.pt")}
-    warning = chance_warning(result["top1"], result["classes"], _select(cfg, "optim.head_lr"))
+    head_lr = _select(cfg, "optim.head_lr")
+    warning = chance_warning(result["top1"], result["classes"], cfg.optim.lr if head_lr is None else head_lr)
     if warning:
         result["warning"] = warning
         warnings.warn(warning, stacklevel=2)
