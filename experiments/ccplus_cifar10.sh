@@ -5,8 +5,8 @@
 # Rows: random init; the teacher; the same convnet trained directly with JigClu for the teacher's plus the
 # student's epochs (the same total budget); CC+ students from the JigClu teacher (k = 100, 500, 2000), from a
 # random-network teacher (student lr 0.001) and from HOG bag of words; the distillation baseline (--objective
-# regress); a ResNet-18 student (ImageNet stem at 32 px) of the JigClu teacher's k = 2000 labels; and a ResNet-18
-# teacher at about the JigClu teacher's budget (SimCLR, 2 epochs, ImageNet stem: JigClu needs a final map of at
+# regress); random ResNet-18 weights and a ResNet-18 student (ImageNet stem at 32 px) of the JigClu teacher's
+# k = 2000 labels; and a ResNet-18 teacher at about the JigClu teacher's budget (SimCLR, 2 epochs, ImageNet stem: JigClu needs a final map of at
 # least 2 x 2, which the ImageNet stem leaves only from 64 px) with its convnet student (k = 2000).
 #   bash experiments/ccplus_cifar10.sh SUITE_OUT OUT
 set -euo pipefail
@@ -45,6 +45,8 @@ for K in 2000 500 100; do cc "cc_jigclu_k$K" "$T" convnet "$K"; done
 cc cc_random_k2000 random:convnet convnet 2000
 cc cc_hog_k2000 hog convnet 2000
 cc distill_jigclu "$T" convnet 2000 --objective regress
+pretrain_once random_r18 simclr 0 --backbone resnet18
+row "random ResNet-18" "$OUT/random_r18/last.pt" "0 s"
 cc cc_jigclu_k2000_resnet18 "$T" resnet18 2000
 pretrain_once simclr_r18 simclr 2 --backbone resnet18 optim.lr=1.0 optim.scale_lr=false optim.warmup_epochs=1 \
   simclr.temperature=0.2 simclr.proj_hidden_dim=512

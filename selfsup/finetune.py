@@ -117,7 +117,7 @@ def chance_warning(top1: float, classes: int, head_lr: float) -> str | None:
         return None
     return (f"top-1 {top1 * 100:.1f}% is chance level for {classes} classes: the run learned nothing; check "
             f"the training loss in metrics.jsonl and lower the head's learning rate (optim.head_lr={head_lr:g}, "
-            f"e.g. optim.head_lr=0.2)")
+            f"e.g. optim.head_lr={head_lr / 10:g})")
 
 
 def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", epochs: int | None = None,
