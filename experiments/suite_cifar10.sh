@@ -12,7 +12,8 @@
 # The SVM fits are what costs: liblinear's dual solver on these ~9k-dim features of random weights took 17 s
 # at C = 1, 119 s at C = 10 and 268 s at C = 100 (max_iter reached) for ONE class on the full trainval set, so
 # Goyal's 26 costs (up to 100) or VISSL's 11 (up to 1000) take hours per checkpoint on a 2-core CPU. Knobs:
-# COSTS (goyal | vissl | a comma list), SVM_TAPS and LOWSHOT_TAPS (comma lists; default every tap / conv3,conv4).
+# COSTS (goyal | vissl | a comma list), SVM_TAPS and LOWSHOT_TAPS (comma lists; default every tap / conv3,conv4),
+# PARTS (which evaluations to run: a comma list of linear, svm, lowshot; default all three).
 set -euo pipefail
 OUT=${1:?usage: $0 OUT}
 source "$(dirname "$0")/lib.sh"      # SELFSUP, PYTHON, the CIFAR-10 tar (DATA) and its TR / VA splits
@@ -36,21 +37,28 @@ done
 pretrain_once random_L colorization 0
 pretrain_once colorization colorization 6 $PRETEXT
 RUNS="random simclr jigclu swav jigsaw_P100 jigsaw_P701 jigsaw_P2000 random_L colorization"
+PARTS=",${PARTS:-linear,svm,lowshot},"
 
+if [[ $PARTS == *,linear,* ]]; then
 echo "## Layer-wise linear top-1 (Goyal's heads, cached features; TR -> VA, 32 px)"
 for r in $RUNS; do
   echo "### $r ($(cat "$OUT/$r/seconds") s of pretraining)"
   $SELFSUP eval linear --checkpoint "$OUT/$r/last.pt" --train-data "$TR" --test-data "$VA" --taps all --cached
 done
+fi
+if [[ $PARTS == *,svm,* ]]; then
 echo "## VOC07 SVM mAP per tap (CIFAR-10 mosaics, 64 px; costs ${COSTS:-goyal})"
 for r in $RUNS; do
   echo "### $r"
   $SELFSUP eval svm --checkpoint "$OUT/$r/last.pt" --train-data "$MTR" --test-data "$MTE" --image-size 64 \
     --costs "${COSTS:-goyal}" ${SVM_TAPS:+--taps "$SVM_TAPS"}
 done
+fi
+if [[ $PARTS == *,lowshot,* ]]; then
 echo "## Low-shot SVM mAP (k positives per class, 5 samples; costs ${COSTS:-goyal})"
 for r in $RUNS; do
   echo "### $r"
   $SELFSUP eval lowshot --checkpoint "$OUT/$r/last.pt" --train-data "$MTR" --test-data "$MTE" --image-size 64 \
     --shots 1,4,16,96 --taps "${LOWSHOT_TAPS:-conv3,conv4}" --costs "${COSTS:-goyal}"
 done
+fi
