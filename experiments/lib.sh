@@ -12,7 +12,8 @@ VA="$T?val_per_class=500&part=val"
 # pretraining time and kNN / linear top-1 on the validation split.
 pretrain_once() {
   local name=$1 method=$2 epochs=$3; shift 3
-  if [ ! -f "$OUT/$name/last.pt" ] || [ "$epochs" != "$(grep -m1 '^epochs:' "$OUT/$name/config.yaml" | cut -d' ' -f2)" ]; then
+  # a run counts as finished once its seconds are written (a killed run leaves last.pt of an earlier epoch)
+  if [ ! -f "$OUT/$name/seconds" ] || [ "$epochs" != "$(grep -m1 '^epochs:' "$OUT/$name/config.yaml" | cut -d' ' -f2)" ]; then
     rm -rf "${OUT:?}/$name"
     local t0
     t0=$(date +%s)
