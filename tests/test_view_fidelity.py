@@ -1,5 +1,6 @@
 """The view recipes against the papers and official code (METHODS.md 1.1, 5.2, 7.1, 7.5)."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -161,6 +162,8 @@ def test_mocov2_byol_and_jigclu_recipes():
     for spec in V.view_recipe("mocov2", 224):                  # METHODS.md 1.1
         assert spec.scale == (0.2, 1.0) and spec.jitter == (0.4, 0.4, 0.4, 0.1) and spec.jitter_prob == 0.8
         assert spec.gray_prob == 0.2 and spec.blur_prob == 0.5 and spec.blur_sigma == (0.1, 2.0) and spec.flip_prob == 0.5
+    assert [s.blur_prob for s in V.view_recipe("mocov2", 32)] == [0.5, 0.5]     # blur at every size
+    assert V.view_recipe("mocov2:noblur", 32) == [replace(V.view_recipe("mocov2", 32)[0], blur_prob=0.0)] * 2
     jig = JigCluViews(224).spec                            # the MoCo v2 policy on 112 px patches
     assert jig == V.view_recipe("mocov2", 112)[0]
     a, b = V.view_recipe("byol", 224)                          # METHODS.md 7.1

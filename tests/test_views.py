@@ -105,6 +105,8 @@ def test_simclr_strength_in_the_recipe_name():
             V.view_recipe(bad, 32)
     with pytest.raises(V.SelfSupError, match="unknown view recipe"):
         V.view_recipe("mocov2:0.5", 32)
+    with pytest.raises(V.SelfSupError, match="unknown view recipe"):
+        V.view_recipe("mocov2:blur", 32)
 
 
 def test_blur_of_tiny_views_keeps_them():

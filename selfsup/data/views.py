@@ -85,8 +85,11 @@ def simclr_views(size: int, n: int = 2, strength: float | None = None) -> list[V
     return [ViewSpec(size, jitter=color_distortion(strength), blur_prob=0.0 if small else 0.5)] * n
 
 
-def mocov2_views(size: int, n: int = 2) -> list[ViewSpec]:
-    return [ViewSpec(size, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), blur_prob=0.5)] * n
+def mocov2_views(size: int, n: int = 2, blur: bool = True) -> list[ViewSpec]:
+    """MoCo v2 (METHODS.md 1.1): crop (0.2, 1), flip, jitter (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale
+    p=0.2, blur p=0.5 at every size; ``blur`` False (``mocov2:noblur``) drops the blur, as the other
+    recipes do at 64 px or less."""
+    return [ViewSpec(size, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), blur_prob=0.5 if blur else 0.0)] * n
 
 
 def byol_views(size: int, blur: bool | None = None) -> list[ViewSpec]:
@@ -183,12 +186,15 @@ def view_recipe(name: str, size: int) -> list[ViewSpec]:
     """A recipe by name; ``simclr:0.5`` gives SimCLR's colour strength, ``multicrop:2x160+4x96``
     the crops of a multi-crop recipe, ``patch:14x2`` the side and number of fixed-scale patches."""
     base, _, arg = name.partition(":")
-    if (base not in VIEW_RECIPES or (arg and base not in ("simclr", "multicrop", "patch", "byol"))
-            or (base == "patch" and not arg) or (base == "byol" and arg not in ("", "blur"))):
-        raise SelfSupError(f"unknown view recipe {name!r}: choose one of simclr, simclr:STRENGTH, mocov2, byol, "
-                           "byol:blur, multicrop, multicrop:2x224+6x96, patch:SIDE or patch:SIDExCOUNT")
+    if (base not in VIEW_RECIPES or (arg and base not in ("simclr", "multicrop", "patch", "byol", "mocov2"))
+            or (base == "patch" and not arg) or (base == "byol" and arg not in ("", "blur"))
+            or (base == "mocov2" and arg not in ("", "noblur"))):
+        raise SelfSupError(f"unknown view recipe {name!r}: choose one of simclr, simclr:STRENGTH, mocov2, mocov2:noblur, "
+                           "byol, byol:blur, multicrop, multicrop:2x224+6x96, patch:SIDE or patch:SIDExCOUNT")
     if base == "byol" and arg:
         return byol_views(size, blur=True)
+    if base == "mocov2" and arg:
+        return mocov2_views(size, blur=False)
     if base == "patch":
         return patch_views(size, *parse_patch(arg))
     if base == "simclr" and arg:
