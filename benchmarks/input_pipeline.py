@@ -180,8 +180,12 @@ def rss_child(folder: str, batch: int, steps: int, workers: int) -> None:
     for _ in range(steps - 1):
         next(it)
     it.close()
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # VmHWM: this process's own peak. ru_maxrss would not do: Linux keeps it across exec, so a child started
+    # from the benchmark's parent reports the parent's peak (the memmap copy and all) instead of its own.
+    status = Path("/proc/self/status")
+    hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")] if status.exists() else []
+    own = int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss   # the largest worker, its forked pages included
     print(json.dumps({"images": len(data), "rss_mb": own / 1024, "worker_rss_mb": kids / 1024, "first_s": first}))
 
 
