@@ -30,3 +30,6 @@ class JigsawPPConfig(JigsawConfig):
 class JigsawPP(Jigsaw):
     name = "jigsaw_pp"
     Config = JigsawPPConfig
+    # 64 px or less: lr 0.01 with Goyal's weight decay 1e-4. On the tuning split (README, "The first run learns")
+    # it gained 4.3 kNN points in 2 epochs against 3.3 with Jigsaw's CFN solver (wd 5e-4, biases at lr x2).
+    small_image_defaults = {"optim": {"lr": 0.01}}
