@@ -38,6 +38,7 @@ class OptimConfig:
     exclude_bias_norm: bool = True    # biases and norm parameters: no weight decay, no LARS adaptation
     bias_lr_mult: float = 1.0         # biases' lr = this x lr (Caffe's lr_mult: 2 in the Jigsaw CFN)
     lars_eta: float = 0.001           # LARS trust coefficient
+    lars_clip: bool = False           # LARC's clipping: trust min(trust / lr, 1), never above plain SGD at lr
     schedule: str = "cosine"          # cosine (to min_lr) | steps (x gamma at each of milestones, in epochs)
     milestones: list[float] = field(default_factory=list)   # steps: epochs at which the lr is multiplied by gamma
     gamma: float = 0.1                # steps: the factor at each milestone

@@ -40,8 +40,25 @@ def test_lars_step_matches_formula():
     assert torch.allclose(b, b0 - 0.5 * gb, atol=1e-6)
 
 
-@pytest.mark.parametrize("larc", [False, True])
-def test_foreach_lars_equals_the_per_parameter_loop(larc):
+@pytest.mark.parametrize("lr", [0.5, 0.01])
+def test_larc_clip_matches_apex_formula(lr):
+    """clip=True (apex LARC clip=True, solo-learn clip_lr): trust = min(eta ||w|| / (||g|| + wd ||w||) / lr, 1)
+    on g + wd w; at lr 0.5 the trust stays below 1 (LARS scaling), at lr 0.01 it clips to plain SGD."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(5, 3))
+    opt = LARS([{"params": [w], "weight_decay": 0.1, "lars_exclude": False}], lr=lr, momentum=0.9, eta=0.02,
+               larc=True, clip=True)
+    w0, g = w.detach().clone(), torch.randn(5, 3)
+    w.grad = g.clone()
+    opt.step()
+    adaptive = 0.02 * w0.norm() / (g.norm() + 0.1 * w0.norm())
+    trust = min(adaptive.item() / lr, 1.0)
+    assert (trust < 1) == (lr == 0.5)
+    assert torch.allclose(w, w0 - lr * trust * (g + 0.1 * w0), atol=1e-6)
+
+
+@pytest.mark.parametrize("larc, clip", [(False, False), (True, False), (True, True)])
+def test_foreach_lars_equals_the_per_parameter_loop(larc, clip):
     """optim.fused=true: the multi-tensor update is the same LARS / LARC update, step after step."""
     torch.manual_seed(0)
     models = [nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 36, 2)) for _ in "ab"]
@@ -49,7 +66,7 @@ def test_foreach_lars_equals_the_per_parameter_loop(larc):
     with torch.no_grad():
         models[0][0].bias.zero_()                    # a zero-norm weight keeps trust 1
         models[1][0].bias.zero_()
-    opts = [LARS(param_groups(m, 1e-2, exclude), lr=0.3, momentum=0.9, eta=0.02, larc=larc, foreach=f)
+    opts = [LARS(param_groups(m, 1e-2, exclude), lr=0.3, momentum=0.9, eta=0.02, larc=larc, foreach=f, clip=clip)
             for m, f, exclude in ((models[0], False, True), (models[1], True, True))]
     for _ in range(3):
         x = torch.randn(4, 3, 8, 8)

@@ -43,13 +43,18 @@ class LARS(torch.optim.Optimizer):
     For every parameter not in a ``lars_exclude`` group the update
     g + wd * w is rescaled by eta * ||w|| / ||g + wd * w|| before momentum.
     ``larc=True`` uses the denominator of apex's LARC (clip=False), which SwAV
-    trains with: eta * ||w|| / (||g|| + wd * ||w||).
+    trains with: eta * ||w|| / (||g|| + wd * ||w||). ``clip=True`` is LARC's
+    clipping (apex ``clip=True``, solo-learn's ``clip_lr``): the trust becomes
+    min(trust / lr, 1), so a layer never steps faster than plain SGD at lr.
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001,
-                 larc: bool = False, foreach: bool = False):
+                 larc: bool = False, foreach: bool = False, clip: bool = False):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False))
-        self.larc, self.foreach = larc, foreach
+        self.larc, self.foreach, self.clip = larc, foreach, clip
+
+    def _clip(self, trust: torch.Tensor, lr: float) -> torch.Tensor:
+        return trust.div(lr).clamp_(max=1.0) if self.clip and lr > 0 else trust
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -64,7 +69,8 @@ class LARS(torch.optim.Optimizer):
                     w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
                     if self.larc:
                         d_norm = torch.linalg.vector_norm(p.grad) + group["weight_decay"] * w_norm
-                    trust = torch.where((w_norm > 0) & (d_norm > 0), group["eta"] * w_norm / d_norm, torch.ones_like(w_norm))
+                    trust = torch.where((w_norm > 0) & (d_norm > 0), self._clip(group["eta"] * w_norm / d_norm, group["lr"]),
+                                        torch.ones_like(w_norm))
                     d.mul_(trust)
                 state = self.state[p]
                 if "momentum_buffer" not in state:
@@ -88,7 +94,7 @@ class LARS(torch.optim.Optimizer):
                 d_norm = (torch._foreach_add(torch._foreach_norm(grads), torch._foreach_mul(w_norm, wd))
                           if self.larc else torch._foreach_norm(d))
                 w, n = torch.stack(w_norm), torch.stack(d_norm)
-                trust = torch.where((w > 0) & (n > 0), group["eta"] * w / n, torch.ones_like(w))
+                trust = torch.where((w > 0) & (n > 0), self._clip(group["eta"] * w / n, group["lr"]), torch.ones_like(w))
                 torch._foreach_mul_(d, list(trust.unbind()))
             bufs, steps = [], []
             for p, step in zip(params, d):
@@ -112,7 +118,7 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, fused=cfg.fused or None)
     if cfg.name in ("lars", "larc"):
         return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, eta=cfg.lars_eta, larc=cfg.name == "larc",
-                    foreach=cfg.fused)
+                    foreach=cfg.fused, clip=cfg.lars_clip)
     raise SelfSupError(f"unknown optimiser {cfg.name!r}: set optim.name to sgd, lars or larc")
 
 
