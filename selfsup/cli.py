@@ -449,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"selfsup: warning: {msg}\n"
+    from selfsup.malloc import keep_freed_memory
+
+    keep_freed_memory()                 # CPU steps reuse freed tensors instead of page-faulting them in again
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)

@@ -406,3 +406,25 @@ def test_crops_of_a_padded_batch_equal_crops_of_each_image_alone(inside):
         alone = resized_crop(images[k][None], boxes, 8, source=torch.zeros(3, dtype=torch.long), inside=inside)
         batch = resized_crop(padded, boxes, 8, source=torch.full((3,), k), inside=inside)
         torch.testing.assert_close(batch, alone, rtol=0, atol=1e-6)
+
+
+def test_cpu_stream_crops_are_torchvisions_resized_crop():
+    """On the CPU a padded batch's crops are cut from each image and resized on uint8 with antialiasing:
+    torchvision's resized_crop on tensors, exactly, and the padding (here 255) is never read."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from selfsup.data.views import cut_and_resize
+
+    g = torch.Generator().manual_seed(0)
+    sizes = [(375, 500), (60, 41), (300, 224)]
+    padded = torch.full((3, 3, 375, 500), 255, dtype=torch.uint8)
+    images = [torch.randint(0, 200, (3, h, w), generator=g, dtype=torch.uint8) for h, w in sizes]
+    for k, im in enumerate(images):
+        padded[k, :, :im.shape[1], :im.shape[2]] = im
+    boxes = torch.tensor([[17.0, 5.0, 417.0, 305.0], [0.0, 0.0, 41.0, 60.0], [3.0, 100.0, 50.0, 131.0]])
+    out = cut_and_resize(padded, boxes, 224)
+    assert out.dtype == torch.uint8 and out.shape == (3, 3, 224, 224)
+    for k, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()):
+        want = TF.resized_crop(images[k], y1, x1, y2 - y1, x2 - x1, [224, 224], antialias=True)
+        assert torch.equal(out[k], want), k
+    assert out.max() < 255

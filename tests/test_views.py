@@ -140,3 +140,18 @@ def test_crop_inside_option_reaches_the_views_of_joint_embedding_methods():
     m = build_method("simclr", backbone="convnet", image_size=32, crop_inside=True)
     assert all(spec.inside for spec in m.view_maker().specs)
     assert not any(spec.inside for spec in build_method("simclr", backbone="convnet", image_size=32).view_maker().specs)
+
+
+def test_flip_and_grayscale_of_the_selected_views_equal_the_masked_formula():
+    """photometric flips and grays only the views its coins pick: the same values as the whole-batch
+    torch.where(coin, op(v), v), with the same draws."""
+    from selfsup.data.views import ViewSpec, _coin, grayscale, photometric
+
+    spec = ViewSpec(16, flip_prob=0.5, jitter_prob=0.0, gray_prob=0.4, blur_prob=0.0)
+    v = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    got = photometric(v.clone(), spec, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    want = torch.where(_coin(40, 0.5, g, "cpu").view(-1, 1, 1, 1), v.flip(3), v)
+    want = torch.where(_coin(40, 0.4, g, "cpu").view(-1, 1, 1, 1), grayscale(want).expand_as(want), want)
+    assert torch.equal(got, want)
+    assert not torch.equal(got, v) and (got[:, 0] == got[:, 1]).all(dim=(1, 2)).any()

@@ -312,6 +312,20 @@ def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, source: torch.
     return roi_align(x, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
+def cut_and_resize(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Box i (integer x1, y1, x2, y2) cut out of image i and resized to size x size by torch's antialiased
+    bilinear filter, in the images' dtype: torchvision's RandomResizedCrop on tensors (crop, then resize with
+    antialias), uint8 in and out. It reads only inside each box. The streaming path uses it on the CPU,
+    where at 224 px it runs about ten times faster than ``resized_crop``'s roi_align (README, "Streaming
+    large image sets"); one call per box, so the GPU keeps roi_align's single kernel."""
+    out = torch.empty(len(boxes), images.shape[1], size, size, dtype=images.dtype, device=images.device,
+                      memory_format=torch.channels_last)
+    for i, (x1, y1, x2, y2) in enumerate(boxes.round().long().tolist()):
+        out[i:i + 1] = F.interpolate(images[i:i + 1, :, y1:y2, x1:x2], size=(size, size), mode="bilinear",
+                                     antialias=True, align_corners=False)
+    return out
+
+
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """ITU-R 601-2 luma, as torchvision: B x 1 x H x W."""
     return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
@@ -402,26 +416,29 @@ def augment(x: torch.Tensor, spec: ViewSpec, g: torch.Generator, sizes: torch.Te
 
     ``sizes`` (B x 2: h, w): the true size of each image of a padded batch (the streaming path); every
     crop or patch is drawn inside it, by the same definitions."""
+    return photometric(resized_crop(x, view_boxes(x, spec, g, sizes), spec.size, inside=spec.inside), spec, g)
+
+
+def view_boxes(x: torch.Tensor, spec: ViewSpec, g: torch.Generator, sizes: torch.Tensor | None = None) -> torch.Tensor:
+    """The crop (or patch) boxes of one view of batch ``x``, inside each image's true size when ``sizes``."""
     height, width = (x.shape[2], x.shape[3]) if sizes is None else (sizes[:, 0], sizes[:, 1])
     if spec.patch is not None:
-        boxes = patch_boxes(len(x), height, width, spec.patch, g, x.device)
-    else:
-        boxes = crop_boxes(len(x), height, width, spec.scale, spec.ratio, g, x.device)
-    return photometric(resized_crop(x, boxes, spec.size, inside=spec.inside), spec, g)
+        return patch_boxes(len(x), height, width, spec.patch, g, x.device)
+    return crop_boxes(len(x), height, width, spec.scale, spec.ratio, g, x.device)
 
 
 def photometric(v: torch.Tensor, spec: ViewSpec, g: torch.Generator) -> torch.Tensor:
     """Every step of a view after the crop: flip, colour jitter, grayscale, blur, solarize."""
     n, device = len(v), v.device
     if spec.flip_prob > 0:
-        flip = _coin(n, spec.flip_prob, g, device)
-        v = torch.where(flip.view(-1, 1, 1, 1), v.flip(3), v)
+        sel = _coin(n, spec.flip_prob, g, device).nonzero()[:, 0]
+        v[sel] = v[sel].flip(3)
     if spec.jitter_prob > 0 and any(s > 0 for s in spec.jitter):
         sel = _coin(n, spec.jitter_prob, g, device).nonzero()[:, 0]
         v[sel] = color_jitter(v[sel], spec.jitter, g)
     if spec.gray_prob > 0:
-        gray = _coin(n, spec.gray_prob, g, device)
-        v = torch.where(gray.view(-1, 1, 1, 1), grayscale(v).expand_as(v), v)
+        sel = _coin(n, spec.gray_prob, g, device).nonzero()[:, 0]
+        v[sel] = grayscale(v[sel]).expand(-1, v.shape[1], -1, -1)
     if spec.blur_prob > 0:
         sel = _coin(n, spec.blur_prob, g, device).nonzero()[:, 0]
         if len(sel):
@@ -458,8 +475,9 @@ class ViewMaker:
     """Callable turning a uint8 batch into the list of normalised views of a recipe.
 
     ``sizes`` (B x 2: h, w), on the streaming path: the batch holds images of their own sizes padded to
-    the largest; the padding is replaced by edge pixels (``fill_padding``) and every crop drawn inside
-    its image's true size."""
+    the largest, and every crop is drawn inside its image's true size. On the CPU each crop is cut out and
+    resized on uint8 (``cut_and_resize``); elsewhere the padding is replaced by edge pixels
+    (``fill_padding``) and roi_align crops the float batch."""
 
     accepts_sizes = True
 
@@ -467,6 +485,10 @@ class ViewMaker:
         self.specs, self.mean, self.std = list(specs), mean, std
 
     def __call__(self, images: torch.Tensor, g: torch.Generator, sizes: torch.Tensor | None = None) -> list[torch.Tensor]:
+        if sizes is not None and images.device.type == "cpu":
+            return [normalize(photometric(to_float(cut_and_resize(images, view_boxes(images, spec, g, sizes),
+                                                                  spec.size).contiguous()), spec, g), self.mean, self.std)
+                    for spec in self.specs]
         x = to_float(images)
         if sizes is not None:
             x = fill_padding(x, sizes)

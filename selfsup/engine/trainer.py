@@ -30,6 +30,7 @@ from selfsup.engine.optim import build_optimizer, lr_at
 from selfsup.engine.rundir import RunLock, config_changes, prepare_out, remove_temporaries, truncate_metrics
 from selfsup.config import check_config
 from selfsup.errors import SelfSupError
+from selfsup.malloc import keep_freed_memory
 from selfsup.progress import line_every, progress
 from selfsup.methods import get_method
 from selfsup.methods.base import to_device
@@ -100,6 +101,8 @@ class Trainer:
         self.cfg = cfg
         self.distributed = dist.init_from_env("cuda" if cfg.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         self.rank, self.world = dist.rank(), dist.world_size()
         if cfg.batch_size % self.world:
