@@ -38,8 +38,8 @@ from selfsup.errors import SelfSupError
 FORMATS = ("imagefolder", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "filelist", "voc07", "synthetic",
            "unlabeled", "shards")
 OPTIONS = ("split", "size", "val_per_class", "val_fraction", "part", "fraction", "seed", "classes", "channels", "labels",
-           "stream", "shrink", "workers", "buffer", "decode")
-STREAM_OPTIONS = ("stream", "shrink", "workers", "buffer", "decode")     # the streaming path's (selfsup.data.stream)
+           "stream", "shrink", "workers", "buffer", "decode", "loader")
+STREAM_OPTIONS = ("loader", "stream", "shrink", "workers", "buffer", "decode")     # the streaming path's (selfsup.data.stream)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -173,6 +173,14 @@ def parse_spec(spec: str) -> tuple[str | None, str, dict[str, str]]:
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise SelfSupError(f"unknown data option {unknown[0]!r} in {spec!r}: valid options are {', '.join(OPTIONS)}")
+    if options.get("loader", "torch") not in ("torch", "dali"):
+        raise SelfSupError(f"data option loader={options['loader']!r}: use loader=torch (DataLoader workers and "
+                           f"selfsup's crops) or loader=dali (NVIDIA DALI decodes and resizes the crops)")
+    if options.get("loader") == "dali":               # DALI reads the files: the streaming path
+        if options.get("stream") == "0":
+            raise SelfSupError(f"data options loader=dali and stream=0 in {spec!r} exclude each other: DALI decodes "
+                               f"from the files while training; drop one")
+        options["stream"] = "1"
     return fmt, body, options
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from selfsup.data.datasets import IMAGE_EXTENSIONS, _number, _short_hash
-from selfsup.data.stream import StreamImageSet, decode_option, probe
+from selfsup.data.stream import StreamImageSet, decode_option, loader_option, probe
 from selfsup.errors import SelfSupError
 
 
@@ -171,7 +171,7 @@ def read_shards(spec: str, options: dict, cache_root: Path) -> ShardImageSet:
     workers, shrink = _number(options, "workers", int, None), _number(options, "shrink", int, None)
     data = ShardImageSet(names, labels, classes, fingerprint, str(files[0].parent), tars=[str(f) for f in files],
                          member=member, shrink=shrink, workers=workers, decode=decode_option(options),
-                         bounds=np.concatenate([[0], np.cumsum(counts)]), buffer=buffer)
+                         loader=loader_option(options), bounds=np.concatenate([[0], np.cumsum(counts)]), buffer=buffer)
     return probe(data, _positive(options, "size"), None if channels is None else ("L" if channels == 1 else "RGB"))
 
 

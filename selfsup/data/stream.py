@@ -218,6 +218,7 @@ class StreamImageSet:
     shrink: int | None = None          # the ``shrink=`` option: short side bound of training decodes (0: none)
     workers: int | None = None         # DataLoader workers (None: default_workers())
     decode: str = "auto"               # training decodes: "workers" (PIL), "device" (batched decode_jpeg), "auto"
+    loader: str = "torch"              # training crops: "torch" (StreamLoader) or "dali" (selfsup.data.dali)
     targets: np.ndarray | None = None
     streaming = True
 
@@ -560,8 +561,21 @@ def stream_set(root: Path, names: list[str], labels, classes: list[str], identit
     if shrink is not None and shrink < 0:
         raise SelfSupError(f"data option shrink={shrink} must be 0 (keep full size) or a short side in px")
     data = StreamImageSet(encoded, labels, classes, fingerprint, str(root), tars=tars, member=member,
-                          shrink=shrink, workers=workers, decode=decode_option(options))
+                          shrink=shrink, workers=workers, decode=decode_option(options), loader=loader_option(options))
     return probe(data, _positive(options, "size"), None if channels is None else ("L" if channels == 1 else "RGB"))
+
+
+def loader_option(options: dict) -> str:
+    return options.get("loader", "torch")          # its value is checked with the spec (``parse_spec``)
+
+
+def stream_loader(dataset: StreamImageSet, batch_size: int, transform, **kw) -> StreamLoader:
+    """The training loader that the set's ``loader=`` option names."""
+    if dataset.loader == "dali":
+        from selfsup.data.dali import DaliStreamLoader
+
+        return DaliStreamLoader(dataset, batch_size, transform, **kw)
+    return StreamLoader(dataset, batch_size, transform, **kw)
 
 
 def decode_option(options: dict) -> str:

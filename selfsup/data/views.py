@@ -421,10 +421,16 @@ def augment(x: torch.Tensor, spec: ViewSpec, g: torch.Generator, sizes: torch.Te
 
 def view_boxes(x: torch.Tensor, spec: ViewSpec, g: torch.Generator, sizes: torch.Tensor | None = None) -> torch.Tensor:
     """The crop (or patch) boxes of one view of batch ``x``, inside each image's true size when ``sizes``."""
-    height, width = (x.shape[2], x.shape[3]) if sizes is None else (sizes[:, 0], sizes[:, 1])
+    if sizes is None:
+        return spec_boxes(spec, len(x), x.shape[2], x.shape[3], g, x.device)
+    return spec_boxes(spec, len(x), sizes[:, 0], sizes[:, 1], g, x.device)
+
+
+def spec_boxes(spec: ViewSpec, n: int, height, width, g: torch.Generator, device) -> torch.Tensor:
+    """The boxes of ``spec``'s crops (or patches) of n images of ``height`` x ``width`` (ints or n sizes)."""
     if spec.patch is not None:
-        return patch_boxes(len(x), height, width, spec.patch, g, x.device)
-    return crop_boxes(len(x), height, width, spec.scale, spec.ratio, g, x.device)
+        return patch_boxes(n, height, width, spec.patch, g, device)
+    return crop_boxes(n, height, width, spec.scale, spec.ratio, g, device)
 
 
 def photometric(v: torch.Tensor, spec: ViewSpec, g: torch.Generator) -> torch.Tensor:
@@ -493,6 +499,12 @@ class ViewMaker:
         if sizes is not None:
             x = fill_padding(x, sizes)
         return [normalize(augment(x, spec, g, sizes), self.mean, self.std) for spec in self.specs]
+
+    def from_crops(self, crops: list[torch.Tensor], g: torch.Generator) -> list[torch.Tensor]:
+        """The views from crops made elsewhere (uint8, one B x C x size x size per spec, e.g. by DALI): every
+        step after the crop, then the normalisation."""
+        return [normalize(photometric(to_float(c.contiguous()), spec, g), self.mean, self.std)
+                for c, spec in zip(crops, self.specs)]
 
 
 class EvalTransform:

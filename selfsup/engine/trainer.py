@@ -173,8 +173,8 @@ class Trainer:
             if cfg.data_on_device:
                 raise SelfSupError("data_on_device=true needs an in-memory dataset, not a streamed one: drop it, or "
                                    "add stream=0 to the data spec if the decoded images fit in memory")
-            from selfsup.data.stream import StreamLoader
-            self.loader = StreamLoader(self.dataset, cfg.batch_size // self.world, self.method.view_maker(),
+            from selfsup.data.stream import stream_loader
+            self.loader = stream_loader(self.dataset, cfg.batch_size // self.world, self.method.view_maker(),
                                        image_size=image_size, device=self.device, seed=cfg.seed, rank=self.rank,
                                        world_size=self.world)
         else:
