@@ -4,9 +4,10 @@ glibc serves large blocks (above a threshold it adapts at run time, at most 32 M
 to the system when they are freed, and trims the free top of its heap. A training step on the CPU then
 page-faults its activations and views in anew at every step: on the 2-core CPU, the copy of a 38 MB tensor
 took 15 ms instead of 2.5. ``keep_freed_memory()`` raises both thresholds (``mallopt``), so freed blocks
-are reused. Measured on the 2-core CPU (README, "Performance"): a SimCLR step 1.28x faster on the convnet at
-32 px and 1.17x on ResNet-18 at 224 px, the 224 px views 1.4x faster. The cost: the process holds on to
-its peak memory until it exits. Linux with glibc only; elsewhere, or with ``SELFSUP_KEEP_MEMORY=0``,
+are reused. Measured on the 2-core CPU (``benchmarks/malloc.py``; README, "Tests and benchmarks"): a SimCLR
+step 1.29x faster on the convnet at 32 px, 1.06x on ResNet-18 at 32 px, 1.53x on ResNet-18 at 224 px, and
+the streamed 224 px views 1.24x. The cost: the process holds on to its peak memory until it exits
+(DataLoader workers inherit the setting). Linux with glibc only; elsewhere, or with ``SELFSUP_KEEP_MEMORY=0``,
 nothing changes. What jemalloc or tcmalloc (``LD_PRELOAD``) do, without a library to install.
 """
 from __future__ import annotations
