@@ -1,7 +1,5 @@
 """loader=dali (selfsup.data.dali): DALI decodes and resizes the crops of the streaming path; selfsup draws
 the boxes and makes the rest of the views. Skipped where DALI is not installed, but for its errors."""
-import os
-import signal
 import warnings
 
 import numpy as np
@@ -9,17 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import one_line_error, run, tiny_overrides
-from selfsup.checkpoint import load_checkpoint
-from selfsup.config import resolve_config
+from conftest import one_line_error, run
 from selfsup.data import dali as dali_mod
 from selfsup.data.datasets import load_dataset
 from selfsup.data.stream import StreamLoader, stream_loader
 from selfsup.data.views import ViewMaker, simclr_views
-from selfsup.engine.trainer import Trainer
 from selfsup.errors import SelfSupError
-from selfsup.methods import get_method
-from test_stream import _pattern, make_folder, make_mixed
+from test_stream import _pattern, check_resume_is_exact, make_folder, make_mixed
 
 needs_dali = pytest.mark.skipif(not dali_mod.dali_available(), reason="NVIDIA DALI is not installed")
 
@@ -82,24 +76,7 @@ def test_dali_takes_the_mixed_folder_and_names_bad_files(tmp_path):
 @needs_dali
 def test_dali_training_resumes_exactly(tmp_path):
     _jpegs(tmp_path / "f", n=32)
-    spec = f"{tmp_path / 'f'}?loader=dali&workers=1"
-
-    def cfg(out, resume=False):
-        c = resolve_config(get_method("simclr"), overrides=tiny_overrides(out, data=spec, image_size=16))
-        c.resume = resume
-        return c
-
-    Trainer(cfg(tmp_path / "straight")).fit()
-
-    def kill_after_first_epoch(trainer):
-        if trainer.epoch == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    assert Trainer(cfg(tmp_path / "cut")).fit(on_epoch_end=kill_after_first_epoch) == "interrupted"
-    assert Trainer(cfg(tmp_path / "cut", resume=True)).fit() == "done"
-    a = load_checkpoint(tmp_path / "straight" / "last.pt")["backbone_state"]
-    b = load_checkpoint(tmp_path / "cut" / "last.pt")["backbone_state"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    check_resume_is_exact(tmp_path, f"{tmp_path / 'f'}?loader=dali&workers=1")
 
 
 def test_loader_dali_errors_are_one_line(tmp_path, monkeypatch, capsys):
@@ -109,7 +86,7 @@ def test_loader_dali_errors_are_one_line(tmp_path, monkeypatch, capsys):
     with pytest.raises(SelfSupError, match="loader=torch"):
         load_dataset(f"{tmp_path / 'f'}?loader=pillow")
     with pytest.raises(SelfSupError, match="applies to image files"):
-        load_dataset(f"synthetic:x?loader=dali")
+        load_dataset("synthetic:x?loader=dali")
     data = load_dataset(f"{tmp_path / 'f'}?loader=dali&workers=0")
     assert data.streaming                                         # loader=dali streams
     monkeypatch.setattr(dali_mod, "dali_available", lambda: False)

@@ -146,8 +146,11 @@ def test_resume_mid_epoch_gives_the_same_batches_and_views(tmp_path):
 
 def test_trainer_interrupted_and_resumed_on_the_stream_matches(tmp_path):
     make_folder(tmp_path / "f", n=32)
-    spec = f"{tmp_path / 'f'}?stream=1&workers=1"
+    check_resume_is_exact(tmp_path, f"{tmp_path / 'f'}?stream=1&workers=1")
 
+
+def check_resume_is_exact(tmp_path, spec):
+    """SimCLR on ``spec`` killed after its first epoch and resumed ends with the weights of a straight run."""
     def cfg(out, resume=False):
         c = resolve_config(get_method("simclr"), overrides=tiny_overrides(out, data=spec, image_size=16))
         c.resume = resume
