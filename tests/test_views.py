@@ -155,3 +155,15 @@ def test_flip_and_grayscale_of_the_selected_views_equal_the_masked_formula():
     want = torch.where(_coin(40, 0.4, g, "cpu").view(-1, 1, 1, 1), grayscale(want).expand_as(want), want)
     assert torch.equal(got, want)
     assert not torch.equal(got, v) and (got[:, 0] == got[:, 1]).all(dim=(1, 2)).any()
+
+
+def test_crop_min_scale_sets_the_smallest_area_of_the_image_size_crops_only():
+    from selfsup.errors import SelfSupError
+    from selfsup.methods import build_method
+
+    m = build_method("simclr", backbone="convnet", image_size=32, views="multicrop:2x32+4x16", crop_min_scale=0.4)
+    scales = [spec.scale for spec in m.view_maker().specs]
+    assert scales[:2] == [(0.4, 1.0)] * 2 and scales[2:] == [(0.05, 0.14)] * 4
+    assert build_method("simclr", backbone="convnet", image_size=32).view_maker().specs[0].scale == (0.08, 1.0)
+    with pytest.raises(SelfSupError, match="crop_min_scale"):
+        build_method("simclr", backbone="convnet", image_size=32, crop_min_scale=1.5).view_maker()

@@ -35,6 +35,7 @@ from torch import nn
 
 from selfsup.data.loader import Batch
 from selfsup.data.views import ViewMaker, view_recipe
+from selfsup.errors import SelfSupError
 from selfsup.models import Backbone, projection_mlp
 
 
@@ -172,6 +173,7 @@ class JointEmbeddingConfig(MethodConfig):
     views: str = "simclr"              # view recipe, e.g. byol, multicrop:2x32+4x16, patch:14 (BagSSL)
     joint_pass: bool = True            # all views of a size in one pass (SimCLR); False: one pass per view (VICReg)
     crop_inside: bool = False          # crops never read a pixel outside their box (as PIL's crop-then-resize)
+    crop_min_scale: float | None = None  # the smallest area of the image-size crops (lightly's min_scale); None: the recipe's
 
 
 class JointEmbeddingMethod(Method):
@@ -188,8 +190,15 @@ class JointEmbeddingMethod(Method):
                                         last_bn=cfg.proj_last_bn)
 
     def view_maker(self):
-        specs = view_recipe(self.cfg.views, self.image_size)
-        return ViewMaker([replace(s, inside=True) for s in specs] if self.cfg.crop_inside else specs)
+        cfg = self.cfg
+        specs = view_recipe(cfg.views, self.image_size)
+        if cfg.crop_min_scale is not None:
+            if not 0 < cfg.crop_min_scale <= 1:
+                raise SelfSupError(f"{self.name}.crop_min_scale={cfg.crop_min_scale} is not an area fraction: "
+                                   "give a number in (0, 1], e.g. 0.2")
+            specs = [replace(s, scale=(cfg.crop_min_scale, s.scale[1])) if s.size == self.image_size else s
+                     for s in specs]
+        return ViewMaker([replace(s, inside=True) for s in specs] if cfg.crop_inside else specs)
 
     def pair_loss(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
