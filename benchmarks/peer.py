@@ -485,19 +485,34 @@ def peer_recipe_views():
                      gray_prob=0.2, blur_prob=r["gaussian_blur"])] * 2
 
 
+def job_views(views: list[dict], crop_inside: bool):
+    """The ViewSpecs of a job file (JSON lists back to tuples), inside their boxes when the run's
+    ``crop_inside`` asks for it, as the method's own views would be."""
+    from selfsup.data.views import ViewSpec
+
+    return [ViewSpec(**{**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()},
+                        "inside": s["inside"] or crop_inside}) for s in views]
+
+
+def parse_variants(text: str) -> list[list[str]]:
+    """"a=1,b=2;c=3" -> [["a=1", "b=2"], ["c=3"]]: the settings of each --variants run."""
+    variants = [[kv.strip() for kv in v.split(",") if kv.strip()] for v in text.split(";") if v.strip()]
+    bad = [kv for v in variants for kv in v if "=" not in kv]
+    if bad:
+        raise SystemExit(f"cannot read variant setting {bad[0]!r}: write key=value, e.g. simclr.proj_last_bn=true")
+    return variants
+
+
 def worker(job_file: str) -> None:
     """The selfsup side of a budget run, in its own process: the engine until SIGTERM (it saves and exits)."""
-    from selfsup.data.views import ViewMaker, ViewSpec
+    from selfsup.data.views import ViewMaker
     from selfsup.engine.trainer import Trainer
 
     job = json.loads(Path(job_file).read_text())
     cfg = selfsup_config("simclr", job["data"], Path(job["out"]), job["overrides"], job.get("config"))
     trainer = Trainer(cfg)
-    if job.get("views"):                            # crop_inside as the method's own views would take it
-        trainer.loader.transform = ViewMaker([ViewSpec(**{**{k: tuple(v) if isinstance(v, list) else v
-                                                             for k, v in s.items()},
-                                                          "inside": s["inside"] or cfg.simclr.crop_inside})
-                                              for s in job["views"]])
+    if job.get("views"):
+        trainer.loader.transform = ViewMaker(job_views(job["views"], cfg.simclr.crop_inside))
     print(f"READY {trainer.steps_per_epoch}", flush=True)
     print(f"STATUS {trainer.fit()}", flush=True)
 
@@ -708,12 +723,9 @@ def main():
     args.methods = [m for m in args.methods.split(",") if m]
     args.backbones = [b for b in args.backbones.split(",") if b]
     args.recipes = [r for r in args.recipe.split(",") if r]
-    args.variants = [[kv.strip() for kv in v.split(",") if kv.strip()] for v in args.variants.split(";") if v.strip()]
+    args.variants = parse_variants(args.variants)
     if args.variants and "peer" not in args.recipes:
         raise SystemExit("--variants change the peer's recipe on selfsup's side: add --recipe peer")
-    bad_kv = [kv for v in args.variants for kv in v if "=" not in kv]
-    if bad_kv:
-        raise SystemExit(f"cannot read variant setting {bad_kv[0]!r}: write key=value, e.g. simclr.proj_last_bn=true")
     bad = [m for m in args.methods if m not in METHODS] + [b for b in args.backbones if b not in BACKBONES] + \
           [r for r in args.recipes if r not in TARGET_AHEAD]
     if bad:

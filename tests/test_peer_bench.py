@@ -90,3 +90,14 @@ def test_lightly_side_runs_one_step(peer, method):
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     loss = peer.peer_step(model, opt, batch, 0, None, torch.device("cpu"))
     assert torch.isfinite(loss)
+
+
+def test_variants_parse_and_job_views_take_crop_inside(peer):
+    from dataclasses import asdict
+
+    assert peer.parse_variants("simclr.proj_last_bn=true; a=1, b=2;") == [["simclr.proj_last_bn=true"], ["a=1", "b=2"]]
+    with pytest.raises(SystemExit, match="key=value"):
+        peer.parse_variants("simclr.crop_inside")
+    stored = json.loads(json.dumps([asdict(v) for v in peer.peer_recipe_views()]))
+    assert peer.job_views(stored, False) == peer.peer_recipe_views()
+    assert all(v.inside for v in peer.job_views(stored, True))
