@@ -63,12 +63,11 @@ class SwAV(PrototypeMethod):
     defaults = {"optim": {"name": "larc", "lr": 0.3, "scale_lr": True, "weight_decay": 1e-6, "warmup_epochs": 10,
                           "warmup_start_lr": 0.01875, "min_lr": 0.0003, "exclude_bias_norm": False}}
     # 64 px or less: the official CIFAR advice (views, and prototypes an order of magnitude above the classes);
-    # epsilon 0.03, the official README's remedy for codes stuck near uniform; two global crops, solo-learn's CIFAR
-    # recipe. lr 1.2 -> 0.0006 per 256 images: twice the official batch-256 peak (0.6, issue #37), not a published
-    # value, chosen on the tuning split (+1.0 to +1.6 kNN over 0.6 in 1- and 2-epoch runs). With the 4 local crops of
+    # epsilon 0.03, the official README's remedy for codes stuck near uniform; two global crops and lr 0.6 -> 0.0006
+    # at batch 256, solo-learn's CIFAR recipe (the official batch-256 values, issue #37). With the 4 local crops of
     # the advice and the batch-4096 lr, a 2-epoch CIFAR run learned 2 points (README, "The first run learns").
     small_image_defaults = {"swav": {**SMALL_IMAGE_VIEWS, "nmb_prototypes": 100, "epsilon": 0.03, "crops": "global"},
-                            "optim": {"lr": 1.2, "min_lr": 0.0006}}
+                            "optim": {"lr": 0.6, "min_lr": 0.0006}}
 
     def __init__(self, backbone, cfg: SwAVConfig, image_size: int):
         super().__init__(backbone, cfg, image_size)
