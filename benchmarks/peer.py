@@ -72,6 +72,11 @@ OPTIM = {"lr": 0.12, "momentum": 0.9, "weight_decay": 5e-4}
 # The throughput tables' lr where 0.12 without warmup diverges within their steps (both sides alike):
 # VICReg's loss on ResNet-18 is non-finite by step 7 at 0.12.
 THROUGHPUT_LR = {"vicreg": 0.01}
+
+
+def throughput_optim(method: str) -> dict:
+    """The throughput tables' SGD settings for ``method``, the same on both sides."""
+    return {**OPTIM, "lr": THROUGHPUT_LR.get(method, OPTIM["lr"])}
 # --recipe peer: SimCLR as lightly's CIFAR-10 tutorial, on both sides.
 PEER_RECIPE = {**OPTIM, "batch_size": 256, "temperature": 0.2, "proj_hidden_dim": 512, "proj_dim": 128,
                "min_scale": 0.2, "cj_strength": 0.5, "gaussian_blur": 0.0}
@@ -127,7 +132,7 @@ def selfsup_config(method: str, data_spec: str, out: Path, overrides: list[str],
 def throughput_overrides(method: str, backbone: str, args) -> list[str]:
     items = [f"backbone={backbone}", f"batch_size={args.batch_size}", "epochs=1", "log_every=1",
              f"device={args.device}", f"precision={args.precision}"]
-    items += optim_overrides(**{**OPTIM, "lr": THROUGHPUT_LR.get(method, OPTIM["lr"])})
+    items += optim_overrides(**throughput_optim(method))
     if backbone.startswith("resnet"):
         items.append("cifar_stem=false")
     if method == "swav" and args.multicrop:
@@ -446,9 +451,9 @@ def throughput(args, device, amp_dtype, tmp: Path) -> list[dict]:
             model, _ = build_peer(method, backbone, mcfg, len(data) // args.batch_size, len(data) // args.batch_size)
             loader = peer_loader(ArrayImages(data.images, data.labels, peer_transform(method, specs)),
                                  args.batch_size, args.workers, device)
+            sgd = throughput_optim(method)
             with quiet():
-                p_e2e, p_mem = peer_rates(model, loader, THROUGHPUT_LR.get(method, OPTIM["lr"]), OPTIM["momentum"],
-                                          OPTIM["weight_decay"],
+                p_e2e, p_mem = peer_rates(model, loader, sgd["lr"], sgd["momentum"], sgd["weight_decay"],
                                           args.warmup, args.steps, args.batch_size, amp_dtype, device)
             views = "+".join(f"{s.size}" for s in specs)
             rows.append({"method": method, "backbone": backbone, "views": views, "selfsup_e2e": s_e2e,
