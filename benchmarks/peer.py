@@ -698,6 +698,104 @@ def budget_table(results: list[dict], args) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ 3. the same epochs
+
+def curve_worker(job_file: str) -> None:
+    """One side of a --curve run, in its own process with ``threads`` torch threads: SimCLR ResNet-18 with the
+    peer's recipe for ``epochs`` epochs, the backbone kept after every epoch, then kNN top-1 of each."""
+    job = json.loads(Path(job_file).read_text())
+    torch.set_num_threads(job["threads"])
+    out = Path(job["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    epochs, r = job["epochs"], PEER_RECIPE
+    if job["side"] == "lightly":
+        from types import SimpleNamespace
+
+        from lightly.transforms import SimCLRTransform
+
+        from selfsup.data.datasets import load_dataset
+
+        data = load_dataset(job["train"])
+        torch.manual_seed(0)
+        model, resnet = build_peer("simclr", "resnet18", SimpleNamespace(
+            proj_hidden_dim=r["proj_hidden_dim"], proj_dim=r["proj_dim"], temperature=r["temperature"]), 1, 1)
+        model.train()
+        transform = SimCLRTransform(input_size=32, cj_strength=r["cj_strength"], min_scale=r["min_scale"],
+                                    gaussian_blur=r["gaussian_blur"])
+        loader = peer_loader(ArrayImages(data.images, data.labels, transform), job["batch"], job["workers"],
+                             torch.device("cpu"))
+        optimizer = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=r["momentum"],
+                                    weight_decay=r["weight_decay"])
+        with quiet():
+            for epoch in range(epochs):
+                for step, (views, _) in enumerate(loader):
+                    peer_step(model, optimizer, views, step, None, torch.device("cpu"))
+                torch.save({k: v.cpu() for k, v in resnet.state_dict().items() if not k.startswith("fc.")},
+                           out / f"epoch_{epoch + 1}.pt")
+    else:
+        from selfsup.data.views import ViewMaker
+        from selfsup.engine.trainer import Trainer
+
+        cfg = selfsup_config("simclr", job["train"], out, job["overrides"] + [f"epochs={epochs}", "save_every=1"])
+        trainer = Trainer(cfg)
+        trainer.loader.transform = ViewMaker(job_views([asdict(v) for v in peer_recipe_views()],
+                                                       cfg.simclr.crop_inside))
+        trainer.fit()
+    top1 = [knn_top1(str(out / f"epoch_{e + 1}.pt"), job["train"], job["val"], "cpu") for e in range(epochs)]
+    (out / "curve.json").write_text(json.dumps(top1))
+
+
+def curve_runs(args, tmp: Path) -> list[dict]:
+    """lightly, selfsup and each --variants run for ``args.curve`` epochs of the peer's recipe (CPU), ``args.jobs``
+    processes at a time, each with its share of the cores: kNN top-1 after every epoch. At equal epochs the views
+    and steps are the same work, so this measures what each library learns per epoch, whatever its speed."""
+    train_spec = spec_of(args.data, "train", args.train_fraction)
+    val_spec = spec_of(args.data, "val", args.val_fraction)
+    r = PEER_RECIPE
+    overrides = ["device=cpu", "precision=fp32", "log_every=50", "backbone=resnet18", "cifar_stem=false",
+                 "image_size=32", f"batch_size={args.budget_batch}", f"simclr.temperature={r['temperature']}",
+                 f"simclr.proj_hidden_dim={r['proj_hidden_dim']}", f"simclr.proj_dim={r['proj_dim']}"]
+    overrides += optim_overrides(r["lr"], r["momentum"], r["weight_decay"])
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    runs = [("lightly", "lightly", [])] + [("selfsup", "selfsup", [])] + \
+           [("selfsup+" + "+".join(v), "selfsup", v) for v in args.variants]
+    pending, running, results = list(runs), [], []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name, side, variant = pending.pop(0)
+            out = tmp / ("curve-" + name.replace("=", "-").replace("+", "_"))
+            job = tmp / f"{out.name}.json"
+            job.write_text(json.dumps({"side": side, "epochs": args.curve, "out": str(out), "train": train_spec,
+                                       "val": val_spec, "batch": args.budget_batch, "threads": threads,
+                                       "workers": max(1, args.workers // args.jobs),
+                                       "overrides": overrides + variant}))
+            log = open(tmp / f"{out.name}.log", "w")
+            proc = subprocess.Popen([sys.executable, __file__, "_curve", str(job)], stdout=log,
+                                    stderr=subprocess.STDOUT)
+            running.append((name, out, proc, time.perf_counter(), log))
+        time.sleep(1)
+        for item in [x for x in running if x[2].poll() is not None]:
+            name, out, proc, t0, log = item
+            running.remove(item)
+            log.close()
+            if proc.returncode != 0:
+                raise SystemExit(f"curve run {name} failed:\n{Path(log.name).read_text()[-3000:]}")
+            top1 = json.loads((out / "curve.json").read_text())
+            results.append({"name": name, "top1": top1, "seconds": time.perf_counter() - t0})
+            print(f"  {name}: kNN top-1 per epoch {', '.join(f'{t:.2f}' for t in top1)}", flush=True)
+    return results
+
+
+def curve_table(results: list[dict], args) -> str:
+    head = " | ".join(f"epoch {e + 1}" for e in range(args.curve))
+    lines = [f"SimCLR ResNet-18, the peer's recipe on both sides, {args.curve} epochs each, {args.jobs} run(s) at a "
+             f"time; kNN top-1 (k=200, T=0.1, selfsup's evaluator) on the held-out split after each epoch", "",
+             f"| run | {head} | seconds |", "|---|" + "---|" * (args.curve + 1)]
+    for res in results:
+        lines.append(f"| {res['name']} | " + " | ".join(f"{t:.2f}" for t in res["top1"]) + f" | {res['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------ main
 
 def main():
@@ -720,6 +818,10 @@ def main():
                         help="--recipe selfsup: epochs of the schedule (0: those that fit the budget, measured)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="both sides (bf16: CUDA)")
+    parser.add_argument("--curve", type=int, default=0,
+                        help="SimCLR ResNet-18 with the peer's recipe for this many epochs on both sides (and each "
+                             "--variants run), kNN after every epoch: learning per epoch (CPU); skips 1. and 2.")
+    parser.add_argument("--jobs", type=int, default=1, help="--curve: runs at a time, the cores shared between them")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-budget", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the script in a couple of minutes")
@@ -734,7 +836,7 @@ def main():
     args.backbones = [b for b in args.backbones.split(",") if b]
     args.recipes = [r for r in args.recipe.split(",") if r]
     args.variants = parse_variants(args.variants)
-    if args.variants and "peer" not in args.recipes:
+    if args.variants and "peer" not in args.recipes and not args.curve:
         raise SystemExit("--variants change the peer's recipe on selfsup's side: add --recipe peer")
     bad = [m for m in args.methods if m not in METHODS] + [b for b in args.backbones if b not in BACKBONES] + \
           [r for r in args.recipes if r not in TARGET_AHEAD]
@@ -752,6 +854,10 @@ def main():
     if amp_dtype is not None and device.type != "cuda":
         raise SystemExit("--precision bf16 needs a CUDA device")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.curve:
+            print("3. the same epochs", flush=True)
+            print(curve_table(curve_runs(args, Path(tmp)), args), flush=True)
+            return
         if not args.skip_throughput:
             print("1. throughput", flush=True)
             print(throughput_table(throughput(args, device, amp_dtype, Path(tmp)), args), flush=True)
@@ -763,5 +869,7 @@ def main():
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "_worker":
         worker(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "_curve":
+        curve_worker(sys.argv[2])
     else:
         main()
