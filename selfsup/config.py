@@ -71,6 +71,7 @@ class TrainConfig:
     device: str = "auto"              # auto | cpu | cuda
     precision: str = "auto"           # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     channels_last: bool = True
+    loader_threads: int = 0           # intra-op threads of the loader's thread that makes the views (0: torch's, as the step)
     compile: str = "false"            # torch.compile the backbone: false | true | auto (on CUDA only); pays on GPUs
     data_on_device: bool = False      # the whole uint8 dataset copied to the device once (in-memory sets)
     sync_bn: bool = True              # SyncBatchNorm when distributed on CUDA (per-process BN on CPU)
@@ -270,6 +271,7 @@ _CHECKS = [
     ("optim.milestones", lambda v: all(m > 0 for m in v) and list(v) == sorted(v), "increasing epochs above 0"),
     ("log_every", lambda v: v >= 1, "at least 1"),
     ("save_every", lambda v: v >= 0, "0 or more"),
+    ("loader_threads", lambda v: v >= 0, "0 or more"),
     ("save_every_steps", lambda v: v >= 0, "0 or more"),
     ("monitor.every", lambda v: v >= 1, "at least 1"),
     ("monitor.images", lambda v: v >= 2, "at least 2"),

@@ -56,3 +56,35 @@ def test_speedrun_config_runs_on_cpu(tmp_path):
     assert trainer.fit() == "done"
     assert trainer.amp_dtype is None and trainer.loader.resident is not None
     assert not hasattr(trainer.backbone, "_compiled_call_impl") or trainer.backbone._compiled_call_impl is None
+
+
+def test_loader_threads_set_the_view_thread_alone(tmp_path):
+    """loader_threads: the thread that makes the views runs with that many intra-op threads; the step keeps its own."""
+    from selfsup.data.datasets import load_dataset
+    from selfsup.data.loader import BatchLoader
+
+    seen = []
+
+    def maker(images, g):
+        seen.append(torch.get_num_threads())
+        return [images.float()]
+
+    before = torch.get_num_threads()
+    loader = BatchLoader(load_dataset("synthetic:32?classes=4&size=8"), 8, maker, device="cpu")
+    loader.threads = 1
+    assert len(list(loader.epoch(0))) == 4 and seen == [1] * 4
+    assert torch.get_num_threads() == before
+    seen.clear()
+    loader.threads = 0                   # torch's own count, as the step's
+    list(loader.epoch(0))
+    assert seen == [before] * 4
+
+
+def test_loader_threads_reach_the_loader_and_do_not_block_resume(tmp_path):
+    trainer, _ = train(tmp_path / "run", loader_threads=1)
+    assert trainer.loader.threads == 1
+    cfg = resolve_config(get_method("simclr"), overrides=tiny_overrides(tmp_path / "run", epochs=1, loader_threads=0))
+    cfg.resume = True
+    assert Trainer(cfg).fit() == "done"
+    with pytest.raises(SelfSupError, match="loader_threads"):
+        train(tmp_path / "bad", loader_threads=-1)

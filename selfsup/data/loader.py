@@ -42,6 +42,7 @@ class BatchLoader:
         self.device, self.shuffle, self.drop_last = torch.device(device), shuffle, drop_last
         self.seed, self.rank, self.world_size, self.prefetch = seed, rank, world_size, prefetch
         self.global_batch = batch_size * world_size
+        self.threads = 0                  # intra-op threads of the thread that makes the views (0: torch's setting)
         # images stored at their own aspect ratio (``dataset.full``, ``dataset.sizes``) reach a size-aware
         # transform whole, padded, with their sizes; any other transform gets their centre crops
         self.padded = getattr(dataset, "full", None) is not None and getattr(transform, "accepts_sizes", False)
@@ -103,8 +104,14 @@ class BatchLoader:
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
+        step_threads = torch.get_num_threads()
+
         def work():
             try:
+                # the count is per thread (the step keeps its own), but torch also records it for threads started
+                # later: the finally below gives those the step's count again
+                if self.threads:
+                    torch.set_num_threads(self.threads)
                 for batch in produce:
                     if stop.is_set():
                         return
@@ -114,6 +121,8 @@ class BatchLoader:
                 q.put(exc)
             finally:
                 produce.close()           # a streaming loader's worker processes end here
+                if self.threads:
+                    torch.set_num_threads(step_threads)
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()

@@ -22,7 +22,8 @@ from selfsup.errors import SelfSupError
 
 # settings that do not change what a run computes: they may differ on resume
 RESUMABLE_KEYS = {"out", "resume", "resume_with_changes", "device", "progress", "log_every", "save_every",
-                  "save_every_steps", "monitor", "compile", "data_on_device", "optim.fused"}   # how, not what
+                  "save_every_steps", "monitor", "compile", "data_on_device", "optim.fused",
+                  "loader_threads"}   # how, not what
 
 
 def prepare_out(out: Path) -> None:

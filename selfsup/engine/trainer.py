@@ -181,6 +181,7 @@ class Trainer:
             self.loader = BatchLoader(self.dataset, cfg.batch_size // self.world, self.method.view_maker(),
                                       device=self.device, seed=cfg.seed, rank=self.rank, world_size=self.world,
                                       resident=cfg.data_on_device)
+        self.loader.threads = cfg.loader_threads
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = round(optim_cfg.warmup_epochs * self.steps_per_epoch)
