@@ -30,12 +30,15 @@ into lightly's heads, loss and transform.
    ``--variants``: more selfsup runs of the same budget, each the peer's recipe with one set of settings
    (what lightly does differently, one option at a time: its projector's last BatchNorm, per-view
    passes, crops that never read outside their box), against the same lightly run.
+3. ``--curve N``: SimCLR ResNet-18 with the peer's recipe for N epochs on both sides (and each ``--variants``
+   run), the backbone scored by kNN after every epoch: what each library learns per epoch, whatever its speed.
+   ``--jobs J`` runs J of them at a time, each with its share of the cores. Skips 1. and 2.
 
     python benchmarks/peer.py [--data ../shared/data/cifar10-train-jpg.tar] [--methods simclr,byol,vicreg,swav]
         [--backbones resnet18,convnet] [--batch-size 256] [--steps 20] [--warmup 3] [--workers N]
         [--multicrop] [--budget 900] [--recipe peer,selfsup] [--device auto] [--precision fp32|bf16]
         [--variants 'simclr.proj_last_bn=true;simclr.joint_pass=false;simclr.crop_inside=true']
-        [--skip-throughput] [--skip-budget] [--smoke]
+        [--curve 4 --jobs 2] [--skip-throughput] [--skip-budget] [--smoke]
 
 ``--smoke``: tiny sizes (batch 32, 2 steps, a budget of 5 s on 520 images, kNN on 200 images) to
 check the whole script in a couple of minutes. Needs ``pip install -e '.[bench]'`` (lightly).
