@@ -562,23 +562,34 @@ def run_selfsup_budget(name: str, data_spec: str, overrides: list[str], config: 
             "epochs": ckpt["epoch"] + ckpt["step_in_epoch"] / steps_per_epoch, "batch": ckpt["config"]["batch_size"]}
 
 
-def run_peer_budget(data, budget: float, args, device, amp_dtype, tmp: Path) -> dict:
-    """lightly's SimCLR tutorial with PEER_RECIPE until the deadline; the backbone saved as a torchvision
-    resnet18 state dict (torchvision's keys, without fc)."""
+def peer_simclr(data, batch: int, workers: int, device):
+    """lightly's SimCLR tutorial with PEER_RECIPE on ``data``: (model, its torchvision resnet18, DataLoader, SGD)."""
     from types import SimpleNamespace
 
     from lightly.transforms import SimCLRTransform
 
     r = PEER_RECIPE
-    batch = args.budget_batch
     torch.manual_seed(0)
     model, resnet = build_peer("simclr", "resnet18", SimpleNamespace(proj_hidden_dim=r["proj_hidden_dim"],
                                proj_dim=r["proj_dim"], temperature=r["temperature"]), 1, 1)
     model.to(device).train()
     transform = SimCLRTransform(input_size=32, cj_strength=r["cj_strength"], min_scale=r["min_scale"],
                                 gaussian_blur=r["gaussian_blur"])
-    loader = peer_loader(ArrayImages(data.images, data.labels, transform), batch, args.workers, device)
+    loader = peer_loader(ArrayImages(data.images, data.labels, transform), batch, workers, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=r["momentum"], weight_decay=r["weight_decay"])
+    return model, resnet, loader, optimizer
+
+
+def save_resnet(resnet, path: Path) -> None:
+    """lightly's backbone as a torchvision resnet18 state dict (torchvision's keys, without fc)."""
+    torch.save({k: v.cpu() for k, v in resnet.state_dict().items() if not k.startswith("fc.")}, path)
+
+
+def run_peer_budget(data, budget: float, args, device, amp_dtype, tmp: Path) -> dict:
+    """lightly's SimCLR tutorial with PEER_RECIPE until the deadline; the backbone saved as a torchvision
+    resnet18 state dict (torchvision's keys, without fc)."""
+    batch = args.budget_batch
+    model, resnet, loader, optimizer = peer_simclr(data, batch, args.workers, device)
     steps, t0 = 0, time.perf_counter()
     deadline = t0 + budget
     with quiet():
@@ -591,7 +602,7 @@ def run_peer_budget(data, budget: float, args, device, amp_dtype, tmp: Path) -> 
     _sync(device)
     train_s = time.perf_counter() - t0
     path = tmp / "lightly-resnet18.pt"
-    torch.save({k: v.cpu() for k, v in resnet.state_dict().items() if not k.startswith("fc.")}, path)
+    save_resnet(resnet, path)
     return {"checkpoint": str(path), "train_s": train_s, "stopped": True, "epochs": steps / len(loader), "batch": batch}
 
 
@@ -710,31 +721,16 @@ def curve_worker(job_file: str) -> None:
     torch.set_num_threads(job["threads"])
     out = Path(job["out"])
     out.mkdir(parents=True, exist_ok=True)
-    epochs, r = job["epochs"], PEER_RECIPE
+    epochs, cpu = job["epochs"], torch.device("cpu")
     if job["side"] == "lightly":
-        from types import SimpleNamespace
-
-        from lightly.transforms import SimCLRTransform
-
         from selfsup.data.datasets import load_dataset
 
-        data = load_dataset(job["train"])
-        torch.manual_seed(0)
-        model, resnet = build_peer("simclr", "resnet18", SimpleNamespace(
-            proj_hidden_dim=r["proj_hidden_dim"], proj_dim=r["proj_dim"], temperature=r["temperature"]), 1, 1)
-        model.train()
-        transform = SimCLRTransform(input_size=32, cj_strength=r["cj_strength"], min_scale=r["min_scale"],
-                                    gaussian_blur=r["gaussian_blur"])
-        loader = peer_loader(ArrayImages(data.images, data.labels, transform), job["batch"], job["workers"],
-                             torch.device("cpu"))
-        optimizer = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=r["momentum"],
-                                    weight_decay=r["weight_decay"])
+        model, resnet, loader, optimizer = peer_simclr(load_dataset(job["train"]), job["batch"], job["workers"], cpu)
         with quiet():
             for epoch in range(epochs):
                 for step, (views, _) in enumerate(loader):
-                    peer_step(model, optimizer, views, step, None, torch.device("cpu"))
-                torch.save({k: v.cpu() for k, v in resnet.state_dict().items() if not k.startswith("fc.")},
-                           out / f"epoch_{epoch + 1}.pt")
+                    peer_step(model, optimizer, views, step, None, cpu)
+                save_resnet(resnet, out / f"epoch_{epoch + 1}.pt")
     else:
         from selfsup.data.views import ViewMaker
         from selfsup.engine.trainer import Trainer
