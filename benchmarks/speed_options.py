@@ -11,6 +11,8 @@ process, so that nothing one case sets (threads, compiled code, glibc's memory) 
 - ``loader_threads=1`` / ``loader_threads=2``: the intra-op threads of the loader's thread that makes the views
   (0 leaves torch's count, which is also the step's: on two cores both threads then ask for both).
 
+ResNets run with the ImageNet stem (as ``benchmarks/peer.py``), JigClu with the CIFAR stem it needs at 32 px.
+
 The per-step host syncs are not a case here: the engine syncs only on its log steps (``log_every``, 10 by
 default), and ``selfsup bench --profile`` times them (0.3 ms of a 271 ms SimCLR step on the convnet).
 
@@ -33,10 +35,11 @@ from pathlib import Path
 CASES = ("defaults", "channels_last=false", "compile=true", "loader_threads=1", "loader_threads=2")
 
 
-def case_overrides(case: str, backbone: str) -> list[str]:
-    """The settings of one case (the ResNets with their ImageNet stem, as the peer's tables)."""
+def case_overrides(case: str, method: str, backbone: str) -> list[str]:
+    """The settings of one case: the ResNets with their ImageNet stem, as the peer's tables, except for JigClu,
+    whose 2 x 2 cells need the larger final map of the CIFAR stem (the default at 32 px)."""
     items = [] if case == "defaults" else [case]
-    if backbone.startswith("resnet"):
+    if backbone.startswith("resnet") and method != "jigclu":
         items.append("cifar_stem=false")
     return items
 
@@ -57,7 +60,7 @@ def child(job: str) -> None:
 
 def run_case(method: str, backbone: str, case: str, args) -> float | str:
     job = json.dumps({"method": method, "backbone": backbone, "batch": args.batch_size, "steps": args.steps,
-                      "warmup": args.warmup, "overrides": case_overrides(case, backbone)})
+                      "warmup": args.warmup, "overrides": case_overrides(case, method, backbone)})
     proc = subprocess.run([sys.executable, __file__, "_child", job], capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
