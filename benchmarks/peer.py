@@ -33,6 +33,7 @@ into lightly's heads, loss and transform.
 3. ``--curve N``: SimCLR ResNet-18 with the peer's recipe for N epochs on both sides (and each ``--variants``
    run), the backbone scored by kNN after every epoch: what each library learns per epoch, whatever its speed.
    ``--jobs J`` runs J of them at a time, each with its share of the cores. Skips 1. and 2.
+   ``--view-stats N``: the two views of N images through both pipelines, as pixel statistics.
 
     python benchmarks/peer.py [--data ../shared/data/cifar10-train-jpg.tar] [--methods simclr,byol,vicreg,swav]
         [--backbones resnet18,convnet] [--batch-size 256] [--steps 20] [--warmup 3] [--workers N]
@@ -51,6 +52,7 @@ import copy
 import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -785,6 +787,35 @@ def curve_runs(args, tmp: Path) -> list[dict]:
     return results
 
 
+def view_stats(args) -> str:
+    """The peer recipe's two views of the first ``args.view_stats`` training images through both pipelines
+    (selfsup's batched ViewMaker, lightly's per-image SimCLRTransform), as pixel statistics in [0, 1]: what
+    each augmentation does on average, side by side."""
+    from PIL import Image
+
+    from selfsup.data.datasets import load_dataset
+    from selfsup.data.views import ViewMaker, unnormalize
+
+    r = PEER_RECIPE
+    data = load_dataset(spec_of(args.data, "train", args.train_fraction))
+    images = torch.as_tensor(np.asarray(data.images[:args.view_stats]))
+    ours = [unnormalize(v) for v in ViewMaker(peer_recipe_views())(images, torch.Generator().manual_seed(0))]
+    from lightly.transforms import SimCLRTransform
+
+    transform = SimCLRTransform(input_size=32, cj_strength=r["cj_strength"], min_scale=r["min_scale"],
+                                gaussian_blur=r["gaussian_blur"])
+    torch.manual_seed(0)                  # lightly's transforms draw from torch's and Python's global generators
+    random.seed(0)
+    pairs = [transform(Image.fromarray(im.permute(1, 2, 0).numpy())) for im in images]
+    theirs = [unnormalize(torch.stack([p[k] for p in pairs])) for k in (0, 1)]
+    lines = [f"the peer recipe's views of {len(images)} training images, pixels in [0, 1]", "",
+             "| library | mean | std | grayscale share | mean abs(view 1 - view 2) |", "|---|---|---|---|---|"]
+    for name, (a, b) in (("selfsup", ours), ("lightly", theirs)):
+        gray = (a.std(1).mean((1, 2)) < 1e-3).float().mean()
+        lines.append(f"| {name} | {a.mean():.3f} | {a.std():.3f} | {gray:.3f} | {(a - b).abs().mean():.3f} |")
+    return "\n".join(lines)
+
+
 def curve_table(results: list[dict], args) -> str:
     head = " | ".join(f"epoch {e + 1}" for e in range(args.curve))
     lines = [f"SimCLR ResNet-18, the peer's recipe on both sides, {args.curve} epochs each, {args.jobs} run(s) at a "
@@ -820,6 +851,9 @@ def main():
     parser.add_argument("--curve", type=int, default=0,
                         help="SimCLR ResNet-18 with the peer's recipe for this many epochs on both sides (and each "
                              "--variants run), kNN after every epoch: learning per epoch (CPU); skips 1. and 2.")
+    parser.add_argument("--view-stats", type=int, default=0,
+                        help="the peer recipe's views of this many images through both pipelines, as pixel "
+                             "statistics; skips 1. and 2.")
     parser.add_argument("--jobs", type=int, default=1, help="--curve: runs at a time, the cores shared between them")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-budget", action="store_true")
@@ -853,6 +887,9 @@ def main():
     if amp_dtype is not None and device.type != "cuda":
         raise SystemExit("--precision bf16 needs a CUDA device")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.view_stats:
+            print(view_stats(args), flush=True)
+            return
         if args.curve:
             print("3. the same epochs", flush=True)
             print(curve_table(curve_runs(args, Path(tmp)), args), flush=True)
