@@ -500,6 +500,14 @@ def peer_recipe_views():
                      gray_prob=0.2, blur_prob=r["gaussian_blur"])] * 2
 
 
+def peer_recipe_overrides(batch: int) -> list[str]:
+    """selfsup's settings for PEER_RECIPE at ``batch`` (its views come from ``peer_recipe_views``)."""
+    r = PEER_RECIPE
+    return ["backbone=resnet18", "cifar_stem=false", "image_size=32", f"batch_size={batch}",
+            f"simclr.temperature={r['temperature']}", f"simclr.proj_hidden_dim={r['proj_hidden_dim']}",
+            f"simclr.proj_dim={r['proj_dim']}"] + optim_overrides(r["lr"], r["momentum"], r["weight_decay"])
+
+
 def job_views(views: list[dict], crop_inside: bool):
     """The ViewSpecs of a job file (JSON lists back to tuples), inside their boxes when the run's
     ``crop_inside`` asks for it, as the method's own views would be."""
@@ -564,20 +572,25 @@ def run_selfsup_budget(name: str, data_spec: str, overrides: list[str], config: 
             "epochs": ckpt["epoch"] + ckpt["step_in_epoch"] / steps_per_epoch, "batch": ckpt["config"]["batch_size"]}
 
 
+def peer_simclr_transform():
+    """lightly's SimCLRTransform with PEER_RECIPE's views (32 px)."""
+    from lightly.transforms import SimCLRTransform
+
+    r = PEER_RECIPE
+    return SimCLRTransform(input_size=32, cj_strength=r["cj_strength"], min_scale=r["min_scale"],
+                           gaussian_blur=r["gaussian_blur"])
+
+
 def peer_simclr(data, batch: int, workers: int, device):
     """lightly's SimCLR tutorial with PEER_RECIPE on ``data``: (model, its torchvision resnet18, DataLoader, SGD)."""
     from types import SimpleNamespace
-
-    from lightly.transforms import SimCLRTransform
 
     r = PEER_RECIPE
     torch.manual_seed(0)
     model, resnet = build_peer("simclr", "resnet18", SimpleNamespace(proj_hidden_dim=r["proj_hidden_dim"],
                                proj_dim=r["proj_dim"], temperature=r["temperature"]), 1, 1)
     model.to(device).train()
-    transform = SimCLRTransform(input_size=32, cj_strength=r["cj_strength"], min_scale=r["min_scale"],
-                                gaussian_blur=r["gaussian_blur"])
-    loader = peer_loader(ArrayImages(data.images, data.labels, transform), batch, workers, device)
+    loader = peer_loader(ArrayImages(data.images, data.labels, peer_simclr_transform()), batch, workers, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=r["momentum"], weight_decay=r["weight_decay"])
     return model, resnet, loader, optimizer
 
@@ -642,7 +655,6 @@ def budget_runs(args, device, amp_dtype, tmp: Path) -> list[dict]:
     val_spec = spec_of(args.data, "val", args.val_fraction)
     data = load_dataset(train_spec)
     n = len(data)
-    r = PEER_RECIPE
     common = [f"device={args.device}", f"precision={args.precision}", "log_every=50"]
     results = []
     print(f"budget {args.budget:.0f} s per run, {n} training images, kNN on {len(load_dataset(val_spec))} "
@@ -653,10 +665,7 @@ def budget_runs(args, device, amp_dtype, tmp: Path) -> list[dict]:
         print(f"  lightly (its tutorial recipe): {peer['epochs']:.2f} epochs in {peer['train_s']:.0f} s, "
               f"kNN top-1 {peer['top1']:.2f}", flush=True)
     if "peer" in args.recipes:
-        overrides = common + ["backbone=resnet18", "cifar_stem=false", "image_size=32", "epochs=1000",
-                              f"batch_size={args.budget_batch}", f"simclr.temperature={r['temperature']}",
-                              f"simclr.proj_hidden_dim={r['proj_hidden_dim']}", f"simclr.proj_dim={r['proj_dim']}"]
-        overrides += optim_overrides(r["lr"], r["momentum"], r["weight_decay"])
+        overrides = common + ["epochs=1000"] + peer_recipe_overrides(args.budget_batch)
         ours = run_selfsup_budget("peer", train_spec, overrides, None, peer_recipe_views(), args.budget, tmp)
         ours["top1"] = knn_top1(ours["checkpoint"], train_spec, val_spec, args.device)
         print(f"  selfsup (lightly's recipe): {ours['epochs']:.2f} epochs in {ours['train_s']:.0f} s, "
@@ -752,11 +761,7 @@ def curve_runs(args, tmp: Path) -> list[dict]:
     and steps are the same work, so this measures what each library learns per epoch, whatever its speed."""
     train_spec = spec_of(args.data, "train", args.train_fraction)
     val_spec = spec_of(args.data, "val", args.val_fraction)
-    r = PEER_RECIPE
-    overrides = ["device=cpu", "precision=fp32", "log_every=50", "backbone=resnet18", "cifar_stem=false",
-                 "image_size=32", f"batch_size={args.budget_batch}", f"simclr.temperature={r['temperature']}",
-                 f"simclr.proj_hidden_dim={r['proj_hidden_dim']}", f"simclr.proj_dim={r['proj_dim']}"]
-    overrides += optim_overrides(r["lr"], r["momentum"], r["weight_decay"])
+    overrides = ["device=cpu", "precision=fp32", "log_every=50"] + peer_recipe_overrides(args.budget_batch)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     runs = [("lightly", "lightly", [])] + [("selfsup", "selfsup", [])] + \
            [("selfsup+" + "+".join(v), "selfsup", v) for v in args.variants]
@@ -796,14 +801,10 @@ def view_stats(args) -> str:
     from selfsup.data.datasets import load_dataset
     from selfsup.data.views import ViewMaker, unnormalize
 
-    r = PEER_RECIPE
     data = load_dataset(spec_of(args.data, "train", args.train_fraction))
     images = torch.as_tensor(np.asarray(data.images[:args.view_stats]))
     ours = [unnormalize(v) for v in ViewMaker(peer_recipe_views())(images, torch.Generator().manual_seed(0))]
-    from lightly.transforms import SimCLRTransform
-
-    transform = SimCLRTransform(input_size=32, cj_strength=r["cj_strength"], min_scale=r["min_scale"],
-                                gaussian_blur=r["gaussian_blur"])
+    transform = peer_simclr_transform()
     torch.manual_seed(0)                  # lightly's transforms draw from torch's and Python's global generators
     random.seed(0)
     pairs = [transform(Image.fromarray(im.permute(1, 2, 0).numpy())) for im in images]
@@ -820,7 +821,7 @@ def curve_table(results: list[dict], args) -> str:
     head = " | ".join(f"epoch {e + 1}" for e in range(args.curve))
     lines = [f"SimCLR ResNet-18, the peer's recipe on both sides, {args.curve} epochs each, {args.jobs} run(s) at a "
              f"time; kNN top-1 (k=200, T=0.1, selfsup's evaluator) on the held-out split after each epoch", "",
-             f"| run | {head} | seconds |", "|---|" + "---|" * (args.curve + 1)]
+             f"| run | {head} | seconds (training and kNN) |", "|---|" + "---|" * (args.curve + 1)]
     for res in results:
         lines.append(f"| {res['name']} | " + " | ".join(f"{t:.2f}" for t in res["top1"]) + f" | {res['seconds']:.0f} |")
     return "\n".join(lines)

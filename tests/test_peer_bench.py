@@ -108,6 +108,6 @@ def test_curve_table_has_one_column_per_epoch(peer):
     results = [{"name": "lightly", "top1": [40.16, 44.14], "seconds": 10.4},
                {"name": "selfsup+simclr.proj_last_bn=true", "top1": [39.2, 43.6], "seconds": 9.6}]
     lines = peer.curve_table(results, SimpleNamespace(curve=2, jobs=2)).splitlines()
-    assert lines[2] == "| run | epoch 1 | epoch 2 | seconds |" and lines[3] == "|---|---|---|---|"
+    assert lines[2] == "| run | epoch 1 | epoch 2 | seconds (training and kNN) |" and lines[3] == "|---|---|---|---|"
     assert lines[4] == "| lightly | 40.16 | 44.14 | 10 |"
     assert lines[5] == "| selfsup+simclr.proj_last_bn=true | 39.20 | 43.60 | 10 |"
