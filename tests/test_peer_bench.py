@@ -111,3 +111,17 @@ def test_curve_table_has_one_column_per_epoch(peer):
     assert lines[2] == "| run | epoch 1 | epoch 2 | seconds (training and kNN) |" and lines[3] == "|---|---|---|---|"
     assert lines[4] == "| lightly | 40.16 | 44.14 | 10 |"
     assert lines[5] == "| selfsup+simclr.proj_last_bn=true | 39.20 | 43.60 | 10 |"
+
+
+def test_view_stats_tables_both_pipelines(peer):
+    pytest.importorskip("lightly")
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(data="synthetic:5200", train_fraction=None, view_stats=16)
+    lines = peer.view_stats(args).splitlines()
+    assert lines[0] == "the peer recipe's views of 16 training images, pixels in [0, 1]"
+    rows = {line.split(" | ")[0].lstrip("| "): [float(x) for x in line.strip("| ").split(" | ")[1:]] for line in lines[4:]}
+    assert set(rows) == {"selfsup", "lightly"}
+    for mean, std, gray, diff in rows.values():
+        assert 0 < mean < 1 and 0 < std < 0.5 and 0 <= gray <= 1 and 0 < diff < 1
+    assert peer.view_stats(args) == "\n".join(lines)        # seeded: the same table twice
