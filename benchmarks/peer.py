@@ -683,7 +683,9 @@ def budget_runs(args, device, amp_dtype, tmp: Path) -> list[dict]:
     if "selfsup" in args.recipes:
         config = str(find_config(SELFSUP_CONFIG))
         file_cfg = OmegaConf.load(config)
-        extra = common + ([f"batch_size={args.budget_batch}"] if args.smoke else [])
+        # selfsup's own settings, its precision default included (bf16 on CUDA and on CPUs with AMX tiles)
+        extra = [c for c in common if not c.startswith("precision=")] + ["precision=auto"]
+        extra += [f"batch_size={args.budget_batch}"] if args.smoke else []
         if args.selfsup_epochs:
             epochs, rate = args.selfsup_epochs, None
         else:
@@ -848,7 +850,8 @@ def main():
     parser.add_argument("--selfsup-epochs", type=int, default=0,
                         help="--recipe selfsup: epochs of the schedule (0: those that fit the budget, measured)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="both sides (bf16: CUDA)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="both sides, except --recipe selfsup, which keeps selfsup's precision=auto")
     parser.add_argument("--curve", type=int, default=0,
                         help="SimCLR ResNet-18 with the peer's recipe for this many epochs on both sides (and each "
                              "--variants run), kNN after every epoch: learning per epoch (CPU); skips 1. and 2.")
@@ -885,8 +888,6 @@ def main():
     args.device = device.type
     args.device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     amp_dtype = torch.bfloat16 if args.precision == "bf16" else None
-    if amp_dtype is not None and device.type != "cuda":
-        raise SystemExit("--precision bf16 needs a CUDA device")
     with tempfile.TemporaryDirectory() as tmp:
         if args.view_stats:
             print(view_stats(args), flush=True)

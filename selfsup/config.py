@@ -69,7 +69,7 @@ class TrainConfig:
     out: str = "runs/latest"
     seed: int = 0
     device: str = "auto"              # auto | cpu | cuda
-    precision: str = "auto"           # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"           # auto (bf16 on CUDA and on CPUs with AMX, else fp32) | fp32 | bf16 | fp16
     channels_last: bool = True
     loader_threads: int = 0           # intra-op threads of the loader's thread that makes the views (0: torch's, as the step)
     compile: str = "false"            # torch.compile the backbone: false | true | auto (on CUDA only); pays on GPUs

@@ -1,18 +1,22 @@
 """The speed options (issue 20) change how a run computes, never what: data_on_device, optim.fused, compile;
 and the GPU speed recipe configs/speedrun/simclr_cifar10_resnet18.yaml runs on a CPU as it stands."""
+import os
+import signal
+
 import pytest
 import torch
 
 from conftest import tiny_overrides
 from selfsup.checkpoint import load_checkpoint
 from selfsup.config import find_config, resolve_config
-from selfsup.engine.trainer import Trainer
+from selfsup.engine import trainer as trainer_module
+from selfsup.engine.trainer import Trainer, autocast_dtype, cpu_has_bf16_tiles
 from selfsup.errors import SelfSupError
 from selfsup.methods import get_method
 
 
-def train(out, **kw):
-    cfg = resolve_config(get_method("simclr"), overrides=tiny_overrides(out, epochs=1, **kw))
+def train(out, epochs=1, **kw):
+    cfg = resolve_config(get_method("simclr"), overrides=tiny_overrides(out, epochs=epochs, **kw))
     trainer = Trainer(cfg)
     trainer.fit()
     return trainer, load_checkpoint(out / "last.pt")["backbone_state"]
@@ -46,7 +50,8 @@ def test_bad_compile_value_and_streamed_data_on_device_are_one_line_errors(tmp_p
 
 def test_speedrun_config_runs_on_cpu(tmp_path):
     """The shipped recipe, found by name, shortened to one epoch of a small set (and a CPU-sized batch): on a
-    CPU compile=auto stays off and precision=auto is fp32; the resident data and the foreach LARS are used."""
+    CPU compile=auto stays off and precision=auto is bf16 where the CPU has AMX tiles, else fp32; the resident data
+    and the foreach LARS are used."""
     path = find_config("speedrun/simclr_cifar10_resnet18")
     cfg = resolve_config(get_method("simclr"), str(path), overrides=[
         "data=synthetic:64?classes=4&size=32", f"out={tmp_path / 'run'}", "epochs=1", "batch_size=32",
@@ -54,7 +59,8 @@ def test_speedrun_config_runs_on_cpu(tmp_path):
     assert cfg.compile == "auto" and cfg.data_on_device and cfg.optim.fused and cfg.cifar_stem
     trainer = Trainer(cfg)
     assert trainer.fit() == "done"
-    assert trainer.amp_dtype is None and trainer.loader.resident is not None
+    assert trainer.amp_dtype == (torch.bfloat16 if cpu_has_bf16_tiles() else None)
+    assert trainer.loader.resident is not None
     assert not hasattr(trainer.backbone, "_compiled_call_impl") or trainer.backbone._compiled_call_impl is None
 
 
@@ -88,3 +94,36 @@ def test_loader_threads_reach_the_loader_and_do_not_block_resume(tmp_path):
     assert Trainer(cfg).fit() == "done"
     with pytest.raises(SelfSupError, match="loader_threads"):
         train(tmp_path / "bad", loader_threads=-1)
+
+
+def test_precision_auto_follows_the_cpu(monkeypatch):
+    """precision=auto: bf16 on a CPU with AMX tiles, fp32 on one without; bf16 may be asked for on any CPU, fp16 not."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(trainer_module, "cpu_has_bf16_tiles", lambda: True)
+    assert autocast_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(trainer_module, "cpu_has_bf16_tiles", lambda: False)
+    assert autocast_dtype("auto", cpu) is None
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16 and autocast_dtype("fp32", cpu) is None
+    with pytest.raises(SelfSupError, match="precision=fp16 needs a CUDA device"):
+        autocast_dtype("fp16", cpu)
+    with pytest.raises(SelfSupError, match="unknown precision 'half'"):
+        autocast_dtype("half", cpu)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cpu_runs_resume_exactly_in_either_precision(tmp_path, precision):
+    """A CPU run in bf16 autocast (or fp32) stopped by SIGTERM after its first epoch and resumed ends with the
+    weights of an uninterrupted run: bf16 on the CPU changes the arithmetic, not the determinism of resume."""
+    _, whole = train(tmp_path / "whole", epochs=2, precision=precision)
+
+    def kill_after_first_epoch(trainer):
+        if trainer.epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def cfg(**extra):
+        return resolve_config(get_method("simclr"), overrides=tiny_overrides(tmp_path / "cut", precision=precision,
+                                                                             **extra))
+    assert Trainer(cfg()).fit(on_epoch_end=kill_after_first_epoch) == "interrupted"
+    assert Trainer(cfg(resume=True)).fit() == "done"
+    resumed = load_checkpoint(tmp_path / "cut" / "last.pt")["backbone_state"]
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)

@@ -38,14 +38,26 @@ from selfsup.models import build_backbone
 from selfsup.models.backbones import auto_cifar_stem
 
 
+def cpu_has_bf16_tiles() -> bool:
+    """Whether this CPU multiplies bf16 in AMX tiles (Intel Sapphire Rapids and later), where bf16 autocast pays."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
 def autocast_dtype(precision: str, device: torch.device):
+    """The autocast dtype of ``precision`` on ``device`` (None: fp32). ``auto`` is bf16 on CUDA where supported and
+    on CPUs with AMX tiles (a ResNet-18 step with the CIFAR stem 2.3x as fast, the convnet's 1.3x to 1.5x: README,
+    "Distributed and mixed precision"), fp32 elsewhere. fp16 (with a gradient scaler) is CUDA only."""
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        if device.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        else:
+            precision = "bf16" if device.type == "cpu" and cpu_has_bf16_tiles() else "fp32"
     table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in table:
         raise SelfSupError(f"unknown precision {precision!r}: use auto, fp32, bf16 or fp16")
-    if table[precision] is not None and device.type != "cuda":
-        raise SelfSupError(f"precision={precision} needs a CUDA device: use precision=fp32 on CPU")
+    if precision == "fp16" and device.type != "cuda":
+        raise SelfSupError("precision=fp16 needs a CUDA device: use precision=bf16 or fp32 on CPU")
     return table[precision]
 
 
@@ -105,6 +117,9 @@ class Trainer:
             keep_freed_memory()
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         self.rank, self.world = dist.rank(), dist.world_size()
+        if cfg.precision == "auto" and self.amp_dtype is not None and self.device.type == "cpu" and dist.is_main():
+            print("precision auto: bf16 autocast on this CPU's AMX tiles (1.3x to 2.3x faster steps); "
+                  "precision=fp32 for full precision")
         if cfg.batch_size % self.world:
             raise SelfSupError(f"batch_size {cfg.batch_size} is not divisible by the {self.world} processes: pick a multiple")
         self.out = Path(cfg.out)
@@ -127,8 +142,8 @@ class Trainer:
             self.cifar_stem = auto_cifar_stem(cfg.backbone, image_size)
             if self.cifar_stem and dist.is_main():
                 print(f"cifar_stem auto: the CIFAR stem (3x3 stride-1 conv, no max-pool) for {image_size} px images: "
-                      f"every stage of {cfg.backbone} sees 16x the positions of the ImageNet stem, about 10x slower "
-                      f"steps on a CPU; cifar_stem=false for speed")
+                      f"every stage of {cfg.backbone} sees 16x the positions of the ImageNet stem, 4x (bf16) to 10x (fp32) "
+                      f"slower steps on a CPU; cifar_stem=false for speed")
         if cfg.init:                     # fine-tuning: the backbone exactly as the checkpoint holds it, with its weights
             init = load_checkpoint(cfg.init)
             name, self.cifar_stem, self.backbone_options = backbone_spec(cfg.init, init)
