@@ -3,6 +3,7 @@ import json
 import math
 import os
 import signal
+import sys
 
 import pytest
 import torch
@@ -331,3 +332,35 @@ def test_prototypes_frozen_for_one_epoch_of_this_run_by_default(name):
     assert frozen_steps(cfg, 195) == 195 and frozen_steps(cfg, 313) == 313
     cfg.freeze_prototypes_niters = 5005
     assert frozen_steps(cfg, 195) == 5005
+
+
+@pytest.mark.parametrize("method", ["swav", "deepcluster_v2", "sela_v2"])
+def test_prototype_scores_stay_float32_under_bf16_autocast(method, monkeypatch):
+    """Under bf16 autocast the backbone runs in bf16, but z and the scores z C^T that the temperature and
+    Sinkhorn's epsilon divide are float32, and equal to the float32 product of the same z and prototypes."""
+    import selfsup.methods.prototypes as prototypes_module
+
+    seen = []
+    real = prototypes_module.prototype_scores
+
+    def spy(head, z):
+        out = real(head, z)
+        seen.append((z.detach().clone(), head.weight.detach().clone(), out))
+        return out
+
+    modules = {"swav": ["swav"], "deepcluster_v2": ["deepcluster_v2"], "sela_v2": ["sela_v2", "deepcluster_v2"]}
+    for name in modules[method]:
+        monkeypatch.setattr(sys.modules[f"selfsup.methods.{name}"], "prototype_scores", spy)
+    k = {"nmb_prototypes": 10} if method == "swav" else {"nmb_prototypes": [4, 4]}
+    m = build_method(method, backbone="convnet", image_size=16, crops="2x16", **k)
+    batch = _batch(m)                                     # the views are made outside autocast, as the loader does
+    if method != "swav":
+        m.on_epoch_start(0, _Loader(m, steps=1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        linear = torch.nn.Linear(4, 3, bias=False)
+        assert linear(torch.randn(2, 4)).dtype == torch.bfloat16          # what a plain head would give
+        m(batch)
+    assert seen
+    for z, weight, scores in seen:
+        assert z.dtype == scores.dtype == torch.float32
+        assert torch.allclose(scores, z @ weight.float().T, atol=1e-6)

@@ -24,7 +24,8 @@ from torch import nn
 from selfsup import distributed as dist
 from selfsup.kmeans import spherical_kmeans
 from selfsup.methods.base import to_device
-from selfsup.methods.prototypes import SMALL_IMAGE_VIEWS, PrototypeConfig, PrototypeMethod, PrototypeUsage, normalize_rows_
+from selfsup.methods.prototypes import (SMALL_IMAGE_VIEWS, PrototypeConfig, PrototypeMethod, PrototypeUsage,
+                                       normalize_rows_, prototype_scores)
 
 IGNORE = -100   # assignment of samples not in any bank (ignored by the loss)
 
@@ -125,7 +126,7 @@ class DeepClusterV2(PrototypeMethod):
         loss = 0.0
         for h, head in enumerate(self.heads):
             targets = self.assignments[h, batch.indices].repeat(n_crops)
-            loss = loss + F.cross_entropy(head(z) / self.cfg.temperature, targets, ignore_index=IGNORE)
+            loss = loss + F.cross_entropy(prototype_scores(head, z) / self.cfg.temperature, targets, ignore_index=IGNORE)
         with torch.no_grad():   # the bank of the next epoch
             start = self.step_in_epoch * b
             self._store(start, batch.indices, [z[c * b:(c + 1) * b] for c in self.cfg.crops_for_assign])

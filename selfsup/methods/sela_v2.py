@@ -18,7 +18,7 @@ import torch
 
 from selfsup.losses import sinkhorn
 from selfsup.methods.deepcluster_v2 import DeepClusterV2, DeepClusterV2Config
-from selfsup.methods.prototypes import SMALL_IMAGE_VIEWS, normalize_rows_
+from selfsup.methods.prototypes import SMALL_IMAGE_VIEWS, normalize_rows_, prototype_scores
 from selfsup.methods.swav import frozen_steps
 
 
@@ -42,7 +42,7 @@ class SeLaV2(DeepClusterV2):
         """Sinkhorn over the whole bank against head h's current prototypes, rounded to hard labels."""
         cfg, head = self.cfg, self.heads[h]
         normalize_rows_(head.weight)
-        codes = sinkhorn(bank @ head.weight.T, cfg.epsilon, cfg.sinkhorn_iterations, cfg.log_space)
+        codes = sinkhorn(prototype_scores(head, bank), cfg.epsilon, cfg.sinkhorn_iterations, cfg.log_space)
         return codes.argmax(dim=1), codes
 
     def __init__(self, backbone, cfg: SeLaV2Config, image_size: int):

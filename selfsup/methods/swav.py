@@ -31,7 +31,8 @@ from torch import nn
 from selfsup import distributed as dist
 from selfsup.losses import sinkhorn, swav
 from selfsup.methods.base import to_device
-from selfsup.methods.prototypes import SMALL_IMAGE_VIEWS, PrototypeConfig, PrototypeMethod, PrototypeUsage, normalize_rows_
+from selfsup.methods.prototypes import (SMALL_IMAGE_VIEWS, PrototypeConfig, PrototypeMethod, PrototypeUsage,
+                                       normalize_rows_, prototype_scores)
 
 
 @dataclass
@@ -99,7 +100,7 @@ class SwAV(PrototypeMethod):
         cfg, b = self.cfg, len(batch.indices)
         normalize_rows_(self.prototypes.weight)
         z = self.embed(batch.views)
-        scores = list(self.prototypes(z).split(b))
+        scores = list(prototype_scores(self.prototypes, z).split(b))
         codes = {}
         with torch.no_grad():
             for j, crop in enumerate(cfg.crops_for_assign):
