@@ -127,3 +127,18 @@ def test_cpu_runs_resume_exactly_in_either_precision(tmp_path, precision):
     assert Trainer(cfg(resume=True)).fit() == "done"
     resumed = load_checkpoint(tmp_path / "cut" / "last.pt")["backbone_state"]
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_precision_auto_keeps_fp32_for_methods_that_lose_by_bf16(tmp_path, monkeypatch):
+    """A method with auto_bf16_on_cpu False (Jigsaw, Jigsaw++) trains in fp32 under precision=auto on an AMX CPU,
+    and in bf16 when asked; the others take bf16 there."""
+    monkeypatch.setattr(trainer_module, "cpu_has_bf16_tiles", lambda: True)
+    assert not get_method("jigsaw").auto_bf16_on_cpu and not get_method("jigsaw_pp").auto_bf16_on_cpu
+    assert get_method("simclr").auto_bf16_on_cpu
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu, cpu_bf16=False) is None
+    assert autocast_dtype("bf16", cpu, cpu_bf16=False) == torch.bfloat16
+    assert autocast_dtype("auto", cpu, cpu_bf16=True) == torch.bfloat16
+    jigsaw = Trainer(resolve_config(get_method("jigsaw"), flags={"method": "jigsaw"},
+                                    overrides=tiny_overrides(tmp_path / "j", epochs=1, image_size=32)))
+    assert jigsaw.amp_dtype is None

@@ -44,15 +44,16 @@ def cpu_has_bf16_tiles() -> bool:
     return bool(probe and probe())
 
 
-def autocast_dtype(precision: str, device: torch.device):
+def autocast_dtype(precision: str, device: torch.device, cpu_bf16: bool = True):
     """The autocast dtype of ``precision`` on ``device`` (None: fp32). ``auto`` is bf16 on CUDA where supported and
     on CPUs with AMX tiles (a ResNet-18 step with the CIFAR stem 2.3x as fast, the convnet's 1.3x to 1.5x: README,
-    "Distributed and mixed precision"), fp32 elsewhere. fp16 (with a gradient scaler) is CUDA only."""
+    "Distributed and mixed precision"), fp32 elsewhere and on a CPU for methods that set ``cpu_bf16`` False (their
+    ``auto_bf16_on_cpu``). fp16 (with a gradient scaler) is CUDA only."""
     if precision == "auto":
         if device.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         else:
-            precision = "bf16" if device.type == "cpu" and cpu_has_bf16_tiles() else "fp32"
+            precision = "bf16" if device.type == "cpu" and cpu_bf16 and cpu_has_bf16_tiles() else "fp32"
     table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in table:
         raise SelfSupError(f"unknown precision {precision!r}: use auto, fp32, bf16 or fp16")
@@ -115,7 +116,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if self.device.type == "cpu":
             keep_freed_memory()
-        self.amp_dtype = autocast_dtype(cfg.precision, self.device)
+        self.amp_dtype = autocast_dtype(cfg.precision, self.device, get_method(cfg.method).auto_bf16_on_cpu)
         self.rank, self.world = dist.rank(), dist.world_size()
         if cfg.precision == "auto" and self.amp_dtype is not None and self.device.type == "cpu" and dist.is_main():
             print("precision auto: bf16 autocast on this CPU's AMX tiles (up to 2.3x faster steps); "

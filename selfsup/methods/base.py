@@ -51,6 +51,7 @@ class Method(nn.Module):
     small_image_defaults: dict[str, Any] = {}    # over ``defaults`` for images of SMALL_IMAGE px or less
     sync_bn: bool = True          # False: never SyncBatchNorm under DDP (MoCo shuffles BN across processes instead)
     eval_stages_back: int = 0     # the default evaluation tap: this many stages before the backbone's last map
+    auto_bf16_on_cpu: bool = True  # False: precision=auto stays fp32 on a CPU (a method measured to lose by bf16)
 
     def __init__(self, backbone: Backbone, cfg: Any, image_size: int):
         super().__init__()
