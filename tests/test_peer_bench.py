@@ -120,7 +120,8 @@ def test_view_stats_tables_both_pipelines(peer):
     args = SimpleNamespace(data="synthetic:5200", train_fraction=None, view_stats=16)
     lines = peer.view_stats(args).splitlines()
     assert lines[0] == "the peer recipe's views of 16 training images, pixels in [0, 1]"
-    rows = {line.split(" | ")[0].lstrip("| "): [float(x) for x in line.strip("| ").split(" | ")[1:]] for line in lines[4:]}
+    cells = [line.strip("| ").split(" | ") for line in lines[4:]]
+    rows = {name: [float(x) for x in values] for name, *values in cells}
     assert set(rows) == {"selfsup", "lightly"}
     for mean, std, gray, diff in rows.values():
         assert 0 < mean < 1 and 0 < std < 0.5 and 0 <= gray <= 1 and 0 < diff < 1

@@ -130,15 +130,12 @@ def test_cpu_runs_resume_exactly_in_either_precision(tmp_path, precision):
 
 
 def test_precision_auto_keeps_fp32_for_methods_that_lose_by_bf16(tmp_path, monkeypatch):
-    """A method with auto_bf16_on_cpu False (Jigsaw, Jigsaw++) trains in fp32 under precision=auto on an AMX CPU,
-    and in bf16 when asked; the others take bf16 there."""
+    """On an AMX CPU precision=auto trains Jigsaw and Jigsaw++ (auto_bf16_on_cpu False) in fp32 and SimCLR in bf16;
+    precision=bf16 still gives Jigsaw bf16."""
     monkeypatch.setattr(trainer_module, "cpu_has_bf16_tiles", lambda: True)
-    assert not get_method("jigsaw").auto_bf16_on_cpu and not get_method("jigsaw_pp").auto_bf16_on_cpu
-    assert get_method("simclr").auto_bf16_on_cpu
-    cpu = torch.device("cpu")
-    assert autocast_dtype("auto", cpu, cpu_bf16=False) is None
-    assert autocast_dtype("bf16", cpu, cpu_bf16=False) == torch.bfloat16
-    assert autocast_dtype("auto", cpu, cpu_bf16=True) == torch.bfloat16
-    jigsaw = Trainer(resolve_config(get_method("jigsaw"), flags={"method": "jigsaw"},
-                                    overrides=tiny_overrides(tmp_path / "j", epochs=1, image_size=32)))
-    assert jigsaw.amp_dtype is None
+
+    def amp(method, **extra):
+        overrides = tiny_overrides(tmp_path / method / str(len(extra)), epochs=1, image_size=32, **extra)
+        return Trainer(resolve_config(get_method(method), flags={"method": method}, overrides=overrides)).amp_dtype
+    assert amp("jigsaw") is None and amp("jigsaw_pp") is None and amp("simclr") == torch.bfloat16
+    assert amp("jigsaw", precision="bf16") == torch.bfloat16

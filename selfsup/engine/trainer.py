@@ -46,14 +46,13 @@ def cpu_has_bf16_tiles() -> bool:
 
 def autocast_dtype(precision: str, device: torch.device, cpu_bf16: bool = True):
     """The autocast dtype of ``precision`` on ``device`` (None: fp32). ``auto`` is bf16 on CUDA where supported and
-    on CPUs with AMX tiles (a ResNet-18 step with the CIFAR stem 2.3x as fast, the convnet's 1.3x to 1.5x: README,
-    "Distributed and mixed precision"), fp32 elsewhere and on a CPU for methods that set ``cpu_bf16`` False (their
-    ``auto_bf16_on_cpu``). fp16 (with a gradient scaler) is CUDA only."""
+    on CPUs with AMX tiles (a ResNet-18 step with the CIFAR stem 2.2x to 2.6x as fast, the convnet's 1.4x to 1.5x:
+    README, "Distributed and mixed precision"), fp32 elsewhere and on a CPU for methods that set ``cpu_bf16`` False
+    (their ``auto_bf16_on_cpu``). fp16 (with a gradient scaler) is CUDA only."""
     if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        else:
-            precision = "bf16" if device.type == "cpu" and cpu_bf16 and cpu_has_bf16_tiles() else "fp32"
+        bf16 = (torch.cuda.is_bf16_supported() if device.type == "cuda"
+                else device.type == "cpu" and cpu_bf16 and cpu_has_bf16_tiles())
+        precision = "bf16" if bf16 else "fp32"
     table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in table:
         raise SelfSupError(f"unknown precision {precision!r}: use auto, fp32, bf16 or fp16")
@@ -116,7 +115,8 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if self.device.type == "cpu":
             keep_freed_memory()
-        self.amp_dtype = autocast_dtype(cfg.precision, self.device, get_method(cfg.method).auto_bf16_on_cpu)
+        method_cls = get_method(cfg.method)
+        self.amp_dtype = autocast_dtype(cfg.precision, self.device, method_cls.auto_bf16_on_cpu)
         self.rank, self.world = dist.rank(), dist.world_size()
         if cfg.precision == "auto" and self.amp_dtype is not None and self.device.type == "cpu" and dist.is_main():
             print("precision auto: bf16 autocast on this CPU's AMX tiles (up to 2.3x faster steps); "
@@ -128,7 +128,6 @@ class Trainer:
         np.random.seed(cfg.seed + self.rank)
         random.seed(cfg.seed + self.rank)
 
-        method_cls = get_method(cfg.method)
         method_cfg = OmegaConf.to_object(cfg[cfg.method])
         self.backbone_options = method_cls.backbone_options(method_cfg, cfg.backbone)
         if cfg.width != 1.0:
@@ -143,8 +142,8 @@ class Trainer:
             self.cifar_stem = auto_cifar_stem(cfg.backbone, image_size)
             if self.cifar_stem and dist.is_main():
                 print(f"cifar_stem auto: the CIFAR stem (3x3 stride-1 conv, no max-pool) for {image_size} px images: "
-                      f"every stage of {cfg.backbone} sees 16x the positions of the ImageNet stem, 4x (bf16) to 10x (fp32) "
-                      f"slower steps on a CPU; cifar_stem=false for speed")
+                      f"every stage of {cfg.backbone} sees 16x the positions of the ImageNet stem, "
+                      f"4x (bf16) to 10x (fp32) slower steps on a CPU; cifar_stem=false for speed")
         if cfg.init:                     # fine-tuning: the backbone exactly as the checkpoint holds it, with its weights
             init = load_checkpoint(cfg.init)
             name, self.cifar_stem, self.backbone_options = backbone_spec(cfg.init, init)

@@ -126,7 +126,8 @@ class DeepClusterV2(PrototypeMethod):
         loss = 0.0
         for h, head in enumerate(self.heads):
             targets = self.assignments[h, batch.indices].repeat(n_crops)
-            loss = loss + F.cross_entropy(prototype_scores(head, z) / self.cfg.temperature, targets, ignore_index=IGNORE)
+            logits = prototype_scores(head, z) / self.cfg.temperature
+            loss = loss + F.cross_entropy(logits, targets, ignore_index=IGNORE)
         with torch.no_grad():   # the bank of the next epoch
             start = self.step_in_epoch * b
             self._store(start, batch.indices, [z[c * b:(c + 1) * b] for c in self.cfg.crops_for_assign])

@@ -72,7 +72,7 @@ def prototype_scores(head: torch.nn.Linear, z: torch.Tensor) -> torch.Tensor:
     method here divides them by a small number before exponentiating (the temperature 0.1 of the loss,
     Sinkhorn's epsilon of 0.03 to 0.05): bf16 keeps 8 significant bits, so a score near 1 is rounded by up to
     0.002 (half its spacing of 0.004 there), which epsilon 0.03 turns into up to 0.065 in a code's logit (the
-    official code's fp16 rounds 8 times finer). The product is small (batch x 128 x K); it costs nothing to keep it exact."""
+    official code's fp16 rounds 8 times finer). The product is small (batch x 128 x K): keeping it exact is free."""
     with torch.autocast(z.device.type, enabled=False):
         return F.linear(z.float(), head.weight.float())
 
