@@ -629,9 +629,16 @@ def knn_top1(checkpoint: str, train_spec: str, val_spec: str, device: str) -> fl
     return 100 * result["top1"]
 
 
+def epochs_that_fit(budget: float, rate: float, n_images: int) -> int:
+    """The whole number of epochs nearest to what ``budget`` seconds hold at ``rate`` images/s, at least 1.
+    A schedule that overruns the budget a little is stopped at the deadline (flooring 1.98 epochs to 1 left
+    half the budget unused)."""
+    return max(1, round(budget * rate / n_images))
+
+
 def selfsup_epochs_for(budget: float, n_images: int, config: str, extra: list[str], args, tmp: Path) -> tuple[int, float]:
-    """The epochs of ``config`` that fit ``budget`` (with 5% to spare) at its end-to-end rate, measured
-    by a short run of the same config (``--warmup`` + ``--steps`` batches)."""
+    """The epochs of ``config`` that fit ``budget`` (``epochs_that_fit``) at its end-to-end rate, measured by
+    a short run of the same config (``--warmup`` + ``--steps`` batches)."""
     from selfsup.data.datasets import load_dataset
 
     batch = selfsup_config("simclr", spec_of(args.data, "train"), tmp / "calibrate", extra, config).batch_size
@@ -642,7 +649,7 @@ def selfsup_epochs_for(budget: float, n_images: int, config: str, extra: list[st
     warmup = max(0, min(args.warmup, available - steps))
     cfg = selfsup_config("simclr", spec, tmp / "calibrate", extra + ["epochs=1", "log_every=1"], config)
     rate = selfsup_rates(cfg, warmup, steps, memory=False)[0]
-    return max(1, int(0.95 * budget * rate / n_images)), rate
+    return epochs_that_fit(budget, rate, n_images), rate
 
 
 def budget_runs(args, device, amp_dtype, tmp: Path) -> list[dict]:

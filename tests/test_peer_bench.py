@@ -27,6 +27,15 @@ def test_specs_and_fractions(peer):
     assert peer.fraction_for(45000) is None
 
 
+def test_epochs_that_fit_the_budget_round_to_the_nearest(peer):
+    """The --recipe selfsup schedule: 900 s at 104 images/s over 45,000 images is 2.08 epochs -> 2 (flooring
+    0.95 of it gave 1 and left half the budget unused); 1.4 -> 1; never 0."""
+    assert peer.epochs_that_fit(900, 104, 45000) == 2
+    assert peer.epochs_that_fit(900, 98, 45000) == 2
+    assert peer.epochs_that_fit(900, 70, 45000) == 1
+    assert peer.epochs_that_fit(10, 1, 45000) == 1
+
+
 def test_rates_from_metrics_is_total_images_over_total_time(peer, tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("\n".join(json.dumps({"step": i, "images_per_s": r}) for i, r in enumerate([1.0, 100.0, 50.0])))
