@@ -85,7 +85,7 @@ def test_small_images_get_the_methods_small_image_recipe_below_the_users_setting
     ("jigsaw_pp", {"optim.lr": 0.01, "optim.weight_decay": 1e-4, "optim.bias_lr_mult": 1.0}),
     ("deepcluster_v2", {"deepcluster_v2.color_strength": 0.5, "deepcluster_v2.blur_prob": 0.0}),
     ("swav", {"swav.color_strength": 0.5, "swav.blur_prob": 0.0, "swav.nmb_prototypes": 100, "swav.epsilon": 0.03,
-              "optim.lr": 0.6, "optim.min_lr": 0.0006}),
+              "optim.lr": 0.6, "optim.min_lr": 0.0006, "optim.exclude_bias_norm": True}),
 ])
 def test_the_small_image_recipes_pin_their_values_and_the_paper_keeps_large_images(method, expected):
     """Each small-image recipe of README "Configuration" at 32 px; at 96 px the method's own defaults."""
