@@ -167,3 +167,17 @@ def test_crop_min_scale_sets_the_smallest_area_of_the_image_size_crops_only():
     assert build_method("simclr", backbone="convnet", image_size=32).view_maker().specs[0].scale == (0.08, 1.0)
     with pytest.raises(SelfSupError, match="crop_min_scale"):
         build_method("simclr", backbone="convnet", image_size=32, crop_min_scale=1.5).view_maker()
+
+
+def test_view_size_sets_the_side_of_the_image_size_views_only():
+    from selfsup.errors import SelfSupError
+    from selfsup.methods import build_method
+
+    m = build_method("simclr", backbone="convnet", image_size=28, views="multicrop:2x28+4x14", view_size=16)
+    assert [spec.size for spec in m.view_maker().specs] == [16, 16, 14, 14, 14, 14]
+    views = build_method("simclr", backbone="convnet", image_size=28, view_size=16).view_maker()(
+        torch.rand(3, 3, 28, 28), torch.Generator().manual_seed(0))
+    assert [tuple(v.shape) for v in views] == [(3, 3, 16, 16)] * 2
+    assert build_method("simclr", backbone="convnet", image_size=28).view_maker().specs[0].size == 28
+    with pytest.raises(SelfSupError, match="view_size"):
+        build_method("simclr", backbone="convnet", image_size=28, view_size=0).view_maker()

@@ -175,6 +175,7 @@ class JointEmbeddingConfig(MethodConfig):
     joint_pass: bool = True            # all views of a size in one pass (SimCLR); False: one pass per view (VICReg)
     crop_inside: bool = False          # crops never read a pixel outside their box (as PIL's crop-then-resize)
     crop_min_scale: float | None = None  # the smallest area of the image-size crops (lightly's min_scale); None: the recipe's
+    view_size: int | None = None       # the side of the image-size views (None: the image size); see view_maker
 
 
 class JointEmbeddingMethod(Method):
@@ -199,6 +200,15 @@ class JointEmbeddingMethod(Method):
                                    "give a number in (0, 1], e.g. 0.2")
             specs = [replace(s, scale=(cfg.crop_min_scale, s.scale[1])) if s.size == self.image_size else s
                      for s in specs]
+        if cfg.view_size is not None:
+            # Training views smaller than the evaluation images: steps cost (view_size / image_size)^2 as much,
+            # and a network trained on random-resized crops does best when tested at a higher resolution than
+            # it trained at (FixRes, Touvron et al. 2019: the crops magnify objects that the test image shows
+            # whole). Only the image-size views change; multi-crop's local crops keep their size.
+            if not (isinstance(cfg.view_size, int) and cfg.view_size >= 1):
+                raise SelfSupError(f"{self.name}.view_size={cfg.view_size} is not a side in pixels: give a positive "
+                                   f"whole number, e.g. {max(1, self.image_size * 4 // 7)}, or null for the image size")
+            specs = [replace(s, size=cfg.view_size) if s.size == self.image_size else s for s in specs]
         return ViewMaker([replace(s, inside=True) for s in specs] if cfg.crop_inside else specs)
 
     def pair_loss(self, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
