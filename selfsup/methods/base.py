@@ -201,8 +201,8 @@ class JointEmbeddingMethod(Method):
             specs = [replace(s, scale=(cfg.crop_min_scale, s.scale[1])) if s.size == self.image_size else s
                      for s in specs]
         if cfg.view_size is not None:
-            # Training views smaller than the evaluation images: steps cost (view_size / image_size)^2 as much,
-            # and a network trained on random-resized crops does best when tested at a higher resolution than
+            # Training views smaller than the evaluation images: the convolutions' work falls as
+            # (view_size / image_size)^2, and a network trained on random-resized crops does best when tested at a higher resolution than
             # it trained at (FixRes, Touvron et al. 2019: the crops magnify objects that the test image shows
             # whole). Only the image-size views change; multi-crop's local crops keep their size.
             if not (isinstance(cfg.view_size, int) and cfg.view_size >= 1):
