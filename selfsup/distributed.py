@@ -140,3 +140,17 @@ def broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
+
+
+def shutdown(finished: bool = True) -> None:
+    """Leave the process group at the end of a run: after a normal end every rank first waits for the
+    others (a barrier), then each destroys its group, so that no rank exits while another still uses their
+    connections (a gloo process whose peer has gone can abort, SIGABRT, instead of exiting). After an error
+    the ranks may not all get here, so there is no barrier. A later run in the same process joins anew."""
+    global _CONTROL
+    if not is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+    _CONTROL = None

@@ -453,5 +453,10 @@ def pretrain(cfg, on_epoch_end=None) -> tuple[Path, str]:
     """Run ``cfg`` to completion (or interruption); returns (run dir, status). ``on_epoch_end(trainer)``
     runs after every epoch's save; a dict it returns is logged with the epoch (``epoch_end`` record)."""
     trainer = Trainer(cfg)
-    status = trainer.fit(on_epoch_end)
+    finished = False
+    try:
+        status = trainer.fit(on_epoch_end)
+        finished = True
+    finally:
+        dist.shutdown(finished)                 # under torchrun: every rank leaves the group before exiting
     return trainer.out, status
