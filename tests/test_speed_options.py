@@ -139,3 +139,22 @@ def test_precision_auto_keeps_fp32_for_methods_that_lose_by_bf16(tmp_path, monke
         return Trainer(resolve_config(get_method(method), flags={"method": method}, overrides=overrides)).amp_dtype
     assert amp("jigsaw") is None and amp("jigsaw_pp") is None and amp("simclr") == torch.bfloat16
     assert amp("jigsaw", precision="bf16") == torch.bfloat16
+
+
+def test_precision_auto_keeps_fp32_for_the_imagenet_stem_at_small_sizes(tmp_path, monkeypatch, capsys):
+    """On an AMX CPU precision=auto keeps fp32 for a ResNet with the ImageNet stem at 32 px or less (bf16 measured at
+    0.8x to 1.0x there) and says so; the CIFAR stem and larger images keep bf16; precision=bf16 still gives bf16."""
+    from selfsup.models.backbones import small_maps_on_cpu
+
+    assert small_maps_on_cpu("resnet18", False, 32) and not small_maps_on_cpu("resnet18", False, 64)
+    assert not small_maps_on_cpu("resnet18", True, 32) and not small_maps_on_cpu("convnet", None, 32)
+    monkeypatch.setattr(trainer_module, "cpu_has_bf16_tiles", lambda: True)
+
+    def amp(name, **extra):
+        overrides = tiny_overrides(tmp_path / name, epochs=1, backbone="resnet18", **extra)
+        return Trainer(resolve_config(get_method("simclr"), flags={"method": "simclr"}, overrides=overrides)).amp_dtype
+    assert amp("imagenet_stem", cifar_stem=False, image_size=32) is None
+    assert "precision auto: fp32" in capsys.readouterr().out
+    assert amp("cifar_stem", cifar_stem=True, image_size=32) == torch.bfloat16
+    assert amp("larger", cifar_stem=False, image_size=64) == torch.bfloat16
+    assert amp("asked", cifar_stem=False, image_size=32, precision="bf16") == torch.bfloat16

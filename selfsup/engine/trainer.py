@@ -35,7 +35,7 @@ from selfsup.progress import line_every, progress
 from selfsup.methods import get_method
 from selfsup.methods.base import to_device
 from selfsup.models import build_backbone
-from selfsup.models.backbones import auto_cifar_stem
+from selfsup.models.backbones import auto_cifar_stem, small_maps_on_cpu
 
 
 def cpu_has_bf16_tiles() -> bool:
@@ -47,8 +47,8 @@ def cpu_has_bf16_tiles() -> bool:
 def autocast_dtype(precision: str, device: torch.device, cpu_bf16: bool = True):
     """The autocast dtype of ``precision`` on ``device`` (None: fp32). ``auto`` is bf16 on CUDA where supported and
     on CPUs with AMX tiles (a ResNet-18 step with the CIFAR stem 2.2x to 2.6x as fast, the convnet's 1.4x to 1.5x:
-    README, "Distributed and mixed precision"), fp32 elsewhere and on a CPU for methods that set ``cpu_bf16`` False
-    (their ``auto_bf16_on_cpu``). fp16 (with a gradient scaler) is CUDA only."""
+    README, "Distributed and mixed precision"), fp32 elsewhere and on a CPU where ``cpu_bf16`` is False (methods
+    whose ``auto_bf16_on_cpu`` is False, and backbones whose maps are too small: ``small_maps_on_cpu``). fp16 (with a gradient scaler) is CUDA only."""
     if precision == "auto":
         bf16 = (torch.cuda.is_bf16_supported() if device.type == "cuda"
                 else device.type == "cpu" and cpu_bf16 and cpu_has_bf16_tiles())
@@ -116,11 +116,8 @@ class Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()
         method_cls = get_method(cfg.method)
-        self.amp_dtype = autocast_dtype(cfg.precision, self.device, method_cls.auto_bf16_on_cpu)
+        autocast_dtype(cfg.precision, self.device)         # an unknown or impossible precision fails before the data loads
         self.rank, self.world = dist.rank(), dist.world_size()
-        if cfg.precision == "auto" and self.amp_dtype is not None and self.device.type == "cpu" and dist.is_main():
-            print("precision auto: bf16 autocast on this CPU's AMX tiles (up to 2.6x faster steps); "
-                  "precision=fp32 for full precision")
         if cfg.batch_size % self.world:
             raise SelfSupError(f"batch_size {cfg.batch_size} is not divisible by the {self.world} processes: pick a multiple")
         self.out = Path(cfg.out)
@@ -158,6 +155,15 @@ class Trainer:
             self.backbone = build_backbone(cfg.backbone, cifar_stem=self.cifar_stem, **self.backbone_options)
         if len(self.dataset) < cfg.batch_size:
             raise SelfSupError(f"the dataset has {len(self.dataset)} images, fewer than batch_size={cfg.batch_size}: lower --batch-size")
+        small_maps = self.device.type == "cpu" and small_maps_on_cpu(cfg.backbone, self.cifar_stem, image_size)
+        self.amp_dtype = autocast_dtype(cfg.precision, self.device, method_cls.auto_bf16_on_cpu and not small_maps)
+        if cfg.precision == "auto" and self.device.type == "cpu" and dist.is_main():
+            if self.amp_dtype is not None:
+                print("precision auto: bf16 autocast on this CPU's AMX tiles (up to 2.6x faster steps); "
+                      "precision=fp32 for full precision")
+            elif small_maps and cpu_has_bf16_tiles() and method_cls.auto_bf16_on_cpu:
+                print(f"precision auto: fp32, as bf16 runs the ImageNet stem's small maps at {image_size} px no "
+                      f"faster on a CPU (0.8x to 1.0x); precision=bf16 to use it anyway")
         before = dict(vars(method_cfg))
         method_cfg = method_cls.fit_dataset(method_cfg, self.dataset)
         for key, value in vars(method_cfg).items():           # what the data decided is recorded in config.yaml

@@ -253,6 +253,13 @@ def auto_cifar_stem(name: str, image_size: int) -> bool:
     return name.startswith("resnet") and image_size <= 64
 
 
+def small_maps_on_cpu(name: str, cifar_stem: bool | None, image_size: int) -> bool:
+    """Whether the backbone's maps are too small for bf16 autocast to pay on a CPU: a torchvision ResNet
+    with the ImageNet stem at 32 px or less, whose stride-4 stem leaves 8 x 8 maps (README, "Distributed and
+    mixed precision": 0.8x to 1.0x the fp32 rate at 32 px, 1.6x at 64 px, 2.0x at 96 px)."""
+    return name.startswith("resnet") and cifar_stem is False and image_size <= 32
+
+
 def build_backbone(name: str, cifar_stem: bool = False, input: str = "rgb", **options) -> Backbone:
     """Create a backbone by registry name, e.g. ``build_backbone("resnet18", cifar_stem=True)``,
     or any installed timm model as ``timm:NAME`` (``selfsup.models.timm_backbone``; the optional
