@@ -48,7 +48,8 @@ def autocast_dtype(precision: str, device: torch.device, cpu_bf16: bool = True):
     """The autocast dtype of ``precision`` on ``device`` (None: fp32). ``auto`` is bf16 on CUDA where supported and
     on CPUs with AMX tiles (a ResNet-18 step with the CIFAR stem 2.2x to 2.6x as fast, the convnet's 1.4x to 1.5x:
     README, "Distributed and mixed precision"), fp32 elsewhere and on a CPU where ``cpu_bf16`` is False (methods
-    whose ``auto_bf16_on_cpu`` is False, and backbones whose maps are too small: ``small_maps_on_cpu``). fp16 (with a gradient scaler) is CUDA only."""
+    whose ``auto_bf16_on_cpu`` is False, and backbones whose maps are too small: ``small_maps_on_cpu``). fp16
+    (with a gradient scaler) is CUDA only."""
     if precision == "auto":
         bf16 = (torch.cuda.is_bf16_supported() if device.type == "cuda"
                 else device.type == "cpu" and cpu_bf16 and cpu_has_bf16_tiles())
@@ -116,7 +117,7 @@ class Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()
         method_cls = get_method(cfg.method)
-        autocast_dtype(cfg.precision, self.device)         # an unknown or impossible precision fails before the data loads
+        autocast_dtype(cfg.precision, self.device)     # an impossible precision fails before the data loads
         self.rank, self.world = dist.rank(), dist.world_size()
         if cfg.batch_size % self.world:
             raise SelfSupError(f"batch_size {cfg.batch_size} is not divisible by the {self.world} processes: pick a multiple")

@@ -202,9 +202,10 @@ class JointEmbeddingMethod(Method):
                      for s in specs]
         if cfg.view_size is not None:
             # Training views smaller than the evaluation images: the convolutions' work falls as
-            # (view_size / image_size)^2, and a network trained on random-resized crops does best when tested at a higher resolution than
-            # it trained at (FixRes, Touvron et al. 2019: the crops magnify objects that the test image shows
-            # whole). Only the image-size views change; multi-crop's local crops keep their size.
+            # (view_size / image_size)^2, and a network trained on random-resized crops does best when tested
+            # at a higher resolution than it trained at (FixRes, Touvron et al. 2019: the crops magnify objects
+            # that the test image shows whole). Only the image-size views change; multi-crop's local crops keep
+            # their size.
             if not (isinstance(cfg.view_size, int) and cfg.view_size >= 1):
                 raise SelfSupError(f"{self.name}.view_size={cfg.view_size} is not a side in pixels: give a positive "
                                    f"whole number, e.g. {max(1, self.image_size * 4 // 7)}, or null for the image size")
