@@ -156,7 +156,7 @@ class Trainer:
             self.backbone = build_backbone(cfg.backbone, cifar_stem=self.cifar_stem, **self.backbone_options)
         if len(self.dataset) < cfg.batch_size:
             raise SelfSupError(f"the dataset has {len(self.dataset)} images, fewer than batch_size={cfg.batch_size}: lower --batch-size")
-        small_maps = self.device.type == "cpu" and small_maps_on_cpu(cfg.backbone, self.cifar_stem, image_size)
+        small_maps = small_maps_on_cpu(cfg.backbone, self.cifar_stem, image_size)     # autocast_dtype: CPUs only
         self.amp_dtype = autocast_dtype(cfg.precision, self.device, method_cls.auto_bf16_on_cpu and not small_maps)
         if cfg.precision == "auto" and self.device.type == "cpu" and dist.is_main():
             if self.amp_dtype is not None:

@@ -208,7 +208,7 @@ class JointEmbeddingMethod(Method):
             # their size.
             if not (isinstance(cfg.view_size, int) and cfg.view_size >= 1):
                 raise SelfSupError(f"{self.name}.view_size={cfg.view_size} is not a side in pixels: give a positive "
-                                   f"whole number, e.g. {max(1, self.image_size * 4 // 7)}, or null for the image size")
+                                   f"whole number, e.g. {max(1, self.image_size // 2)}, or null for the image size")
             specs = [replace(s, size=cfg.view_size) if s.size == self.image_size else s for s in specs]
         return ViewMaker([replace(s, inside=True) for s in specs] if cfg.crop_inside else specs)
 
