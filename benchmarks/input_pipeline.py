@@ -36,6 +36,7 @@ import torch
 from selfsup.data.datasets import load_dataset
 from selfsup.data.loader import BatchLoader
 from selfsup.data.views import ViewMaker, simclr_views
+from selfsup.errors import script_main
 from selfsup.malloc import keep_freed_memory
 from selfsup.methods import build_method
 
@@ -328,4 +329,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

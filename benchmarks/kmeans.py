@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from selfsup.errors import script_main
 from selfsup.kmeans import assign, kmeans
 
 
@@ -94,4 +95,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     with torch.inference_mode():
-        main()
+        script_main(main)

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from selfsup.errors import script_main
+
 CASES = [("simclr step, convnet, 32 px, batch 256", "step", "convnet", 32, 256),
          ("simclr step, resnet18, 32 px, batch 256", "step", "resnet18", 32, 256),
          ("simclr step, resnet18, 224 px, batch 16", "step", "resnet18", 224, 16),
@@ -90,4 +92,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

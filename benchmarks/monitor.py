@@ -16,6 +16,7 @@ import time
 import torch
 
 from selfsup.data.loader import Batch
+from selfsup.errors import script_main
 from selfsup.eval.monitor import KnnMonitor
 from selfsup.methods import build_method
 
@@ -59,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -16,6 +16,7 @@ import argparse
 import numpy as np
 import torch
 
+from selfsup.errors import script_main
 from selfsup.eval.features import extract_features
 from selfsup.eval.patches import aggregated_features, grid_boxes
 from selfsup.models import build_backbone
@@ -70,4 +71,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

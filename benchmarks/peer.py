@@ -66,6 +66,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from selfsup.errors import script_main
+
 DEFAULT_DATA = str(Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-train-jpg.tar")
 HOLDOUT = "val_per_class=500"
 METHODS = ("simclr", "byol", "vicreg", "swav")
@@ -913,8 +915,8 @@ def main():
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "_worker":
-        worker(sys.argv[2])
+        script_main(worker, sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "_curve":
-        curve_worker(sys.argv[2])
+        script_main(curve_worker, sys.argv[2])
     else:
-        main()
+        script_main(main)

@@ -10,6 +10,7 @@ import argparse
 import time
 
 from selfsup.data.puzzles import hamming_permutations, hamming_stats, permutation_set
+from selfsup.errors import script_main
 
 
 def main() -> None:
@@ -30,4 +31,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

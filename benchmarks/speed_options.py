@@ -32,6 +32,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from selfsup.errors import script_main
+
 CASES = ("defaults", "channels_last=false", "compile=true", "loader_threads=1", "loader_threads=2")
 
 
@@ -105,6 +107,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "_child":
-        child(sys.argv[2])
+        script_main(child, sys.argv[2])
     else:
-        main()
+        script_main(main)

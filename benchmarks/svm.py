@@ -29,6 +29,8 @@ import time
 import numpy as np
 import torch
 
+from selfsup.errors import script_main
+
 
 def synthetic_voc(n_train=5000, n_test=5000, dims=9216, classes=10, seed=0, rank=64, signal=None, difficult=0.08):
     """Train and test (features float32, targets 1 / 0 / -1 difficult), VOC-like. The class
@@ -175,4 +177,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -20,6 +20,7 @@ import torch
 
 from selfsup.data.loader import Batch
 from selfsup.data.views import parse_crops
+from selfsup.errors import script_main
 from selfsup.losses import sinkhorn
 from selfsup.methods import build_method
 from throughput import interleaved
@@ -102,4 +103,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.data.loader import Batch
+from selfsup.errors import script_main
 from selfsup.methods import build_method
 from selfsup.models import build_backbone
 
@@ -98,4 +99,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -21,7 +21,7 @@ from pathlib import Path
 from selfsup.config import resolve_config
 from selfsup.data.datasets import load_dataset
 from selfsup.engine.trainer import Trainer
-from selfsup.errors import SelfSupError
+from selfsup.errors import SelfSupError, script_main
 from selfsup.methods import get_method
 
 METHODS = ("simclr", "byol", "vicreg", "tcr", "spectral_contrastive", "moco_v2", "jigclu", "swav", "deepcluster_v2",
@@ -84,4 +84,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

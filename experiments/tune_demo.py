@@ -18,6 +18,7 @@ import torch
 
 from selfsup.data.datasets import load_dataset
 from selfsup.demo import checkpoint_features, find_fashion_mnist, pretrain
+from selfsup.errors import script_main
 from selfsup.eval.knn import knn_predict
 
 
@@ -43,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

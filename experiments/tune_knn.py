@@ -17,6 +17,7 @@ import torch
 from selfsup.checkpoint import load_checkpoint
 from selfsup.data.datasets import load_dataset
 from selfsup.data.subsets import holdout_split
+from selfsup.errors import script_main
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_predict
 from selfsup.eval.run import load_backbone
@@ -45,4 +46,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     with torch.inference_mode():
-        main()
+        script_main(main)

@@ -7,3 +7,16 @@ class SelfSupError(Exception):
     The command line prints ``selfsup: error: <message>`` and exits with status 2,
     without a stack trace. The message must say what is wrong and how to fix it.
     """
+
+
+def script_main(main, *args) -> None:
+    """Run the ``main`` of a benchmark or experiment script as the command line runs a command: a
+    SelfSupError ends it with ``<script>: error: <message>`` on stderr and exit status 2, without a stack trace."""
+    import sys
+    from pathlib import Path
+
+    try:
+        main(*args)
+    except SelfSupError as exc:
+        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,6 +86,20 @@ def test_real_process_exit_code_and_no_traceback():
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("selfsup: error:")
+
+
+@pytest.mark.parametrize("script, argv, fragment", [
+    ("experiments/tune_demo.py", ["OUT", "x", "simclr", "0", "--data", "/no/such/dir"], "Fashion-MNIST not found"),
+    ("benchmarks/peer.py", ["--skip-throughput", "--recipe", "peer", "--data", "/no/such.tar"], "/no/such.tar does not exist"),
+])
+def test_scripts_end_bad_input_with_one_line_as_the_command_line(tmp_path, script, argv, fragment):
+    """Benchmark and experiment scripts (``selfsup.errors.script_main``): exit status 2, one line, no traceback."""
+    path = Path(__file__).resolve().parents[1] / script
+    argv = [str(tmp_path) if a == "OUT" else a for a in argv]
+    proc = subprocess.run([sys.executable, str(path), *argv], capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[-1].startswith(f"{path.name}: error: ") and fragment in lines[-1]
 
 
 def test_eval_patches_uses_the_pretraining_patch_side_and_viz_writes_figures(tmp_path, capsys):

@@ -17,6 +17,7 @@ def check_knn(k: int, temperature: float) -> None:
     at_least_one("--k", k, 20)
     positive("--temperature", temperature, 0.07)
 
+
 @torch.no_grad()
 def knn_scores(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                k: int = 20, temperature: float = 0.07, num_classes: int | None = None,
