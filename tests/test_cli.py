@@ -90,7 +90,7 @@ def test_real_process_exit_code_and_no_traceback():
 
 @pytest.mark.parametrize("script, argv, fragment", [
     ("experiments/tune_demo.py", ["OUT", "x", "simclr", "0", "--data", "/no/such/dir"], "Fashion-MNIST not found"),
-    ("benchmarks/peer.py", ["--skip-throughput", "--recipe", "peer", "--data", "/no/such.tar"], "/no/such.tar does not exist"),
+    ("benchmarks/input_pipeline.py", ["--data", "/no/such.tar"], "/no/such.tar does not exist"),
 ])
 def test_scripts_end_bad_input_with_one_line_as_the_command_line(tmp_path, script, argv, fragment):
     """Benchmark and experiment scripts (``selfsup.errors.script_main``): exit status 2, one line, no traceback."""
