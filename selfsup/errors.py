@@ -1,4 +1,6 @@
 """User-facing errors: one line that names the problem and the fix."""
+import sys
+from pathlib import Path
 
 
 class SelfSupError(Exception):
@@ -12,9 +14,6 @@ class SelfSupError(Exception):
 def script_main(main, *args) -> None:
     """Run the ``main`` of a benchmark or experiment script as the command line runs a command: a
     SelfSupError ends it with ``<script>: error: <message>`` on stderr and exit status 2, without a stack trace."""
-    import sys
-    from pathlib import Path
-
     try:
         main(*args)
     except SelfSupError as exc:
