@@ -5,6 +5,7 @@ Everything here is a no-op in a single process, so the same code runs everywhere
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -56,16 +57,22 @@ def init_from_env(device_type: str) -> bool:
     return True
 
 
-_CONTROL = None
+_CONTROL: weakref.ref | None = None
 
 
 def _control_group():
     """A gloo group for host-side flags (stop, non-finite loss): agreeing on them never
-    syncs a CUDA stream. Under gloo it is the default group."""
+    syncs a CUDA stream. Under gloo it is the default group.
+
+    Held by a weak reference: torch owns its groups, so destroy_process_group ends this one too. A group
+    kept alive past it is torn down at interpreter exit, where gloo's threads can abort the process
+    (SIGABRT, "terminate called without an active exception")."""
     global _CONTROL
-    if _CONTROL is None:
-        _CONTROL = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
-    return _CONTROL
+    group = _CONTROL() if _CONTROL is not None else None
+    if group is None:
+        group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+        _CONTROL = weakref.ref(group)
+    return group
 
 
 def agree_any(*flags: bool) -> tuple[bool, ...]:
@@ -147,10 +154,8 @@ def shutdown(finished: bool = True) -> None:
     others (a barrier), then each destroys its group, so that no rank exits while another still uses their
     connections (a gloo process whose peer has gone can abort, SIGABRT, instead of exiting). After an error
     the ranks may not all get here, so there is no barrier. A later run in the same process joins anew."""
-    global _CONTROL
     if not is_initialized():
         return
     if finished:
         dist.barrier()
     dist.destroy_process_group()
-    _CONTROL = None

@@ -1,9 +1,11 @@
 """Two gloo processes: each saves its own state, a SIGTERM to one stops both at one step,
 and the resumed run ends bitwise where the uninterrupted one does."""
+import gc
 import json
 import os
 import signal
 import socket
+import time
 
 import pytest
 import torch
@@ -85,6 +87,56 @@ def test_two_process_runs_resume_bitwise_with_their_own_queues_and_banks(tmp_pat
         summaries = [[r for r in map(json.loads, open(tmp_path / f"{name}-{run}" / "metrics.jsonl")) if r.get("epoch_end")]
                      for run in ("straight", "cut")]
         assert summaries[0] == summaries[1], name
+
+
+def _gloo_threads() -> list[str]:
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            names.append(open(f"/proc/self/task/{tid}/comm").read().strip())
+        except OSError:                                   # the thread ended meanwhile
+            pass
+    return [n for n in names if "gloo" in n]
+
+
+def _release_worker(rank, world, port, root, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from selfsup import distributed
+    from selfsup.config import resolve_config
+    from selfsup.engine.trainer import Trainer
+    from selfsup.methods import get_method
+
+    trainer = Trainer(resolve_config(get_method("simclr"), overrides=tiny_overrides(f"{root}/run", epochs=1)))
+    trainer.fit()
+    distributed.agree_any(True)
+    during = _gloo_threads()
+    dist.destroy_process_group()                   # as a user's script would, the trainer still alive
+    del trainer
+    gc.collect()
+    for _ in range(50):                            # the group's destructor joins its threads
+        if not _gloo_threads():
+            break
+        time.sleep(0.02)
+    out[rank] = (during, _gloo_threads())
+
+
+@pytest.mark.skipif(not dist.is_available() or not os.path.isdir("/proc/self/task"),
+                    reason="torch.distributed or /proc unavailable")
+def test_nothing_keeps_the_gloo_group_alive_past_destroy_process_group(tmp_path):
+    """A group that outlives destroy_process_group is torn down at interpreter exit, where gloo's threads can
+    abort the process (SIGABRT, "terminate called without an active exception"; 3 of 40 two-process runs
+    with one extra reference, 0 of 40 without). selfsup must hold no reference of its own."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_release_worker, args=(2, port, str(tmp_path), out), nprocs=2, join=True)
+    for rank in (0, 1):
+        during, after = out[rank]
+        assert during, "no gloo thread seen while the group was alive: the check sees nothing"
+        assert after == [], (rank, after)
 
 
 def _assert_equal(x, y, where):
