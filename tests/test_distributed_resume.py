@@ -1,5 +1,6 @@
 """Two gloo processes: each saves its own state, a SIGTERM to one stops both at one step,
-and the resumed run ends bitwise where the uninterrupted one does."""
+and the resumed run ends bitwise where the uninterrupted one does; nothing of selfsup keeps their
+process group alive past destroy_process_group."""
 import gc
 import json
 import os
