@@ -89,6 +89,9 @@ def safe_load(path: str | Path, what: str = "checkpoint"):
     call Python code while unpickling is refused, and nothing of it runs.
     """
     path = Path(path)
+    if path.is_dir():          # most often a run directory: name its checkpoint
+        hint = f"pass {path / 'last.pt'}" if (path / "last.pt").is_file() else "pass the path of a .pt file"
+        raise SelfSupError(f"{what} {path} is a directory: {hint}")
     if not path.is_file():
         raise SelfSupError(f"{what} {path} does not exist: pass the path of a .pt file")
     try:

@@ -71,6 +71,10 @@ def test_checkpoint_of_another_architecture(tmp_path, capsys):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     code, _, err = run(capsys, "eval", "knn", "--checkpoint", tmp_path / "junk.pt", "--train-data", TINY, "--test-data", TINY)
     assert code == 2 and "cannot read checkpoint" in err
+    code, _, err = run(capsys, "eval", "knn", "--checkpoint", tmp_path / "run", "--train-data", TINY, "--test-data", TINY)
+    assert code == 2 and f"checkpoint {tmp_path / 'run'} is a directory: pass {tmp_path / 'run' / 'last.pt'}" in err
+    code, _, err = run(capsys, "eval", "knn", "--checkpoint", tmp_path, "--train-data", TINY, "--test-data", TINY)
+    assert code == 2 and "is a directory: pass the path of a .pt file" in err
     code, _, err = pretrain(capsys, tmp_path / "run", "--resume", "backbone=resnet18")
     assert code == 2 and "resume with the same method and backbone" in err
 
