@@ -205,6 +205,7 @@ def test_parse_spec():
     ("synthetic:10?colour=red", "unknown data option"),
     ("synthetic:10?size=big", "is not a int"),
     ("synthetic:20?classes=2&val_per_class=2", "part=train or part=val"),
+    ("synthetic:20?classes=2&val_per_class=2&part=trian", r"part=train or part=val in the data spec \(got part=trian\)"),
 ])
 def test_bad_specs(spec, fragment):
     with pytest.raises(SelfSupError, match=fragment) as info:

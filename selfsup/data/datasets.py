@@ -283,7 +283,8 @@ def _apply_subsets(data: ImageArrayDataset, options: dict) -> ImageArrayDataset:
                                    f"splits, use split=trainval|test|train|val instead")
     if vpc is not None or vfr is not None:
         if part not in ("train", "val"):
-            raise SelfSupError("a holdout (val_per_class / val_fraction) needs part=train or part=val in the data spec")
+            given = f" (got part={part})" if part is not None else ""
+            raise SelfSupError(f"a holdout (val_per_class / val_fraction) needs part=train or part=val in the data spec{given}")
         train_idx, val_idx = holdout_split(data.labels, val_per_class=vpc, val_fraction=vfr, seed=seed)
         data = data.subset(train_idx if part == "train" else val_idx)
     elif part is not None:
