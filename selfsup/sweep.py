@@ -159,7 +159,7 @@ def run_cell(spec: dict, cell: dict, threads: int | None = None) -> dict:
 
     from selfsup.config import resolve_config
     from selfsup.data.datasets import load_dataset
-    from selfsup.engine.trainer import Trainer
+    from selfsup.engine.trainer import pretrain
     from selfsup.methods import get_method
 
     if threads:
@@ -173,7 +173,7 @@ def run_cell(spec: dict, cell: dict, threads: int | None = None) -> dict:
                          image_size_of=lambda s: load_dataset(s).image_size)
     cfg.resume = (out / "last.pt").exists()
     t_train = time.perf_counter()
-    status = Trainer(cfg).fit()
+    _, status = pretrain(cfg)                  # leaves a torchrun process group, as `selfsup pretrain` does
     t_train = time.perf_counter() - t_train
     if status != "done":
         raise SelfSupError(f"cell {cell_name(cell)} stopped ({status}): run the sweep again to resume it")
