@@ -35,6 +35,7 @@ from selfsup.data.datasets import load_dataset
 from selfsup.distributed import resolve_device
 from selfsup.engine.trainer import pretrain
 from selfsup.errors import SelfSupError
+from selfsup.eval.checks import eval_image_size
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import topk_accuracy
 from selfsup.eval.run import class_map, labelled
@@ -64,7 +65,7 @@ def finetune_config(init: str, data: str, recipe: str = "swav-10pct", epochs: in
         raise SelfSupError(f"unknown fine-tuning recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
     ckpt = load_checkpoint(init)
     name, _, options = backbone_spec(init, ckpt)
-    size = ckpt.get("image_size") or (ckpt.get("config") or {}).get("image_size")
+    size = eval_image_size(ckpt)
     settings = dict(RECIPES[recipe])
     for key, value in (("epochs", epochs), ("batch_size", batch_size)):
         if value is not None:

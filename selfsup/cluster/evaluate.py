@@ -11,6 +11,7 @@ from selfsup.cluster.metrics import cluster_scores
 from selfsup.data.datasets import load_dataset
 from selfsup.distributed import resolve_device
 from selfsup.errors import SelfSupError
+from selfsup.eval.checks import eval_image_size
 from selfsup.eval.features import extract_features, file_hash
 from selfsup.kmeans import kmeans, pca_whiten
 
@@ -35,7 +36,7 @@ def evaluate_clustering(checkpoint: str, data_spec: str, clusters: int | None = 
     k = clusters or len(np.unique(labels))
     if not 1 <= k <= len(labels):
         raise SelfSupError(f"--clusters {k} must be between 1 and the {len(labels)} images")
-    size = image_size or (ckpt.get("config") or {}).get("image_size")
+    size = eval_image_size(ckpt, image_size)
     feats, _ = extract_features(backbone, data, tap=tap, pool=pool, image_size=size, batch_size=batch_size,
                                 device=device, cache_key=file_hash(checkpoint) if cache else None, progress=progress)
     x = feats.float()
@@ -52,5 +53,5 @@ def evaluate_clustering(checkpoint: str, data_spec: str, clusters: int | None = 
         raise SelfSupError(str(exc)) from None
     seconds = time.perf_counter() - t
     return {"protocol": "cluster", "checkpoint": str(checkpoint), "tap": tap, "clusters": k, "iterations": iterations,
-            "spherical": spherical, "pca": pca, "n": len(labels), "feature_dim": int(x.shape[1]),
+            "spherical": spherical, "pca": pca, "image_size": size, "n": len(labels), "feature_dim": int(x.shape[1]),
             "kmeans_s": round(seconds, 3), **cluster_scores(labels, assignment.cpu().numpy())}

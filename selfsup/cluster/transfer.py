@@ -29,6 +29,7 @@ from selfsup.checkpoint import load_backbone, load_checkpoint
 from selfsup.data.datasets import load_dataset, read_label_file, write_label_file
 from selfsup.distributed import resolve_device
 from selfsup.errors import SelfSupError
+from selfsup.eval.checks import eval_image_size
 from selfsup.eval.features import extract_features, file_hash
 from selfsup.kmeans import assign, kmeans
 
@@ -51,7 +52,7 @@ def teacher_backbone(teacher: str, seed: int = 0, image_size: int | None = None)
         return backbone, f"{teacher}@seed{seed}", backbone.default_tap, None
     ckpt = load_checkpoint(teacher)
     backbone = load_backbone(teacher, ckpt)
-    size = ckpt.get("image_size") or (ckpt.get("config") or {}).get("image_size")
+    size = eval_image_size(ckpt)
     return backbone, f"{Path(teacher).name}@{file_hash(teacher)}", ckpt.get("eval_tap") or backbone.default_tap, size
 
 

@@ -1,5 +1,6 @@
 """One-line refusals of settings that would make an evaluation meaningless (a kNN of no
-neighbours, an untrained probe, an empty grid of windows) instead of a wrong number."""
+neighbours, an untrained probe, an empty grid of windows) instead of a
+wrong number, and the evaluation size every protocol defaults to."""
 from __future__ import annotations
 
 import math
@@ -17,3 +18,12 @@ def positive(flag: str, value: float, example: float) -> None:
     """Refuse a rate or temperature that is not a finite number above 0."""
     if not (math.isfinite(value) and value > 0):
         raise SelfSupError(f"{flag} must be a positive number, got {value}: use e.g. {flag} {example}")
+
+
+def eval_image_size(ckpt: dict, image_size: int | None = None) -> int | None:
+    """The evaluation size: ``image_size`` (``--image-size``, refused below 1), else the checkpoint's
+    pretraining size (``ckpt["image_size"]``, set also when the size came from the data; older
+    checkpoints: their config's), else None (a foreign state dict: the images' own size)."""
+    at_least_one("--image-size", image_size, 224)
+    return image_size or ckpt.get("image_size") or (ckpt.get("config") or {}).get("image_size")
+

@@ -9,7 +9,7 @@ from selfsup.data.datasets import load_dataset
 from selfsup.checkpoint import load_backbone, load_checkpoint
 from selfsup.distributed import resolve_device
 from selfsup.errors import SelfSupError
-from selfsup.eval.checks import at_least_one
+from selfsup.eval.checks import at_least_one, eval_image_size
 from selfsup.eval.features import check_pool, extract_features, file_hash
 from selfsup.eval.knn import check_knn, knn_scores, topk_accuracy
 from selfsup.eval.linear import augmented_linear_probe, check_probe, get_preset, linear_probe
@@ -119,9 +119,9 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
     train = labelled(load_dataset(train_spec), train_spec)
     test = labelled(load_dataset(test_spec), test_spec)
     to_train = class_map(train, test, train_spec, test_spec)
-    image_size = image_size or (ckpt.get("config") or {}).get("image_size")   # the pretraining view size
+    image_size = eval_image_size(ckpt, image_size)        # default: the pretraining size
     key = file_hash(checkpoint) if cache else None
-    info = {"checkpoint": str(checkpoint), "tap": tap}
+    info = {"checkpoint": str(checkpoint), "tap": tap, "image_size": image_size}
     if protocol == "linear":
         info.update(preset=probe.name, overrides=overrides, probe_epochs=epochs, lr=lr, pool=pool)
     if protocol == "linear" and probe.layerwise:
@@ -133,7 +133,7 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
         result = layerwise_linear_probe(backbone, train, test, taps, not cached, epochs, lr,
                                         image_size, batch_size, device, key, to_train, progress=progress)
         return {"protocol": protocol, **result, "checkpoint": str(checkpoint), "overrides": overrides,
-                "n_train": len(train), "n_test": len(test)}
+                "image_size": image_size, "n_train": len(train), "n_test": len(test)}
     if protocol == "linear" and probe.augment:
         result = augmented_linear_probe(backbone, train, test, probe, epochs, lr, tap, pool, image_size, batch_size,
                                         device, key, to_train, progress=progress)

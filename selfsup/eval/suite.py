@@ -15,7 +15,7 @@ from selfsup.checkpoint import load_backbone, load_checkpoint
 from selfsup.data.datasets import label_matrix, load_dataset
 from selfsup.distributed import resolve_device
 from selfsup.errors import SelfSupError
-from selfsup.eval.checks import at_least_one
+from selfsup.eval.checks import at_least_one, eval_image_size
 from selfsup.eval.features import extract_tap_features, file_hash
 from selfsup.eval.lowshot import KS, lowshot_benchmark
 from selfsup.eval.svm import parse_costs, svm_benchmark
@@ -52,6 +52,7 @@ def _features(checkpoint, train_spec, test_spec, taps, image_size, device, batch
     device = resolve_device(device)
     at_least_one("--image-size", image_size, 224)
     ckpt = load_checkpoint(checkpoint)
+    image_size = eval_image_size(ckpt, image_size)        # default: the pretraining size
     backbone = load_backbone(checkpoint, ckpt)
     taps = default(backbone) if not taps or tuple(taps) == ("all",) else tuple(taps)
     taps = backbone.check_taps(list(taps))

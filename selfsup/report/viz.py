@@ -14,7 +14,7 @@ from selfsup.data.views import EvalTransform, unnormalize
 from selfsup.checkpoint import load_backbone, load_checkpoint, load_method, load_projector
 from selfsup.distributed import resolve_device
 from selfsup.errors import SelfSupError
-from selfsup.eval.checks import at_least_one
+from selfsup.eval.checks import at_least_one, eval_image_size
 from selfsup.eval.patches import check_counts, nearest_patches, patch_convergence, similarity_map
 from selfsup.eval.run import pretraining_patch_size
 from selfsup.report.plots import _plt
@@ -229,7 +229,7 @@ def visualise(kind: str, checkpoint: str, data: str | None, out: str | Path, ind
     dataset = load_dataset(data)
     if not 0 <= index < len(dataset):
         raise SelfSupError(f"--index {index} is outside the dataset of {len(dataset)} images")
-    input_size = image_size or (ckpt.get("config") or {}).get("image_size")
+    input_size = eval_image_size(ckpt, image_size)        # default: the pretraining size
     if kind == "clusters":
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         tap = ckpt.get("eval_tap") or backbone.default_tap

@@ -1,0 +1,72 @@
+"""Every evaluation protocol defaults to the checkpoint's pretraining size, also when that size
+came from the data (config image_size null), and says the size it used."""
+import json
+
+import pytest
+
+from conftest import TINY, run
+from selfsup.checkpoint import load_checkpoint
+from selfsup.cli import main
+
+BIG = "synthetic:32?classes=4&size=32&seed=1"        # twice the pretraining size (16 px)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("defaults") / "run"
+    assert main(["pretrain", "simclr", "--data", TINY, "--backbone", "convnet", "--epochs", "0", "--batch-size", "4",
+                 "--out", str(out), "progress=false", "device=cpu"]) == 0
+    return out / "last.pt"
+
+
+def test_the_checkpoint_size_came_from_the_data(ckpt):
+    c = load_checkpoint(ckpt)
+    assert c["config"]["image_size"] is None and c["image_size"] == 16
+
+
+@pytest.mark.parametrize("protocol", ["knn", "linear"])
+def test_knn_and_linear_default_to_the_pretraining_size(ckpt, capsys, protocol):
+    results = {}
+    for size in (None, 16, 32):
+        extra = [] if size is None else ["--image-size", size]
+        code, out, err = run(capsys, "eval", protocol, "--checkpoint", ckpt, "--train-data", BIG, "--test-data", BIG,
+                             "--pool", "goyal", "--probe-epochs", 1, "--no-cache", "--json", *extra)
+        assert code == 0, err
+        results[size] = json.loads(out.strip().splitlines()[-1])
+    assert results[None]["image_size"] == 16 and results[32]["image_size"] == 32
+    assert results[None]["feature_dim"] == results[16]["feature_dim"] != results[32]["feature_dim"]
+
+
+def test_cluster_defaults_to_the_pretraining_size(ckpt, capsys):
+    code, out, err = run(capsys, "eval", "cluster", "--checkpoint", ckpt, "--test-data", BIG, "--no-cache", "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["image_size"] == 16
+
+
+def test_svm_and_lowshot_features_default_to_the_pretraining_size(ckpt):
+    from selfsup.eval.suite import _features, default_svm_taps
+
+    dims = {}
+    for size in (None, 16, 32):
+        taps, xtr, _, _, _, info = _features(str(ckpt), BIG, BIG, ("conv4",), size, "cpu", 64, False, False,
+                                             default_svm_taps)
+        assert info["image_size"] == (size or 16)
+        dims[size] = xtr["conv4"].shape[1]
+    assert dims[None] == dims[16] != dims[32]
+
+
+def test_viz_defaults_to_the_pretraining_size(ckpt, tmp_path, monkeypatch):
+    from selfsup.report import viz
+
+    seen = []
+    monkeypatch.setattr(viz, "clusters_png", lambda *a, **k: seen.append(a[7]) or "ok")
+    viz.visualise("clusters", str(ckpt), BIG, tmp_path / "c.png", clusters=2)
+    assert seen == [16]
+
+
+def test_a_foreign_state_dict_is_evaluated_at_the_images_size():
+    from selfsup.eval.checks import eval_image_size
+
+    assert eval_image_size({}) is None and eval_image_size({"config": {"image_size": 24}}) == 24
+    assert eval_image_size({"image_size": 16, "config": {"image_size": None}}) == 16
+    assert eval_image_size({"image_size": 16}, 40) == 40
