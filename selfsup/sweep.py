@@ -15,21 +15,24 @@ axis on a log x axis, one line per network or layer (their Figs. 1-3). A sweep f
       width: [0.5, 1, 2]         # data.OPTION sets an option of the data spec, e.g. data.fraction: [0.1, 1]
     zip: [[data.fraction, epochs]]   # optional: axes whose values go together, i-th with i-th (e.g. equal steps:
                                      # fraction 0.1, 0.3, 1 with epochs 20, 7, 2), not every combination
-    evals:                       # run on each cell's checkpoint
+    evals:                       # run on each cell's checkpoint; other keys: options of the protocol's evaluation
       - {protocol: knn, train_data: SPEC, test_data: SPEC, taps: [conv3, conv4]}
       - {protocol: svm, train_data: "voc07:DIR?split=trainval", test_data: "voc07:DIR?split=test"}
+      - {name: goyal, protocol: linear, preset: goyal, train_data: SPEC, test_data: SPEC}   # a row per tap
     plot: {x: jigsaw.permutations, lines: [width, tap]}    # default: the first axis; the others and the tap
 
 Each cell pretrains in ``OUT/cells/NAME`` and keeps its evaluations in ``evals.json`` there, so a
-rerun skips what is finished and resumes an interrupted run exactly. The sweep writes ``results.csv``
-(one row per cell, evaluation and tap), ``results.md`` (a table per metric, cells by rows) and one
-log-x plot per metric. ``--parallel N`` runs N cells at once, in processes sharing the cores.
+rerun skips what is finished and resumes an interrupted run exactly. Each eval is labelled by its
+``name``, else its protocol (numbered, knn-1 and knn-2, where two evals share one). The sweep writes
+``results.csv`` (one row per cell, eval and tap, with the eval's label), ``results.md`` (a table per
+eval and metric, cells by rows) and one log-x plot per eval and metric (``LABEL_METRIC_vs_X.png``). ``--parallel N`` runs N cells at once, in processes sharing the cores.
 Each cell records its wall time and the part spent outside its training and evaluations (the
 sweep's own overhead).
 """
 from __future__ import annotations
 
 import csv
+import inspect
 import itertools
 import json
 import os
@@ -71,6 +74,8 @@ def load_sweep(path: str | Path) -> dict:
         if not isinstance(e, dict) or e.get("protocol") not in PROTOCOLS or not {"train_data", "test_data"} <= set(e):
             raise SelfSupError(f"sweep file {path}: each eval needs protocol ({', '.join(PROTOCOLS)}), train_data "
                                f"and test_data, got {e!r}")
+        _check_eval_keys(e, path)
+    labels = eval_labels(evals, path)
     name = spec.get("name") or Path(path).stem
     plot = spec.get("plot") or {}
     axes = list(grid)
@@ -81,7 +86,48 @@ def load_sweep(path: str | Path) -> dict:
     lines = plot.get("lines", [a for a in axes if a not in with_x] + ["tap"])
     lines = [lines] if isinstance(lines, str) else list(lines)
     return {"name": name, "out": spec.get("out") or f"runs/sweeps/{name}", "base": base, "grid": grid,
-            "zip": zipped, "evals": evals, "x": x, "lines": lines}
+            "zip": zipped, "evals": evals, "labels": labels, "x": x, "lines": lines}
+
+
+SWEEP_EVAL_KEYS = ("name", "protocol", "train_data", "test_data", "taps", "tap")   # read by the sweep itself
+
+
+def _eval_options(protocol: str) -> list[str]:
+    """The options an eval entry may pass on: the parameters of the evaluate function of its protocol."""
+    if protocol == "svm":
+        from selfsup.eval.suite import evaluate_svm as fn
+    else:
+        from selfsup.eval.run import evaluate as fn
+    own = ("protocol", "checkpoint", "train_spec", "test_spec", "taps", "tap")
+    return [p for p in inspect.signature(fn).parameters if p not in own]
+
+
+def _check_eval_keys(entry: dict, path) -> None:
+    """Refuse an eval key its protocol's evaluate function does not take, and an unknown linear preset,
+    when the sweep file is read (before any cell trains)."""
+    options = _eval_options(entry["protocol"])
+    for key in entry:
+        if key not in SWEEP_EVAL_KEYS and key not in options:
+            raise SelfSupError(f"sweep file {path}: unknown key {key!r} in the {entry['protocol']} eval: use "
+                               f"{', '.join(list(SWEEP_EVAL_KEYS) + options)}")
+    if entry["protocol"] == "linear" and entry.get("preset") is not None:
+        from selfsup.eval.linear import get_preset
+
+        get_preset(entry["preset"])
+
+
+def eval_labels(evals: list[dict], path="") -> list[str]:
+    """The label of each eval in the results: its ``name``, else its protocol, numbered (knn-1, knn-2)
+    where several evals share the protocol."""
+    protocols = [e["protocol"] for e in evals]
+    labels: list[str] = []
+    for i, e in enumerate(evals):
+        p = e["protocol"]
+        label = str(e.get("name") or (p if protocols.count(p) == 1 else f"{p}-{protocols[:i + 1].count(p)}"))
+        if label in labels:
+            raise SelfSupError(f"sweep file {path}: two evals are labelled {label!r}: give each a distinct name")
+        labels.append(label)
+    return labels
 
 
 def _zip_groups(zipped, grid: dict, path) -> list[list[str]]:
@@ -137,15 +183,20 @@ def cell_settings(spec: dict, cell: dict) -> dict:
 
 def _evaluate(entry: dict, checkpoint: str) -> list[dict]:
     """Rows (protocol, tap, metric, value) of one evaluation of a checkpoint."""
-    kw = {k: v for k, v in entry.items() if k not in ("protocol", "train_data", "test_data", "taps", "tap")}
+    kw = {k: v for k, v in entry.items() if k not in SWEEP_EVAL_KEYS}
     taps = entry.get("taps") or ([entry["tap"]] if entry.get("tap") else None)
     if entry["protocol"] == "svm":
         from selfsup.eval.suite import evaluate_svm
 
         result = evaluate_svm(checkpoint, entry["train_data"], entry["test_data"], taps=taps, **kw)
         return [{"protocol": "svm", "tap": tap, "metric": "mAP", "value": r["map"]} for tap, r in result["per_tap"].items()]
+    from selfsup.eval.linear import get_preset
     from selfsup.eval.run import evaluate
 
+    if entry["protocol"] == "linear" and get_preset(kw.get("preset") or "fast").layerwise:   # one head per tap
+        result = evaluate("linear", checkpoint, entry["train_data"], entry["test_data"], taps=taps, **kw)
+        return [{"protocol": "linear", "tap": tap, "metric": "top1", "value": r["top1"]}
+                for tap, r in result["taps"].items()]
     rows = []
     for tap in taps or [None]:
         result = evaluate(entry["protocol"], checkpoint, entry["train_data"], entry["test_data"], tap=tap, **kw)
@@ -187,7 +238,8 @@ def run_cell(spec: dict, cell: dict, threads: int | None = None) -> dict:
             done[key] = _evaluate(entry, str(out / "last.pt"))
             t_eval += time.perf_counter() - t
             done_file.write_text(json.dumps(done, indent=1))
-    rows = [{**cell, **row} for key in (json.dumps(e, sort_keys=True) for e in spec["evals"]) for row in done[key]]
+    rows = [{**cell, "eval": label, **row} for e, label in zip(spec["evals"], spec["labels"])
+            for row in done[json.dumps(e, sort_keys=True)]]
     wall = time.perf_counter() - t0
     record = {"cell": cell, "rows": rows, "wall_s": round(wall, 3), "train_s": round(t_train, 3),
               "eval_s": round(t_eval, 3), "overhead_s": round(wall - t_train - t_eval, 3)}
@@ -226,33 +278,31 @@ def run_sweep(path: str | Path, parallel: int = 1, out: str | None = None) -> di
 
 
 def write_outputs(spec: dict, records: list[dict], root: Path) -> None:
+    """results.csv, and per eval and metric a table in results.md and a plot (``LABEL_METRIC_vs_X.png``)."""
     axes = list(spec["grid"])
     rows = [row for r in records for row in r["rows"]]
-    columns = axes + ["protocol", "tap", "metric", "value"]
+    columns = axes + ["eval", "protocol", "tap", "metric", "value"]
     with open(root / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     lines = [f"# Sweep {spec['name']}", ""]
-    for (protocol, metric), group in _groups(rows).items():
-        taps = sorted({r["tap"] for r in group}, key=str)
-        lines += [f"## {protocol} {metric}", "", "| " + " | ".join(axes + taps) + " |",
-                  "|" + "---|" * (len(axes) + len(taps))]
-        for rec in records:
-            vals = {r["tap"]: r["value"] for r in group if all(r[a] == rec["cell"][a] for a in axes)}
-            lines.append("| " + " | ".join([str(rec["cell"][a]) for a in axes]
-                                           + [f"{vals[t] * 100:.1f}" if t in vals else "-" for t in taps]) + " |")
-        lines.append("")
-        plot_axis(group, spec["x"], spec["lines"], f"{protocol} {metric}",
-                  root / f"{protocol}_{metric}_vs_{spec['x'].replace('.', '_')}.png")
+    for entry, label in zip(spec["evals"], spec["labels"]):
+        for metric in dict.fromkeys(r["metric"] for r in rows if r["eval"] == label):
+            group = [r for r in rows if r["eval"] == label and r["metric"] == metric]
+            taps = sorted({r["tap"] for r in group}, key=str)
+            lines += [f"## {label} {metric}", "", f"{entry['protocol']} trained on `{entry['train_data']}`, "
+                      f"tested on `{entry['test_data']}`", "", "| " + " | ".join(axes + taps) + " |",
+                      "|" + "---|" * (len(axes) + len(taps))]
+            for rec in records:
+                vals = {r["tap"]: r["value"] for r in group if all(r[a] == rec["cell"][a] for a in axes)}
+                lines.append("| " + " | ".join([str(rec["cell"][a]) for a in axes]
+                                               + [f"{vals[t] * 100:.1f}" if t in vals else "-" for t in taps]) + " |")
+            lines.append("")
+            safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in label)
+            plot_axis(group, spec["x"], spec["lines"], f"{label} {metric}",
+                      root / f"{safe}_{metric}_vs_{spec['x'].replace('.', '_')}.png")
     (root / "results.md").write_text("\n".join(lines))
-
-
-def _groups(rows: list[dict]) -> dict:
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["protocol"], r["metric"]), []).append(r)
-    return groups
 
 
 def plot_axis(rows: list[dict], x: str, lines: list[str], title: str, png: Path) -> None:

@@ -98,3 +98,41 @@ def test_shipped_sweep_files_load_and_resolve_every_cell():
             cfg = resolve_config(get_method(s["method"]), flags={"method": s["method"]}, overrides=items,
                                  image_size_of=lambda spec: 32)
             check_config(cfg)
+
+
+def test_eval_keys_are_checked_when_the_file_is_read(tmp_path):
+    """A misspelled eval key, a key another protocol's evaluation takes, or an unknown linear preset is
+    refused in one line before any cell trains, naming the key and the valid ones."""
+    for eval_, fragment in [("{protocol: knn, kk: 1, ", r"unknown key 'kk' in the knn eval: use name, .*\bk\b.*temperature"),
+                            ("{protocol: svm, k: 1, ", r"unknown key 'k' in the svm eval: use .*costs"),
+                            ("{protocol: linear, preset: gooyal, ", "unknown linear preset 'gooyal'")]:
+        (tmp_path / "s.yaml").write_text(SWEEP.replace("{protocol: knn, ", eval_))
+        with pytest.raises(SelfSupError, match=fragment):
+            load_sweep(tmp_path / "s.yaml")
+    (tmp_path / "s.yaml").write_text(SWEEP.replace("{protocol: knn, ", "{protocol: knn, name: a, ")
+                                     + "  - {protocol: knn, name: a, train_data: X, test_data: Y}\n")
+    with pytest.raises(SelfSupError, match="two evals are labelled 'a'"):
+        load_sweep(tmp_path / "s.yaml")
+
+
+def test_two_evals_of_one_protocol_stay_apart_and_layerwise_probes_give_a_row_per_tap(tmp_path, capsys):
+    """Two knn evals (different test data) each keep their rows, table and plot, told apart by a label
+    (the protocol numbered, or the eval's name); a layer-wise linear probe (preset goyal) gives a row per tap."""
+    sweep = SWEEP.replace("epochs: 1", "epochs: 0").replace("  data.fraction: [0.5, 1.0]\n", "") + (
+        '  - {protocol: knn, train_data: "synthetic:64?classes=4&size=16", test_data: "synthetic:32?classes=4&size=16&seed=2", tap: conv4}\n'
+        '  - {name: goyal, protocol: linear, preset: goyal, epochs: 1, cached: true, train_data: "synthetic:64?classes=4&size=16", '
+        'test_data: "synthetic:32?classes=4&size=16&seed=1", taps: [conv3, conv4]}\n')
+    (tmp_path / "s.yaml").write_text(sweep)
+    assert load_sweep(tmp_path / "s.yaml")["labels"] == ["knn-1", "knn-2", "goyal"]
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "sweep", tmp_path / "s.yaml", "--out", out)
+    assert code == 0, err
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert sorted((r["width"], r["eval"], r["tap"]) for r in rows) == sorted(
+        (w, e, t) for w in ("0.5", "1") for e, t in [("knn-1", "conv3"), ("knn-1", "conv4"), ("knn-2", "conv4"),
+                                                     ("goyal", "conv3"), ("goyal", "conv4")])
+    assert {r["protocol"] for r in rows if r["eval"] == "goyal"} == {"linear"}
+    md = (out / "results.md").read_text()
+    assert "## knn-1 top1" in md and "## knn-2 top1" in md and "## goyal top1" in md and "seed=2" in md
+    for label in ("knn-1", "knn-2", "goyal"):
+        assert (out / f"{label}_top1_vs_width.png").stat().st_size > 1000
