@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import sys
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -119,7 +120,8 @@ def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | 
                    overrides: list[str] | None = None, image_size_of=None) -> DictConfig:
     """Build the typed config for ``method_cls`` from the layers above. ``image_size_of(data
     spec)`` gives the dataset's image size when ``image_size`` is not set: images of
-    ``SMALL_IMAGE`` px or less get the method's ``small_image_defaults`` (said in one line)."""
+    ``SMALL_IMAGE`` px or less get the method's ``small_image_defaults`` (said in one line on stderr,
+    as the short-run note: stdout keeps ``--print-config``'s YAML alone)."""
     base = OmegaConf.structured(TrainConfig)
     method_base = OmegaConf.structured(method_cls.Config)
     OmegaConf.set_struct(base, False)
@@ -146,7 +148,7 @@ def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | 
         if changed:
             print(f"{size} px images: {method_cls.name}'s recipe for images of {SMALL_IMAGE} px or less, "
                   + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
-                  + "; set them to keep the paper's")
+                  + "; set them to keep the paper's", file=sys.stderr)
     if cfg.method != method_cls.name:
         raise SelfSupError(f"config says method {cfg.method!r} but {method_cls.name!r} was asked for: drop one of them")
     fit_schedule(cfg, recipe_epochs, user_keys)
@@ -247,7 +249,7 @@ def fit_schedule(cfg, recipe_epochs: int, user_keys: set[str]) -> dict[str, tupl
     if changed:
         print(f"short run ({cfg.epochs} of the recipe's {recipe_epochs} epochs): "
               + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
-              + "; set them to keep the recipe's")
+              + "; set them to keep the recipe's", file=sys.stderr)
     return changed
 
 

@@ -52,7 +52,7 @@ def test_short_runs_scale_the_recipes_schedule_lengths_and_keep_what_the_user_se
     cfg = resolve_config(swav, flags={"method": "swav", "epochs": 2}, overrides=["swav.queue_length=3840"])
     assert cfg.optim.warmup_epochs == pytest.approx(10 * 2 / 100)
     assert cfg.swav.freeze_prototypes_epochs == pytest.approx(2 / 100) and cfg.swav.epoch_queue_starts == 0
-    assert "short run (2 of the recipe's 100 epochs)" in capsys.readouterr().out
+    assert "short run (2 of the recipe's 100 epochs)" in capsys.readouterr().err
     cfg = resolve_config(swav, flags={"method": "swav", "epochs": 2}, overrides=["optim.warmup_epochs=1"])
     assert cfg.optim.warmup_epochs == 1 and cfg.swav.epoch_queue_starts == 15   # given, and no queue: kept
     assert resolve_config(swav, flags={"method": "swav", "epochs": 100}).optim.warmup_epochs == 10    # the recipe's length: exact
@@ -66,17 +66,17 @@ def test_small_images_get_the_methods_small_image_recipe_below_the_users_setting
     size_of = {"small": 32, "large": 96}.__getitem__
     cfg = resolve_config(m, flags={"method": "byol", "data": "small"}, image_size_of=size_of)
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.name) == (1.0, 1e-5, "lars")
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "32 px images" in out and "optim.lr 0.2 -> 1.0" in out and "optim.weight_decay 1.5e-06 -> 1e-05" in out
     cfg = resolve_config(m, flags={"method": "byol", "data": "large"}, image_size_of=size_of)
-    assert (cfg.optim.lr, cfg.optim.weight_decay) == (0.2, 1.5e-6) and "px images" not in capsys.readouterr().out
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == (0.2, 1.5e-6) and "px images" not in capsys.readouterr().err
     cfg = resolve_config(m, flags={"method": "byol", "data": "small"}, overrides=["image_size=96"], image_size_of=size_of)
     assert cfg.optim.lr == 0.2                                   # the view size decides, not the files'
     f = tmp_path / "c.yaml"
     f.write_text("optim:\n  weight_decay: 0.001\n")
     cfg = resolve_config(m, str(f), {"method": "byol", "data": "small"}, ["optim.lr=0.5"], image_size_of=size_of)
     assert (cfg.optim.lr, cfg.optim.weight_decay) == (0.5, 0.001)
-    assert "px images" not in capsys.readouterr().out           # nothing of the small recipe was used
+    assert "px images" not in capsys.readouterr().err           # nothing of the small recipe was used
     assert resolve_config(get_method("simclr"), flags={"data": "small"}, image_size_of=size_of).optim.lr == 0.3
 
 
@@ -166,3 +166,19 @@ def test_version_flag(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"selfsup {__version__}"
+
+
+@pytest.mark.parametrize("name", ["simclr", "swav", "byol", "jigsaw"])
+def test_print_config_redirected_to_a_file_reads_back_exactly(name, tmp_path, capsys):
+    """`pretrain M ... --print-config > file` then `--config file`: the notes on a short run and on
+    small images go to stderr, so stdout is the YAML alone and reads back to the same settings."""
+    from selfsup.cli import main
+
+    data = "synthetic:64?classes=4&size=16"
+    assert main(["pretrain", name, "--data", data, "--epochs", "1", "--print-config"]) == 0
+    first, err = capsys.readouterr()
+    assert "short run" in err and first.startswith("# selfsup pretrain")
+    f = tmp_path / "printed.yaml"
+    f.write_text(first)
+    assert main(["pretrain", name, "--config", str(f), "--print-config"]) == 0
+    assert capsys.readouterr().out == first
