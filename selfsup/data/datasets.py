@@ -524,6 +524,17 @@ def kept_size(width: int, height: int, size: int) -> tuple[int, int]:
     return min(h, MAX_ASPECT * size), min(w, MAX_ASPECT * size)
 
 
+def eight_bit(im: Image.Image) -> Image.Image:
+    """A 16- or 32-bit integer grayscale image ("I;16*", "I") scaled to 8 bits ("L"), other images as they are:
+    Pillow's ``convert`` clips such values at 255, which turns a 16-bit image almost white. Values up to 65535
+    are read as 16-bit (divided by 257); an "I" image with larger values as 32-bit (0 .. 2**31 - 1)."""
+    if im.mode != "I" and not im.mode.startswith("I;16"):
+        return im
+    values = np.asarray(im).astype(np.float64)
+    top = 65535 if values.max(initial=0) <= 65535 else 2 ** 31 - 1
+    return Image.fromarray(np.clip(np.round(values * (255 / top)), 0, 255).astype(np.uint8), "L")
+
+
 def _decode(data: bytes, size: int | None, mode: str, fit: str = "crop", orient: bool = False) -> np.ndarray:
     """C x H x W uint8. ``fit="crop"``: resize the short side to ``size``, then center-crop size x size;
     ``fit="keep"``: resize the short side to ``size`` and keep the aspect ratio (``kept_size``: the long side
@@ -533,7 +544,7 @@ def _decode(data: bytes, size: int | None, mode: str, fit: str = "crop", orient:
     with Image.open(io.BytesIO(data)) as im:
         if orient:
             im = ImageOps.exif_transpose(im)
-        im = im.convert(mode)
+        im = eight_bit(im).convert(mode)
         if size is not None and im.size != (size, size) and fit == "squash":
             im = im.resize((size, size), Image.BILINEAR, reducing_gap=None)
         elif size is not None and im.size != (size, size):

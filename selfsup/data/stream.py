@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from selfsup.data.datasets import (IMAGE_EXTENSIONS, _decode, _header, _is_gray, _short_hash, _side_rule)
+from selfsup.data.datasets import IMAGE_EXTENSIONS, _decode, _header, _is_gray, _short_hash, _side_rule, eight_bit
 from selfsup.data.loader import Batch, BatchLoader, batch_generator
 from selfsup.errors import SelfSupError
 
@@ -98,7 +98,7 @@ def decode_image(blob: bytes, mode: str, shrink: int | None = None) -> np.ndarra
             im.draft(None, (max(1, math.ceil(im.size[0] * s)), max(1, math.ceil(im.size[1] * s))))
         stored = im.size
         im = ImageOps.exif_transpose(im)
-        im = im.convert(mode)
+        im = eight_bit(im).convert(mode)
         if target is not None:
             if im.size != stored:                # rotated by its EXIF orientation
                 target = target[::-1]
@@ -116,7 +116,7 @@ def decode_center(blob: bytes, mode: str, size: int, crop: float = 1.0) -> np.nd
         return _decode(blob, size, mode, "crop", orient=True)
     short = round(size / crop)
     with Image.open(io.BytesIO(blob)) as im:
-        im = ImageOps.exif_transpose(im).convert(mode)
+        im = eight_bit(ImageOps.exif_transpose(im)).convert(mode)
         s = short / min(im.size)
         w, h = max(short, round(im.size[0] * s)), max(short, round(im.size[1] * s))
         im = im.resize((w, h), Image.BILINEAR, reducing_gap=None)

@@ -1,0 +1,40 @@
+"""The data audit's defects: each test fails without its fix."""
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from selfsup.data.datasets import load_dataset
+from selfsup.data.stream import decode_center, decode_image
+from selfsup.errors import SelfSupError
+
+
+def write_gray16(path, values8):
+    """A 16-bit grayscale PNG holding 8-bit values x 257 (as a 16-bit scan of them would)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(values8.astype(np.uint16) * 257).save(path)
+    assert Image.open(path).mode == "I;16"
+
+
+def test_16_bit_pngs_are_scaled_to_8_bits_on_both_paths(tmp_path):
+    rng = np.random.default_rng(0)
+    values = [rng.integers(0, 256, (8, 8), dtype=np.uint8) for _ in range(4)]
+    for i, v in enumerate(values):
+        write_gray16(tmp_path / "root" / f"c{i % 2}" / f"{i}.png", v)
+    order = [0, 2, 1, 3]                       # sorted per class
+    expected = np.stack([values[i] for i in order])[:, None]
+    for stream in ("0", "1"):
+        d = load_dataset(f"{tmp_path / 'root'}?stream={stream}", cache_dir=tmp_path / "cache")
+        assert np.array_equal(np.asarray(d.images), expected), stream
+    blob = (tmp_path / "root" / "c0" / "0.png").read_bytes()
+    assert np.array_equal(decode_image(blob, "L")[0], values[0])
+    assert np.array_equal(decode_image(blob, "RGB")[1], values[0])
+    assert abs(decode_center(blob, "L", 8, 0.875).astype(float).mean() - values[0].mean()) < 20
+    # a 32-bit "I" image holding 16-bit values is scaled the same way
+    buffer = io.BytesIO()
+    Image.fromarray(values[1].astype(np.int32) * 257).save(buffer, format="TIFF")
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode == "I"
+    assert np.array_equal(decode_image(buffer.getvalue(), "L")[0], values[1])
