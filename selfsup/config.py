@@ -271,6 +271,7 @@ _CHECKS = [
     ("optim.gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("optim.schedule", lambda v: v in ("cosine", "steps"), "cosine or steps"),
     ("optim.milestones", lambda v: all(m > 0 for m in v) and list(v) == sorted(v), "increasing epochs above 0"),
+    ("seed", lambda v: 0 <= v < 2**32, "in 0 .. 4294967295 (2**32 - 1, numpy's range)"),
     ("log_every", lambda v: v >= 1, "at least 1"),
     ("save_every", lambda v: v >= 0, "0 or more"),
     ("loader_threads", lambda v: v >= 0, "0 or more"),

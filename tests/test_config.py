@@ -182,3 +182,13 @@ def test_print_config_redirected_to_a_file_reads_back_exactly(name, tmp_path, ca
     f.write_text(first)
     assert main(["pretrain", name, "--config", str(f), "--print-config"]) == 0
     assert capsys.readouterr().out == first
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "99999999999999999999"])
+def test_a_seed_outside_numpys_range_is_refused_before_the_run(seed):
+    from selfsup.config import check_config
+
+    cfg = resolve_config(get_method("simclr"), overrides=[f"seed={seed}"])
+    with pytest.raises(SelfSupError, match=rf"seed={seed} is not valid: it must be in 0 \.\. 4294967295"):
+        check_config(cfg)
+    check_config(resolve_config(get_method("simclr"), overrides=["seed=4294967295"]))
