@@ -3,10 +3,13 @@ came from the data (config image_size null), and says the size it used."""
 import json
 
 import pytest
+import torch
 
-from conftest import TINY, run
+from conftest import TINY, one_line_error, run
 from selfsup.checkpoint import load_checkpoint
 from selfsup.cli import main
+from selfsup.errors import SelfSupError
+from selfsup.eval import linear_probe
 
 BIG = "synthetic:32?classes=4&size=32&seed=1"        # twice the pretraining size (16 px)
 
@@ -70,3 +73,29 @@ def test_a_foreign_state_dict_is_evaluated_at_the_images_size():
     assert eval_image_size({}) is None and eval_image_size({"config": {"image_size": 24}}) == 24
     assert eval_image_size({"image_size": 16, "config": {"image_size": None}}) == 16
     assert eval_image_size({"image_size": 16}, 40) == 40
+
+
+@pytest.fixture(scope="module")
+def nan_ckpt(ckpt):
+    """The checkpoint with one NaN weight in its last convolution: every feature is NaN."""
+    c = torch.load(ckpt, weights_only=True)
+    for key in ("model", "backbone_state"):
+        if isinstance(c.get(key), dict):
+            name = [k for k, v in c[key].items() if v.ndim == 4][-1]
+            c[key][name][0, 0, 0, 0] = float("nan")
+    out = ckpt.parent / "nan.pt"
+    torch.save(c, out)
+    return out
+
+
+@pytest.mark.parametrize("protocol", ["knn", "linear", "patches", "cluster"])
+def test_nan_features_are_refused(nan_ckpt, capsys, protocol):
+    code, out, err = run(capsys, "eval", protocol, "--checkpoint", nan_ckpt, "--train-data", TINY, "--test-data",
+                         TINY, "--probe-epochs", 1, "--no-cache", "--json")
+    assert one_line_error(code, err, "features contain NaN or infinite values"), err
+
+
+def test_the_standardised_probe_needs_two_training_images():
+    x, y = torch.randn(8, 4), torch.arange(8) % 2
+    with pytest.raises(SelfSupError, match="needs at least 2 training images, got 1"):
+        linear_probe(x[:1], y[:1], x, y, epochs=1)

@@ -11,7 +11,7 @@ from selfsup.cluster.metrics import cluster_scores
 from selfsup.data.datasets import load_dataset
 from selfsup.distributed import resolve_device
 from selfsup.errors import SelfSupError
-from selfsup.eval.checks import eval_image_size
+from selfsup.eval.checks import eval_image_size, finite
 from selfsup.eval.features import extract_features, file_hash
 from selfsup.kmeans import kmeans, pca_whiten
 
@@ -39,7 +39,7 @@ def evaluate_clustering(checkpoint: str, data_spec: str, clusters: int | None = 
     size = eval_image_size(ckpt, image_size)
     feats, _ = extract_features(backbone, data, tap=tap, pool=pool, image_size=size, batch_size=batch_size,
                                 device=device, cache_key=file_hash(checkpoint) if cache else None, progress=progress)
-    x = feats.float()
+    x = finite(feats.float(), "features")
     if pca:
         if not 1 <= pca <= x.shape[1]:
             raise SelfSupError(f"--pca {pca} must be between 1 and the feature dimension {x.shape[1]}")

@@ -1,9 +1,11 @@
 """One-line refusals of settings that would make an evaluation meaningless (a kNN of no
-neighbours, an untrained probe, an empty grid of windows) instead of a
+neighbours, an untrained probe, an empty grid of windows, non-finite features) instead of a
 wrong number, and the evaluation size every protocol defaults to."""
 from __future__ import annotations
 
 import math
+
+import torch
 
 from selfsup.errors import SelfSupError
 
@@ -27,3 +29,11 @@ def eval_image_size(ckpt: dict, image_size: int | None = None) -> int | None:
     at_least_one("--image-size", image_size, 224)
     return image_size or ckpt.get("image_size") or (ckpt.get("config") or {}).get("image_size")
 
+
+def finite(features: torch.Tensor, name: str) -> torch.Tensor:
+    """Refuse features with NaN or infinite values (a diverged or corrupt checkpoint), which every
+    probe would score as a number."""
+    if not torch.isfinite(features).all():
+        raise SelfSupError(f"{name} contain NaN or infinite values (a diverged or corrupt checkpoint?): "
+                           "evaluate a checkpoint whose features are finite")
+    return features

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from selfsup.data.views import ViewMaker, ViewSpec
 from selfsup.errors import SelfSupError
-from selfsup.eval.checks import at_least_one, positive
+from selfsup.eval.checks import at_least_one, finite, positive
 from selfsup.eval.features import extract_features, pool_features
 from selfsup.eval.knn import topk_accuracy
 
@@ -153,6 +153,11 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     with momentum 0.9 and a cosine schedule per iteration.
     """
     check_probe(epochs, lr)
+    if len(train_feats) < 2:
+        raise SelfSupError(f"the linear probe standardises the features by the training set's std, which needs at "
+                           f"least 2 training images, got {len(train_feats)}: add training images")
+    finite(train_feats, "training features")
+    finite(test_feats, "test features")
     g = torch.Generator().manual_seed(seed)
     mean, std = train_feats.mean(0), train_feats.std(0) + 1e-6
     xtr, xte = (train_feats - mean) / std, (test_feats - mean) / std
@@ -195,6 +200,7 @@ def augmented_linear_probe(backbone, train, test, preset: str | Preset = "moco",
     size = image_size or min(train.images.shape[2:4])
     xte, yte = extract_features(backbone, test, tap, pool, size, batch_size, device, cache_key, progress=progress,
                                 crop=TEST_CROP)
+    finite(xte, "test features")
     yte = yte if test_classes is None else test_classes[yte]
     ytr = torch.from_numpy(np.asarray(train.labels, dtype=np.int64))
     g = torch.Generator().manual_seed(seed)

@@ -9,7 +9,7 @@ from selfsup.data.datasets import load_dataset
 from selfsup.checkpoint import load_backbone, load_checkpoint
 from selfsup.distributed import resolve_device
 from selfsup.errors import SelfSupError
-from selfsup.eval.checks import at_least_one, eval_image_size
+from selfsup.eval.checks import at_least_one, eval_image_size, finite
 from selfsup.eval.features import check_pool, extract_features, file_hash
 from selfsup.eval.knn import check_knn, knn_scores, topk_accuracy
 from selfsup.eval.linear import augmented_linear_probe, check_probe, get_preset, linear_probe
@@ -156,6 +156,8 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
 
 
 def _probe(name, xtr, ytr, xte, yte, k, temperature, epochs, lr) -> dict:
+    finite(xtr, "training features")
+    finite(xte, "test features")
     if name == "knn":
         num_classes = int(max(ytr.max(), yte.max())) + 1
         return topk_accuracy(knn_scores(xtr, ytr, xte, k, temperature, num_classes), yte)
