@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -282,7 +283,14 @@ _CHECKS = [
 
 
 def check_config(cfg) -> None:
-    """Refuse, in one line, settings that would make a run meaningless (before anything is written)."""
+    """Refuse, in one line, settings that would make a run meaningless (before anything is written):
+    those of ``_CHECKS``; and, for every key, a number that is inf or nan, and a temperature (any key
+    whose name holds ``temperature``) that is not positive."""
+    for key, value in flatten(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SelfSupError(f"{key}={value} is not valid: it must be a finite number (set {key})")
+        if "temperature" in key.rpartition(".")[2] and isinstance(value, (int, float)) and value <= 0:
+            raise SelfSupError(f"{key}={value} is not valid: a temperature must be positive (set {key})")
     for key, ok, must in _CHECKS:
         value = OmegaConf.select(cfg, key)
         if not ok(value):

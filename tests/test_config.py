@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,33 @@ def test_a_seed_outside_numpys_range_is_refused_before_the_run(seed):
     with pytest.raises(SelfSupError, match=rf"seed={seed} is not valid: it must be in 0 \.\. 4294967295"):
         check_config(cfg)
     check_config(resolve_config(get_method("simclr"), overrides=["seed=4294967295"]))
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("simclr.temperature=-1", "simclr.temperature=-1.0 is not valid: a temperature must be positive"),
+    ("simclr.temperature=0", "simclr.temperature=0.0 is not valid: a temperature must be positive"),
+    ("simclr.temperature=nan", "simclr.temperature=nan is not valid: it must be a finite number"),
+    ("optim.lr=inf", "optim.lr=inf is not valid: it must be a finite number"),
+    ("optim.weight_decay=nan", "optim.weight_decay=nan is not valid: it must be a finite number"),
+    ("optim.warmup_epochs=inf", "optim.warmup_epochs=inf is not valid: it must be a finite number"),
+])
+def test_non_finite_numbers_and_non_positive_temperatures_are_refused(override, fragment):
+    from selfsup.config import check_config
+
+    with pytest.raises(SelfSupError, match=re.escape(fragment)):
+        check_config(resolve_config(get_method("simclr"), overrides=[override]))
+
+
+def test_every_methods_temperatures_must_be_positive():
+    """The rule is generic: every key named *temperature* of every method (moco_v2, swav, jigclu's two, ...)."""
+    from selfsup.config import check_config, flatten
+
+    checked = 0
+    for name in METHODS:
+        cfg = resolve_config(get_method(name), flags={"method": name})
+        check_config(cfg)                                       # the recipes pass
+        for key in [k for k in flatten(cfg) if "temperature" in k]:
+            with pytest.raises(SelfSupError, match=f"{key}=0.0 is not valid: a temperature must be positive"):
+                check_config(resolve_config(get_method(name), flags={"method": name}, overrides=[f"{key}=0"]))
+            checked += 1
+    assert checked >= 8
