@@ -38,3 +38,28 @@ def test_16_bit_pngs_are_scaled_to_8_bits_on_both_paths(tmp_path):
     Image.fromarray(values[1].astype(np.int32) * 257).save(buffer, format="TIFF")
     assert Image.open(io.BytesIO(buffer.getvalue())).mode == "I"
     assert np.array_equal(decode_image(buffer.getvalue(), "L")[0], values[1])
+
+
+def test_an_unreadable_streamed_image_is_replaced_by_one_of_its_own_class(tmp_path):
+    """Evaluation reads ``labels`` and the images in order: the stand-in must carry the same label."""
+    rng = np.random.default_rng(1)
+    for c in range(2):
+        for i in range(3):
+            path = tmp_path / "root" / f"c{c}" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
+    (tmp_path / "root" / "c0" / "2.png").write_bytes(b"not an image")   # the last of c0: next in the list is c1's
+    d = load_dataset(f"{tmp_path / 'root'}?stream=1&workers=0", cache_dir=tmp_path / "cache")
+    assert list(d.labels) == [0, 0, 0, 1, 1, 1]
+    images = np.asarray(d.images)
+    assert np.array_equal(images[2], images[0]) and not np.array_equal(images[2], images[3])
+    with pytest.warns(UserWarning, match="of its class"):
+        (batch,) = list(d.eval_batches(6))
+    assert np.array_equal(batch.numpy()[2], images[0])
+    from selfsup.data.stream import _Reader
+    image, label, j, bad = _Reader(d, ("shrink", None))[2]
+    assert (label, j) == (0, 0) and bad.endswith("2.png")
+    (tmp_path / "root" / "c0" / "0.png").write_bytes(b"")
+    (tmp_path / "root" / "c0" / "1.png").write_bytes(b"")
+    with pytest.raises(SelfSupError, match="no image of class c0"):
+        d.images[1]

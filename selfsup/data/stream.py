@@ -19,8 +19,8 @@ centre-cropped to the data's size, exactly what the in-memory path would have de
 Evaluation (``StreamImageSet.eval_batches``): in order, the short side resized to round(size / crop) and the
 centre size x size kept, from the original file (Resize(256) -> CenterCrop(224) for crop = 224 / 256).
 
-An unreadable image (corrupt, empty) is replaced in its batch by the next readable image of the list, and a
-warning names it, once. The batch keeps its size, and the replacement is the same in every run.
+An unreadable image (corrupt, empty) is replaced in its batch by the next readable image of its class (its
+label: an evaluation never scores an image under another's label), and a warning names it, once. The batch keeps its size, and the replacement is the same in every run.
 """
 from __future__ import annotations
 
@@ -280,12 +280,15 @@ class StreamImageSet:
         return f.read(size)
 
     def load(self, i: int, how) -> tuple[np.ndarray, int, str | None]:
-        """(image, index actually decoded, name of the unreadable image it replaces or None). ``how``:
+        """(image, index actually decoded, name of the unreadable image it replaces or None): an unreadable image
+        is replaced by the next readable one of its class (label), so that image and label always agree. ``how``:
         ("shrink", bound), ("center", size, crop) or ("bytes", bound): the file's bytes (1-D uint8) when
         ``device_ready`` says the batched decoder takes it, else the image as with ("shrink", bound)."""
-        bad = None
+        bad, label = None, self.labels[i]
         for k in range(len(self)):
             j = (i + k) % len(self)
+            if self.labels[j] != label:        # a stand-in of another class would be scored under i's label
+                continue
             try:
                 blob = self.read(j)
                 if how[0] == "bytes" and device_ready(blob, self.mode):
@@ -296,7 +299,8 @@ class StreamImageSet:
             except Exception:
                 if bad is None:
                     bad = self.name(j)
-        raise SelfSupError(f"no image of {self.root} can be decoded: check that the files are images")
+        what = f"class {self.classes[label]} of {self.root}" if 0 <= label < len(self.classes) else self.root
+        raise SelfSupError(f"no image of {what} can be decoded: check that the files are images")
 
     def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
         """The sample order of an epoch (as ``BatchLoader``'s)."""
@@ -406,7 +410,7 @@ def _warn_bad(data: StreamImageSet, bad: list, warned: set) -> None:
         warned.update(new)
         warnings.warn(f"skipped {len(new)} unreadable image(s) ({', '.join(new[:5])}"
                       f"{', ...' if len(new) > 5 else ''}): each replaced in its batch by the next readable image "
-                      f"of the list; remove or fix the file(s)")
+                      f"of its class, which is then counted twice; remove or fix the file(s)")
 
 
 class StreamLoader(BatchLoader):
