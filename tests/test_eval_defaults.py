@@ -2,6 +2,7 @@
 came from the data (config image_size null), and says the size it used."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,3 +100,23 @@ def test_the_standardised_probe_needs_two_training_images():
     x, y = torch.randn(8, 4), torch.arange(8) % 2
     with pytest.raises(SelfSupError, match="needs at least 2 training images, got 1"):
         linear_probe(x[:1], y[:1], x, y, epochs=1)
+
+
+def test_a_test_class_with_no_training_image_is_refused(tmp_path, capsys, ckpt):
+    from PIL import Image
+
+    lines = {"train": [], "test": []}
+    for label in range(3):
+        for i in range(4):
+            path = tmp_path / f"{label}_{i}.png"
+            Image.fromarray(np.full((16, 16, 3), 60 * label + 10 * i, dtype=np.uint8)).save(path)
+            lines["test"].append(f"{path} {label}")
+            if label != 1:                              # class 1 is listed (labels 0 and 2) but has no image
+                lines["train"].append(f"{path} {label}")
+    for split, items in lines.items():
+        (tmp_path / f"{split}.txt").write_text("\n".join(items) + "\n")
+    for protocol in ("knn", "linear"):
+        code, _, err = run(capsys, "eval", protocol, "--checkpoint", ckpt, "--train-data", tmp_path / "train.txt",
+                           "--test-data", tmp_path / "test.txt", "--probe-epochs", 1, "--no-cache")
+        assert one_line_error(code, err, "1 class of"), err
+        assert "has no training image in" in err and "(first: '1')" in err

@@ -3,6 +3,7 @@
 ``patches``: both probes on aggregated patch embeddings (BagSSL, METHODS.md 7.4)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from selfsup.data.datasets import load_dataset
@@ -31,17 +32,30 @@ def labelled(dataset, spec: str):
 def class_map(train, test, train_spec: str, test_spec: str) -> torch.Tensor | None:
     """The training set's index of each test class, matched by name (datasets number their classes
     by position, e.g. the sorted subfolders of an image folder), or None when both list the same
-    classes; test classes the training set lacks are refused."""
+    classes; test classes the training set lacks, by name or with no training image, are refused."""
     if list(test.classes) == list(train.classes):
-        return None
-    index = {name: i for i, name in enumerate(train.classes)}
-    unknown = [name for name in test.classes if name not in index]
-    if unknown:
-        n = len(unknown)
-        raise SelfSupError(f"{n} class{'es' if n > 1 else ''} of {test_spec} {'are' if n > 1 else 'is'} not in "
-                           f"{train_spec} (first: {unknown[0]!r}): test on classes the training data has, or add "
-                           f"them to the training data")
-    return torch.tensor([index[name] for name in test.classes], dtype=torch.long)
+        to_train = None
+    else:
+        index = {name: i for i, name in enumerate(train.classes)}
+        unknown = [name for name in test.classes if name not in index]
+        if unknown:
+            n = len(unknown)
+            raise SelfSupError(f"{n} class{'es' if n > 1 else ''} of {test_spec} {'are' if n > 1 else 'is'} not in "
+                               f"{train_spec} (first: {unknown[0]!r}): test on classes the training data has, or "
+                               f"add them to the training data")
+        to_train = torch.tensor([index[name] for name in test.classes], dtype=torch.long)
+    train_labels = np.asarray(train.labels)
+    counts = np.bincount(train_labels[train_labels >= 0], minlength=len(train.classes))
+    tested = np.unique(np.asarray(test.labels))
+    tested = tested[tested >= 0]
+    tested = tested if to_train is None else to_train.numpy()[tested]
+    empty = [train.classes[i] for i in tested if counts[i] == 0]
+    if empty:
+        n = len(empty)
+        raise SelfSupError(f"{n} class{'es' if n > 1 else ''} of {test_spec} {'have' if n > 1 else 'has'} no "
+                           f"training image in {train_spec} (first: {empty[0]!r}): test on classes the training "
+                           f"data has images of, or add images of them to the training data")
+    return to_train
 
 
 def pretraining_patch_size(ckpt: dict) -> int | None:
