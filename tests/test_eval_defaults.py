@@ -120,3 +120,18 @@ def test_a_test_class_with_no_training_image_is_refused(tmp_path, capsys, ckpt):
                            "--test-data", tmp_path / "test.txt", "--probe-epochs", 1, "--no-cache")
         assert one_line_error(code, err, "1 class of"), err
         assert "has no training image in" in err and "(first: '1')" in err
+
+
+def test_lowshot_says_which_k_values_it_skipped_and_refuses_when_all_are():
+    from selfsup.eval.lowshot import lowshot_benchmark
+    from selfsup.eval.suite import format_lowshot
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 5 + [1] * 7)                  # the smallest class has 5 images
+    X, Y = rng.normal(size=(12, 8)), np.eye(2, dtype=np.int64)[labels]
+    r = lowshot_benchmark(X, Y, X, Y, ks=(2, 10), num_samples=2, costs="0.1", style="places", n_jobs=1)
+    text = format_lowshot({"per_tap": {"conv4": r}, "style": "places", "num_samples": 2})
+    assert "| 2 |" in text and "| 10 |" not in text
+    assert "skipped: k=10 is larger than the smallest class (5 training images)" in text
+    with pytest.raises(SelfSupError, match=r"every low-shot k \(10, 50\) is larger than the smallest class \(5 "):
+        lowshot_benchmark(X, Y, X, Y, ks=(10, 50), num_samples=2, costs="0.1", style="places", n_jobs=1)

@@ -208,6 +208,9 @@ def lowshot_benchmark(Xtr, Ytr, Xte, Yte, ks: Sequence[int] = KS, num_samples: i
                                                 f"({smallest} training images)"})
             else:
                 samples[k] = lowshot_samples_per_class(Ytr, k, num_samples, seed)
+        if not samples:
+            raise SelfSupError(f"every low-shot k ({', '.join(map(str, ks))}) is larger than the smallest class "
+                               f"({smallest} training images): use k values up to {smallest}")
         set_rows = n_cls * max(samples) if samples else 0
     if normalize:
         Xtr, Xte = normalize_features(Xtr), normalize_features(Xte)

@@ -113,8 +113,9 @@ def format_svm(result: dict) -> str:
 
 
 def format_lowshot(result: dict) -> str:
-    """One markdown table: low-shot mAP (mean +- std over the samples) per tap and k; the
-    cost is chosen on the test set, as Goyal's code does."""
+    """One markdown table: low-shot mAP (mean +- std over the samples) per tap and k, then the
+    k values skipped (larger than the smallest class) with the reason; the cost is chosen on
+    the test set, as Goyal's code does."""
     taps = list(result["per_tap"])
     ks = list(next(iter(result["per_tap"].values()))["ks"]) if taps else []
     places = result["style"] == "places"
@@ -127,6 +128,9 @@ def format_lowshot(result: dict) -> str:
             cell = f"{r['mean'] * 100:.1f} +- {r['std'] * 100:.1f}"
             cells.append(cell + (f" / {r['top1']['mean'] * 100:.1f}" if places else ""))
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    skipped = next(iter(result["per_tap"].values()))["skipped"] if taps else []     # the same at every tap
+    if skipped:
+        lines.append("\n" + "\n".join(s["note"] for s in skipped))
     lines.append(f"\n{result['num_samples']} samples per k; the cost of each k is chosen on the test set "
                  f"(Goyal et al.'s protocol, not cross-validation).")
     return "\n".join(lines)
