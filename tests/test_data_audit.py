@@ -63,3 +63,39 @@ def test_an_unreadable_streamed_image_is_replaced_by_one_of_its_own_class(tmp_pa
     (tmp_path / "root" / "c0" / "1.png").write_bytes(b"")
     with pytest.raises(SelfSupError, match="no image of class c0"):
         d.images[1]
+
+
+def numbered_folder(root, classes=2, per_class=10):
+    """root/c<c>/<i>.png, 4 x 4 gray images whose every pixel is the image's number 10 i + c."""
+    for c in range(classes):
+        for i in range(per_class):
+            path = root / f"c{c}" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((4, 4), 10 * i + c, dtype=np.uint8)).save(path)
+    return root
+
+
+def numbers(data):
+    return {int(im[0, 0, 0]) for im in np.asarray(data.images)}
+
+
+def test_the_holdout_has_its_own_seed_and_a_seed_on_one_side_does_not_overlap(tmp_path):
+    from selfsup.data.subsets import holdout_split
+
+    root, cache = numbered_folder(tmp_path / "root"), tmp_path / "cache"
+    whole = load_dataset(str(root), cache_dir=cache)
+    train = load_dataset(f"{root}?val_per_class=5&part=train&seed=1", cache_dir=cache)
+    val = load_dataset(f"{root}?val_per_class=5&part=val", cache_dir=cache)
+    assert not numbers(train) & numbers(val) and len(numbers(train)) == len(numbers(val)) == 10
+    # a spec without seed= keeps the holdout it had: holdout_split's with seed 0
+    _, val0 = holdout_split(whole.labels, val_per_class=5, seed=0)
+    assert numbers(val) == numbers(whole.subset(val0))
+    # seed= draws another fraction= sample inside the same train part
+    sample = load_dataset(f"{root}?val_per_class=5&part=train&fraction=0.4&seed=1", cache_dir=cache)
+    assert numbers(sample) <= numbers(load_dataset(f"{root}?val_per_class=5&part=train", cache_dir=cache))
+    # val_seed= draws another holdout, the same on both sides
+    other_val = load_dataset(f"{root}?val_per_class=5&part=val&val_seed=3", cache_dir=cache)
+    other_train = load_dataset(f"{root}?val_per_class=5&part=train&val_seed=3&seed=2", cache_dir=cache)
+    assert numbers(other_val) != numbers(val) and not numbers(other_val) & numbers(other_train)
+    with pytest.raises(SelfSupError, match="val_seed= needs a holdout"):
+        load_dataset("synthetic:20?val_seed=1")

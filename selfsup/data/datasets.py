@@ -37,8 +37,8 @@ from selfsup.errors import SelfSupError
 
 FORMATS = ("imagefolder", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "filelist", "voc07", "synthetic",
            "unlabeled", "shards")
-OPTIONS = ("split", "size", "val_per_class", "val_fraction", "part", "fraction", "seed", "classes", "channels", "labels",
-           "stream", "shrink", "workers", "buffer", "decode", "loader")
+OPTIONS = ("split", "size", "val_per_class", "val_fraction", "part", "val_seed", "fraction", "seed", "classes", "channels",
+           "labels", "stream", "shrink", "workers", "buffer", "decode", "loader")
 STREAM_OPTIONS = ("loader", "stream", "shrink", "workers", "buffer", "decode")     # the streaming path's (selfsup.data.stream)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -273,7 +273,8 @@ def _no_stream_options(options: dict, fmt: str) -> None:
 
 
 def _apply_subsets(data: ImageArrayDataset, options: dict) -> ImageArrayDataset:
-    seed = _number(options, "seed", int, 0)
+    seed = _number(options, "seed", int, 0)               # fraction= (and synthetic images)
+    val_seed = _number(options, "val_seed", int, 0)       # the holdout: the same on both sides whatever seed= is
     vpc, vfr = _number(options, "val_per_class"), _number(options, "val_fraction", float)
     part = options.get("part")
     if data.targets is not None:                 # the holdout and fraction samplers draw per single label
@@ -285,10 +286,11 @@ def _apply_subsets(data: ImageArrayDataset, options: dict) -> ImageArrayDataset:
         if part not in ("train", "val"):
             given = f" (got part={part})" if part is not None else ""
             raise SelfSupError(f"a holdout (val_per_class / val_fraction) needs part=train or part=val in the data spec{given}")
-        train_idx, val_idx = holdout_split(data.labels, val_per_class=vpc, val_fraction=vfr, seed=seed)
+        train_idx, val_idx = holdout_split(data.labels, val_per_class=vpc, val_fraction=vfr, seed=val_seed)
         data = data.subset(train_idx if part == "train" else val_idx)
-    elif part is not None:
-        raise SelfSupError("part= needs a holdout: add val_per_class=N or val_fraction=F to the data spec")
+    elif part is not None or "val_seed" in options:
+        raise SelfSupError(f"{'part' if part is not None else 'val_seed'}= needs a holdout: add val_per_class=N or "
+                           f"val_fraction=F to the data spec")
     fraction = _number(options, "fraction", float)
     if fraction is not None:
         data = data.subset(fraction_per_class(data.labels, fraction, seed=seed))
