@@ -135,3 +135,40 @@ def test_lowshot_says_which_k_values_it_skipped_and_refuses_when_all_are():
     assert "skipped: k=10 is larger than the smallest class (5 training images)" in text
     with pytest.raises(SelfSupError, match=r"every low-shot k \(10, 50\) is larger than the smallest class \(5 "):
         lowshot_benchmark(X, Y, X, Y, ks=(10, 50), num_samples=2, costs="0.1", style="places", n_jobs=1)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--clusters", 0], "--clusters must be at least 1, got 0"),
+    (["--clusters", -2], "--clusters must be at least 1, got -2"),
+    (["--clusters", 65], "--clusters 65 is more than the 64 images"),
+    (["--iterations", -1], "--iterations must be at least 0, got -1"),
+    (["--teacher", "hog:0"], "--teacher hog:0: the HOG codebook needs a whole number of words of at least 1"),
+    (["--teacher", "hog:many"], "--teacher hog:many: the HOG codebook needs a whole number"),
+])
+def test_transfer_refuses_bad_values_before_extracting(ckpt, tmp_path, capsys, monkeypatch, argv, fragment):
+    from selfsup.cluster import hog, transfer
+
+    def no_work(*a, **k):
+        raise AssertionError("features extracted before the settings were checked")
+
+    monkeypatch.setattr(transfer, "extract_features", no_work)
+    monkeypatch.setattr(hog, "hog_codebook", no_work)
+    teacher = [] if "--teacher" in argv else ["--teacher", ckpt]
+    code, _, err = run(capsys, "transfer", *teacher, "--student", "convnet", "--cluster-data", TINY,
+                       "--out", tmp_path / "t", *argv)
+    assert one_line_error(code, err, fragment), err
+
+
+@pytest.mark.parametrize("protocol", ["svm", "lowshot"])
+def test_suite_refuses_zero_jobs(ckpt, capsys, monkeypatch, protocol):
+    from selfsup.eval import suite
+
+    monkeypatch.setattr(suite, "_features", lambda *a, **k: pytest.fail("features extracted before --jobs was checked"))
+    code, _, err = run(capsys, "eval", protocol, "--checkpoint", ckpt, "--train-data", TINY, "--test-data", TINY,
+                       "--jobs", 0)
+    assert one_line_error(code, err, "--jobs 0 runs no worker process"), err
+
+
+def test_cluster_refuses_a_negative_image_size(ckpt, capsys):
+    code, _, err = run(capsys, "eval", "cluster", "--checkpoint", ckpt, "--test-data", TINY, "--image-size", -5)
+    assert one_line_error(code, err, "--image-size must be at least 1, got -5"), err

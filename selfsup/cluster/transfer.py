@@ -29,7 +29,7 @@ from selfsup.checkpoint import load_backbone, load_checkpoint
 from selfsup.data.datasets import load_dataset, read_label_file, write_label_file
 from selfsup.distributed import resolve_device
 from selfsup.errors import SelfSupError
-from selfsup.eval.checks import eval_image_size
+from selfsup.eval.checks import at_least_one, eval_image_size
 from selfsup.eval.features import extract_features, file_hash
 from selfsup.kmeans import assign, kmeans
 
@@ -56,6 +56,20 @@ def teacher_backbone(teacher: str, seed: int = 0, image_size: int | None = None)
     return backbone, f"{Path(teacher).name}@{file_hash(teacher)}", ckpt.get("eval_tap") or backbone.default_tap, size
 
 
+def hog_words(teacher: str) -> int | None:
+    """The codebook size of a ``hog`` / ``hog:WORDS`` teacher (``hog``: 1000), None for other teachers;
+    anything but a whole number of at least 1 is refused."""
+    if teacher == "hog":
+        return 1000
+    if not teacher.startswith(HOG):
+        return None
+    words = teacher[len(HOG):]
+    if not (words.isdigit() and int(words) >= 1):
+        raise SelfSupError(f"--teacher {teacher}: the HOG codebook needs a whole number of words of at least 1, "
+                           f"e.g. --teacher hog:1000")
+    return int(words)
+
+
 def pseudo_labels(teacher: str, cluster_spec: str, out_file: str | Path, label_spec: str | None = None,
                   clusters: int = 2000, tap: str | None = None, pool: str = "max", iterations: int = 20,
                   seed: int = 0, image_size: int | None = None, device: str = "cpu", batch_size: int = 256,
@@ -65,8 +79,15 @@ def pseudo_labels(teacher: str, cluster_spec: str, out_file: str | Path, label_s
     when the same teacher made it for the same images, and refused when another teacher did."""
     label_spec = label_spec or cluster_spec
     device = resolve_device(device)
+    at_least_one("--clusters", clusters, 2000)
+    if iterations < 0:
+        raise SelfSupError(f"--iterations must be at least 0, got {iterations}: use e.g. --iterations 20")
+    words = hog_words(teacher)
     cluster_set, label_set = load_dataset(cluster_spec), load_dataset(label_spec)
-    if teacher == "hog" or teacher.startswith(HOG):
+    if clusters > len(cluster_set):
+        raise SelfSupError(f"--clusters {clusters} is more than the {len(cluster_set)} images of {cluster_spec}: "
+                           f"lower it")
+    if words is not None:
         backbone, identity, default_tap, size, pool = None, f"{teacher}@seed{seed}", "bag-of-words", None, "histogram"
     else:
         backbone, identity, default_tap, size = teacher_backbone(teacher, seed, image_size or cluster_set.image_size)
@@ -83,7 +104,6 @@ def pseudo_labels(teacher: str, cluster_spec: str, out_file: str | Path, label_s
     if backbone is None:                      # HOG bag of words: a codebook from the clustering set
         from selfsup.cluster.hog import hog_bow_features, hog_codebook
 
-        words = int(teacher[len(HOG):]) if teacher.startswith(HOG) else 1000
         codebook = hog_codebook(cluster_set, words, seed=seed)
         features = lambda d: hog_bow_features(d, codebook)      # noqa: E731
     else:
@@ -93,8 +113,6 @@ def pseudo_labels(teacher: str, cluster_spec: str, out_file: str | Path, label_s
                       progress=progress)
         features = lambda d: extract_features(backbone, d, **common)[0]      # noqa: E731
     x = features(cluster_set)
-    if clusters > len(x):
-        raise SelfSupError(f"--clusters {clusters} is more than the {len(x)} images of {cluster_spec}: lower it")
     t = time.perf_counter()
     centroids, labels = kmeans(x.float(), clusters, iterations, seed=seed)
     seconds = time.perf_counter() - t

@@ -18,7 +18,7 @@ from selfsup.errors import SelfSupError
 from selfsup.eval.checks import at_least_one, eval_image_size
 from selfsup.eval.features import extract_tap_features, file_hash
 from selfsup.eval.lowshot import KS, lowshot_benchmark
-from selfsup.eval.svm import parse_costs, svm_benchmark
+from selfsup.eval.svm import check_jobs, parse_costs, svm_benchmark
 
 
 def default_svm_taps(backbone) -> tuple[str, ...]:
@@ -75,6 +75,7 @@ def evaluate_svm(checkpoint: str, train_spec: str, test_spec: str, taps=None, co
     """VOC07 SVMs (METHODS.md 6.1) on every tap of ``taps`` (None: ``default_svm_taps``):
     per tap the test mAP, the per-class results and the timings (with the share in CV)."""
     costs = parse_costs(costs)
+    check_jobs(n_jobs)
     taps, xtr, xte, ytr, yte, info = _features(checkpoint, train_spec, test_spec, taps, image_size, device,
                                                batch_size, cache, progress, default_svm_taps)
     per_tap = {}
@@ -93,6 +94,7 @@ def evaluate_lowshot(checkpoint: str, train_spec: str, test_spec: str, taps=None
     and res5 on a ResNet, as VISSL's low-shot config): VOC-style sampling (k positives and
     19k negatives per class) on multi-label sets, k images per class on single-label ones."""
     costs = parse_costs(costs)
+    check_jobs(n_jobs)
     taps, xtr, xte, ytr, yte, info = _features(checkpoint, train_spec, test_spec, taps, image_size, device,
                                                batch_size, cache, progress, lambda b: default_svm_taps(b)[-2:])
     style = "voc" if info["multi_label"] else "places"

@@ -416,6 +416,12 @@ def _refit_job(X, K, y: np.ndarray, cost: float, order: np.ndarray | None, opts:
 
 # ----------------------------------------------------------------------------- workers
 
+def check_jobs(n_jobs: int | None) -> None:
+    """Refuse 0 worker processes (joblib's count: n >= 1 processes, -1 every core, -2 all but one)."""
+    if n_jobs == 0:
+        raise SelfSupError("--jobs 0 runs no worker process: use --jobs N for N processes, or -1 for every core")
+
+
 class _Pool:
     """joblib over processes (loky) with the large arrays memory-mapped once; n_jobs 1 runs
     in this process without copies."""
@@ -423,6 +429,7 @@ class _Pool:
     def __init__(self, n_jobs: int | None):
         from joblib import effective_n_jobs
 
+        check_jobs(n_jobs)
         self.n_jobs = max(1, effective_n_jobs(n_jobs if n_jobs is not None else 1))
         self.dir = None
 
