@@ -172,3 +172,15 @@ def test_suite_refuses_zero_jobs(ckpt, capsys, monkeypatch, protocol):
 def test_cluster_refuses_a_negative_image_size(ckpt, capsys):
     code, _, err = run(capsys, "eval", "cluster", "--checkpoint", ckpt, "--test-data", TINY, "--image-size", -5)
     assert one_line_error(code, err, "--image-size must be at least 1, got -5"), err
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--clusters", 0], "--clusters must be at least 1, got 0"),
+    (["--clusters", -3], "--clusters must be at least 1, got -3"),
+    (["--pca", 0], "--pca must be at least 1, got 0"),
+    (["--iterations", -1], "--iterations must be at least 0, got -1"),
+    (["--image-size", 0], "--image-size must be at least 1, got 0"),
+])
+def test_cluster_refuses_zero_instead_of_taking_the_default(ckpt, capsys, argv, fragment):
+    code, _, err = run(capsys, "eval", "cluster", "--checkpoint", ckpt, "--test-data", TINY, *argv)
+    assert one_line_error(code, err, fragment), err

@@ -11,7 +11,7 @@ from selfsup.cluster.metrics import cluster_scores
 from selfsup.data.datasets import load_dataset
 from selfsup.distributed import resolve_device
 from selfsup.errors import SelfSupError
-from selfsup.eval.checks import eval_image_size, finite
+from selfsup.eval.checks import at_least_one, eval_image_size, finite
 from selfsup.eval.features import extract_features, file_hash
 from selfsup.kmeans import kmeans, pca_whiten
 
@@ -25,6 +25,10 @@ def evaluate_clustering(checkpoint: str, data_spec: str, clusters: int | None = 
     (``spherical``) and PCA-whitened to ``pca`` dimensions first (DeepCluster's preprocessing);
     NMI, ARI and Hungarian accuracy against the labels."""
     device = resolve_device(device)
+    at_least_one("--clusters", clusters, 10)
+    at_least_one("--pca", pca, 256)
+    if iterations < 0:
+        raise SelfSupError(f"--iterations must be at least 0, got {iterations}: use e.g. --iterations 20")
     ckpt = load_checkpoint(checkpoint)
     backbone = load_backbone(checkpoint, ckpt)
     tap = tap or ckpt.get("eval_tap") or backbone.default_tap
@@ -33,15 +37,15 @@ def evaluate_clustering(checkpoint: str, data_spec: str, clusters: int | None = 
     if data.targets is not None or (labels < 0).any():
         raise SelfSupError(f"{data_spec} has no single label per image: eval cluster scores clusters against "
                            f"labels, so give a labelled single-label set")
-    k = clusters or len(np.unique(labels))
+    k = len(np.unique(labels)) if clusters is None else clusters
     if not 1 <= k <= len(labels):
         raise SelfSupError(f"--clusters {k} must be between 1 and the {len(labels)} images")
     size = eval_image_size(ckpt, image_size)
     feats, _ = extract_features(backbone, data, tap=tap, pool=pool, image_size=size, batch_size=batch_size,
                                 device=device, cache_key=file_hash(checkpoint) if cache else None, progress=progress)
     x = finite(feats.float(), "features")
-    if pca:
-        if not 1 <= pca <= x.shape[1]:
+    if pca is not None:
+        if pca > x.shape[1]:
             raise SelfSupError(f"--pca {pca} must be between 1 and the feature dimension {x.shape[1]}")
         x = pca_whiten(x, pca)               # whitened rows, L2-normalised (DeepCluster)
     elif spherical:
