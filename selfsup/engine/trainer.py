@@ -83,6 +83,20 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+BACKBONE_DEFAULTS = {"input": "rgb", "last_stride": 2}     # build_backbone's, when an option is not given
+
+
+def _check_init_options(path, method: str, held: dict, needed: dict) -> None:
+    """Refuse an init checkpoint whose backbone lacks what ``method`` needs of it (Colorization's L input
+    and res5 stride, Jigsaw's per-tile normalisation); options the method leaves free are the checkpoint's."""
+    differ = [k for k in needed if k != "width" and held.get(k, BACKBONE_DEFAULTS.get(k)) != needed[k]]
+    if differ:
+        has = ", ".join(f"{k}={held.get(k, BACKBONE_DEFAULTS.get(k))}" for k in differ)
+        wants = ", ".join(f"{k}={needed[k]}" for k in differ)
+        raise SelfSupError(f"init checkpoint {path} holds a backbone with {has}, but {method} needs {wants}: "
+                           f"start from a checkpoint of such a backbone (e.g. a {method} run), or drop init=")
+
+
 class _StopFlag:
     """Turns SIGTERM / SIGINT into a flag the loop checks between steps."""
 
@@ -144,13 +158,21 @@ class Trainer:
                       f"4x (bf16) to 10x (fp32) slower steps on a CPU; cifar_stem=false for speed")
         if cfg.init:                     # fine-tuning: the backbone exactly as the checkpoint holds it, with its weights
             init = load_checkpoint(cfg.init)
-            name, self.cifar_stem, self.backbone_options = backbone_spec(cfg.init, init)
+            name, stem, options = backbone_spec(cfg.init, init)
             if name != cfg.backbone:
                 raise SelfSupError(f"init checkpoint {cfg.init} holds a {name} backbone, not {cfg.backbone}: "
                                    f"set --backbone {name}")
-            if cfg.width != self.backbone_options.get("width", 1.0):
+            if cfg.width != options.get("width", 1.0):
                 raise SelfSupError(f"init checkpoint {cfg.init} holds a convnet of width "
-                                   f"{self.backbone_options.get('width', 1.0)}, not {cfg.width}: drop width=")
+                                   f"{options.get('width', 1.0)}, not {cfg.width}: drop width=")
+            _check_init_options(cfg.init, cfg.method, options, self.backbone_options)
+            if self.cifar_stem is None:
+                if dist.is_main():
+                    print(f"cifar_stem auto: {stem}, as in the init checkpoint {cfg.init}")
+            elif self.cifar_stem != stem:
+                raise SelfSupError(f"init checkpoint {cfg.init} has cifar_stem={stem}, this run sets "
+                                   f"cifar_stem={self.cifar_stem}: drop cifar_stem= (the checkpoint's stem is kept)")
+            self.cifar_stem, self.backbone_options = stem, options
             self.backbone = load_backbone(cfg.init, init).train()
         else:
             self.backbone = build_backbone(cfg.backbone, cifar_stem=self.cifar_stem, **self.backbone_options)
