@@ -99,3 +99,40 @@ def test_the_holdout_has_its_own_seed_and_a_seed_on_one_side_does_not_overlap(tm
     assert numbers(other_val) != numbers(val) and not numbers(other_val) & numbers(other_train)
     with pytest.raises(SelfSupError, match="val_seed= needs a holdout"):
         load_dataset("synthetic:20?val_seed=1")
+
+
+def test_options_a_format_would_ignore_are_applied_or_refused(tmp_path):
+    cache = tmp_path / "cache"
+    root = numbered_folder(tmp_path / "root", per_class=2)
+    # channels= is applied by in-memory folders and file lists (gray images made colour, and back)
+    assert load_dataset(str(root), cache_dir=cache).channels == 1
+    colour = load_dataset(f"{root}?channels=3", cache_dir=cache)
+    assert colour.channels == 3 and np.asarray(colour.images)[0, 2, 0, 0] == np.asarray(colour.images)[0, 0, 0, 0]
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{f} {i % 2}\n" for i, f in enumerate(sorted(root.rglob("*.png")))))
+    assert load_dataset(f"filelist:{listing}?channels=3", cache_dir=cache).channels == 3
+    for bad in ("abc", "2"):
+        with pytest.raises(SelfSupError, match=f"channels={bad} must be 1"):
+            load_dataset(f"{root}?channels={bad}", cache_dir=cache)
+    # synthetic split=test: other images of the same classes
+    train, test = load_dataset("synthetic:20?size=8"), load_dataset("synthetic:20?size=8&split=test")
+    assert np.array_equal(load_dataset("synthetic:20?size=8&split=train").images, train.images)
+    assert not np.array_equal(train.images, test.images) and test.fingerprint != train.fingerprint
+    with pytest.raises(SelfSupError, match="split=train .* or split=test"):
+        load_dataset("synthetic:20?split=val")
+    # refused, naming the formats that take them
+    refused = {f"filelist:{listing}?split=test": "split= applies to imagefolder",
+               f"{root}?classes=5": "classes= applies to synthetic, not to imagefolder",
+               f"{root}?stream=0&shrink=8": "stream=0 (decode into memory): shrink= applies to the streaming path",
+               f"{root}?stream=0&workers=2": "workers= applies to the streaming path",
+               f"{root}?buffer=10": "buffer= applies to shards",
+               "synthetic:10?workers=2": "applies to image files"}
+    idx = tmp_path / "fashion"
+    idx.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (idx / name).write_bytes(b"")
+    refused[f"fashion-mnist:{idx}?size=64"] = "size= applies to imagefolder"
+    refused[f"fashion-mnist:{idx}?channels=3"] = "channels= applies to imagefolder"
+    for spec, message in refused.items():
+        with pytest.raises(SelfSupError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_dataset(spec, cache_dir=cache)

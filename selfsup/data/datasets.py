@@ -193,6 +193,14 @@ def _number(options: dict, key: str, kind=int, default=None):
         raise SelfSupError(f"data option {key}={options[key]!r} is not a {kind.__name__}: give a number") from None
 
 
+def channel_mode(options: dict) -> str | None:
+    """The colour mode that ``channels=`` asks for: "L" (1), "RGB" (3), or None (chosen from the images)."""
+    value = options.get("channels")
+    if value is not None and value not in ("1", "3"):
+        raise SelfSupError(f"data option channels={value} must be 1 (grayscale) or 3 (colour)")
+    return None if value is None else "L" if value == "1" else "RGB"
+
+
 def _positive(options: dict, key: str, default=None, example=32):
     """An int option that must be at least 1 (a size in pixels, a number of classes)."""
     value = _number(options, key, int, default)
@@ -233,21 +241,20 @@ def load_dataset(spec: str, cache_dir: str | Path | None = None):
     for image files that stream (``stream=1``, or too many to decode into memory) a
     ``selfsup.data.stream.StreamImageSet`` with the same interface."""
     fmt, path_str, options = parse_spec(spec)
-    if fmt == "shards":
-        from selfsup.data.shards import read_shards
-        return _apply_subsets(read_shards(path_str, options, cache_root(cache_dir)), options)
-    if fmt == "synthetic":
-        _no_stream_options(options, fmt)
-        data = synthetic(path_str, options)
-    else:
+    if fmt not in ("shards", "synthetic"):
         path = Path(path_str).expanduser()
         if not path_str or not path.exists():
             raise SelfSupError(f"data path {path_str or '(empty)'} does not exist: pass an existing folder, .tar "
                                f"file, or FORMAT:PATH")
         fmt = fmt or detect_format(path)
+    _check_options(options, fmt)
+    if fmt == "shards":
+        from selfsup.data.shards import read_shards
+        return _apply_subsets(read_shards(path_str, options, cache_root(cache_dir)), options)
+    if fmt == "synthetic":
+        data = synthetic(path_str, options)
+    else:
         split = options.get("split")
-        if fmt not in ("imagefolder", "filelist", "unlabeled"):
-            _no_stream_options(options, fmt)
         if fmt in ("cifar10", "cifar100"):
             data = read_cifar(path, fmt, split or "train")
         elif fmt == "stl10":
@@ -265,11 +272,30 @@ def load_dataset(spec: str, cache_dir: str | Path | None = None):
     return _apply_subsets(data, options)
 
 
-def _no_stream_options(options: dict, fmt: str) -> None:
+IMAGE_FILES = ("imagefolder", "unlabeled", "filelist")
+OPTION_FORMATS = {       # the formats that take these options; the others refuse them (the rest apply to all)
+    "split": ("imagefolder", "unlabeled", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "voc07", "synthetic"),
+    "size": IMAGE_FILES + ("voc07", "shards", "synthetic"),
+    "channels": IMAGE_FILES + ("shards", "synthetic"),
+    "classes": ("synthetic",),
+    "buffer": ("shards",),
+}
+
+
+def _check_options(options: dict, fmt: str) -> None:
+    """Refuse, in one line, an option that the format would ignore."""
     used = [k for k in STREAM_OPTIONS if k in options]
-    if used:
+    if used and fmt not in IMAGE_FILES + ("shards",):
         raise SelfSupError(f"data option {used[0]}= applies to image files (imagefolder, unlabeled, filelist, "
                            f"shards), not to {fmt}: drop it")
+    for key, formats in OPTION_FORMATS.items():
+        if key in options and fmt not in formats:
+            raise SelfSupError(f"data option {key}= applies to {', '.join(formats)}, not to {fmt}: drop it")
+    if options.get("stream") == "0":
+        used = [k for k in STREAM_OPTIONS if k in options and k != "stream"]
+        if fmt == "shards" or used:
+            why = "shards always stream" if fmt == "shards" else f"{used[0]}= applies to the streaming path only"
+            raise SelfSupError(f"data option stream=0 (decode into memory): {why}; drop one of them")
 
 
 def _apply_subsets(data: ImageArrayDataset, options: dict) -> ImageArrayDataset:
@@ -811,10 +837,12 @@ def read_imagefolder(path: Path, split: str | None, size: int | None, cache_root
     ``stream=1`` or when the decoded array would not fit in half of the RAM (``selfsup.data.stream``)."""
     options = options or {}
     kind = "unlabeled" if unlabeled else "imagefolder"
+    mode = channel_mode(options)
+    shape = f"{size}" if mode is None else f"{size}|{mode}"      # as before when channels= is not given
     if path.is_file() and options.get("stream") in (None, "0", "auto"):
         # a tar: its size and time identify it, no need to list it again
         st = path.stat()
-        early = _short_hash(f"{kind}-tar-v3|{path.resolve()}|{split}|{size}|{st.st_size}|{st.st_mtime_ns}")
+        early = _short_hash(f"{kind}-tar-v3|{path.resolve()}|{split}|{shape}|{st.st_size}|{st.st_mtime_ns}")
         if unlabeled:
             early = _short_hash(f"unlabeled|{early}")
         cached = _cached(cache_root / "arrays", early)
@@ -836,16 +864,17 @@ def read_imagefolder(path: Path, split: str | None, size: int | None, cache_root
         fingerprint = early
     else:                                   # every file's name, size and time: a changed image is decoded again
         digest = hashlib.sha1("".join(_stat_line(path / n) for n in names).encode()).hexdigest()
-        fingerprint = _short_hash(f"imagefolder-v3|{path.resolve()}|{split}|{size}|{digest}")
+        fingerprint = _short_hash(f"imagefolder-v3|{path.resolve()}|{split}|{shape}|{digest}")
         if unlabeled:
             fingerprint = _short_hash(f"unlabeled|{fingerprint}")
-    return _decode_all(source, names, labels, classes, size, cache_root / "arrays", fingerprint)
+    return _decode_all(source, names, labels, classes, size, cache_root / "arrays", fingerprint, mode=mode)
 
 
 def read_filelist(path: Path, size: int | None, cache_root: Path, options: dict | None = None):
     """``path label`` lines, or ``path`` alone (unlabeled: -1); decoded into memory, or streamed (stream=1, or
     too large for memory: the listed files are then not stat'ed, only named)."""
     options = options or {}
+    mode = channel_mode(options)
     names, labels, stats = [], [], []
     lines = path.read_text().splitlines()
     stream = options.get("stream") == "1"
@@ -893,16 +922,18 @@ def read_filelist(path: Path, size: int | None, cache_root: Path, options: dict 
     source = _Source(Path("/"))
     st = path.stat()
     digest = hashlib.sha1("".join(stats).encode()).hexdigest()   # the listed images too, not only the list
-    fingerprint = _short_hash(f"filelist-v3|{path.resolve()}|{size}|{st.st_size}|{st.st_mtime_ns}|{digest}")
+    shape = f"{size}" if mode is None else f"{size}|{mode}"      # as before when channels= is not given
+    fingerprint = _short_hash(f"filelist-v3|{path.resolve()}|{shape}|{st.st_size}|{st.st_mtime_ns}|{digest}")
     return _decode_all(source, [n.lstrip("/") for n in names], labels, [str(c) for c in range(num_classes)], size,
-                       cache_root / "arrays", fingerprint)
+                       cache_root / "arrays", fingerprint, mode=mode)
 
 
 # ------------------------------------------------------------------ synthetic
 
 def synthetic(count: str, options: dict) -> ImageArrayDataset:
     """``synthetic:N?classes=10&size=32&channels=3&seed=0``: N images, each class a
-    distinct oriented grating with its own colour, random phase, position and noise."""
+    distinct oriented grating with its own colour, random phase, position and noise. ``split=test``: N other
+    images of the same classes (another random stream of the same seed); ``split=train`` is the default."""
     try:
         n = int(count)
     except ValueError:
@@ -910,10 +941,11 @@ def synthetic(count: str, options: dict) -> ImageArrayDataset:
     if n < 1:
         raise SelfSupError(f"synthetic data needs a positive count, e.g. synthetic:1000, got {count!r}")
     k, size = _positive(options, "classes", 10, example=10), _positive(options, "size", 32)
-    channels, seed = _number(options, "channels", int, 3), _number(options, "seed", int, 0)
-    if channels not in (1, 3):
-        raise SelfSupError(f"data option channels={channels} must be 1 (grayscale) or 3 (colour)")
-    rng = np.random.default_rng(seed)
+    channels, seed = 1 if channel_mode(options) == "L" else 3, _number(options, "seed", int, 0)
+    split = options.get("split", "train")
+    if split not in ("train", "test"):
+        raise SelfSupError(f"synthetic data has no split {split!r}: use split=train (the default) or split=test")
+    rng = np.random.default_rng(seed if split == "train" else [seed, 1])
     labels = np.arange(n) % k
     rng.shuffle(labels)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
@@ -926,5 +958,5 @@ def synthetic(count: str, options: dict) -> ImageArrayDataset:
     colour = 0.5 + 0.5 * np.cos(2 * np.pi * (hue + np.array([0.0, 1 / 3, 2 / 3])[None]))[:, :channels]
     img = 0.5 + 0.35 * wave[:, None] * colour[:, :, None, None] + 0.08 * rng.standard_normal((n, channels, size, size))
     images = (np.clip(img, 0, 1) * 255).astype(np.uint8)
-    return ImageArrayDataset(images, labels.astype(np.int64), [f"class{i}" for i in range(k)],
-                             _short_hash(f"synthetic|{n}|{k}|{size}|{channels}|{seed}"))
+    identity = f"synthetic|{n}|{k}|{size}|{channels}|{seed}" + ("|test" if split == "test" else "")
+    return ImageArrayDataset(images, labels.astype(np.int64), [f"class{i}" for i in range(k)], _short_hash(identity))

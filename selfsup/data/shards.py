@@ -137,7 +137,7 @@ class ShardImageSet(StreamImageSet):
 
 
 def read_shards(spec: str, options: dict, cache_root: Path) -> ShardImageSet:
-    from selfsup.data.datasets import _positive
+    from selfsup.data.datasets import _positive, channel_mode
 
     files = shard_files(spec)
     tables = [shard_table(f, cache_root / "shards") for f in files]
@@ -165,14 +165,11 @@ def read_shards(spec: str, options: dict, cache_root: Path) -> ShardImageSet:
     buffer = _number(options, "buffer", int, 1000)
     if buffer < 1:
         raise SelfSupError(f"data option buffer={buffer} must be 1 (no shuffle within shards) or more samples")
-    channels = _number(options, "channels", int, None)
-    if channels not in (None, 1, 3):
-        raise SelfSupError(f"data option channels={channels} must be 1 (grayscale) or 3 (colour)")
     workers, shrink = _number(options, "workers", int, None), _number(options, "shrink", int, None)
     data = ShardImageSet(names, labels, classes, fingerprint, str(files[0].parent), tars=[str(f) for f in files],
                          member=member, shrink=shrink, workers=workers, decode=decode_option(options),
                          loader=loader_option(options), bounds=np.concatenate([[0], np.cumsum(counts)]), buffer=buffer)
-    return probe(data, _positive(options, "size"), None if channels is None else ("L" if channels == 1 else "RGB"))
+    return probe(data, _positive(options, "size"), channel_mode(options))
 
 
 # ---------------------------------------------------------------- writing

@@ -539,7 +539,7 @@ def probe(data: StreamImageSet, size: int | None, mode: str | None) -> StreamIma
 def stream_set(root: Path, names: list[str], labels, classes: list[str], identity: str, options: dict,
                tar: Path | None = None) -> StreamImageSet:
     """A ``StreamImageSet`` of ``names`` under ``root`` (or members of the uncompressed ``tar``)."""
-    from selfsup.data.datasets import _number, _positive
+    from selfsup.data.datasets import _number, _positive, channel_mode
 
     member = None
     tars = []
@@ -555,9 +555,6 @@ def stream_set(root: Path, names: list[str], labels, classes: list[str], identit
     encoded = np.array([n.encode() for n in names], dtype=bytes)
     labels = np.asarray(labels, dtype=np.int64)
     fingerprint = _short_hash(f"stream-v1|{identity}|" + hashlib.sha1(encoded.tobytes() + labels.tobytes()).hexdigest())
-    channels = _number(options, "channels", int, None)
-    if channels not in (None, 1, 3):
-        raise SelfSupError(f"data option channels={channels} must be 1 (grayscale) or 3 (colour)")
     workers = _number(options, "workers", int, None)
     if workers is not None and workers < 0:
         raise SelfSupError(f"data option workers={workers} must be 0 (decode in the main process) or more")
@@ -566,7 +563,7 @@ def stream_set(root: Path, names: list[str], labels, classes: list[str], identit
         raise SelfSupError(f"data option shrink={shrink} must be 0 (keep full size) or a short side in px")
     data = StreamImageSet(encoded, labels, classes, fingerprint, str(root), tars=tars, member=member,
                           shrink=shrink, workers=workers, decode=decode_option(options), loader=loader_option(options))
-    return probe(data, _positive(options, "size"), None if channels is None else ("L" if channels == 1 else "RGB"))
+    return probe(data, _positive(options, "size"), channel_mode(options))
 
 
 def loader_option(options: dict) -> str:
