@@ -35,7 +35,7 @@ from selfsup.data.datasets import load_dataset
 from selfsup.distributed import resolve_device
 from selfsup.engine.trainer import pretrain
 from selfsup.errors import SelfSupError
-from selfsup.eval.checks import eval_image_size
+from selfsup.eval.checks import at_least_one, eval_image_size
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import topk_accuracy
 from selfsup.eval.run import class_map, labelled
@@ -63,6 +63,7 @@ def finetune_config(init: str, data: str, recipe: str = "swav-10pct", epochs: in
     architecture, stem and options, its pretraining view size), the recipe, then the user's settings."""
     if recipe not in RECIPES:
         raise SelfSupError(f"unknown fine-tuning recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+    at_least_one("--epochs", epochs, RECIPES[recipe]["epochs"])
     ckpt = load_checkpoint(init)
     name, _, options = backbone_spec(init, ckpt)
     size = eval_image_size(ckpt)
@@ -125,8 +126,10 @@ def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", e
              batch_size: int | None = None, out: str | None = None, device: str | None = None,
              overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Fine-tune ``init`` on ``data`` with ``recipe``, score it on ``test_data``; the result (with the
-    recipe, the changes to it and the run's checkpoint) is also written to ``OUT/finetune.json``."""
+    recipe, the changes to it and the run's checkpoint) is also written to ``OUT/finetune.json``. The test
+    classes are checked against the training classes before training."""
     cfg = finetune_config(init, data, recipe, epochs, batch_size, out, device, overrides)
+    class_map(load_dataset(data), labelled(load_dataset(test_data), test_data), data, test_data)
     run_dir, status = pretrain(cfg)
     if status != "done":
         return {"status": status, "checkpoint": str(run_dir / "last.pt")}
