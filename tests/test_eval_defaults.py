@@ -184,3 +184,43 @@ def test_cluster_refuses_a_negative_image_size(ckpt, capsys):
 def test_cluster_refuses_zero_instead_of_taking_the_default(ckpt, capsys, argv, fragment):
     code, _, err = run(capsys, "eval", "cluster", "--checkpoint", ckpt, "--test-data", TINY, *argv)
     assert one_line_error(code, err, fragment), err
+
+
+def test_finetune_checks_its_settings_and_test_classes_before_training(ckpt, tmp_path, monkeypatch):
+    from selfsup import finetune as ft
+
+    monkeypatch.setattr(ft, "pretrain", lambda cfg: pytest.fail("trained before the checks"))
+    with pytest.raises(SelfSupError, match="2 classes of synthetic:64\\?classes=6&size=16 are not in"):
+        ft.finetune(str(ckpt), TINY, "synthetic:64?classes=6&size=16", epochs=1, out=str(tmp_path / "a"))
+    for epochs in (0, -2):
+        with pytest.raises(SelfSupError, match=f"--epochs must be at least 1, got {epochs}"):
+            ft.finetune(str(ckpt), TINY, TINY, epochs=epochs, out=str(tmp_path / "b"))
+
+
+def test_svm_and_lowshot_messages_name_the_class():
+    from selfsup.eval.lowshot import lowshot_benchmark
+    from selfsup.eval.svm import svm_benchmark
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 8))
+    Ytr = np.eye(2, dtype=np.int64)[np.arange(12) % 2]
+    Yte = np.eye(2, dtype=np.int64)[np.zeros(12, dtype=int)]        # no test image of 'dog'
+    names = ["cat", "dog"]
+    with pytest.raises(SelfSupError, match="class 'dog' has no positive"):
+        svm_benchmark(X, Ytr, X, Yte, costs="0.1", n_jobs=1, class_names=names)
+    with pytest.raises(SelfSupError, match="class 'dog' has no positive"):
+        lowshot_benchmark(X, Ytr, X, Yte, ks=(1,), num_samples=1, costs="0.1", n_jobs=1, class_names=names)
+    with pytest.raises(SelfSupError, match="class 'cat' has 0 positive"):
+        svm_benchmark(X, Ytr * 0, X, Ytr, costs="0.1", n_jobs=1, class_names=names)
+    with pytest.raises(SelfSupError, match="negative images of class 'cat'"):
+        lowshot_benchmark(X, Ytr, X, Ytr, ks=(1,), num_samples=1, costs="0.1", n_jobs=1, class_names=names)
+
+
+def test_eval_svm_names_the_class_without_test_images(ckpt, capsys):
+    from selfsup.data.datasets import load_dataset
+
+    test = "synthetic:32?classes=3&size=16&seed=1"
+    missing = load_dataset(TINY).classes[3]
+    code, _, err = run(capsys, "eval", "svm", "--checkpoint", ckpt, "--train-data", TINY, "--test-data", test,
+                       "--taps", "conv4", "--costs", "0.1", "--jobs", 1, "--no-cache", "--json")
+    assert one_line_error(code, err, f"class {missing!r} has no positive"), err

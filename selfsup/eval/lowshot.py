@@ -41,7 +41,7 @@ import numpy as np
 
 from selfsup.errors import SelfSupError
 from selfsup.eval.svm import (GRAM_MAX_ROWS, MAX_ITER, TOL, _Opts, _Pool, _fit_set, check_features, check_targets,
-                              gram_matrix, normalize_features, parse_costs, use_gram, voc_ap)
+                              class_name, gram_matrix, normalize_features, parse_costs, use_gram, voc_ap)
 
 KS = (1, 2, 4, 8, 16, 32, 64, 96)
 NEGATIVES_PER_POSITIVE = 19
@@ -59,7 +59,8 @@ def _rng(seed: int, k: int, sample: int) -> np.random.Generator:
 
 
 def lowshot_samples(Y, k: int, num_samples: int = 5, seed: int = 0,
-                    negatives_per_positive: int = NEGATIVES_PER_POSITIVE) -> np.ndarray:
+                    negatives_per_positive: int = NEGATIVES_PER_POSITIVE,
+                    class_names: Sequence[str] | None = None) -> np.ndarray:
     """VOC-style low-shot targets: an int8 array (num_samples x N x C) of -1 (ignore) but,
     per class, exactly k images of label 1 set to 1 and ``negatives_per_positive`` k images
     of label 0 set to 0 (difficult images never chosen). Refuses a k for which some class
@@ -73,7 +74,8 @@ def lowshot_samples(Y, k: int, num_samples: int = 5, seed: int = 0,
     neg_idx = [np.flatnonzero(Y[:, c] == 0) for c in range(n_cls)]
     for c in range(n_cls):
         if len(pos_idx[c]) < k or len(neg_idx[c]) < neg:
-            raise SelfSupError(f"low-shot k={k} needs {k} positive and {neg} negative images of class {c}, which "
+            raise SelfSupError(f"low-shot k={k} needs {k} positive and {neg} negative images of "
+                               f"{class_name(c, class_names)}, which "
                                f"has {len(pos_idx[c])} and {len(neg_idx[c])}: use smaller k values")
     for s in range(num_samples):
         rng = _rng(seed, k, s)
@@ -155,14 +157,15 @@ def _stats(values: np.ndarray, j: int) -> dict:
 def lowshot_benchmark(Xtr, Ytr, Xte, Yte, ks: Sequence[int] = KS, num_samples: int = 5, costs="goyal",
                       style: str = "voc", n_jobs: int | None = -1, seed: int = 0, normalize: bool = True,
                       gram="auto", negatives_per_positive: int = NEGATIVES_PER_POSITIVE, max_iter: int = MAX_ITER,
-                      tol: float = TOL) -> dict:
+                      tol: float = TOL, class_names: Sequence[str] | None = None) -> dict:
     """Goyal et al.'s low-shot SVM benchmark (METHODS.md 6.3; the module doc) on arrays.
 
     Xtr, Xte: N x D pooled features (``normalize``: x / (||x|| + 1e-5) in float64, as the
     SVM benchmark). Ytr, Yte: VOC style, N x C targets 1 / 0 / -1 difficult; Places style,
     one-vs-rest 0/1 matrices (one class per image). ks: the k values; num_samples: the
     independent samples per k; costs: a preset or list (``parse_costs``); n_jobs: worker
-    processes; gram: the Cholesky-row speed-up (True, False, "auto").
+    processes; gram: the Cholesky-row speed-up (True, False, "auto"); class_names: the names
+    of Y's columns, for messages.
 
     Returns ``ks``: per k (as a string key) the mAP ``mean``, ``std``, ``min``, ``max`` and
     ``per_sample`` at ``cost`` (the cost maximising the mean over samples, chosen on the
@@ -190,13 +193,13 @@ def lowshot_benchmark(Xtr, Ytr, Xte, Yte, ks: Sequence[int] = KS, num_samples: i
     n_cls = Ytr.shape[1]
     for c in range(n_cls):
         if not (Yte[:, c] == 1).any():
-            raise SelfSupError(f"class {c} has no positive (non-difficult) test image, so its AP is undefined: "
-                               "leave the class out or use a test set that contains it")
+            raise SelfSupError(f"{class_name(c, class_names)} has no positive (non-difficult) test image, so its AP "
+                               "is undefined: leave the class out or use a test set that contains it")
     skipped = []
     samples = {}
     if style == "voc":
         for k in ks:
-            samples[k] = lowshot_samples(Ytr, k, num_samples, seed, negatives_per_positive)
+            samples[k] = lowshot_samples(Ytr, k, num_samples, seed, negatives_per_positive, class_names)
         set_rows = max(ks) * (1 + negatives_per_positive)
     else:
         labels_tr = _single_labels(Ytr, "training targets")

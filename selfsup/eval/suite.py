@@ -81,7 +81,7 @@ def evaluate_svm(checkpoint: str, train_spec: str, test_spec: str, taps=None, co
     per_tap = {}
     for tap in taps:
         result = svm_benchmark(xtr[tap].numpy(), ytr, xte[tap].numpy(), yte, costs, n_jobs=n_jobs, solver=solver,
-                               device=info["device"] if solver == "torch" else None)
+                               device=info["device"] if solver == "torch" else None, class_names=info["classes"])
         result["feature_dim"] = int(xtr[tap].shape[1])
         per_tap[tap] = result
     return {"protocol": "svm", **info, "costs": costs, "solver": solver, "per_tap": per_tap}
@@ -99,7 +99,7 @@ def evaluate_lowshot(checkpoint: str, train_spec: str, test_spec: str, taps=None
                                                batch_size, cache, progress, lambda b: default_svm_taps(b)[-2:])
     style = "voc" if info["multi_label"] else "places"
     per_tap = {tap: lowshot_benchmark(xtr[tap].numpy(), ytr, xte[tap].numpy(), yte, ks, num_samples, costs, style,
-                                      n_jobs=n_jobs, seed=seed) for tap in taps}
+                                      n_jobs=n_jobs, seed=seed, class_names=info["classes"]) for tap in taps}
     return {"protocol": "lowshot", **info, "style": style, "costs": costs, "num_samples": num_samples,
             "per_tap": per_tap}
 

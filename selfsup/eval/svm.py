@@ -597,16 +597,21 @@ def torch_device(device=None) -> torch.device:
 
 # ----------------------------------------------------------------------------- benchmark
 
-def _check_classes(Ytr: np.ndarray, Yte: np.ndarray, cv: int) -> None:
+def class_name(c: int, names: Sequence[str] | None = None) -> str:
+    """"class 'dog'" in messages when the class names are known, else "class 3"."""
+    return f"class {names[c]!r}" if names is not None else f"class {c}"
+
+
+def _check_classes(Ytr: np.ndarray, Yte: np.ndarray, cv: int, names: Sequence[str] | None = None) -> None:
     for c in range(Ytr.shape[1]):
         pos = int((Ytr[:, c] == 1).sum())
         neg = len(Ytr) - pos
         if pos < cv or neg < cv:
-            raise SelfSupError(f"class {c} has {pos} positive and {neg} negative training images; {cv}-fold "
-                               f"stratified CV needs at least {cv} of each: leave the class out or add images")
+            raise SelfSupError(f"{class_name(c, names)} has {pos} positive and {neg} negative training images; "
+                               f"{cv}-fold stratified CV needs at least {cv} of each: leave the class out or add images")
         if not (Yte[:, c] == 1).any():
-            raise SelfSupError(f"class {c} has no positive (non-difficult) test image, so its AP is undefined: "
-                               "leave the class out or use a test set that contains it")
+            raise SelfSupError(f"{class_name(c, names)} has no positive (non-difficult) test image, so its AP is "
+                               "undefined: leave the class out or use a test set that contains it")
 
 
 def choose_costs(cv_ap: np.ndarray, costs: Sequence[float]) -> np.ndarray:
@@ -707,7 +712,7 @@ def svm_cv(Xtr, Ytr, costs="goyal", n_jobs: int | None = -1, cv: int = 3, seed: 
 
 def svm_benchmark(Xtr, Ytr, Xte, Yte, costs="goyal", n_jobs: int | None = -1, cv: int = 3, seed: int = 0,
                   normalize: bool = True, gram="auto", solver: str = "sklearn", device=None,
-                  max_iter: int = MAX_ITER, tol: float = TOL) -> dict:
+                  max_iter: int = MAX_ITER, tol: float = TOL, class_names: Sequence[str] | None = None) -> dict:
     """Goyal et al.'s VOC07 SVM benchmark (METHODS.md 6.1; the module doc) on arrays.
 
     Xtr, Xte: N x D features (numpy or torch), pooled, not yet normalised (``normalize``
@@ -716,6 +721,7 @@ def svm_benchmark(Xtr, Ytr, Xte, Yte, costs="goyal", n_jobs: int | None = -1, cv
     n_jobs: worker processes (-1: all cores). gram: the Cholesky-row speed-up (True,
     False, "auto": when N_train < D). solver: "sklearn" (LinearSVC, the reference) or
     "torch" (batched exact Newton on ``device``, default cuda when available).
+    class_names: the names of Y's columns, for messages.
 
     Returns a dict: ``map`` (test mAP, a fraction), ``classes`` (per class: best_cost,
     cv_ap at it, test_ap, positives), ``cv_ap`` (classes x costs mean CV AP), ``costs``,
@@ -733,7 +739,7 @@ def svm_benchmark(Xtr, Ytr, Xte, Yte, costs="goyal", n_jobs: int | None = -1, cv
     if Ytr.shape[1] != Yte.shape[1]:
         raise SelfSupError(f"training targets have {Ytr.shape[1]} classes but test targets {Yte.shape[1]}: "
                            "use the same class list")
-    _check_classes(Ytr, Yte, cv)
+    _check_classes(Ytr, Yte, cv, class_names)
     if normalize:
         Xtr, Xte = normalize_features(Xtr), normalize_features(Xte)
     n, dims = Xtr.shape
