@@ -127,8 +127,12 @@ def load_backbone(path: str | Path, ckpt: dict | None = None):
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
     name, cifar_stem, options = backbone_spec(path, ckpt)
     state = ckpt["backbone_state"] if "backbone_state" in ckpt else ckpt.get("state_dict", ckpt)
-    backbone = build_backbone(name, cifar_stem=cifar_stem, **options)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise SelfSupError(f"checkpoint {path} holds NaN or infinite weights in {key}: the run diverged before it "
+                               f"was saved; pass a checkpoint from before it diverged")
+    backbone = build_backbone(name, cifar_stem=cifar_stem, **options)
     try:
         backbone.load_state_dict(state)
     except RuntimeError as exc:
