@@ -136,3 +136,16 @@ def test_options_a_format_would_ignore_are_applied_or_refused(tmp_path):
     for spec, message in refused.items():
         with pytest.raises(SelfSupError, match=message.replace("(", r"\(").replace(")", r"\)")):
             load_dataset(spec, cache_dir=cache)
+
+
+def test_symlinked_class_folders_are_followed_and_a_loop_ends(tmp_path):
+    root = numbered_folder(tmp_path / "root", per_class=2)
+    other = numbered_folder(tmp_path / "elsewhere", classes=1, per_class=3)
+    (root / "linked").symlink_to(other / "c0", target_is_directory=True)
+    (root / "c0" / "loop").symlink_to(root, target_is_directory=True)         # root/c0/loop/c0/loop/...
+    with pytest.warns(UserWarning, match="loop"):
+        d = load_dataset(f"{root}?stream=0", cache_dir=tmp_path / "cache")
+    assert d.classes == ["c0", "c1", "linked"] and np.bincount(d.labels).tolist() == [2, 2, 3]
+    with pytest.warns(UserWarning, match="loop"):
+        u = load_dataset(f"unlabeled:{root}?stream=1", cache_dir=tmp_path / "cache")
+    assert len(u) == 7

@@ -494,6 +494,22 @@ KEEP_BYTES = 256 << 20               # bytes of probed images kept for decoding:
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"     # no dots: temp names split on them
 
 
+def walk(root: Path):
+    """(folder, its file names) for ``root`` and every folder under it, following symlinked folders (a linked
+    class folder is a class); a link back to a folder it is inside (a loop) is skipped with a warning."""
+    chains = {str(root): {os.path.realpath(root)}}      # each folder's real path and its ancestors'
+    for top, dirs, files in os.walk(root, followlinks=True):
+        dirs.sort()
+        for d in list(dirs):
+            real = os.path.realpath(os.path.join(top, d))
+            if real in chains[top]:
+                dirs.remove(d)
+                warnings.warn(f"skipped {os.path.join(top, d)}: a link to {real}, which holds it (a loop)")
+            else:
+                chains[os.path.join(top, d)] = chains[top] | {real}
+        yield top, files
+
+
 class _Source:
     """Reads the bytes of image files from a folder or, in place, from a tar."""
 
@@ -519,8 +535,7 @@ class _Source:
     def files(self) -> list[str]:
         if self.tar is not None:
             return sorted(self.members)
-        return sorted(Path(top, f).relative_to(self.path).as_posix() for top, _, files in os.walk(self.path)
-                      for f in files)
+        return sorted(Path(top, f).relative_to(self.path).as_posix() for top, files in walk(self.path) for f in files)
 
     def read(self, name: str, limit: int = -1) -> bytes:
         """The file's bytes, or its first ``limit`` bytes."""
@@ -827,7 +842,7 @@ def _tree_identity(path: Path) -> str:
     if path.is_file():
         st = path.stat()
         return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    dirs = sorted(top for top, _, _ in os.walk(path))
+    dirs = sorted(top for top, _ in walk(path))
     return f"{path.resolve()}|" + hashlib.sha1("".join(f"{d}|{os.stat(d).st_mtime_ns}" for d in dirs).encode()).hexdigest()
 
 
