@@ -112,7 +112,17 @@ def load_checkpoint(path: str | Path) -> dict:
     ckpt = safe_load(path)
     if not isinstance(ckpt, dict):
         raise SelfSupError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict: pass a file written by `selfsup pretrain` or a state dict")
+    if ckpt.get("config") is not None:
+        _expect(path, ckpt, "config", dict)
     return ckpt
+
+
+def _expect(path, ckpt: dict, key: str, kind: type) -> None:
+    """A one-line error unless ``ckpt[key]`` (a field of a ``selfsup pretrain`` checkpoint) is a ``kind``."""
+    if key not in ckpt or not isinstance(ckpt[key], kind):
+        held = f"a {type(ckpt[key]).__name__}" if key in ckpt else "missing"
+        raise SelfSupError(f"checkpoint {path} is damaged: its {key!r} is {held}, not a {kind.__name__}; pass a file "
+                           f"written by `selfsup pretrain`, or the state dict of a network")
 
 
 def load_backbone(path: str | Path, ckpt: dict | None = None):
@@ -127,8 +137,11 @@ def load_backbone(path: str | Path, ckpt: dict | None = None):
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
     name, cifar_stem, options = backbone_spec(path, ckpt)
     state = ckpt["backbone_state"] if "backbone_state" in ckpt else ckpt.get("state_dict", ckpt)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    state = {k: v for k, v in state.items() if not str(k).startswith("fc.")}
     for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise SelfSupError(f"checkpoint {path} is damaged: its weight {key!r} is a {type(value).__name__}, not a "
+                               f"tensor; pass a file written by `selfsup pretrain`, or the state dict of a network")
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise SelfSupError(f"checkpoint {path} holds NaN or infinite weights in {key}: the run diverged before it "
                                f"was saved; pass a checkpoint from before it diverged")
@@ -145,6 +158,11 @@ def backbone_spec(path: str | Path, ckpt: dict) -> tuple[str, bool, dict]:
     """(name, cifar_stem, options) of the backbone a checkpoint holds: recorded by ``selfsup
     pretrain``, inferred from the keys of a torchvision ResNet state dict."""
     if "backbone_state" in ckpt:
+        _expect(path, ckpt, "backbone", str)
+        _expect(path, ckpt, "backbone_state", dict)
+        for key, kind in (("backbone_options", dict), ("cifar_stem", bool)):
+            if ckpt.get(key) is not None:
+                _expect(path, ckpt, key, kind)
         return ckpt["backbone"], bool(ckpt.get("cifar_stem", False)), dict(ckpt.get("backbone_options") or {})
     return (*_guess_torchvision_resnet(ckpt.get("state_dict", ckpt), path), {})
 
@@ -174,10 +192,11 @@ def load_projector(ckpt: dict, backbone):
 
 
 def _guess_torchvision_resnet(state: dict, path) -> tuple[str, bool]:
-    if not isinstance(state, dict) or "conv1.weight" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("conv1.weight"), torch.Tensor):
         raise SelfSupError(f"checkpoint {path} is neither a selfsup checkpoint nor a ResNet state dict: pass a file written by `selfsup pretrain`")
-    bottleneck = any(k.endswith("conv3.weight") for k in state)
-    blocks = len({k.split(".")[1] for k in state if k.startswith("layer3.")})
+    keys = [k for k in state if isinstance(k, str)]
+    bottleneck = any(k.endswith("conv3.weight") for k in keys)
+    blocks = len({k.split(".")[1] for k in keys if k.startswith("layer3.")})
     depth = {(False, 2): 18, (False, 6): 34, (True, 6): 50}.get((bottleneck, blocks))
     if depth is None:
         raise SelfSupError(f"checkpoint {path} is a ResNet of unsupported depth: use resnet18, resnet34 or resnet50")

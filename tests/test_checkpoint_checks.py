@@ -17,6 +17,24 @@ def selfsup_ckpt(**changes):
     return {k: v for k, v in ckpt.items() if v != "DROP"}
 
 
+@pytest.mark.parametrize("changes, fragment", [
+    ({"backbone": "DROP"}, "its 'backbone' is missing, not a str"),
+    ({"backbone": None}, "its 'backbone' is a NoneType, not a str"),
+    ({"backbone_options": [1]}, "its 'backbone_options' is a list, not a dict"),
+    ({"backbone_state": [1, 2]}, "its 'backbone_state' is a list, not a dict"),
+    ({"cifar_stem": "yes"}, "its 'cifar_stem' is a str, not a bool"),
+    ({"config": "x"}, "its 'config' is a str, not a dict"),
+    ({"backbone_state": {"conv1.weight": [1.0]}}, "its weight 'conv1.weight' is a list, not a tensor"),
+])
+def test_damaged_selfsup_checkpoint_is_one_line(tmp_path, capsys, changes, fragment):
+    path = tmp_path / "bad.pt"
+    save_atomic(selfsup_ckpt(**changes), path)
+    with pytest.raises(SelfSupError, match=f"checkpoint {path} is damaged: {fragment}"):
+        load_backbone(path)
+    code, _, err = run(capsys, "eval", "knn", "--checkpoint", path, "--train-data", TINY, "--test-data", TINY)
+    assert one_line_error(code, err, fragment)
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_weights_are_refused(tmp_path, value):
     good = selfsup_ckpt()
