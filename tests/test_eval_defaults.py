@@ -224,3 +224,12 @@ def test_eval_svm_names_the_class_without_test_images(ckpt, capsys):
     code, _, err = run(capsys, "eval", "svm", "--checkpoint", ckpt, "--train-data", TINY, "--test-data", test,
                        "--taps", "conv4", "--costs", "0.1", "--jobs", 1, "--no-cache", "--json")
     assert one_line_error(code, err, f"class {missing!r} has no positive"), err
+
+
+def test_knn_top5_counts_only_classes_that_got_votes():
+    from selfsup.eval.run import _probe
+
+    xtr, ytr = torch.eye(2, 4), torch.tensor([0, 1])         # the neighbours vote for classes 0 and 1 only
+    xte, yte = torch.ones(1, 4), torch.tensor([4])           # class 4 ties with 2 and 3 at zero votes
+    result = _probe("knn", xtr, ytr, xte, yte, 2, 0.07, 1, 0.1)
+    assert result == {"top1": 0.0, "top5": 0.0}

@@ -49,9 +49,17 @@ def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feat
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
+    """Top-k accuracies of class scores; a class scored -inf is never a hit, whatever its rank."""
     out = {}
     for k in ks:
         if k <= scores.shape[1]:
-            hit = (scores.topk(k, dim=1).indices == labels[:, None]).any(1)
+            top = scores.topk(k, dim=1)
+            hit = ((top.indices == labels[:, None]) & (top.values > float("-inf"))).any(1)
             out[f"top{k}"] = hit.float().mean().item()
     return out
+
+
+def knn_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Top-1 / top-5 of kNN class scores (``knn_scores``): a class no neighbour voted for is not a hit,
+    even where it ties into the top 5."""
+    return topk_accuracy(scores.masked_fill(scores == 0, float("-inf")), labels)

@@ -12,7 +12,7 @@ from selfsup.distributed import resolve_device
 from selfsup.errors import SelfSupError
 from selfsup.eval.checks import at_least_one, eval_image_size, finite
 from selfsup.eval.features import check_pool, extract_features, file_hash
-from selfsup.eval.knn import check_knn, knn_scores, topk_accuracy
+from selfsup.eval.knn import check_knn, knn_accuracy, knn_scores
 from selfsup.eval.linear import augmented_linear_probe, check_probe, get_preset, linear_probe
 from selfsup.eval.patches import aggregated_features, check_patches
 
@@ -174,7 +174,7 @@ def _probe(name, xtr, ytr, xte, yte, k, temperature, epochs, lr) -> dict:
     finite(xte, "test features")
     if name == "knn":
         num_classes = int(max(ytr.max(), yte.max())) + 1
-        return topk_accuracy(knn_scores(xtr, ytr, xte, k, temperature, num_classes), yte)
+        return knn_accuracy(knn_scores(xtr, ytr, xte, k, temperature, num_classes), yte)
     return linear_probe(xtr, ytr, xte, yte, epochs=epochs, lr=lr)
 
 
