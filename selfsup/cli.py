@@ -460,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        from selfsup.progress import mode
+
+        mode()                          # a bad SELFSUP_PROGRESS is refused before any command writes anything
         return args.func(args)
     except SelfSupError as exc:
         print(f"selfsup: error: {exc}", file=sys.stderr)

@@ -132,9 +132,13 @@ def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | 
     if file:
         file = str(find_config(file))
         try:
-            layers.append((file, OmegaConf.load(file)))
+            loaded = OmegaConf.load(file)
         except (OSError, Exception) as exc:  # yaml errors are not OmegaConf errors
             raise SelfSupError(f"cannot read config file {file}: {str(exc).splitlines()[0]}") from None
+        if not isinstance(loaded, DictConfig):
+            raise SelfSupError(f"config file {file} holds a list, not settings: write one `key: value` per line, "
+                               f"e.g. `epochs: 100` (every key: `selfsup pretrain {method_cls.name} --print-config`)")
+        layers.append((file, loaded))
     layers.append(("command-line flags", {k: v for k, v in (flags or {}).items() if v is not None}))
     user_keys = {k for _, layer in layers[1:] for k in flatten(layer)}
     user_keys |= {item.partition("=")[0].strip() for item in overrides or []}
@@ -161,6 +165,7 @@ def _merge(base, layers, overrides, method: str) -> tuple[DictConfig, int]:
     recipe's epochs (those after the method's layers, before the user's)."""
     recipe_epochs = base.epochs
     for where, layer in layers:
+        _check_groups(base, layer, where, method)
         try:
             base = OmegaConf.merge(base, layer)
         except OmegaConfBaseException as exc:
@@ -170,11 +175,21 @@ def _merge(base, layers, overrides, method: str) -> tuple[DictConfig, int]:
     for item in overrides or []:
         if "=" not in item:
             raise SelfSupError(f"cannot parse override {item!r}: write key=value, e.g. optim.lr=0.1")
+        _check_groups(base, OmegaConf.from_dotlist([item]), f"override {item!r}", method)
         try:
             base = OmegaConf.merge(base, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
             raise _format_error(exc, f"override {item!r}", method) from None
     return base, recipe_epochs
+
+
+def _check_groups(base, layer, where: str, method: str) -> None:
+    """Refuse a plain value given to a group of settings (``optim=3``), naming the group and its keys."""
+    for key, value in flatten(layer).items():
+        group = OmegaConf.select(base, key, default=None)
+        if isinstance(group, DictConfig) and not isinstance(value, (dict, DictConfig)):
+            raise SelfSupError(f"{key!r} in {where} is a group of settings, not a value: set its keys instead, "
+                               f"e.g. {key}.{next(iter(group))} (every key: `selfsup pretrain {method} --print-config`)")
 
 
 def _field_comments(cls) -> dict[str, str]:
@@ -282,6 +297,13 @@ _CHECKS = [
 ]
 
 
+_CONTRASTS = "its loss contrasts each image with the others of the batch (one image gives loss 0 or nan)"
+_HEAD_BN = "its head's batch norm needs two or more images"
+# methods that cannot train on a batch of one image, and why (measured: README, Configuration)
+_BATCH_OF_TWO = {"simclr": _CONTRASTS, "spectral_contrastive": _CONTRASTS, "byol": _HEAD_BN, "vicreg": _HEAD_BN,
+                 "deepcluster_v2": _HEAD_BN, "sela_v2": _HEAD_BN}
+
+
 def check_config(cfg) -> None:
     """Refuse, in one line, settings that would make a run meaningless (before anything is written):
     those of ``_CHECKS``; and, for every key, a number that is inf or nan, and a temperature (any key
@@ -296,3 +318,6 @@ def check_config(cfg) -> None:
         if not ok(value):
             flag = {"epochs": "--epochs", "batch_size": "--batch-size"}.get(key, key)
             raise SelfSupError(f"{key}={value} is not valid: it must be {must} (set {flag})")
+    if cfg.batch_size < 2 and cfg.method in _BATCH_OF_TWO:
+        raise SelfSupError(f"batch_size={cfg.batch_size} is too small for {cfg.method}: {_BATCH_OF_TWO[cfg.method]}; "
+                           f"set --batch-size 2 or more")

@@ -153,3 +153,29 @@ def test_monitor_logs_knn_per_epoch_and_every_run_writes_a_report(tmp_path, caps
     assert (out / "loss.png").exists() and (out / "monitor.png").exists()
     code, _, err = pretrain(capsys, tmp_path / "bad", "monitor.knn=" + TINY, "monitor.every=0")
     assert code == 2 and "monitor.every=0 is not valid" in err
+
+
+def test_config_mistakes_are_named_in_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """A value given to a group of settings, a YAML list as --config, a batch of one image for a method
+    that needs two, and a bad SELFSUP_PROGRESS: one line naming the key or file and the fix; --out untouched."""
+    from conftest import one_line_error
+
+    out = tmp_path / "run"
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "group.yaml").write_text("optim: 3\n")
+    for extra, fragment in [
+        (["optim=3"], "'optim' in override 'optim=3' is a group of settings, not a value: set its keys instead, e.g. optim."),
+        (["--config", tmp_path / "group.yaml"], "'optim' in " + str(tmp_path / "group.yaml") + " is a group of settings"),
+        (["--config", tmp_path / "list.yaml"], "config file " + str(tmp_path / "list.yaml") + " holds a list, not settings"),
+        (["--batch-size", 1], "batch_size=1 is too small for simclr: its loss contrasts each image with the others"),
+    ]:
+        code, _, err = run(capsys, "pretrain", "simclr", "--data", TINY, "--out", out, "device=cpu", *extra)
+        assert one_line_error(code, err, fragment), err
+    for method in ("byol", "spectral_contrastive", "vicreg", "deepcluster_v2", "sela_v2"):
+        code, _, err = run(capsys, "pretrain", method, "--data", TINY, "--batch-size", 1, "--out", out, "device=cpu")
+        last = err.strip().splitlines()[-1]          # after the note on the small-image recipe
+        assert code == 2 and last.startswith(f"selfsup: error: batch_size=1 is too small for {method}"), err
+    monkeypatch.setenv("SELFSUP_PROGRESS", "bogus")
+    code, _, err = pretrain(capsys, out)
+    assert one_line_error(code, err, "SELFSUP_PROGRESS='bogus' is not a progress mode: use bar, lines or off"), err
+    assert not out.exists()
