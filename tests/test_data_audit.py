@@ -149,3 +149,15 @@ def test_symlinked_class_folders_are_followed_and_a_loop_ends(tmp_path):
     with pytest.warns(UserWarning, match="loop"):
         u = load_dataset(f"unlabeled:{root}?stream=1", cache_dir=tmp_path / "cache")
     assert len(u) == 7
+
+
+def test_file_list_lines_naming_a_folder_or_split_by_tabs(tmp_path):
+    root = numbered_folder(tmp_path / "root", per_class=2)
+    files = sorted(root.rglob("*.png"))
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{files[0]} 0\n{root / 'c1'} 1\n")
+    with pytest.raises(SelfSupError, match=r"list.txt line 2: .*c1 is a folder, not an image"):
+        load_dataset(f"filelist:{listing}", cache_dir=tmp_path / "cache")
+    listing.write_text("".join(f"{f}\t{i % 2}\n" for i, f in enumerate(files)))
+    d = load_dataset(f"filelist:{listing}", cache_dir=tmp_path / "cache")
+    assert list(d.labels) == [0, 1, 0, 1]

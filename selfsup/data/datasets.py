@@ -897,13 +897,14 @@ def read_filelist(path: Path, size: int | None, cache_root: Path, options: dict 
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        item, _, label = line.rpartition(" ")
+        parts = line.rsplit(None, 1)            # any whitespace: a space or a tab before the label
+        item, label = parts if len(parts) == 2 else ("", line)
         try:
             labels.append(int(label))
         except ValueError:
             whole = Path(line).expanduser()
             whole = whole if whole.is_absolute() else path.parent / whole
-            if " " in line and not whole.is_file():
+            if len(parts) == 2 and not whole.is_file():
                 raise SelfSupError(f"{path} line {number}: expected 'path label' with an integer label, or a path "
                                    f"alone (unlabeled), got {line!r}") from None
             item = line                             # a path alone: unlabeled
@@ -911,6 +912,9 @@ def read_filelist(path: Path, size: int | None, cache_root: Path, options: dict 
         file = Path(item.strip()).expanduser()
         file = Path(os.path.abspath(file if file.is_absolute() else path.parent / file))
         if not stream:
+            if file.is_dir():
+                raise SelfSupError(f"{path} line {number}: {file} is a folder, not an image: list image files, one "
+                                   f"a line")
             try:
                 stats.append(_stat_line(file))
             except OSError:
