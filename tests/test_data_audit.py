@@ -161,3 +161,12 @@ def test_file_list_lines_naming_a_folder_or_split_by_tabs(tmp_path):
     listing.write_text("".join(f"{f}\t{i % 2}\n" for i, f in enumerate(files)))
     d = load_dataset(f"filelist:{listing}", cache_dir=tmp_path / "cache")
     assert list(d.labels) == [0, 1, 0, 1]
+
+
+@pytest.mark.parametrize("spec", ["synthetic:20?seed=-1", "synthetic:20?seed=4294967296",
+                                  "synthetic:20?val_per_class=2&part=val&val_seed=-1",
+                                  "synthetic:20?fraction=0.5&seed=99999999999999999999"])
+def test_seeds_out_of_range_are_one_line_errors(spec):
+    with pytest.raises(SelfSupError, match="out of range: give a whole number from 0 to 4294967295"):
+        load_dataset(spec)
+    assert len(load_dataset("synthetic:20?seed=4294967295")) == 20

@@ -193,6 +193,15 @@ def _number(options: dict, key: str, kind=int, default=None):
         raise SelfSupError(f"data option {key}={options[key]!r} is not a {kind.__name__}: give a number") from None
 
 
+def _seed(options: dict, key: str) -> int:
+    """A seed option (default 0): a whole number 0 .. 2**32 - 1, what numpy's generators take."""
+    value = _number(options, key, int, 0)
+    if not 0 <= value < 2 ** 32:
+        raise SelfSupError(f"data option {key}={options[key]} is out of range: give a whole number from 0 to "
+                           f"{2 ** 32 - 1}, e.g. {key}=1")
+    return value
+
+
 def channel_mode(options: dict) -> str | None:
     """The colour mode that ``channels=`` asks for: "L" (1), "RGB" (3), or None (chosen from the images)."""
     value = options.get("channels")
@@ -299,8 +308,8 @@ def _check_options(options: dict, fmt: str) -> None:
 
 
 def _apply_subsets(data: ImageArrayDataset, options: dict) -> ImageArrayDataset:
-    seed = _number(options, "seed", int, 0)               # fraction= (and synthetic images)
-    val_seed = _number(options, "val_seed", int, 0)       # the holdout: the same on both sides whatever seed= is
+    seed = _seed(options, "seed")                # fraction= (and synthetic images)
+    val_seed = _seed(options, "val_seed")        # the holdout: the same on both sides whatever seed= is
     vpc, vfr = _number(options, "val_per_class"), _number(options, "val_fraction", float)
     part = options.get("part")
     if data.targets is not None:                 # the holdout and fraction samplers draw per single label
@@ -960,7 +969,7 @@ def synthetic(count: str, options: dict) -> ImageArrayDataset:
     if n < 1:
         raise SelfSupError(f"synthetic data needs a positive count, e.g. synthetic:1000, got {count!r}")
     k, size = _positive(options, "classes", 10, example=10), _positive(options, "size", 32)
-    channels, seed = 1 if channel_mode(options) == "L" else 3, _number(options, "seed", int, 0)
+    channels, seed = 1 if channel_mode(options) == "L" else 3, _seed(options, "seed")
     split = options.get("split", "train")
     if split not in ("train", "test"):
         raise SelfSupError(f"synthetic data has no split {split!r}: use split=train (the default) or split=test")
