@@ -170,3 +170,16 @@ def test_seeds_out_of_range_are_one_line_errors(spec):
     with pytest.raises(SelfSupError, match="out of range: give a whole number from 0 to 4294967295"):
         load_dataset(spec)
     assert len(load_dataset("synthetic:20?seed=4294967295")) == 20
+
+
+def test_subsets_of_unlabeled_data_and_empty_holdouts_say_what_is_wrong(tmp_path):
+    root = numbered_folder(tmp_path / "root", per_class=2)
+    for option in ("fraction=0.5", "val_per_class=1&part=train", "val_fraction=0.5&part=val"):
+        with pytest.raises(SelfSupError, match="unlabeled .* need labelled data"):
+            load_dataset(f"unlabeled:{root}?{option}", cache_dir=tmp_path / "cache")
+    with pytest.raises(SelfSupError, match="val_per_class=0 holds out nothing: give at least 1"):
+        load_dataset("synthetic:20?val_per_class=0&part=val")
+    with pytest.raises(SelfSupError, match="val_fraction=0.0 must be between 0 and 1"):
+        load_dataset("synthetic:20?val_fraction=0&part=val")
+    with pytest.raises(SelfSupError, match="holds out none of them: raise val_fraction"):
+        load_dataset("synthetic:20?val_fraction=0.01&part=val")

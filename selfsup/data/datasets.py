@@ -317,6 +317,10 @@ def _apply_subsets(data: ImageArrayDataset, options: dict) -> ImageArrayDataset:
             if key in options:
                 raise SelfSupError(f"{key} needs single labels and this data set is multi-label: VOC07 has its own "
                                    f"splits, use split=trainval|test|train|val instead")
+    drawn = [k for k in ("val_per_class", "val_fraction", "fraction") if k in options]
+    if drawn and not (np.asarray(data.labels) >= 0).any():
+        raise SelfSupError(f"data option {drawn[0]}= draws per class and these {len(data)} images are unlabeled "
+                           f"(labels -1): fraction= and the holdout need labelled data; drop the option")
     if vpc is not None or vfr is not None:
         if part not in ("train", "val"):
             given = f" (got part={part})" if part is not None else ""
