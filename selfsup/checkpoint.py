@@ -136,7 +136,7 @@ def load_backbone(path: str | Path, ckpt: dict | None = None):
 
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
     name, cifar_stem, options = backbone_spec(path, ckpt)
-    state = ckpt["backbone_state"] if "backbone_state" in ckpt else ckpt.get("state_dict", ckpt)
+    state = ckpt["backbone_state"] if "backbone_state" in ckpt else plain_state(ckpt)
     state = {k: v for k, v in state.items() if not str(k).startswith("fc.")}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
@@ -164,7 +164,22 @@ def backbone_spec(path: str | Path, ckpt: dict) -> tuple[str, bool, dict]:
             if ckpt.get(key) is not None:
                 _expect(path, ckpt, key, kind)
         return ckpt["backbone"], bool(ckpt.get("cifar_stem", False)), dict(ckpt.get("backbone_options") or {})
-    return (*_guess_torchvision_resnet(ckpt.get("state_dict", ckpt), path), {})
+    return (*_guess_torchvision_resnet(plain_state(ckpt), path), {})
+
+
+def plain_state(ckpt: dict) -> dict:
+    """The weights of a state dict file that is not a ``selfsup pretrain`` checkpoint: the dict itself or its
+    ``state_dict``, without the ``module.`` prefix of DDP (and of the official MoCo and SwAV files); where the
+    network is one part of a larger model (MoCo's ``encoder_q.``, a ``backbone.``), that part alone."""
+    state = ckpt.get("state_dict", ckpt)
+    if not isinstance(state, dict):
+        return state
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    for part in ("encoder_q.", "backbone."):
+        if "conv1.weight" not in state and f"{part}conv1.weight" in state:
+            state = {k[len(part):]: v for k, v in state.items() if k.startswith(part)}
+    return state
 
 
 def load_method(ckpt: dict, backbone):

@@ -49,3 +49,32 @@ def test_non_finite_weights_are_refused(tmp_path, value):
     save_atomic(tv, tmp_path / "b.pt")
     with pytest.raises(SelfSupError, match="holds NaN or infinite weights in layer4.1.bn2.running_var"):
         load_backbone(tmp_path / "b.pt")
+
+
+@pytest.mark.parametrize("wrap", ["module", "state_dict module", "moco"])
+def test_prefixed_state_dicts_load(tmp_path, wrap):
+    sd = torchvision.models.resnet18().state_dict()
+    if wrap == "module":
+        ckpt = {f"module.{k}": v for k, v in sd.items()}
+    elif wrap == "state_dict module":
+        ckpt = {"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3}
+    else:            # the official MoCo release: the query encoder with an MLP head, the key encoder, the queue
+        inner = {f"module.encoder_q.{k}": v for k, v in sd.items()}
+        inner.update({f"module.encoder_k.{k}": v for k, v in sd.items()})
+        inner["module.queue"] = torch.zeros(128, 16)
+        ckpt = {"state_dict": inner, "arch": "resnet18"}
+    save_atomic(ckpt, tmp_path / "w.pt")
+    backbone = load_backbone(tmp_path / "w.pt")
+    assert torch.equal(backbone.conv1.weight, sd["conv1.weight"])
+    assert torch.equal(backbone.layer4[1].bn2.running_var, sd["layer4.1.bn2.running_var"])
+
+
+def test_resume_from_a_state_dict_is_not_a_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    save_atomic(torchvision.models.resnet18().state_dict(), out / "last.pt")
+    code, _, err = run(capsys, "pretrain", "simclr", "--data", TINY, "--backbone", "convnet", "--epochs", 1,
+                       "--batch-size", 16, "--out", out, "--resume", "device=cpu")
+    errors = [line for line in err.splitlines() if line.startswith("selfsup: error:")]      # after the short-run note
+    assert code == 2 and "Traceback" not in err and len(errors) == 1
+    assert "last.pt is not the checkpoint of a selfsup run" in errors[0]

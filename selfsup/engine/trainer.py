@@ -295,6 +295,9 @@ class Trainer:
         """Load ``path`` into this process (its own rank's state); returns the settings that
         changed (refused unless ``resume_with_changes``)."""
         ckpt = load_checkpoint(path)
+        if not {"method", "model", "backbone_state", "ranks"} <= set(ckpt):
+            raise SelfSupError(f"{path} is not the checkpoint of a selfsup run (a network's weights only?): --resume "
+                               f"continues a `selfsup pretrain` run; start a new run with init={path} in another --out")
         if ckpt.get("method") != self.cfg.method or ckpt.get("backbone") != self.cfg.backbone:
             raise SelfSupError(f"{path} is a {ckpt.get('method')}/{ckpt.get('backbone')} run, not {self.cfg.method}/{self.cfg.backbone}: "
                                f"resume with the same method and backbone, or use another --out")
