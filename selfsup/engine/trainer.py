@@ -312,8 +312,13 @@ class Trainer:
             raise SelfSupError(f"{path} was written by {len(ranks)} process(es) and this run has {self.world}: resume "
                                f"with {len(ranks)} (each process's queues, memory bank and RNG are its own)")
         own = ranks[self.rank]
-        self.method.load_state_dict({**ckpt["model"], **own["extra"]})
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            self.method.load_state_dict({**ckpt["model"], **own["extra"]})
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError):        # a size mismatch, another number of parameters
+            changed = " / ".join(changes) or "the code that builds the model"
+            raise SelfSupError(f"{changed} change the model's shapes: they cannot change on resume; resume with the "
+                               f"run's settings, or start a new run (init={path} to keep the backbone)") from None
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step_in_epoch = ckpt["epoch"], ckpt["step_in_epoch"]
         self.saved_step = self.global_step
