@@ -63,3 +63,23 @@ def test_bad_permutation_files(tmp_path):
         load_permutations(tmp_path / "bad.npy")
     with pytest.raises(SelfSupError, match="does not exist"):
         load_permutations(tmp_path / "none.npy")
+
+
+@pytest.mark.parametrize("name, write", [
+    ("objects.npy", lambda p: np.save(p, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)),
+    ("text.npy", lambda p: p.write_text("0 1 2\n1 2 0\n")),
+    ("short.bin", lambda p: p.write_bytes(b"\x01\x00")),
+    ("header.bin", lambda p: np.array([100, 9, 1, 2, 3], dtype=np.int32).tofile(p)),
+    ("strings.npy", lambda p: np.save(p, np.array([["a", "b"], ["b", "a"]]))),
+    ("halves.npy", lambda p: np.save(p, np.array([[0.5, 1.5], [1.5, 0.5]]))),
+    ("flat.npy", lambda p: np.save(p, np.arange(9))),
+])
+def test_unreadable_permutation_files_are_one_line(tmp_path, name, write):
+    write(tmp_path / name)
+    with pytest.raises(SelfSupError, match=f"(cannot read permutation file .*{name}|{name} is not an n x tiles).*each row a permutation"):
+        load_permutations(tmp_path / name)
+
+
+def test_whole_float_permutations_load(tmp_path):
+    np.save(tmp_path / "f.npy", np.array([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0]]))
+    assert load_permutations(tmp_path / "f.npy").tolist() == [[0, 1, 2], [2, 0, 1]]

@@ -82,14 +82,23 @@ def load_permutations(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise SelfSupError(f"permutation file {path} does not exist: pass a .npy or .bin permutation set")
-    if path.suffix == ".bin":
-        raw = np.fromfile(path, dtype=np.int32)
-        n, tiles = int(raw[0]), int(raw[1])
-        perms = raw[2:2 + n * tiles].reshape(n, tiles).astype(np.int64)
-    else:
-        perms = np.load(path).astype(np.int64)
-    if perms.ndim != 2:
-        raise SelfSupError(f"{path} is not an n x tiles array of permutations")
+    valid = ("a .npy of an n x tiles array of whole numbers or a Caffe .bin (int32 n, tiles, then n rows), each row a "
+             "permutation of 0..tiles-1 or of 1..tiles")
+    try:
+        if path.suffix == ".bin":
+            raw = np.fromfile(path, dtype=np.int32)
+            n, tiles = (int(raw[0]), int(raw[1])) if len(raw) >= 2 else (0, 0)
+            if n < 1 or tiles < 1 or len(raw) < 2 + n * tiles:
+                raise ValueError("too short for its header")
+            perms = raw[2:2 + n * tiles].reshape(n, tiles)
+        else:
+            perms = np.load(path, allow_pickle=False)         # never unpickle: a crafted file could run code
+    except (OSError, ValueError, EOFError):
+        raise SelfSupError(f"cannot read permutation file {path}: it is not {valid}") from None
+    if (not isinstance(perms, np.ndarray) or perms.ndim != 2 or perms.size == 0
+            or perms.dtype.kind not in "iuf" or not np.isfinite(perms).all() or (perms % 1 != 0).any()):
+        raise SelfSupError(f"{path} is not an n x tiles array of permutations: pass {valid}")
+    perms = perms.astype(np.int64)
     if perms.min() == 1:                                  # 1-based (Caffe and the FAIR-distributed copies)
         perms = perms - 1
     if not (np.sort(perms, axis=1) == np.arange(perms.shape[1])).all():
