@@ -183,3 +183,25 @@ def test_subsets_of_unlabeled_data_and_empty_holdouts_say_what_is_wrong(tmp_path
         load_dataset("synthetic:20?val_fraction=0&part=val")
     with pytest.raises(SelfSupError, match="holds out none of them: raise val_fraction"):
         load_dataset("synthetic:20?val_fraction=0.01&part=val")
+
+
+def test_bad_label_files_tars_sizes_and_repeated_options_are_one_line_errors(tmp_path):
+    text = tmp_path / "labels.npz"
+    text.write_text("0\n1\n")
+    with pytest.raises(SelfSupError, match=r"labels.npz is not an .npz archive") as info:
+        load_dataset(f"synthetic:4?labels={text}")
+    assert "pickle" not in str(info.value)
+    pickled = tmp_path / "pickled.npz"              # pickles stay refused: they can run code
+    np.savez(pickled, labels=np.array([object()] * 4), data_fingerprint="x", teacher="t", num_classes=2)
+    with pytest.raises(SelfSupError, match="cannot read label file"):
+        load_dataset(f"synthetic:4?labels={pickled}")
+    junk = tmp_path / "junk.tar"
+    junk.write_text("hello\n")
+    with pytest.raises(SelfSupError, match="it is not a tar archive") as info:
+        load_dataset(str(junk), cache_dir=tmp_path / "cache")
+    assert "\n" not in str(info.value)
+    for spec in ("synthetic:10000000?size=32", "synthetic:100?size=100000"):
+        with pytest.raises(SelfSupError, match="synthetic data is for tests"):
+            load_dataset(spec)
+    with pytest.raises(SelfSupError, match="data option classes= is given twice"):
+        load_dataset("synthetic:10?classes=4&classes=2")

@@ -25,6 +25,7 @@ import re
 import socket
 import tarfile
 import warnings
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -169,7 +170,11 @@ def parse_spec(spec: str) -> tuple[str | None, str, dict[str, str]]:
         fmt, body = head.lower(), rest
         if fmt not in FORMATS:
             raise SelfSupError(f"unknown format {head!r} in {spec!r}: use one of {', '.join(FORMATS)}")
-    options = dict(item.partition("=")[::2] for item in query.split("&") if item)   # no URL decoding: '+' stays
+    items = [item.partition("=")[::2] for item in query.split("&") if item]        # no URL decoding: '+' stays
+    options = dict(items)
+    if len(options) < len(items):
+        twice = next(k for k, _ in items if [key for key, _ in items].count(k) > 1)
+        raise SelfSupError(f"data option {twice}= is given twice in {spec!r}: keep one")
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise SelfSupError(f"unknown data option {unknown[0]!r} in {spec!r}: valid options are {', '.join(OPTIONS)}")
@@ -357,6 +362,8 @@ def write_label_file(path: str | Path, labels, data: ImageArrayDataset, teacher:
 
 
 def read_label_file(path: Path) -> dict:
+    if path.is_file() and not zipfile.is_zipfile(path):      # np.load would try a pickle, and advise allowing it
+        raise SelfSupError(f"label file {path} is not an .npz archive: give the file `selfsup transfer` wrote")
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in LABEL_FILE_KEYS if k not in f.files]
@@ -532,6 +539,9 @@ class _Source:
         if path.is_file():
             try:
                 self.tar = tarfile.open(path)
+            except tarfile.ReadError:
+                raise SelfSupError(f"cannot open {path} as a tar file: it is not a tar archive (plain, .gz, .bz2 or "
+                                   f".xz); check the file, or give FORMAT:PATH") from None
             except (tarfile.TarError, OSError) as exc:
                 raise SelfSupError(f"cannot open {path} as a tar file ({exc}): check the file") from None
             try:
@@ -962,6 +972,9 @@ def read_filelist(path: Path, size: int | None, cache_root: Path, options: dict 
 
 # ------------------------------------------------------------------ synthetic
 
+SYNTHETIC_BYTES = 2 << 30          # the largest synthetic set, in bytes of uint8 images
+
+
 def synthetic(count: str, options: dict) -> ImageArrayDataset:
     """``synthetic:N?classes=10&size=32&channels=3&seed=0``: N images, each class a
     distinct oriented grating with its own colour, random phase, position and noise. ``split=test``: N other
@@ -977,6 +990,10 @@ def synthetic(count: str, options: dict) -> ImageArrayDataset:
     split = options.get("split", "train")
     if split not in ("train", "test"):
         raise SelfSupError(f"synthetic data has no split {split!r}: use split=train (the default) or split=test")
+    if n * channels * size * size > SYNTHETIC_BYTES:
+        raise SelfSupError(f"synthetic:{n}?size={size} would take {n * channels * size * size / 2**30:.1f} GiB: "
+                           f"synthetic data is for tests, keep images x channels x size x size under "
+                           f"{SYNTHETIC_BYTES / 2**30:.0f} GiB (fewer images or a smaller size=)")
     rng = np.random.default_rng(seed if split == "train" else [seed, 1])
     labels = np.arange(n) % k
     rng.shuffle(labels)
@@ -984,11 +1001,15 @@ def synthetic(count: str, options: dict) -> ImageArrayDataset:
     angle = np.pi * labels / k
     freq = 2 + (labels % 3)
     phase = rng.uniform(0, 2 * np.pi, n)
-    wave = np.sin(2 * np.pi * freq[:, None, None] * (np.cos(angle)[:, None, None] * xx + np.sin(angle)[:, None, None] * yy)
-                  + phase[:, None, None])
     hue = (labels / k)[:, None]
     colour = 0.5 + 0.5 * np.cos(2 * np.pi * (hue + np.array([0.0, 1 / 3, 2 / 3])[None]))[:, :channels]
-    img = 0.5 + 0.35 * wave[:, None] * colour[:, :, None, None] + 0.08 * rng.standard_normal((n, channels, size, size))
-    images = (np.clip(img, 0, 1) * 255).astype(np.uint8)
+    images = np.empty((n, channels, size, size), dtype=np.uint8)
+    step = max(1, (1 << 22) // (channels * size * size))    # images at a time: the float arrays stay small
+    for s in (slice(start, start + step) for start in range(0, n, step)):
+        wave = np.sin(2 * np.pi * freq[s, None, None] * (np.cos(angle[s])[:, None, None] * xx
+                                                         + np.sin(angle[s])[:, None, None] * yy) + phase[s, None, None])
+        noise = rng.standard_normal((len(wave), channels, size, size))     # drawn in order: the same stream
+        img = 0.5 + 0.35 * wave[:, None] * colour[s, :, None, None] + 0.08 * noise
+        images[s] = (np.clip(img, 0, 1) * 255).astype(np.uint8)
     identity = f"synthetic|{n}|{k}|{size}|{channels}|{seed}" + ("|test" if split == "test" else "")
     return ImageArrayDataset(images, labels.astype(np.int64), [f"class{i}" for i in range(k)], _short_hash(identity))
