@@ -205,3 +205,18 @@ def test_bad_label_files_tars_sizes_and_repeated_options_are_one_line_errors(tmp
             load_dataset(spec)
     with pytest.raises(SelfSupError, match="data option classes= is given twice"):
         load_dataset("synthetic:10?classes=4&classes=2")
+
+
+def test_grayscale_stream_batches_collate_without_a_read_only_warning(tmp_path):
+    from selfsup.data.stream import collate_padded
+
+    root = numbered_folder(tmp_path / "root", per_class=2)
+    d = load_dataset(f"{root}?stream=1&workers=0", cache_dir=tmp_path / "cache")
+    assert d.channels == 1
+    from selfsup.data.stream import _Reader
+    items = [_Reader(d, ("shrink", None))[i] for i in range(len(d))]
+    assert not items[0][0].flags.writeable                 # PIL's gray arrays: read-only views
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        images, sizes, labels, _, _ = collate_padded(items)
+    assert images.shape == (4, 1, 4, 4) and labels.tolist() == [0, 0, 1, 1]

@@ -381,7 +381,7 @@ def pad_batch(images: list, device=None):
 def collate_padded(items):
     """Images padded (zeros, bottom and right) to the batch's largest H x W, their true sizes (B x 2: h, w),
     labels, the indices decoded, and the names of unreadable images replaced."""
-    out, sizes = pad_batch([torch.from_numpy(np.ascontiguousarray(it[0])) for it in items])
+    out, sizes = pad_batch([torch.from_numpy(np.require(it[0], requirements="CW")) for it in items])   # PIL's: read-only
     labels = torch.tensor([it[1] for it in items], dtype=torch.int64)
     indices = torch.tensor([it[2] for it in items], dtype=torch.int64)
     return out, sizes, labels, indices, [it[3] for it in items if it[3] is not None]
@@ -466,7 +466,7 @@ class StreamLoader(BatchLoader):
                     if j != int(indices[k]):
                         bad = bad + [replaced or self.dataset.name(int(indices[k]))]
                         labels[k], indices[k] = int(self.dataset.labels[j]), j
-                images[k] = torch.from_numpy(np.ascontiguousarray(p)).to(self.device)
+                images[k] = torch.from_numpy(np.require(p, requirements="CW")).to(self.device)
         out, sizes = pad_batch(images, self.device)
         return out, sizes, labels, indices, bad
 
