@@ -138,13 +138,7 @@ def load_backbone(path: str | Path, ckpt: dict | None = None):
     name, cifar_stem, options = backbone_spec(path, ckpt)
     state = ckpt["backbone_state"] if "backbone_state" in ckpt else plain_state(ckpt)
     state = {k: v for k, v in state.items() if not str(k).startswith("fc.")}
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise SelfSupError(f"checkpoint {path} is damaged: its weight {key!r} is a {type(value).__name__}, not a "
-                               f"tensor; pass a file written by `selfsup pretrain`, or the state dict of a network")
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise SelfSupError(f"checkpoint {path} holds NaN or infinite weights in {key}: the run diverged before it "
-                               f"was saved; pass a checkpoint from before it diverged")
+    _check_weights(path, state)
     backbone = build_backbone(name, cifar_stem=cifar_stem, **options)
     try:
         backbone.load_state_dict(state)
@@ -152,6 +146,65 @@ def load_backbone(path: str | Path, ckpt: dict | None = None):
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
         raise SelfSupError(f"checkpoint {path} does not fit backbone {name} ({first[:120]}): pass a checkpoint of that architecture") from None
     return backbone.eval()
+
+
+def _check_weights(path, state: dict) -> None:
+    """A one-line error unless every value of ``state`` is a tensor of finite numbers."""
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise SelfSupError(f"checkpoint {path} is damaged: its weight {key!r} is a {type(value).__name__}, not a "
+                               f"tensor; pass a file written by `selfsup pretrain`, or the state dict of a network")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise SelfSupError(f"checkpoint {path} holds NaN or infinite weights in {key}: the run diverged before it "
+                               f"was saved; pass a checkpoint from before it diverged")
+
+
+def load_timm_weights(path: str | Path, ckpt: dict, name: str, options: dict):
+    """Backbone ``name`` (``timm:MODEL``, built with ``options``) holding the weights of timm's own state dict
+    (``timm.create_model(MODEL).state_dict()``, bare or under ``state_dict``, as ``selfsup export --format timm``
+    writes it). The weights must load strictly into timm's model, its classifier aside (the backbone has none)."""
+    from selfsup.export import _timm_key          # the key mapping of --format timm, undone
+    from selfsup.models import build_backbone
+    from selfsup.models.timm_backbone import import_timm
+
+    model = name.split(":", 1)[1]
+    timm = import_timm(model)
+    state = plain_state(ckpt)
+    if not isinstance(state, dict) or not state:
+        raise SelfSupError(f"checkpoint {path} is neither a selfsup checkpoint nor a timm state dict: pass a file "
+                           f"written by `selfsup pretrain`, or timm.create_model({model!r}).state_dict()")
+    _check_weights(path, state)
+    backbone = build_backbone(name, **options)
+    kwargs = {k: v for k, v in options.items() if k != "input"}
+    kwargs["in_chans"] = 1 if options.get("input") == "L" else 3
+    try:
+        reference = timm.create_model(model, pretrained=False, **kwargs)
+    except TypeError:                               # a convnet: no img_size
+        reference = timm.create_model(model, pretrained=False, **{k: v for k, v in kwargs.items() if k != "img_size"})
+    head = reference.pretrained_cfg.get("classifier") or "fc"
+    is_head = lambda key: key == head or key.startswith(f"{head}.")        # noqa: E731
+    try:
+        missing, unexpected = reference.load_state_dict({k: v for k, v in state.items() if not is_head(k)}, strict=False)
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))[:160]
+        raise SelfSupError(f"checkpoint {path} does not fit timm model {model} ({first}): pass weights of that "
+                           f"model") from None
+    missing = [k for k in missing if not is_head(k)]
+    if missing or unexpected:
+        raise SelfSupError(f"checkpoint {path} does not fit timm model {model}: {len(missing)} missing key(s) "
+                           f"{missing[:3]}, {len(unexpected)} unexpected {list(unexpected)[:3]}; pass "
+                           f"timm.create_model({model!r}).state_dict() of that model")
+    loaded = reference.state_dict()
+    net = getattr(backbone, "net", backbone)      # inside LChannel / TileNorm
+    mapped = {}
+    for key in net.state_dict():
+        target = _timm_key(key[len("model."):], loaded)
+        if target is None:
+            raise SelfSupError(f"timm model {model} has no weight for selfsup's {key}: export the backbone with "
+                               f"--format safetensors instead, and start from that run's checkpoint")
+        mapped[key] = loaded[target]
+    net.load_state_dict(mapped)
+    return backbone
 
 
 def backbone_spec(path: str | Path, ckpt: dict) -> tuple[str, bool, dict]:

@@ -24,7 +24,7 @@ from selfsup import distributed as dist
 from selfsup.distributed import resolve_device
 from selfsup.data.datasets import load_dataset
 from selfsup.data.loader import BatchLoader
-from selfsup.checkpoint import SaveError, backbone_spec, load_backbone, load_checkpoint, save_atomic
+from selfsup.checkpoint import SaveError, backbone_spec, load_backbone, load_checkpoint, load_timm_weights, save_atomic
 from selfsup.engine.clock import NO_CLOCK
 from selfsup.engine.optim import build_optimizer, lr_at
 from selfsup.engine.rundir import RunLock, config_changes, prepare_out, remove_temporaries, truncate_metrics
@@ -158,6 +158,9 @@ class Trainer:
                       f"4x (bf16) to 10x (fp32) slower steps on a CPU; cifar_stem=false for speed")
         if cfg.init:                     # fine-tuning: the backbone exactly as the checkpoint holds it, with its weights
             init = load_checkpoint(cfg.init)
+            if cfg.backbone.startswith("timm:") and "backbone_state" not in init:      # timm's own state dict
+                init = {"backbone": cfg.backbone, "cifar_stem": False, "backbone_options": self.backbone_options,
+                        "backbone_state": load_timm_weights(cfg.init, init, cfg.backbone, self.backbone_options).state_dict()}
             name, stem, options = backbone_spec(cfg.init, init)
             if name != cfg.backbone:
                 raise SelfSupError(f"init checkpoint {cfg.init} holds a {name} backbone, not {cfg.backbone}: "
