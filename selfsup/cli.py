@@ -60,9 +60,9 @@ def _finetune(args) -> int:
         print(json.dumps(result))
     else:
         changes = ", ".join(f"{k} {v}" for k, v in result["changes"].items()) or "none"
+        top5 = f", top-5 {result['top5'] * 100:.1f}" if "top5" in result else ""     # none below 5 classes
         print(f"finetune ({result['recipe']}; changes: {changes}) on {result['n_train']} images: "
-              f"top-1 {result['top1'] * 100:.1f}, top-5 {result.get('top5', float('nan')) * 100:.1f} on "
-              f"{args.test_data}; checkpoint {result['checkpoint']}")
+              f"top-1 {result['top1'] * 100:.1f}{top5} on {args.test_data}; checkpoint {result['checkpoint']}")
     return 0
 
 
@@ -127,6 +127,9 @@ def _suite(args) -> int:
     """eval svm | lowshot: Goyal et al.'s VOC07 and low-shot SVMs on every tap."""
     from selfsup.eval import suite
 
+    if args.tap or args.pool:
+        raise SelfSupError(f"eval {args.protocol} pools every tap with Goyal et al.'s fixed windows: drop --tap / "
+                           f"--pool and name the taps with --taps, e.g. --taps conv3,conv4")
     common = dict(taps=_taps(args.taps), costs=args.costs, image_size=args.image_size, device=args.device,
                   batch_size=args.batch_size, cache=not args.no_cache, n_jobs=args.jobs, progress=not args.json)
     if args.protocol == "svm":
@@ -145,7 +148,7 @@ def _cluster(args) -> int:
     from selfsup.cluster.evaluate import evaluate_clustering
 
     result = evaluate_clustering(args.checkpoint, args.test_data, args.clusters, args.tap,
-                                 args.pool, args.iterations, args.spherical, args.pca, args.seed,
+                                 args.pool or "avg", args.iterations, args.spherical, args.pca, args.seed,
                                  image_size=args.image_size, device=args.device, batch_size=args.batch_size,
                                  cache=not args.no_cache, progress=not args.json)
     if args.json:
@@ -172,9 +175,9 @@ def _eval(args) -> int:
     if args.protocol == "patches":
         patches = dict(num_patches=args.num_patches, patch_size=_patch_size(args.patch_size), aggregate=args.aggregate,
                        window=args.window, stride=args.stride, chunk=args.chunk, seed=args.seed)
-    result = evaluate(args.protocol, args.checkpoint, args.train_data, args.test_data, tap=args.tap, pool=args.pool,
-                      image_size=args.image_size, device=args.device, batch_size=args.batch_size, k=args.k,
-                      temperature=args.temperature, epochs=args.probe_epochs, lr=args.lr,
+    result = evaluate(args.protocol, args.checkpoint, args.train_data, args.test_data, tap=args.tap,
+                      pool=args.pool or "avg", image_size=args.image_size, device=args.device,
+                      batch_size=args.batch_size, k=args.k, temperature=args.temperature, epochs=args.probe_epochs, lr=args.lr,
                       cache=not args.no_cache, progress=not args.json, patches=patches,
                       probes=tuple(args.probe.split(",")), preset=args.preset,
                       taps=_taps(args.taps), cached=args.cached)
@@ -339,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-data", help="labelled dataset SPEC to fit on (every protocol but cluster)")
     p.add_argument("--test-data", required=True, help="labelled dataset SPEC to score")
     p.add_argument("--tap", help="feature tap, e.g. res3 or pool5 (default: the method's evaluation tap, recorded in the checkpoint; else the last stage)")
-    p.add_argument("--pool", default="avg", help="avg: global average pool; 9k: adaptive pool to about 9k dims; "
+    p.add_argument("--pool", help="avg: global average pool; 9k: adaptive pool to about 9k dims; "
                                                  "goyal: Goyal et al.'s fixed windows, about 9k dims; max: max-pooled "
                                                  "to about 9.6k dims, CC+'s teacher features (default avg)")
     p.add_argument("--image-size", type=int, help="evaluation size (default: the pretraining size)")

@@ -27,6 +27,9 @@ def run(capsys, *argv):
 
 
 def one_line_error(code, err, fragment) -> bool:
-    """Exit 2 and a single stderr line ``selfsup: error: ...`` that contains ``fragment``."""
+    """Exit 2 and a single error line ``selfsup: error: ...`` that contains ``fragment``, last on stderr; the
+    notes a run prints before it (a short run's schedule, the CIFAR stem) may come first, a traceback may not."""
     lines = err.strip().splitlines()
-    return code == 2 and len(lines) == 1 and lines[0].startswith("selfsup: error:") and fragment in lines[0]
+    errors = [line for line in lines if line.startswith("selfsup: error:")]
+    return (code == 2 and len(errors) == 1 and lines[-1] == errors[0] and fragment in errors[0]
+            and "Traceback" not in err)

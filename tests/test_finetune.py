@@ -57,6 +57,16 @@ def test_finetune_command_trains_scores_and_resumes(pretrained, tmp_path, capsys
     code, stdout, _ = run(capsys, *args)                 # the same command again: nothing to train, the same score
     assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["top1"] == result["top1"]
     assert torch.equal(load_checkpoint(out / "last.pt")["model"]["head.weight"], weights)
+    code, stdout, _ = run(capsys, *args[:-2], "progress=false")                        # the printed line
+    assert code == 0 and f"top-1 {result['top1'] * 100:.1f}, top-5 {result['top5'] * 100:.1f} on" in stdout
+
+
+def test_finetune_line_has_no_top5_below_five_classes(pretrained, tmp_path, capsys):
+    four = "synthetic:48?classes=4&size=16"
+    code, stdout, err = run(capsys, "finetune", "--init", pretrained, "--data", four, "--test-data", four, "--epochs",
+                            1, "--batch-size", 16, "--out", tmp_path / "ft4", "--device", "cpu", "progress=false")
+    assert code == 0, err
+    assert "top-1 " in stdout and "top-5" not in stdout and "nan" not in stdout           # was 'top-5 nan'
 
 
 def test_finetune_refuses_a_backbone_other_than_the_checkpoints(pretrained, tmp_path, capsys):

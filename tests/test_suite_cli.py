@@ -74,6 +74,8 @@ def test_svm_and_lowshot_from_the_command_line(random_ckpt, mosaics, capsys):
     (["svm", "--costs", "-1"], "cost"),
     (["svm", "--test-data", TINY], "must both be multi-label"),
     (["knn"], "is multi-label (voc07): score it with eval svm"),
+    (["svm", "--tap", "conv2"], "drop --tap / --pool and name the taps with --taps"),     # was silently ignored
+    (["lowshot", "--pool", "avg"], "drop --tap / --pool and name the taps with --taps"),
     (["svm", "--device", "auto", "--solver", "torch", "--taps", "conv4"], None),   # auto resolves: runs
 ])
 def test_suite_bad_options_are_one_line_errors(random_ckpt, mosaics, capsys, argv, fragment):
