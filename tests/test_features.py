@@ -1,7 +1,9 @@
 import torch
 
 from selfsup.data.datasets import load_dataset
-from selfsup.eval.features import extract_features
+import os
+
+from selfsup.eval.features import extract_features, file_hash
 from selfsup.models import build_backbone
 
 
@@ -79,3 +81,21 @@ def test_tap_features_one_pass_equal_single_taps_and_cache_per_tap(tmp_path):
                                     cache_key="k", cache_dir=tmp_path)
     assert calls == [("conv4",)]                      # conv3 came from the cache
     assert torch.equal(again["conv3"], feats["conv3"])
+
+
+def test_the_cache_key_follows_the_content_not_the_path_size_and_time(tmp_path):
+    """Other weights of the same size copied over a checkpoint with its time kept (cp -p, rsync -a, tar) got
+    the old features from the cache; the same bytes under another name share them."""
+    a, b, c = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "c.pt"
+    a.write_bytes(b"weights one")
+    c.write_bytes(b"weights one")
+    key = file_hash(a)
+    a.write_bytes(b"weights two")                      # the same size ...
+    os.utime(a, ns=(0, 0))                             # ... and a time the first hash never saw
+    b.write_bytes(b"weights one")
+    os.utime(b, ns=(0, 0))
+    assert file_hash(a) != key and file_hash(b) == key == file_hash(c)
+    b.write_bytes(b"weights two")
+    os.utime(b, ns=(0, 0))                             # path, size and time as before: the content decides
+    assert file_hash(b) != key
+

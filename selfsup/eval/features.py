@@ -222,6 +222,11 @@ def extract_tap_features(backbone, dataset, taps, pool: str = "avg", image_size:
 
 
 def file_hash(path: str | Path) -> str:
-    """Cheap identity of a file for cache keys: path, size and modification time."""
-    st = Path(path).stat()
-    return hashlib.sha1(f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    """The identity of a file's content for cache keys: SHA-1 of its bytes (about a second per GB). Path, size
+    and modification time are not enough: a copy that keeps the time (``cp -p``, ``rsync -a``, tar) can bring
+    other weights of the same size to the path."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
