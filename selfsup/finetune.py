@@ -36,7 +36,7 @@ from selfsup.distributed import resolve_device
 from selfsup.engine.trainer import pretrain
 from selfsup.errors import SelfSupError
 from selfsup.eval.checks import at_least_one, eval_image_size
-from selfsup.eval.features import extract_features
+from selfsup.eval.features import extract_features, file_hash
 from selfsup.eval.knn import topk_accuracy
 from selfsup.eval.run import class_map, labelled
 from selfsup.methods import get_method
@@ -130,6 +130,14 @@ def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", e
     classes are checked against the training classes before training."""
     cfg = finetune_config(init, data, recipe, epochs, batch_size, out, device, overrides)
     class_map(load_dataset(data), labelled(load_dataset(test_data), test_data), data, test_data)
+    # a rerun continues (or re-scores) the run in OUT: only if it started from these weights, not from other
+    # weights that have since been written to the same --init path
+    mark, digest = Path(cfg.out) / "init.sha1", file_hash(init)
+    if mark.exists() and mark.read_text().strip() != digest:
+        raise SelfSupError(f"{cfg.out} holds a fine-tuning of other weights than {init} holds now (the file changed "
+                           f"since): choose another --out, or remove {cfg.out} to fine-tune again")
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.write_text(digest + "\n")
     run_dir, status = pretrain(cfg)
     if status != "done":
         return {"status": status, "checkpoint": str(run_dir / "last.pt")}

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import run, tiny_overrides
+from conftest import one_line_error, run, tiny_overrides
 from selfsup.checkpoint import load_checkpoint
 from selfsup.config import resolve_config
 from selfsup.engine.optim import lr_at
@@ -89,3 +89,19 @@ def test_a_chance_level_score_is_said_with_the_head_lr_to_lower():
     assert "chance level for 10 classes" in warning and "optim.head_lr=5," in warning and "optim.head_lr=0.5)" in warning
     assert chance_warning(0.149, 10, 5.0) and chance_warning(0.15, 10, 5.0) is None
     assert chance_warning(0.0, 1, 0.2) is None
+
+
+def test_a_rerun_refuses_other_weights_at_the_same_init_path(pretrained, tmp_path, capsys):
+    """The run in OUT started from the weights --init held then; other weights copied to that path since must
+    not be answered with the old run's score."""
+    init = tmp_path / "init.pt"
+    init.write_bytes(pretrained.read_bytes())
+    args = ["finetune", "--init", init, "--data", DATA, "--test-data", DATA, "--epochs", 1, "--batch-size", 16,
+            "--out", tmp_path / "ft", "--device", "cpu", "progress=false"]
+    assert run(capsys, *args)[0] == 0
+    ckpt = torch.load(pretrained, weights_only=True)
+    ckpt["backbone_state"] = {k: torch.zeros_like(v) for k, v in ckpt["backbone_state"].items()}
+    torch.save(ckpt, init)
+    code, _, err = run(capsys, *args)
+    assert one_line_error(code, err, "holds a fine-tuning of other weights"), err
+
