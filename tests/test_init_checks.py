@@ -41,4 +41,4 @@ def test_init_stem_other_than_the_one_asked_for_is_refused(saved, tmp_path):
 def test_init_with_cifar_stem_auto_takes_the_checkpoints(saved, tmp_path, capsys):
     trainer = Trainer(make_cfg("simclr", tmp_path / "s", backbone="resnet18", init=saved / "r18" / "last.pt"))
     assert trainer.cifar_stem is False and trainer.backbone.conv1.kernel_size == (7, 7)
-    assert "cifar_stem auto: False, as in the init checkpoint" in capsys.readouterr().out
+    assert "cifar_stem auto: the ImageNet stem, as in the init checkpoint" in capsys.readouterr().out

@@ -170,8 +170,9 @@ class Trainer:
                                    f"{options.get('width', 1.0)}, not {cfg.width}: drop width=")
             _check_init_options(cfg.init, cfg.method, options, self.backbone_options)
             if self.cifar_stem is None:
-                if dist.is_main():
-                    print(f"cifar_stem auto: {stem}, as in the init checkpoint {cfg.init}")
+                if stem != auto_cifar_stem(cfg.backbone, image_size) and dist.is_main():   # said when it differs
+                    print(f"cifar_stem auto: {'the CIFAR' if stem else 'the ImageNet'} stem, as in the init checkpoint "
+                          f"{cfg.init} (not the stem auto gives {image_size} px images)")
             elif self.cifar_stem != stem:
                 raise SelfSupError(f"init checkpoint {cfg.init} has cifar_stem={stem}, this run sets "
                                    f"cifar_stem={self.cifar_stem}: drop cifar_stem= (the checkpoint's stem is kept)")
