@@ -25,7 +25,8 @@ Each cell pretrains in ``OUT/cells/NAME`` and keeps its evaluations in ``evals.j
 rerun skips what is finished and resumes an interrupted run exactly. Each eval is labelled by its
 ``name``, else its protocol (numbered, knn-1 and knn-2, where two evals share one). The sweep writes
 ``results.csv`` (one row per cell, eval and tap, with the eval's label), ``results.md`` (a table per
-eval and metric, cells by rows) and one log-x plot per eval and metric (``LABEL_METRIC_vs_X.png``). ``--parallel N`` runs N cells at once, in processes sharing the cores.
+eval and metric, cells by rows) and one log-x plot per eval and metric (``LABEL_METRIC_vs_X.png``).
+``--parallel N`` runs N cells at once, in processes sharing the cores.
 Each cell records its wall time and the part spent outside its training and evaluations (the
 sweep's own overhead).
 """
