@@ -12,6 +12,15 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 TINY = "synthetic:64?classes=4&size=16"
 
 
+@pytest.fixture(scope="session")
+def random_ckpt(tmp_path_factory):
+    """A convnet at its random initialisation (``pretrain simclr --epochs 0`` on TINY), for tests that read it."""
+    out = tmp_path_factory.mktemp("random") / "run"
+    assert main(["pretrain", "simclr", "--data", TINY, "--backbone", "convnet", "--epochs", "0", "--batch-size", "4",
+                 "--out", str(out), "progress=false", "device=cpu"]) == 0
+    return out / "last.pt"
+
+
 def tiny_overrides(out, epochs=2, data=TINY, **extra):
     items = {"data": data, "backbone": "convnet", "batch_size": 16, "epochs": epochs, "out": str(out),
              "progress": False, "log_every": 1, "optim.warmup_epochs": 0.5, "optim.lr": 0.1, "device": "cpu"}

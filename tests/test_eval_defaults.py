@@ -8,19 +8,15 @@ import torch
 
 from conftest import TINY, one_line_error, run
 from selfsup.checkpoint import load_checkpoint
-from selfsup.cli import main
 from selfsup.errors import SelfSupError
 from selfsup.eval import linear_probe
 
 BIG = "synthetic:32?classes=4&size=32&seed=1"        # twice the pretraining size (16 px)
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("defaults") / "run"
-    assert main(["pretrain", "simclr", "--data", TINY, "--backbone", "convnet", "--epochs", "0", "--batch-size", "4",
-                 "--out", str(out), "progress=false", "device=cpu"]) == 0
-    return out / "last.pt"
+@pytest.fixture(scope="session")
+def ckpt(random_ckpt):
+    return random_ckpt
 
 
 def test_the_checkpoint_size_came_from_the_data(ckpt):

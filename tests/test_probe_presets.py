@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY
-from selfsup.cli import main
+from conftest import TINY, run
 from selfsup.data.datasets import load_dataset
 from selfsup.errors import SelfSupError
 from selfsup.eval.features import CenterView
@@ -117,18 +116,9 @@ def test_library_refusals():
     assert describe("moco", {"epochs": 5}) == "preset moco, epochs 5" and describe("swav") == "preset swav"
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("presets") / "run"
-    assert main(["pretrain", "simclr", "--data", TINY, "--backbone", "convnet", "--epochs", "0", "--batch-size", "4",
-                 "--out", str(out), "progress=false", "device=cpu"]) == 0
-    return out / "last.pt"
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+@pytest.fixture(scope="session")
+def ckpt(random_ckpt):
+    return random_ckpt
 
 
 def test_cli_names_the_preset_and_its_overrides(capsys, ckpt):

@@ -5,17 +5,6 @@ import pytest
 
 from conftest import TINY, one_line_error, run
 
-
-@pytest.fixture(scope="module")
-def random_ckpt(tmp_path_factory):
-    from selfsup.cli import main
-
-    out = tmp_path_factory.mktemp("random")
-    assert main(["pretrain", "simclr", "--data", TINY, "--backbone", "convnet", "--epochs", "0", "--batch-size", "32",
-                 "--out", str(out), "progress=false"]) == 0
-    return out / "last.pt"
-
-
 TEST = "synthetic:32?classes=4&size=16&seed=1"
 
 
