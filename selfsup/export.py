@@ -217,12 +217,12 @@ def export(checkpoint_path: str | Path, fmt: str, out_path: str | Path, force: b
     sidecar_path = out.with_name(out.name + ".json")
     if out.exists() and out.resolve() == checkpoint_path.resolve():
         raise SelfSupError(f"--out {out} is the checkpoint itself: choose another file")
+    if out.is_dir():                  # before the overwrite check: --force cannot help here
+        raise SelfSupError(f"--out {out} is a folder: give a file name, e.g. {out / 'model.pt'}")
     if not force:
         for p in (out, sidecar_path):
             if p.exists():
                 raise SelfSupError(f"refusing to overwrite {p}: choose another --out, or pass --force")
-    if out.is_dir():
-        raise SelfSupError(f"--out {out} is a folder: give a file name, e.g. {out / 'model.pt'}")
     if fmt == "safetensors":
         try:
             from safetensors.torch import save as save_file

@@ -334,7 +334,7 @@ def test_command_line_and_its_one_line_errors(tmp_path, capsys):
              ((ckpt, "--format", "onnx", "--out", tmp_path / "m.onnx"), "unknown export format 'onnx'"),
              ((tmp_path / "missing.pt", "--format", "torchvision", "--out", tmp_path / "m.pt"), "does not exist"),
              ((ckpt, "--format", "torchvision", "--out", ckpt, "--force"), "is the checkpoint itself"),
-             ((ckpt, "--format", "torchvision", "--out", tmp_path), "refusing to overwrite")]
+             ((ckpt, "--format", "torchvision", "--out", tmp_path), "is a folder: give a file name")]
     torch.save({"epoch": 1, "note": "no weights"}, tmp_path / "empty.pt")
     cases.append(((tmp_path / "empty.pt", "--format", "torchvision", "--out", tmp_path / "m.pt"),
                   "neither a selfsup checkpoint nor a ResNet state dict"))
