@@ -19,6 +19,23 @@ from selfsup.eval.patches import check_counts, nearest_patches, patch_convergenc
 from selfsup.eval.run import pretraining_patch_size
 from selfsup.report.plots import _plt
 
+MAX_COUNT = 1024        # convergence: patches averaged per image; the curve is flat long before
+
+
+def png_out(out: str | Path) -> Path:
+    """``--out`` as a PNG file whose folder exists: a folder, a name not ending in .png (matplotlib would
+    write another file, or another format) and a folder that cannot be made are refused in one line."""
+    out = Path(out)
+    if out.is_dir():
+        raise SelfSupError(f"--out {out} is a folder: give a PNG file name, e.g. {out / 'figure.png'}")
+    if out.suffix.lower() != ".png":
+        raise SelfSupError(f"--out {out}: viz writes PNG, give a file name ending in .png, "
+                           f"e.g. {out.with_suffix('.png')}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SelfSupError(f"--out {out}: cannot make its folder {out.parent} ({e.strerror}): choose another --out") from None
+    return out
 
 def _show(ax, image: torch.Tensor, title: str = "") -> None:
     """C x H x W uint8 (or float in [0, 1]) on a matplotlib axis."""
@@ -213,9 +230,9 @@ def visualise(kind: str, checkpoint: str, data: str | None, out: str | Path, ind
     kinds = ("heatmap", "patch-knn", "convergence", "colorize", "filters", "clusters")
     if kind not in kinds:
         raise SelfSupError(f"unknown figure {kind!r}: use {', '.join(kinds)}")
+    out = png_out(out)
     if kind == "filters":
         backbone = load_backbone(checkpoint)
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
         return f"wrote {out}: " + filters_png(backbone, out, f"{checkpoint}: first convolution")
     if not data:
         raise SelfSupError(f"viz {kind} needs --data SPEC")
@@ -224,6 +241,9 @@ def visualise(kind: str, checkpoint: str, data: str | None, out: str | Path, ind
                                  ("--image-size", image_size, 224)):
         at_least_one(flag, value, example)
     check_counts(counts)
+    if max(counts) > MAX_COUNT:
+        raise SelfSupError(f"--counts {max(counts)} is more than {MAX_COUNT} patches per image, where the curve has long "
+                           f"flattened (and memory and time grow with it): use e.g. --counts 1,2,4,8,16")
     ckpt = load_checkpoint(checkpoint)
     backbone = load_backbone(checkpoint, ckpt)
     dataset = load_dataset(data)
@@ -231,18 +251,15 @@ def visualise(kind: str, checkpoint: str, data: str | None, out: str | Path, ind
         raise SelfSupError(f"--index {index} is outside the dataset of {len(dataset)} images")
     input_size = eval_image_size(ckpt, image_size)        # default: the pretraining size
     if kind == "clusters":
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
         tap = ckpt.get("eval_tap") or backbone.default_tap
         return f"wrote {out}: " + clusters_png(backbone, dataset, out, clusters, 8, k, tap, input_size, device)
     if kind == "colorize":
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
         return colorize_figure(ckpt, checkpoint, backbone, dataset, out, index, max_images or 8, input_size, device)
     if patch_size == "auto":
         patch_size = pretraining_patch_size(ckpt)
     at_least_one("--patch-size", patch_size, 16)
     side = patch_size or min(dataset.images.shape[2:4]) // 2
     stride = stride or max(1, side // 4)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     if kind == "heatmap":
         image = torch.from_numpy(np.array(dataset.images[index]))
         head = load_projector(ckpt, backbone)
