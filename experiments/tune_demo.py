@@ -35,6 +35,8 @@ def main() -> None:
     spec = f"fashion-mnist:{root}?split=train&val_per_class=500"
     run = Path(args.out) / args.name
     seconds = pretrain(args.method, run, f"{spec}&part=train", args.epochs, "cpu", args.settings)
+    if seconds is None:
+        raise SystemExit(f"interrupted: {run / 'last.pt'} saved; run the same command again to resume")
     with torch.inference_mode():
         xb, yb, xq, yq = checkpoint_features(run / "last.pt", load_dataset(f"{spec}&part=train"),
                                    load_dataset(f"{spec}&part=val"), "cpu")

@@ -238,9 +238,9 @@ def _viz(args) -> int:
 def _demo(args) -> int:
     from selfsup.demo import run_demo
 
-    run_demo(out=args.out, data=args.data, epochs=args.epochs, device=args.device,
-             methods=args.methods.split(",") if args.methods else None)
-    return 0
+    results = run_demo(out=args.out, data=args.data, epochs=args.epochs, device=args.device,
+                       methods=None if args.methods is None else args.methods.split(","))
+    return 130 if results is None else 0             # interrupted: as `selfsup pretrain`
 
 
 def build_parser() -> argparse.ArgumentParser:

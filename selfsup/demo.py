@@ -61,7 +61,7 @@ def find_fashion_mnist(data: str | None) -> str:
 
 
 def check_methods(methods) -> list[str]:
-    methods = list(methods)
+    methods = [m for m in methods if m]                # "--methods=" names none
     unknown = [m for m in methods if m not in DEMO_RUNS]
     if unknown or not methods:
         raise SelfSupError(f"the demo has no recipe for {', '.join(unknown) or 'an empty list'}: choose among "
@@ -126,8 +126,9 @@ def query_images(labels: torch.Tensor, count: int) -> np.ndarray:
 
 
 def pretrain(method: str, run_dir: Path, train_spec: str, epochs: int, device: str,
-             extra: list[str] | None = None) -> float:
-    """Train (or resume, or reuse a finished) run of ``method``; returns its seconds of pretraining."""
+             extra: list[str] | None = None) -> float | None:
+    """Train (or resume, or reuse a finished) run of ``method``; returns its seconds of pretraining, or None
+    when it was interrupted (SIGTERM / SIGINT: its checkpoint is saved, and a rerun resumes it)."""
     from selfsup.checkpoint import load_checkpoint
     from selfsup.config import check_config, resolve_config
     from selfsup.data.datasets import load_dataset
@@ -147,21 +148,26 @@ def pretrain(method: str, run_dir: Path, train_spec: str, epochs: int, device: s
             return float(timing.read_text())
     cfg.resume = (run_dir / "last.pt").exists()
     t0 = time.perf_counter()
-    Trainer(cfg).fit()
+    if Trainer(cfg).fit() != "done":
+        return None
     seconds = time.perf_counter() - t0
     timing.write_text(f"{seconds:.1f}\n")
     return seconds
 
 
 def run_demo(out: str = "runs/demo", data: str | None = None, epochs: int | None = None, device: str = "auto",
-             methods=None) -> dict:
+             methods=None) -> dict | None:
     """Pretrain ``methods`` (default: all of ``DEMO_RUNS``), score them and random weights with
     every protocol, write the report; returns ``results[name]`` (knn, linear, svm_map, lowshot,
-    pretrain_s, eval_s). ``epochs`` overrides every method's budget. A rerun reuses finished runs."""
+    pretrain_s, eval_s), or None when a pretraining was interrupted (nothing is scored; a rerun
+    resumes it). ``epochs`` overrides every method's budget. A rerun reuses finished runs."""
     from selfsup.data.datasets import load_dataset
     from selfsup.distributed import resolve_device
 
-    methods = check_methods(methods or DEMO_RUNS)
+    methods = check_methods(DEMO_RUNS if methods is None else methods)
+    if epochs is not None and epochs < 1:
+        raise SelfSupError(f"--epochs {epochs}: the demo pretrains every method for at least one epoch (random "
+                           f"weights are its baseline already): give 1 or more, or leave each method's budget")
     root = find_fashion_mnist(data)
     train_spec, test_spec = f"fashion-mnist:{root}?split=train", f"fashion-mnist:{root}?split=test"
     out = Path(out)
@@ -176,6 +182,10 @@ def run_demo(out: str = "runs/demo", data: str | None = None, epochs: int | None
         label = "random initialisation" if name == "random" else f"{name} pretraining, {n} epochs"
         print(f"[demo] {label} -> {out / name}", flush=True)
         runs[name] = pretrain(method, out / name, train_spec, n, device)
+        if runs[name] is None:
+            print(f"[demo] interrupted: {out / name / 'last.pt'} saved; run the same command again to resume",
+                  flush=True)
+            return None
 
     train, test = load_dataset(train_spec), load_dataset(test_spec)
     results, feats = {}, {}

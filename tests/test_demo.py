@@ -46,6 +46,23 @@ def test_demo_pipeline_writes_report(tiny_fashion, tmp_path):
 def test_demo_refuses_unknown_method(tiny_fashion, tmp_path):
     with pytest.raises(SelfSupError, match="no recipe for byol"):
         run_demo(out=str(tmp_path / "demo"), data=str(tiny_fashion), methods=["simclr", "byol"])
+    with pytest.raises(SelfSupError, match="an empty list"):                  # --methods= named none
+        run_demo(out=str(tmp_path / "demo"), data=str(tiny_fashion), methods=[""])
+    with pytest.raises(SelfSupError, match="at least one epoch"):              # was random weights as 'swav'
+        run_demo(out=str(tmp_path / "demo"), data=str(tiny_fashion), epochs=0)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_an_interrupted_demo_stops_and_scores_nothing(tiny_fashion, tmp_path, monkeypatch, capsys):
+    """SIGTERM stopped the method's training only: the demo went on and scored the partial run as finished."""
+    from selfsup.cli import main
+    from selfsup.engine.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "fit", lambda self, on_epoch_end=None: "interrupted")
+    code = main(["demo", "--data", str(tiny_fashion), "--out", str(tmp_path / "demo"), "--epochs", "1",
+                 "--device", "cpu"])
+    assert code == 130 and "interrupted" in capsys.readouterr().out
+    assert not (tmp_path / "demo" / "report.md").exists()
 
 
 def test_score_features_on_separable_features():
