@@ -122,9 +122,15 @@ def bench(methods=BENCH_METHODS, backbone: str = "convnet", batch_size: int = 25
           warmup: int = 2, device: str = "cpu", extra: list[str] | None = None, log=print,
           profile: bool = False) -> dict[str, dict]:
     """{method: bench_method(...)} (or ``profile_method`` with ``profile``) for ``supervised`` and ``methods``."""
+    from selfsup.methods import get_method
+
     if steps < 1 or warmup < 0 or batch_size < 2:
         raise SelfSupError("bench needs --steps 1 or more, --warmup 0 or more and --batch-size 2 or more")
-    methods = ["supervised"] + [m for m in methods if m != "supervised"]
+    if size < 1:
+        raise SelfSupError(f"--image-size {size}: give a side of 1 px or more, e.g. --image-size 32")
+    methods = list(dict.fromkeys(["supervised"] + list(methods)))      # each once, the baseline first
+    for m in methods:                                                  # every name before any timing
+        get_method(m)
     run = profile_method if profile else bench_method
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

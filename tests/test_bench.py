@@ -20,6 +20,14 @@ def test_bench_refuses_zero_steps(capsys):
     assert code == 2 and "--steps 1 or more" in err
 
 
+def test_bench_checks_every_method_name_and_the_size_before_timing(capsys):
+    """It timed the supervised step before naming an unknown method, and blamed a data option for size 0."""
+    code, out, err = run(capsys, "bench", "--methods", "foo", "--batch-size", "8", "--steps", "1")
+    assert code == 2 and "unknown method 'foo'" in err and "bench supervised" not in out + err
+    code, _, err = run(capsys, "bench", "--methods", "simclr", "--image-size", "0")
+    assert code == 2 and "--image-size 0" in err
+
+
 def test_bench_profile_splits_the_step(capsys):
     """`bench --profile` times the engine's own loop: the parts add up to the step, the backbone is part
     of the forward, and the rate is the batch over the step."""
