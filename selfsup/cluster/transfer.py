@@ -126,41 +126,95 @@ def pseudo_labels(teacher: str, cluster_spec: str, out_file: str | Path, label_s
             "feature_dim": int(x.shape[1]), "kmeans_s": round(seconds, 2), "n_cluster": len(x), "n_label": len(labels)}
 
 
+def check_student(cfg, student_out: Path, objective: str) -> None:
+    """Refuse, before any pseudo-labels are made, a student run in ``student_out`` that this command cannot
+    continue: another method, backbone or (for CC+) labelling set, or other settings without
+    ``resume_with_changes=true``."""
+    from omegaconf import OmegaConf
+
+    from selfsup.engine.rundir import config_changes
+
+    ckpt = load_checkpoint(student_out / "last.pt")
+    changes = {k: v for k, v in config_changes(ckpt.get("config") or {}, OmegaConf.to_container(cfg)).items()
+               if v[1] is not None}      # unset here, filled in by the run (num_classes): the trainer checks them
+    fix = f"remove {student_out} or choose another --out"
+    fixed = {"method", "backbone"} | ({"data"} if objective == "classify" else set())
+    blocked = sorted(fixed & set(changes))
+    if blocked:
+        key, (old, new) = blocked[0], changes[blocked[0]]
+        raise SelfSupError(f"the student in {student_out} has {key}={old}, this command {key}={new}: it cannot "
+                           f"continue with another {key}: {fix}")
+    if changes and not cfg.resume_with_changes:
+        key, (old, new) = next(iter(changes.items()))
+        more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+        raise SelfSupError(f"the student in {student_out} has {key}={old}, this command {key}={new}{more}: rerun with "
+                           f"the student's settings, add resume_with_changes=true to continue it with these, or {fix}")
+
+
+def record_trained_on(student_out: Path, source: str, resuming: bool) -> None:
+    """``student_out/trained_on.txt`` names what the student learns from (the pseudo-labels' or the regressed
+    teacher's content hash); a run is continued only on the same: a changed teacher, relabelled images, are
+    refused in one line instead of pairing the student with labels it was not trained on."""
+    from selfsup.engine.rundir import prepare_out
+
+    record = student_out / "trained_on.txt"
+    if resuming:
+        old = record.read_text().strip() if record.exists() else f"something unrecorded ({record} is missing)"
+        if old != source:
+            raise SelfSupError(f"the student in {student_out} was trained on {old}, this command gives it {source}: "
+                               f"remove {student_out} or choose another --out")
+        return
+    prepare_out(student_out)
+    record.write_text(source + "\n")
+
+
 def transfer(teacher: str, student: str, cluster_spec: str, label_spec: str | None = None, clusters: int = 2000,
              tap: str | None = None, pool: str = "max", iterations: int = 20, epochs: int | None = None,
              batch_size: int | None = None, out: str = "runs/transfer", device: str | None = None,
              overrides: list[str] | tuple[str, ...] = (), seed: int = 0, objective: str = "classify") -> dict:
     """CC+: pseudo-labels from ``teacher`` (``OUT/pseudo_labels.npz``), then the ``student`` backbone trained
-    from scratch to classify them (``OUT/student``; rerunning resumes it). ``objective="regress"`` is the
-    distillation baseline instead: the student regresses the teacher's features (the ``distill`` method).
-    Returns what was done."""
+    from scratch to classify them (``OUT/student``; rerunning resumes it, on the same pseudo-labels only).
+    ``objective="regress"`` is the distillation baseline instead: the student regresses the teacher's features
+    (the ``distill`` method; resumed with the same teacher's content only). The student's settings and an
+    existing student run are checked before the teacher runs. Returns what was done."""
     from selfsup.config import resolve_config
     from selfsup.engine.trainer import pretrain
     from selfsup.methods import get_method
+    from selfsup.models import build_backbone
 
     if objective not in ("classify", "regress"):
         raise SelfSupError(f"unknown --objective {objective!r}: use classify (CC+) or regress (distillation)")
     label_spec = label_spec or cluster_spec
     out = Path(out)
+    student_out, labels_file = out / "student", out / "pseudo_labels.npz"
     recipe = ["optim.scale_lr=true", "optim.weight_decay=5e-4", "optim.momentum=0.9", "optim.warmup_epochs=0",
               f"seed={seed}"]
     if objective == "regress":
         if teacher.startswith(RANDOM) or teacher == "hog" or teacher.startswith(HOG):
             raise SelfSupError("--objective regress needs a network checkpoint as --teacher")
-        info, method, data = None, "distill", label_spec
+        method, data = "distill", label_spec
         recipe += ["optim.lr=0.01", f"distill.teacher={teacher}", f"distill.pool={pool}"] + (
             [f"distill.tap={tap}"] if tap else [])
     else:
-        info = pseudo_labels(teacher, cluster_spec, out / "pseudo_labels.npz", label_spec, clusters, tap, pool,
-                             iterations, seed, device=device or "cpu", progress=True)
         method = "supervised"
-        data = label_spec + ("&" if "?" in label_spec else "?") + f"labels={out / 'pseudo_labels.npz'}"
+        data = label_spec + ("&" if "?" in label_spec else "?") + f"labels={labels_file}"
         recipe += [f"optim.lr={0.001 if teacher.startswith(RANDOM) else 0.01}"]
     flags = {"method": method, "data": data, "backbone": student, "epochs": epochs, "batch_size": batch_size,
-             "out": str(out / "student"), "device": device}
+             "out": str(student_out), "device": device}
     cfg = resolve_config(get_method(method), flags=flags, overrides=recipe + list(overrides),
-                         image_size_of=lambda s: load_dataset(s).image_size)
-    cfg.resume = (out / "student" / "last.pt").exists()
+                         image_size_of=lambda s: load_dataset(label_spec).image_size)   # the labels may not exist yet
+    build_backbone(student)                   # an unknown student is refused before the teacher runs
+    cfg.resume = (student_out / "last.pt").exists()
+    if cfg.resume:
+        check_student(cfg, student_out, objective)
+    if objective == "regress":
+        load_checkpoint(teacher)              # a missing or broken teacher: its one-line error
+        info, source = None, f"teacher {Path(teacher).name}@{file_hash(teacher)}"
+    else:
+        info = pseudo_labels(teacher, cluster_spec, labels_file, label_spec, clusters, tap, pool,
+                             iterations, seed, device=device or "cpu", progress=True)
+        source = f"pseudo-labels {labels_file.name}@{file_hash(labels_file)} ({info['teacher']})"
+    record_trained_on(student_out, source, cfg.resume)
     run_dir, status = pretrain(cfg)
     return {"protocol": "transfer", "objective": objective, "status": status, "pseudo_labels": info, "student": student,
             "student_lr": cfg.optim.lr, "checkpoint": str(run_dir / "last.pt")}

@@ -1,0 +1,69 @@
+"""Rerunning `selfsup transfer` on the same --out: the student is checked before the teacher runs, and continued
+only on the pseudo-labels (or the regressed teacher) it was trained on."""
+import shutil
+
+from conftest import TINY, one_line_error, run
+from selfsup.cli import main
+from selfsup.eval.features import file_hash
+
+
+def _transfer(capsys, teacher, out, *more):
+    return run(capsys, "transfer", "--teacher", teacher, "--student", "convnet", "--cluster-data", TINY,
+               "--clusters", 4, "--epochs", 1, "--batch-size", 16, "--out", out, "--device", "cpu", *more,
+               "progress=false")
+
+
+def _other_teacher(tmp_path):
+    out = tmp_path / "other"
+    assert main(["pretrain", "simclr", "--data", TINY, "--backbone", "convnet", "--epochs", "0", "--batch-size", "4",
+                 "--out", str(out), "progress=false", "device=cpu", "seed=7"]) == 0
+    return out / "last.pt"
+
+
+def test_a_changed_teacher_is_refused_instead_of_resuming_the_student(tmp_path, capsys, random_ckpt):
+    teacher, out = tmp_path / "teacher.pt", tmp_path / "tr"
+    shutil.copy(random_ckpt, teacher)
+    code, _, err = _transfer(capsys, teacher, out)
+    assert code == 0, err
+    student = file_hash(out / "student" / "last.pt")
+    shutil.copy(_other_teacher(tmp_path), teacher)          # the teacher changes, the user removes the labels
+    (out / "pseudo_labels.npz").unlink()
+    code, _, err = _transfer(capsys, teacher, out)
+    assert one_line_error(code, err, "was trained on pseudo-labels"), err
+    assert f"remove {out / 'student'}" in err and file_hash(out / "student" / "last.pt") == student
+
+
+def test_a_changed_regression_teacher_is_refused(tmp_path, capsys, random_ckpt):
+    teacher, out = tmp_path / "teacher.pt", tmp_path / "reg"
+    shutil.copy(random_ckpt, teacher)
+    code, _, err = _transfer(capsys, teacher, out, "--objective", "regress")
+    assert code == 0, err
+    shutil.copy(_other_teacher(tmp_path), teacher)
+    code, _, err = _transfer(capsys, teacher, out, "--objective", "regress")
+    assert one_line_error(code, err, "was trained on teacher teacher.pt@"), err
+
+
+def test_other_settings_are_refused_before_the_labels_are_rewritten(tmp_path, capsys, random_ckpt):
+    out = tmp_path / "tr"
+    code, _, err = _transfer(capsys, random_ckpt, out)
+    assert code == 0, err
+    labels = file_hash(out / "pseudo_labels.npz")
+    code, _, err = _transfer(capsys, random_ckpt, out, "--label-data", "synthetic:32?classes=4&size=16&seed=1")
+    assert one_line_error(code, err, "cannot continue with another data"), err
+    code, _, err = run(capsys, "transfer", "--teacher", random_ckpt, "--student", "convnet", "--cluster-data", TINY,
+                       "--clusters", 4, "--epochs", 2, "--batch-size", 16, "--out", out, "--device", "cpu",
+                       "progress=false")
+    assert one_line_error(code, err, "add resume_with_changes=true to continue it"), err
+    assert "--resume-with-changes" not in err and file_hash(out / "pseudo_labels.npz") == labels
+    code, _, err = run(capsys, "transfer", "--teacher", random_ckpt, "--student", "convnet", "--cluster-data", TINY,
+                       "--clusters", 4, "--epochs", 2, "--batch-size", 16, "--out", out, "--device", "cpu",
+                       "progress=false", "resume_with_changes=true")
+    assert code == 0, err                                     # the fix the message names works
+
+
+def test_an_unknown_student_is_refused_before_the_teacher_runs(tmp_path, capsys, random_ckpt):
+    for student in ("nosuch", "timm:nosuch_model"):
+        code, _, err = run(capsys, "transfer", "--teacher", random_ckpt, "--student", student, "--cluster-data", TINY,
+                           "--clusters", 4, "--out", tmp_path / "tr", "--device", "cpu", "progress=false")
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "tr" / "pseudo_labels.npz").exists()
