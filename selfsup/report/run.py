@@ -1,4 +1,5 @@
-"""``report.md`` of a run directory: the loss, learning-rate and monitor curves and the per-epoch table."""
+"""``report.md`` of a run directory: the loss and learning-rate curves, and the monitor curve and the per-epoch
+table when epoch records were logged."""
 from __future__ import annotations
 
 from pathlib import Path
