@@ -194,6 +194,17 @@ class JointEmbeddingMethod(Method):
     def view_maker(self):
         cfg = self.cfg
         specs = view_recipe(cfg.views, self.image_size)
+        for key in ("crop_min_scale", "view_size"):      # they change the crops of the image size, and only those
+            if getattr(cfg, key) is None:
+                continue
+            if not any(s.size == self.image_size and (s.patch is None or key == "view_size") for s in specs):
+                raise SelfSupError(f"{self.name}.{key}={getattr(cfg, key)} applies to the random-resized crops of the "
+                                   f"image size ({self.image_size} px), and {self.name}.views={cfg.views} has none: "
+                                   f"drop {key}" + (", or give the crops (e.g. 2x{self.image_size}+4x16)"
+                                                    if cfg.views.startswith("multicrop") else ""))
+            if key == "crop_min_scale" and any(s.patch is not None for s in specs):
+                raise SelfSupError(f"{self.name}.crop_min_scale={cfg.crop_min_scale} does not apply to fixed-size "
+                                   f"patches ({self.name}.views={cfg.views}): drop it, or set the patch side")
         if cfg.crop_min_scale is not None:
             if not 0 < cfg.crop_min_scale <= 1:
                 raise SelfSupError(f"{self.name}.crop_min_scale={cfg.crop_min_scale} is not an area fraction: "

@@ -77,6 +77,14 @@ class Colorization(Method):
             options["last_stride"] = cfg.res5_stride
         return options
 
+    @classmethod
+    def fit_dataset(cls, cfg: ColorizationConfig, dataset) -> ColorizationConfig:
+        """Refuse gray images: their ab channels are 0, so every target is the gray bin and the loss is 0."""
+        if getattr(dataset, "channels", 3) == 1:
+            raise SelfSupError("colorization needs colour images: the ab channels of gray images are 0, so it learns "
+                               "nothing (loss 0); use a colour dataset (drop channels=1)")
+        return cfg
+
     def __init__(self, backbone, cfg: ColorizationConfig, image_size: int):
         super().__init__(backbone, cfg, image_size)
         bins = ab_bins()

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup import distributed as dist
+from selfsup.errors import SelfSupError
 from selfsup.kmeans import spherical_kmeans
 from selfsup.methods.base import to_device
 from selfsup.methods.prototypes import (SMALL_IMAGE_VIEWS, PrototypeConfig, PrototypeMethod, PrototypeUsage,
@@ -36,6 +37,15 @@ class DeepClusterV2Config(PrototypeConfig):
     kmeans_iterations: int = 10
 
 
+def too_many(name: str, nmb_prototypes, n: int, what: str) -> None:
+    """A one-line error when a head has more prototypes than ``n`` samples to cluster."""
+    if max(nmb_prototypes) > n:
+        fit = [min(k, max(1, n // 10)) for k in nmb_prototypes]
+        raise SelfSupError(f"{name}.nmb_prototypes={list(nmb_prototypes)} asks for more prototypes than the {n} {what}: "
+                           f"set {name}.nmb_prototypes={str(fit).replace(' ', '')} (the official CIFAR advice: about "
+                           f"10x the classes) or use more images")
+
+
 class DeepClusterV2(PrototypeMethod):
     name = "deepcluster_v2"
     Config = DeepClusterV2Config
@@ -44,6 +54,13 @@ class DeepClusterV2(PrototypeMethod):
                           "warmup_start_lr": 0.01875, "min_lr": 0.0003, "exclude_bias_norm": False}}
     small_image_defaults = {"deepcluster_v2": SMALL_IMAGE_VIEWS}     # 64 px or less: SwAV's CIFAR advice
     trainable_prototypes = False
+
+    @classmethod
+    def fit_dataset(cls, cfg: DeepClusterV2Config, dataset) -> DeepClusterV2Config:
+        """Refuse more prototypes than images (before anything is written): each head assigns
+        every image of the bank to one of K prototypes (k-means needs K samples at least)."""
+        too_many(cls.name, cfg.nmb_prototypes, len(dataset), "images")
+        return cfg
 
     def __init__(self, backbone, cfg: DeepClusterV2Config, image_size: int):
         super().__init__(backbone, cfg, image_size)
@@ -92,6 +109,8 @@ class DeepClusterV2(PrototypeMethod):
     def on_epoch_start(self, epoch: int, loader) -> None:
         if self.bank is None:
             self.fill_bank(loader, epoch)
+        too_many(self.name, self.cfg.nmb_prototypes, self.bank.shape[1], "embeddings in the memory bank (the "
+                 "images of one epoch of full batches)")
         self.dataset_size = len(loader.dataset)
         self.assign(epoch)
         self.step_in_epoch = 0

@@ -101,6 +101,9 @@ class Jigsaw(Method):
         tile_dim = cfg.tile_dim or (1024 if self.head == "cfn" else 1000)
         self.geometry = tile_geometry(image_size, 3, cfg.jitter_255, cfg.channel_shift_255)
         self.register_buffer("perms", torch.as_tensor(permutation_set(cfg.permutations)), persistent=False)
+        if len(self.perms) < 2:
+            raise SelfSupError(f"{self.name}.permutations={cfg.permutations} gives {len(self.perms)} permutation: a "
+                               "puzzle needs 2 or more classes, e.g. 100")
         if self.perms.shape[1] != 9:
             raise SelfSupError(f"{self.name}.permutations has {self.perms.shape[1]} tiles per row: use a set of 3x3 puzzles")
         if alexnet:

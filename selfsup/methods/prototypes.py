@@ -57,7 +57,11 @@ class PrototypeMethod(Method):
                                      cfg.color_strength, cfg.blur_prob)
         bad = [c for c in cfg.crops_for_assign if not 0 <= c < len(self.specs)]
         if bad or not cfg.crops_for_assign:
-            raise SelfSupError(f"crops_for_assign {list(cfg.crops_for_assign)} must name crops 0..{len(self.specs) - 1}")
+            n = len(self.specs)
+            raise SelfSupError(f"{self.name}.crops_for_assign={list(cfg.crops_for_assign)} must name crops 0..{n - 1} "
+                               f"of the {n} crops of {self.name}.crops={cfg.crops or 'the default'}: set "
+                               f"{self.name}.crops_for_assign={[c for c in range(min(2, n))]} or give "
+                               f"{self.name}.crops two global crops, e.g. 2x{image_size}")
 
     def view_maker(self):
         return ViewMaker(self.specs)

@@ -1,0 +1,140 @@
+"""Bad method settings are one-line errors naming the key, before anything is written (config
+checks), or when the Trainer builds the method (settings that need the data or the image size)."""
+import pytest
+
+from selfsup.config import check_config, resolve_config
+from selfsup.engine.trainer import Trainer
+from selfsup.errors import SelfSupError
+from selfsup.methods import get_method
+
+DATA = "synthetic:128?classes=4&size=32"
+
+
+def _cfg(method, *overrides, tmp_path=None, data=DATA):
+    flags = {"method": method, "data": data, "backbone": "convnet", "epochs": 1, "batch_size": 32,
+             "out": str(tmp_path / "run") if tmp_path else "runs/never", "device": "cpu", "progress": False}
+    return resolve_config(get_method(method), flags=flags, overrides=list(overrides))
+
+
+@pytest.mark.parametrize("method,override,key", [
+    # 2: one view
+    ("simclr", "simclr.views=patch:14x1", "simclr.views"),
+    ("simclr", "simclr.views=multicrop:1x32", "simclr.views"),
+    ("byol", "byol.views=patch:14x1", "byol.views"),
+    ("moco_v2", "moco_v2.views=multicrop:2x32+2x16", "moco_v2.views"),
+    # 3
+    ("swav", "swav.nmb_prototypes=0", "swav.nmb_prototypes"),
+    ("swav", "swav.nmb_prototypes=-3", "swav.nmb_prototypes"),
+    ("sela_v2", "sela_v2.nmb_prototypes=[0]", "sela_v2.nmb_prototypes"),
+    ("moco_v2", "moco_v2.queue_size=0", "moco_v2.queue_size"),
+    ("moco_v2", "moco_v2.queue_size=-5", "moco_v2.queue_size"),
+    ("jigsaw", "jigsaw.max_substitute=20", "jigsaw.max_substitute"),
+    ("jigsaw", "jigsaw.tile_pool=-1", "jigsaw.tile_pool"),
+    ("jigsaw", "jigsaw.tile_pool=0", "jigsaw.tile_pool"),
+    ("swav", "swav.global_scale=[0.1]", "swav.global_scale"),
+    # 1
+    ("deepcluster_v2", "deepcluster_v2.nmb_prototypes=[0]", "deepcluster_v2.nmb_prototypes"),
+    ("deepcluster_v2", "deepcluster_v2.nmb_prototypes=[]", "deepcluster_v2.nmb_prototypes"),
+    ("deepcluster_v2", "deepcluster_v2.kmeans_iterations=-7", "deepcluster_v2.kmeans_iterations"),
+    # 4
+    ("swav", "swav.queue_length=10", "swav.queue_length"),
+    ("swav", "swav.queue_length=-64", "swav.queue_length"),
+    # 6
+    ("swav", "swav.local_scale=[0,2]", "swav.local_scale"),
+    ("swav", "swav.local_scale=[0.5,0.1]", "swav.local_scale"),
+    ("swav", "swav.local_scale=[-1,0.1]", "swav.local_scale"),
+    ("swav", "swav.global_scale=[0.5,0.1]", "swav.global_scale"),
+    ("swav", "swav.epsilon=0", "swav.epsilon"),
+    ("colorization", "colorization.sigma=0", "colorization.sigma"),
+    ("swav", "swav.sinkhorn_iterations=0", "swav.sinkhorn_iterations"),
+    ("swav", "swav.freeze_prototypes_niters=-1", "swav.freeze_prototypes_niters"),
+    ("swav", "swav.epoch_queue_starts=-3", "swav.epoch_queue_starts"),
+    ("swav", "swav.crops_for_assign=[0,0]", "swav.crops_for_assign"),
+    ("moco_v2", "moco_v2.momentum=1.5", "moco_v2.momentum"),
+    ("byol", "byol.base_momentum=2", "byol.base_momentum"),
+    ("jigsaw", "jigsaw.gray_prob=1.5", "jigsaw.gray_prob"),
+    ("jigsaw_pp", "jigsaw_pp.jitter_255=-5", "jigsaw_pp.jitter_255"),
+    ("colorization", "colorization.lam=2", "colorization.lam"),
+    ("jigclu", "jigclu.overlap=-0.5", "jigclu.overlap"),
+    ("jigclu", "jigclu.overlap=1.5", "jigclu.overlap"),
+    ("jigclu", "jigclu.overlap=0.5", "jigclu.overlap"),       # m=2, code mode: a patch covers the whole image
+    ("jigclu", "jigclu.proj_dim=0", "jigclu.proj_dim"),
+    ("jigsaw", "jigsaw.permutations=1", "jigsaw.permutations"),
+    # 7
+    ("sela_v2", "sela_v2.kmeans_iterations=3", "sela_v2.kmeans_iterations"),
+])
+def test_bad_method_settings_are_refused_by_the_config_check(method, override, key):
+    cfg = _cfg(method, override)
+    with pytest.raises(SelfSupError) as err:
+        check_config(cfg)
+    msg = str(err.value)
+    assert "\n" not in msg and key in msg
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["jigclu.alpha=0", "jigclu.beta=0"], "jigclu.alpha"),
+    (["jigclu.branches=location", "jigclu.alpha=0.5"], "jigclu.alpha"),
+    (["jigclu.branches=clustering", "jigclu.alpha=0"], "jigclu.alpha"),
+])
+def test_jigclu_weights_that_zero_or_skip_the_loss_are_refused(overrides, key):
+    with pytest.raises(SelfSupError, match=key):
+        check_config(_cfg("jigclu", *overrides))
+
+
+def test_the_defaults_and_good_values_pass_the_method_checks():
+    for method in ("simclr", "byol", "moco_v2", "swav", "deepcluster_v2", "sela_v2", "jigsaw", "jigsaw_pp",
+                   "colorization", "jigclu", "vicreg", "tcr", "spectral_contrastive"):
+        check_config(_cfg(method))
+    check_config(_cfg("swav", "swav.queue_length=0", "swav.local_scale=[0.05,0.14]", "swav.global_scale=[0.14,1]"))
+    check_config(_cfg("swav", "swav.queue_length=64"))
+    check_config(_cfg("jigclu", "jigclu.overlap_mode=paper", "jigclu.overlap=0.6", "jigclu.beta=0"))
+    check_config(_cfg("simclr", "simclr.views=patch:14x4"))
+
+
+def test_a_swav_queue_that_never_starts_is_said(capsys):
+    check_config(_cfg("swav", "swav.queue_length=64", "swav.epoch_queue_starts=5"))
+    assert "swav.queue_length=64 is never used" in capsys.readouterr().err
+
+
+def test_a_number_for_a_list_setting_says_it_is_a_list():
+    with pytest.raises(SelfSupError, match=r"deepcluster_v2.nmb_prototypes is a list, e.g. "
+                                           r"deepcluster_v2.nmb_prototypes=\[3000,3000,3000\]"):
+        _cfg("deepcluster_v2", "deepcluster_v2.nmb_prototypes=10")
+
+
+def _refused_by_trainer(tmp_path, cfg, *needles):
+    with pytest.raises(SelfSupError) as err:
+        Trainer(cfg)
+    msg = str(err.value)
+    assert "\n" not in msg and all(n in msg for n in needles), msg
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("method,prototypes", [("deepcluster_v2", None), ("deepcluster_v2", "[200]"),
+                                               ("sela_v2", "[3000]")])
+def test_more_prototypes_than_images_is_refused_before_training(tmp_path, method, prototypes):
+    extra = [f"{method}.nmb_prototypes={prototypes}"] if prototypes else []
+    cfg = _cfg(method, *extra, tmp_path=tmp_path)
+    check_config(cfg)
+    _refused_by_trainer(tmp_path, cfg, f"{method}.nmb_prototypes", "128 images", f"{method}.nmb_prototypes=[")
+
+
+def test_colorization_refuses_gray_images(tmp_path):
+    cfg = _cfg("colorization", tmp_path=tmp_path, data=DATA + "&channels=1")
+    _refused_by_trainer(tmp_path, cfg, "colour images")
+
+
+@pytest.mark.parametrize("override,key", [
+    ("simclr.views=multicrop:2x24+4x16", "simclr.view_size"),     # no view of the image size
+    ("simclr.views=patch:14", "simclr.crop_min_scale"),           # patches ignore the crop scale
+    ("simclr.views=multicrop:2x24+4x16", "simclr.crop_min_scale"),
+])
+def test_view_options_that_would_be_ignored_are_refused(tmp_path, override, key):
+    value = "16" if key.endswith("view_size") else "0.3"
+    cfg = _cfg("simclr", override, f"{key}={value}", tmp_path=tmp_path)
+    _refused_by_trainer(tmp_path, cfg, key, "simclr.views")
+
+
+def test_swav_crops_for_assign_outside_the_crops_names_both_keys(tmp_path):
+    cfg = _cfg("swav", "swav.crops=1x32", tmp_path=tmp_path)
+    _refused_by_trainer(tmp_path, cfg, "swav.crops_for_assign", "swav.crops=1x32", "swav.crops_for_assign=[0]")
