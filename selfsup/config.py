@@ -157,6 +157,12 @@ def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | 
     if cfg.method != method_cls.name:
         raise SelfSupError(f"config says method {cfg.method!r} but {method_cls.name!r} was asked for: drop one of them")
     fit_schedule(cfg, recipe_epochs, user_keys)
+    queue = OmegaConf.select(cfg, f"{cfg.method}.queue_length")
+    starts = OmegaConf.select(cfg, f"{cfg.method}.epoch_queue_starts")
+    if queue and starts is not None and starts >= cfg.epochs > 0:      # said once, where the schedule is fitted
+        print(f"{cfg.method}.queue_length={queue} is never used: the queue starts at epoch "
+              f"{cfg.method}.epoch_queue_starts={starts} and the run has {cfg.epochs} epochs; lower epoch_queue_starts",
+              file=sys.stderr)
     return cfg
 
 
@@ -334,12 +340,6 @@ def check_config(cfg) -> None:
             good = False
         if not good:
             raise SelfSupError(f"{cfg.method}.{key}={value} is not valid: it must be {must} (set {cfg.method}.{key})")
-    queue = OmegaConf.select(cfg, f"{cfg.method}.queue_length")
-    starts = OmegaConf.select(cfg, f"{cfg.method}.epoch_queue_starts")
-    if queue and starts is not None and starts >= cfg.epochs:
-        print(f"{cfg.method}.queue_length={queue} is never used: the queue starts at epoch "
-              f"{cfg.method}.epoch_queue_starts={starts} and the run has {cfg.epochs} epochs; lower epoch_queue_starts",
-              file=sys.stderr)
 
 
 def _method_cfg(cfg):
