@@ -85,8 +85,9 @@ class TrainConfig:
     progress: bool = True             # progress output: a bar on a terminal, plain lines in a log
 
 
-def _format_error(exc: OmegaConfBaseException, where: str, method: str = "METHOD") -> SelfSupError:
-    key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+def _format_error(exc: OmegaConfBaseException, where: str, method: str = "METHOD", key: str | None = None) -> SelfSupError:
+    """One line for OmegaConf's error; ``key``: the override's key, where OmegaConf names none (2.4's tuple checks)."""
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or key
     msg = str(exc).splitlines()[0]
     if "Key" in type(exc).__name__ or "not in struct" in msg or "Could not override" in msg:
         return SelfSupError(f"unknown config key {key!r} in {where}: check the spelling (every key, with its default: "
@@ -185,7 +186,7 @@ def _merge(base, layers, overrides, method: str) -> tuple[DictConfig, int]:
         try:
             base = OmegaConf.merge(base, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
-            raise _format_error(exc, f"override {item!r}", method) from None
+            raise _format_error(exc, f"override {item!r}", method, item.partition("=")[0].strip()) from None
     return base, recipe_epochs
 
 
