@@ -27,6 +27,7 @@ def evaluate_clustering(checkpoint: str, data_spec: str, clusters: int | None = 
     device = resolve_device(device)
     at_least_one("--clusters", clusters, 10)
     at_least_one("--pca", pca, 256)
+    at_least_one("--image-size", image_size, 224)
     if iterations < 0:
         raise SelfSupError(f"--iterations must be at least 0, got {iterations}: use e.g. --iterations 20")
     ckpt = load_checkpoint(checkpoint)

@@ -20,7 +20,8 @@ Evaluation (``StreamImageSet.eval_batches``): in order, the short side resized t
 centre size x size kept, from the original file (Resize(256) -> CenterCrop(224) for crop = 224 / 256).
 
 An unreadable image (corrupt, empty) is replaced in its batch by the next readable image of its class (its
-label: an evaluation never scores an image under another's label), and a warning names it, once. The batch keeps its size, and the replacement is the same in every run.
+label: an evaluation never scores an image under another's label), and a warning names it, once. The batch
+keeps its size, and the replacement is the same in every run.
 """
 from __future__ import annotations
 

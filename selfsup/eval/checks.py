@@ -23,10 +23,9 @@ def positive(flag: str, value: float, example: float) -> None:
 
 
 def eval_image_size(ckpt: dict, image_size: int | None = None) -> int | None:
-    """The evaluation size: ``image_size`` (``--image-size``, refused below 1), else the checkpoint's
-    pretraining size (``ckpt["image_size"]``, set also when the size came from the data; older
+    """The evaluation size: ``image_size`` (``--image-size``, which callers check before their work), else the
+    checkpoint's pretraining size (``ckpt["image_size"]``, set also when the size came from the data; older
     checkpoints: their config's), else None (a foreign state dict: the images' own size)."""
-    at_least_one("--image-size", image_size, 224)
     return image_size or ckpt.get("image_size") or (ckpt.get("config") or {}).get("image_size")
 
 

@@ -34,8 +34,10 @@ def png_out(out: str | Path) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SelfSupError(f"--out {out}: cannot make its folder {out.parent} ({e.strerror}): choose another --out") from None
+        raise SelfSupError(f"--out {out}: cannot make its folder {out.parent} ({e.strerror}): "
+                           f"choose another --out") from None
     return out
+
 
 def _show(ax, image: torch.Tensor, title: str = "") -> None:
     """C x H x W uint8 (or float in [0, 1]) on a matplotlib axis."""
