@@ -13,6 +13,8 @@ import os
 import pickle
 import re
 import secrets
+import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -129,14 +131,15 @@ def load_backbone(path: str | Path, ckpt: dict | None = None):
     """The backbone of a checkpoint, ready for evaluation (eval mode, on CPU).
 
     Accepts a ``selfsup pretrain`` checkpoint (which records the backbone's name)
-    or a plain torchvision ResNet state dict (its depth is inferred from the keys).
-    Pass ``ckpt`` when the file is already loaded.
+    or a plain torchvision ResNet state dict (its depth is inferred from the keys),
+    such as an official release: the heads it holds beside the ResNet (``RELEASE_HEADS``)
+    are left out and said on stderr. Pass ``ckpt`` when the file is already loaded.
     """
     from selfsup.models import build_backbone
 
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
     name, cifar_stem, options = backbone_spec(path, ckpt)
-    state = ckpt["backbone_state"] if "backbone_state" in ckpt else plain_state(ckpt)
+    state = ckpt["backbone_state"] if "backbone_state" in ckpt else _without_release_heads(path, plain_state(ckpt))
     state = {k: v for k, v in state.items() if not str(k).startswith("fc.")}
     _check_weights(path, state)
     backbone = build_backbone(name, cifar_stem=cifar_stem, **options)
@@ -146,6 +149,25 @@ def load_backbone(path: str | Path, ckpt: dict | None = None):
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
         raise SelfSupError(f"checkpoint {path} does not fit backbone {name} ({first[:120]}): pass a checkpoint of that architecture") from None
     return backbone.eval()
+
+
+# The heads that official releases hold beside the ResNet, by the name of their module. facebookresearch/swav's
+# ResNet (src/resnet50.py; the SwAV, DeepCluster-v2 and SeLa-v2 files) has ``projection_head`` (Linear, or
+# Linear, BatchNorm1d, ReLU, Linear) and ``prototypes`` (one Linear ``prototypes.weight``, or MultiPrototypes'
+# ``prototypes.prototypes0.weight``, ``prototypes.prototypes1.weight``, ...); the ResNet of
+# dvlab-research/JigsawClustering has ``fc_clu`` (Linear, ReLU, Linear) and ``fc_loc`` (Linear).
+RELEASE_HEADS = ("projection_head", "prototypes", "fc_clu", "fc_loc")
+
+
+def _without_release_heads(path, state: dict) -> dict:
+    """``state`` without the tensors of ``RELEASE_HEADS``; how many were left out, of which heads, goes to stderr."""
+    head = lambda key: str(key).split(".", 1)[0]       # noqa: E731
+    left_out = Counter(head(k) for k in state if head(k) in RELEASE_HEADS)
+    if left_out:
+        heads = ", ".join(f"{name} ({count})" for name, count in left_out.items())
+        print(f"checkpoint {path}: left out {sum(left_out.values())} head tensors of its pretraining, not part of the "
+              f"backbone: {heads}", file=sys.stderr)
+    return {k: v for k, v in state.items() if head(k) not in RELEASE_HEADS}
 
 
 def _check_weights(path, state: dict) -> None:
@@ -221,15 +243,18 @@ def backbone_spec(path: str | Path, ckpt: dict) -> tuple[str, bool, dict]:
 
 
 def plain_state(ckpt: dict) -> dict:
-    """The weights of a state dict file that is not a ``selfsup pretrain`` checkpoint: the dict itself or its
-    ``state_dict``, without the ``module.`` prefix of DDP (and of the official MoCo and SwAV files); where the
-    network is one part of a larger model (MoCo's ``encoder_q.``, a ``backbone.``), that part alone."""
-    state = ckpt.get("state_dict", ckpt)
+    """The weights of a state dict file that is not a ``selfsup pretrain`` checkpoint: the dict itself, its
+    ``state_dict`` (the training checkpoints of MoCo, SwAV, DeepCluster-v2 and JigClu: ``{"epoch", "state_dict",
+    "optimizer", ...}``) or its ``model`` (VICReg's full checkpoint ``{"epoch", "model", "optimizer"}``), without
+    the ``module.`` prefix of DDP (the official MoCo, SwAV, DeepCluster-v2, SeLa-v2, JigClu and VICReg full files
+    have it); where the network is one part of a larger model (MoCo's ``encoder_q.``, VICReg's ``backbone.``,
+    JigClu's ``encoder.``), that part alone."""
+    state = ckpt.get("state_dict", ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt)
     if not isinstance(state, dict):
         return state
     if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
-    for part in ("encoder_q.", "backbone."):
+    for part in ("encoder_q.", "backbone.", "encoder."):
         if "conv1.weight" not in state and f"{part}conv1.weight" in state:
             state = {k[len(part):]: v for k, v in state.items() if k.startswith(part)}
     return state
