@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import re
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -317,13 +316,14 @@ _BATCH_OF_TWO = {"simclr": _CONTRASTS, "spectral_contrastive": _CONTRASTS, "byol
 
 def check_config(cfg) -> None:
     """Refuse, in one line, settings that would make a run meaningless (before anything is written):
-    those of ``_CHECKS``; and, for every key, a number that is inf or nan, and a temperature (any key
-    whose name holds ``temperature``) that is not positive."""
+    those of ``_CHECKS``; for every key, a number that is inf or nan, and a temperature (any key
+    whose name holds ``temperature``) that is not positive (``selfsup.methods.checks.check_number``);
+    the method's own settings outside their range (``selfsup.methods.checks.METHOD_CHECKS``, the table
+    ``build_method`` runs too), then those that need the run's settings (``RUN_METHOD_CHECKS``)."""
+    from selfsup.methods.checks import check_method_rules, check_number
+
     for key, value in flatten(cfg).items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise SelfSupError(f"{key}={value} is not valid: it must be a finite number (set {key})")
-        if "temperature" in key.rpartition(".")[2] and isinstance(value, (int, float)) and value <= 0:
-            raise SelfSupError(f"{key}={value} is not valid: a temperature must be positive (set {key})")
+        check_number(key, value)
     for key, ok, must in _CHECKS:
         value = OmegaConf.select(cfg, key)
         if not ok(value):
@@ -332,128 +332,16 @@ def check_config(cfg) -> None:
     if cfg.batch_size < 2 and cfg.method in _BATCH_OF_TWO:
         raise SelfSupError(f"batch_size={cfg.batch_size} is too small for {cfg.method}: {_BATCH_OF_TWO[cfg.method]}; "
                            f"set --batch-size 2 or more")
-    for key, ok, must in method_checks(cfg.method):
+    check_method_rules(cfg.method, OmegaConf.select(cfg, cfg.method))
+    for key, ok, must in RUN_METHOD_CHECKS.get(cfg.method, []):
         value = OmegaConf.select(cfg, f"{cfg.method}.{key}")
-        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-        try:
-            good = ok(value, cfg)
-        except (TypeError, ValueError):      # a list where a number goes, a number where a list goes
-            good = False
-        if not good:
+        if not ok(value, cfg):
             raise SelfSupError(f"{cfg.method}.{key}={value} is not valid: it must be {must} (set {cfg.method}.{key})")
 
 
-def _method_cfg(cfg):
-    return cfg[cfg.method]
-
-
-def _scale(v, cfg=None) -> bool:
-    return len(v) == 2 and 0 < v[0] <= v[1] <= 1
-
-
-def _views(v) -> int:
-    from selfsup.data.views import view_recipe
-    return len(view_recipe(v, 224))       # the number of views is the same at every size
-
-
-def _jigclu_overlap(v, cfg) -> bool:
-    """A cell reaches ``ext`` of a side past each interior boundary (data/jigclu.py split_boxes): ext < 0 can
-    leave a zero-area patch, and a cell that reaches 1/m past a boundary covers the whole image."""
-    c = _method_cfg(cfg)
-    ext = v if c.overlap_mode == "code" else v / 2
-    return 0 <= ext < 1 / c.m
-
-
-def _jigclu_weights(v, cfg) -> bool:
-    c = _method_cfg(cfg)
-    return (c.alpha if c.branches != "location" else 0) + (c.beta if c.branches != "clustering" else 0) > 0
-
-
-_PROBABILITY = "a probability in [0, 1]"
-_POSITIVE_INT = "at least 1"
-_SCALE = "[min, max] area fractions with 0 < min <= max <= 1, e.g. [0.14, 1]"
-_JOINT_EMBEDDING = [
-    ("views", lambda v, c: _views(v) >= 2, "a recipe of 2 or more views (its loss pairs views), e.g. patch:14x2 or multicrop:2x32+4x16"),
-    ("proj_dim", lambda v, c: v is None or v >= 1, _POSITIVE_INT),
-]
-_JOINT_VIEWS = [
-    ("crop_min_scale", lambda v, c: v is None or 0 < v <= 1, "null (the recipe's) or an area fraction in (0, 1], e.g. 0.2"),
-    ("view_size", lambda v, c: v is None or (isinstance(v, int) and v >= 1), "null (the image size) or a side in pixels, e.g. 16"),
-]
-_PROTOTYPES = [
-    ("proj_dim", lambda v, c: v >= 1, _POSITIVE_INT),
-    ("global_scale", lambda v, c: v is None or _scale(v), "null (the crops' official scale) or " + _SCALE),
-    ("local_scale", lambda v, c: _scale(v), _SCALE.replace("[0.14, 1]", "[0.05, 0.14]")),
-    ("crops_for_assign", lambda v, c: len(v) >= 1 and len(set(v)) == len(v) and min(v) >= 0,
-     "a list of distinct crop numbers, e.g. [0, 1] (the two global crops)"),
-    ("color_strength", lambda v, c: 0 <= v <= 2.5, "in [0, 2.5]"),
-    ("blur_prob", lambda v, c: 0 <= v <= 1, _PROBABILITY),
-]
-_SINKHORN = [
-    ("epsilon", lambda v, c: v > 0, "positive (Sinkhorn divides the scores by it), e.g. 0.05"),
-    ("sinkhorn_iterations", lambda v, c: v >= 1, _POSITIVE_INT),
-    ("freeze_prototypes_epochs", lambda v, c: v >= 0, "0 or more"),
-    ("freeze_prototypes_niters", lambda v, c: v is None or v >= 0, "null (freeze_prototypes_epochs) or 0 or more"),
-]
-_HEADS = ("nmb_prototypes", lambda v, c: len(v) >= 1 and all(k >= 1 for k in v),
-          "a list of one or more prototype counts (one head each), e.g. [3000,3000,3000]")
-_JIGSAW = [
-    ("permutations", lambda v, c: not str(v).isdigit() or int(v) >= 2, "2 or more permutations (the puzzle's classes), "
-     "e.g. 100, or a set's name or file"),
-    ("tile_pool", lambda v, c: v is None or v >= 1, "null (2 on alexnet, else 1) or at least 1"),
-    ("tile_dim", lambda v, c: v is None or v >= 1, "null or at least 1"),
-    ("hidden_dim", lambda v, c: v >= 1, _POSITIVE_INT),
-    ("dropout", lambda v, c: 0 <= v < 1, "in [0, 1)"),
-    ("conv1_stride", lambda v, c: v >= 1, _POSITIVE_INT),
-    ("jitter_255", lambda v, c: v >= 0, "0 or more pixels"),
-    ("channel_shift_255", lambda v, c: v >= 0, "0 or more pixels"),
-    ("gray_prob", lambda v, c: 0 <= v <= 1, _PROBABILITY),
-    ("projection_prob", lambda v, c: 0 <= v <= 1, _PROBABILITY),
-    ("max_substitute", lambda v, c: 0 <= v <= 8, "in 0 .. 8 (slots of the 9 given another image's tiles; one at least stays)"),
-]
-# per method: (key under the method, test of (value, whole config), what it must be); check_config runs them
-METHOD_CHECKS: dict[str, list] = {
-    "simclr": _JOINT_EMBEDDING + _JOINT_VIEWS,
-    "vicreg": _JOINT_EMBEDDING + _JOINT_VIEWS,
-    "tcr": _JOINT_EMBEDDING + _JOINT_VIEWS,
-    "spectral_contrastive": _JOINT_EMBEDDING + _JOINT_VIEWS,
-    "byol": _JOINT_EMBEDDING + [
-        ("base_momentum", lambda v, c: 0 <= v <= 1, "in [0, 1], e.g. 0.99")],
-    "moco_v2": [
-        ("views", lambda v, c: _views(v) == 2, "a recipe of exactly 2 views (query and key), e.g. mocov2 or patch:14"),
-        ("proj_dim", lambda v, c: v >= 1, _POSITIVE_INT),
-        ("queue_size", lambda v, c: v >= 1, "at least 1 (the negatives' queue), e.g. 65536"),
-        ("momentum", lambda v, c: 0 <= v <= 1, "in [0, 1], e.g. 0.999")],
-    "swav": _PROTOTYPES + _SINKHORN + [
-        ("nmb_prototypes", lambda v, c: v >= 1, "at least 1, e.g. 3000 (100 at 64 px or less)"),
-        ("queue_length", lambda v, c: v == 0 or v >= c.batch_size,
-         "0 (no queue) or at least batch_size (it is trimmed to a multiple of the batch), e.g. 3840"),
-        ("epoch_queue_starts", lambda v, c: v >= 0, "0 or more")],
-    "deepcluster_v2": _PROTOTYPES + [_HEADS, ("kmeans_iterations", lambda v, c: v >= 1, _POSITIVE_INT)],
-    "sela_v2": _PROTOTYPES + _SINKHORN + [_HEADS, (
-        "kmeans_iterations", lambda v, c: v == 10, "10, its default: SeLa-v2's assignments come from Sinkhorn, not "
-        "k-means (drop it)")],
-    "jigsaw": _JIGSAW,
-    "jigsaw_pp": _JIGSAW,
-    "colorization": [
-        ("sigma", lambda v, c: v > 0, "positive (the soft encoding's Gaussian, in ab units), e.g. 5"),
-        ("lam", lambda v, c: 0 <= v <= 1, "in [0, 1] (the mix with the uniform distribution, eq. 4), e.g. 0.5"),
-        ("scale_min", lambda v, c: 0 < v <= 1, "a crop scale in (0, 1], e.g. 0.25")],
-    "jigclu": [
-        ("m", lambda v, c: v >= 2, "at least 2 (patches per side)"),
-        ("overlap", _jigclu_overlap, "in [0, 1/m) with overlap_mode=code, [0, 2/m) with paper (0.3 in the paper): "
-         "outside it a patch has no area or covers the whole image"),
-        ("alpha", lambda v, c: v >= 0 and (v == 1.0 or _method_cfg(c).branches != "location"),
-         "0 or more, and left at 1 with branches=location (it weighs the clustering branch)"),
-        ("beta", lambda v, c: v >= 0 and (v == 1.0 or _method_cfg(c).branches != "clustering"),
-         "0 or more, and left at 1 with branches=clustering (it weighs the location branch)"),
-        ("alpha", _jigclu_weights, "positive for the branches in use (alpha: clustering, beta: location), else the "
-         "loss is always 0"),
-        ("proj_dim", lambda v, c: v >= 1, _POSITIVE_INT),
-        ("proj_hidden_dim", lambda v, c: v >= 0, "0 (the backbone's width) or more")],
+# per method: (key under the method, test of (value, whole config), what it must be): the rules on a method's
+# setting that need the run's settings too; those that need the method's alone are selfsup.methods.checks's
+RUN_METHOD_CHECKS: dict[str, list] = {
+    "swav": [("queue_length", lambda v, c: v == 0 or v >= c.batch_size,
+              "0 (no queue) or at least batch_size (it is trimmed to a multiple of the batch), e.g. 3840")],
 }
-
-
-def method_checks(method: str) -> list:
-    """The range checks of ``method``'s own settings (``METHOD_CHECKS``; none for methods it does not list)."""
-    return METHOD_CHECKS.get(method, [])

@@ -1,11 +1,12 @@
 """Bad method settings are one-line errors naming the key, before anything is written (config
 checks), or when the Trainer builds the method (settings that need the data or the image size)."""
 import pytest
+import yaml
 
 from selfsup.config import check_config, resolve_config
 from selfsup.engine.trainer import Trainer
 from selfsup.errors import SelfSupError
-from selfsup.methods import get_method
+from selfsup.methods import build_method, get_method
 
 DATA = "synthetic:128?classes=4&size=32"
 
@@ -16,7 +17,7 @@ def _cfg(method, *overrides, tmp_path=None, data=DATA):
     return resolve_config(get_method(method), flags=flags, overrides=list(overrides))
 
 
-@pytest.mark.parametrize("method,override,key", [
+BAD_SETTINGS = [
     # 2: one view
     ("simclr", "simclr.views=patch:14x1", "simclr.views"),
     ("simclr", "simclr.views=multicrop:1x32", "simclr.views"),
@@ -62,12 +63,60 @@ def _cfg(method, *overrides, tmp_path=None, data=DATA):
     ("jigsaw", "jigsaw.permutations=1", "jigsaw.permutations"),
     # 7
     ("sela_v2", "sela_v2.kmeans_iterations=3", "sela_v2.kmeans_iterations"),
-])
+]
+RUN_ONLY = {"swav.queue_length=10"}        # needs the run's batch (32): the config check's alone
+
+
+@pytest.mark.parametrize("method,override,key", BAD_SETTINGS)
 def test_bad_method_settings_are_refused_by_the_config_check(method, override, key):
     with pytest.raises(SelfSupError) as err:         # when the config is resolved (omegaconf 2.4 checks a tuple's
         check_config(_cfg(method, override))         # length) or checked
     msg = str(err.value)
     assert "\n" not in msg and key in msg
+
+
+@pytest.mark.parametrize("method,override,key", [s for s in BAD_SETTINGS if s[1] not in RUN_ONLY])
+def test_bad_method_settings_are_refused_by_build_method(method, override, key):
+    """The library path runs the same table: build_method refuses in one line naming the option and its
+    value (before the backbone is built)."""
+    option, _, text = override.partition("=")
+    value = yaml.safe_load(text)
+    with pytest.raises(SelfSupError) as err:
+        build_method(method, backbone="convnet", image_size=32, **{option.partition(".")[2]: value})
+    msg = str(err.value)
+    assert "\n" not in msg and f"{key}={value}" in msg and "is not valid: it must be" in msg, msg
+
+
+@pytest.mark.parametrize("method,options,fragment", [
+    ("simclr", {"temperature": -1.0}, "simclr.temperature=-1.0 is not valid: a temperature must be positive"),
+    ("moco_v2", {"temperature": 0}, "moco_v2.temperature=0 is not valid: a temperature must be positive"),
+    ("jigclu", {"temperature_base": 0.0}, "jigclu.temperature_base=0.0 is not valid: a temperature must be positive"),
+    ("swav", {"epsilon": 0}, "swav.epsilon=0 is not valid: it must be positive (Sinkhorn divides the scores by it)"),
+    ("swav", {"epsilon": float("nan")}, "swav.epsilon=nan is not valid: it must be a finite number"),
+    ("byol", {"base_momentum": float("inf")}, "byol.base_momentum=inf is not valid: it must be a finite number"),
+    ("swav", {"queue_length": -64}, "swav.queue_length=-64 is not valid: it must be 0 (no queue) or more"),
+    ("jigclu", {"alpha": 0, "beta": 0}, "jigclu.alpha=0 is not valid"),
+])
+def test_build_method_refuses_what_check_config_refuses(method, options, fragment):
+    with pytest.raises(SelfSupError) as err:
+        build_method(method, backbone="convnet", image_size=32, **options)
+    assert "\n" not in str(err.value) and fragment in str(err.value), str(err.value)
+
+
+def test_build_method_takes_good_values():
+    assert build_method("swav", backbone="convnet", image_size=32, epsilon=0.03, queue_length=10).cfg.epsilon == 0.03
+    build_method("simclr", backbone="convnet", image_size=32, temperature=0.2, views="patch:14x4")
+
+
+def test_one_table_serves_build_method_and_check_config(monkeypatch):
+    """A rule lives once: changed in the methods' table, both the library and the run's check follow."""
+    from selfsup.methods.checks import METHOD_CHECKS
+
+    monkeypatch.setitem(METHOD_CHECKS, "simclr", [("proj_dim", lambda v, c: v != 128, "anything but 128")])
+    for refuse in (lambda: check_config(_cfg("simclr", "simclr.proj_dim=128")),
+                   lambda: build_method("simclr", backbone="convnet", image_size=32, proj_dim=128)):
+        with pytest.raises(SelfSupError, match=r"simclr.proj_dim=128 is not valid: it must be anything but 128"):
+            refuse()
 
 
 @pytest.mark.parametrize("overrides,key", [

@@ -6,6 +6,7 @@ from dataclasses import fields
 from selfsup.errors import SelfSupError
 from selfsup.methods.base import Method, MethodConfig
 from selfsup.methods.byol import BYOL
+from selfsup.methods.checks import METHOD_CHECKS, check_method_options
 from selfsup.methods.colorization import Colorization
 from selfsup.methods.deepcluster_v2 import DeepClusterV2
 from selfsup.methods.distill import Distill
@@ -45,7 +46,8 @@ def get_method(name: str) -> type[Method]:
 
 def build_method(name: str, backbone="resnet18", image_size: int = 224, cifar_stem: bool = False,
                  **overrides) -> Method:
-    """Create a method with its paper defaults, overriding any field of its Config."""
+    """Create a method with its paper defaults, overriding any field of its Config. Settings outside their
+    range (``METHOD_CHECKS``; any number inf or nan, a temperature of 0 or below) are refused in one line."""
     from selfsup.models import build_backbone
 
     cls = get_method(name)
@@ -54,9 +56,10 @@ def build_method(name: str, backbone="resnet18", image_size: int = 224, cifar_st
     if unknown:
         raise SelfSupError(f"unknown option {unknown[0]!r} for method {name}: valid options are {', '.join(sorted(valid))}")
     cfg = cls.Config(**overrides)
+    check_method_options(name, cfg)          # the ranges check_config holds a run's settings to
     if isinstance(backbone, str):
         backbone = build_backbone(backbone, cifar_stem=cifar_stem, **cls.backbone_options(cfg, backbone))
     return cls(backbone, cfg, image_size)
 
 
-__all__ = ["METHODS", "Method", "MethodConfig", "build_method", "get_method", "register_method"]
+__all__ = ["METHODS", "METHOD_CHECKS", "Method", "MethodConfig", "build_method", "get_method", "register_method"]
