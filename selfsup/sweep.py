@@ -21,6 +21,11 @@ axis on a log x axis, one line per network or layer (their Figs. 1-3). A sweep f
       - {name: goyal, protocol: linear, preset: goyal, train_data: SPEC, test_data: SPEC}   # a row per tap
     plot: {x: jigsaw.permutations, lines: [width, tap]}    # default: the first axis; the others and the tap
 
+Every eval's settings are checked when the file is read, before any cell trains, by the checks its
+evaluation runs (k, temperature, probe epochs and lr, pool, SVM costs, jobs and solver, ...), and its
+``taps``/``tap`` against each cell's backbone where that is a registered one (not a timm model or an
+``init`` checkpoint's); a refusal names the file, the eval's label, the key and the value.
+
 Each cell pretrains in ``OUT/cells/NAME`` and keeps its evaluations in ``evals.json`` there, so a
 rerun skips what is finished and resumes an interrupted run exactly. Each eval is labelled by its
 ``name``, else its protocol (numbered, knn-1 and knn-2, where two evals share one). The sweep writes
@@ -32,11 +37,14 @@ sweep's own overhead).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import inspect
+import io
 import itertools
 import json
 import os
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -77,6 +85,8 @@ def load_sweep(path: str | Path) -> dict:
                                f"and test_data, got {e!r}")
         _check_eval_keys(e, path)
     labels = eval_labels(evals, path)
+    for e, label in zip(evals, labels):
+        _check_eval_values(e, label, path)
     name = spec.get("name") or Path(path).stem
     plot = spec.get("plot") or {}
     axes = list(grid)
@@ -86,8 +96,10 @@ def load_sweep(path: str | Path) -> dict:
     with_x = next((g for g in zipped if x in g), [x])          # axes that move with x draw no lines of their own
     lines = plot.get("lines", [a for a in axes if a not in with_x] + ["tap"])
     lines = [lines] if isinstance(lines, str) else list(lines)
-    return {"name": name, "out": spec.get("out") or f"runs/sweeps/{name}", "base": base, "grid": grid,
+    spec = {"name": name, "out": spec.get("out") or f"runs/sweeps/{name}", "base": base, "grid": grid,
             "zip": zipped, "evals": evals, "labels": labels, "x": x, "lines": lines}
+    _check_eval_taps(spec, path)
+    return spec
 
 
 SWEEP_EVAL_KEYS = ("name", "protocol", "train_data", "test_data", "taps", "tap")   # read by the sweep itself
@@ -115,6 +127,115 @@ def _check_eval_keys(entry: dict, path) -> None:
         from selfsup.eval.linear import get_preset
 
         get_preset(entry["preset"])
+
+
+class _Checked(Exception):
+    """Raised in place of opening the checkpoint: every check before it has passed."""
+
+
+def _stop(*args, **kwargs):
+    raise _Checked
+
+
+def _dry_run(entry: dict) -> None:
+    """Call the evaluation of ``entry`` exactly as a cell will (``_evaluate``), but stop where it would open
+    the checkpoint: the evaluate function's own checks of its settings (k, temperature, probe epochs and lr,
+    pool, preset, image and batch size, device, SVM costs and jobs, ...) run, nothing is read or trained. The
+    SVM solver, checked only once the features are there, is checked here by the SVM code's own ``_prepare``."""
+    from unittest import mock
+
+    import numpy as np
+
+    from selfsup.eval import run, suite, svm
+
+    with mock.patch.object(run, "load_checkpoint", _stop), mock.patch.object(suite, "load_checkpoint", _stop):
+        try:
+            _evaluate(entry, "<checkpoint>")
+        except _Checked:
+            pass
+    if entry["protocol"] == "svm" and "solver" in entry:
+        svm._prepare(np.zeros((1, 1)), np.ones((1, 1)), 2, "goyal", entry["solver"])
+
+
+FLAGS = {"epochs": "--probe-epochs", "n_jobs": "--jobs"}     # the eval option a command-line flag sets
+
+
+def _refusal(path, label: str, key: str | None, value, message: str) -> SelfSupError:
+    """The check's one-line message, its command-line flag written as the eval key, after the sweep file,
+    the eval's label, the key and the value."""
+    if key is None:
+        return SelfSupError(f"sweep file {path}, eval {label}: {message}")
+    flag = re.escape(FLAGS.get(key, "--" + key.replace("_", "-"))) + r"(?![\w-])"
+    message = re.sub(flag, key, re.sub(r"e\.g\. " + flag + " ", f"e.g. {key}: ", message))
+    return SelfSupError(f"sweep file {path}, eval {label} ({key}: {value!r}): {message}")
+
+
+def _check_eval_values(entry: dict, label: str, path) -> None:
+    """Refuse, when the sweep file is read, an eval option value its evaluation would refuse after the
+    first cell has trained (``_dry_run``: the evaluation's own checks). The key named is the first
+    option, in file order, whose addition to the entry makes it fail."""
+    try:
+        _dry_run(entry)
+        return
+    except SelfSupError as exc:
+        error = exc
+    options = [k for k in entry if k not in SWEEP_EVAL_KEYS]
+    for i, key in enumerate([None] + options):
+        try:
+            _dry_run({k: v for k, v in entry.items() if k in SWEEP_EVAL_KEYS or k in options[:i]})
+        except SelfSupError as exc:
+            raise _refusal(path, label, key, entry.get(key), str(exc)) from None
+    raise _refusal(path, label, None, None, str(error)) from None
+
+
+def _cell_backbone(spec: dict, cell: dict) -> str | None:
+    """The registered backbone a cell builds (its resolved config's ``backbone``), or None where its taps are
+    not known before it runs: a timm model, an ``init`` checkpoint's backbone, or settings that do not
+    resolve (the cell itself says why when it runs)."""
+    from selfsup.config import resolve_config
+    from selfsup.methods import get_method
+    from selfsup.models.backbones import BACKBONES
+
+    settings = cell_settings(spec, cell)
+    items = [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in settings.items() if k != "method"]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):     # its notes (a short run's schedule) come when it runs
+            cfg = resolve_config(get_method(settings["method"]), flags={"method": settings["method"]},
+                                 overrides=items)
+    except SelfSupError:
+        return None
+    return cfg.backbone if cfg.backbone in BACKBONES and not cfg.init else None
+
+
+def _check_eval_taps(spec: dict, path) -> None:
+    """Refuse a tap an eval names (``taps`` or ``tap``) that a cell's backbone lacks, with the backbone's own
+    ``check_taps``, per cell (the grid may vary the backbone); ``taps: [all]`` of an svm or layer-wise linear
+    eval means every tap."""
+    from selfsup.eval.linear import get_preset
+    from selfsup.models import build_backbone
+
+    named = [(e, label) for e, label in zip(spec["evals"], spec["labels"]) if e.get("taps") or e.get("tap")]
+    if not named:
+        return
+    built: dict = {}
+    for cell in cells(spec):
+        name = _cell_backbone(spec, cell)
+        if name is None:
+            continue
+        if name not in built:
+            built[name] = build_backbone(name)
+        for e, label in named:
+            key = "taps" if e.get("taps") else "tap"
+            taps = list(e["taps"]) if key == "taps" else [e["tap"]]
+            every = e["protocol"] == "svm" or (e["protocol"] == "linear"
+                                               and get_preset(e.get("preset") or "fast").layerwise)
+            if every and taps == ["all"]:
+                continue
+            try:
+                built[name].check_taps(taps)
+            except SelfSupError as exc:
+                raise SelfSupError(f"sweep file {path}, eval {label} ({key}: {e[key]!r}), cell {cell_name(cell)} "
+                                   f"(backbone {name}): {exc}") from None
 
 
 def eval_labels(evals: list[dict], path="") -> list[str]:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import run
+from conftest import one_line_error, run
 from selfsup.errors import SelfSupError
 from selfsup.sweep import cell_settings, cells, load_sweep
 
@@ -136,3 +136,71 @@ def test_two_evals_of_one_protocol_stay_apart_and_layerwise_probes_give_a_row_pe
     assert "## knn-1 top1" in md and "## knn-2 top1" in md and "## goyal top1" in md and "seed=2" in md
     for label in ("knn-1", "knn-2", "goyal"):
         assert (out / f"{label}_top1_vs_width.png").stat().st_size > 1000
+
+
+KNN = "{protocol: knn, "
+TAPS = "taps: [conv3, conv4]"
+
+
+@pytest.mark.parametrize("old, new, fragment", [
+    (KNN, "{protocol: knn, k: 0, ", "eval knn (k: 0): k must be at least 1, got 0: use e.g. k: 20"),
+    (KNN, "{protocol: knn, temperature: 0, ", "eval knn (temperature: 0): temperature must be a positive number, got 0"),
+    (KNN, "{protocol: knn, temperature: -0.1, ", "eval knn (temperature: -0.1): temperature must be a positive number"),
+    (KNN, "{protocol: knn, pool: mean, ", "eval knn (pool: 'mean'): unknown pooling 'mean': use avg"),
+    (KNN, "{protocol: knn, batch_size: 0, ", "eval knn (batch_size: 0): batch_size must be at least 1"),
+    (KNN, "{protocol: knn, device: tpu, ", "eval knn (device: 'tpu'): unknown device 'tpu'"),
+    (KNN, "{protocol: knn, preset: moco, ", "eval knn (preset: 'moco'): preset applies to eval linear only"),
+    (KNN, "{protocol: linear, epochs: 0, ", "eval linear (epochs: 0): epochs must be at least 1, got 0: use e.g. epochs: 100"),
+    (KNN, "{protocol: linear, preset: goyal, lr: -1, ", "eval linear (lr: -1): lr must be a positive number"),
+    (KNN, '{protocol: svm, costs: "0.1,,1", ', "eval svm (costs: '0.1,,1'): costs '0.1,,1' has an empty cost"),
+    (KNN, '{protocol: svm, costs: "0.1,C", ', "eval svm (costs: '0.1,C'): costs: 'C' is neither a number nor a preset"),
+    (KNN, "{protocol: svm, costs: [0.1, -1], ", "eval svm (costs: [0.1, -1]): costs: cost -1 must be a positive number"),
+    (KNN, "{protocol: svm, n_jobs: 0, ", "eval svm (n_jobs: 0): n_jobs 0 runs no worker process"),
+    (KNN, "{protocol: svm, solver: liblinear, ", "eval svm (solver: 'liblinear'): unknown SVM solver 'liblinear'"),
+    # low-shot is no protocol of a sweep: its entry (here with a k of 0) is refused when the file is read too
+    (KNN, "{protocol: lowshot, ks: [0, 1], ", "each eval needs protocol (knn, linear, svm)"),
+    (TAPS, "taps: [conv3, res4]", "eval knn (taps: ['conv3', 'res4']), cell width=0.5,data.fraction=0.5 (backbone "
+                                  "convnet): unknown tap 'res4' for this backbone: choose one of conv1, conv2, conv3, conv4"),
+    (TAPS + "}\n", TAPS + "}\n  - {protocol: knn, k: 0, train_data: A, test_data: B}\n",
+     "eval knn-2 (k: 0): k must be at least 1"),
+])
+def test_bad_eval_values_are_refused_before_any_cell_trains(tmp_path, capsys, old, new, fragment):
+    """A value the evaluation would refuse after the first cell has trained (a kNN of no neighbours, a
+    temperature not above 0, an untrained probe, malformed SVM costs, a tap the backbone lacks, ...) is
+    refused by the evaluation's own check when the file is read: one line naming the file, the eval's
+    label, the key, the value and the fix; exit 2, and nothing is trained or written."""
+    assert old in SWEEP
+    (tmp_path / "s.yaml").write_text(SWEEP.replace(old, new))
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "sweep", tmp_path / "s.yaml", "--out", out)
+    assert one_line_error(code, err, fragment), err
+    assert f"sweep file {tmp_path / 's.yaml'}" in err
+    assert not out.exists() and not list(tmp_path.rglob("*.pt"))
+
+
+def test_taps_are_checked_against_every_cells_backbone(tmp_path):
+    """A grid that varies the backbone: a tap one of its backbones lacks is refused, naming that cell."""
+    sweep = SWEEP.replace("width: [0.5, 1]", "backbone: [convnet, resnet18]").replace("  data.fraction: [0.5, 1.0]\n", "")
+    (tmp_path / "s.yaml").write_text(sweep)
+    with pytest.raises(SelfSupError, match=r"cell backbone=resnet18 \(backbone resnet18\): unknown tap 'conv3'"):
+        load_sweep(tmp_path / "s.yaml")
+    (tmp_path / "s.yaml").write_text(sweep.replace(TAPS, "taps: [conv1]")
+                                     + '  - {protocol: svm, taps: [all], train_data: A, test_data: B}\n')
+    assert load_sweep(tmp_path / "s.yaml")["labels"] == ["knn", "svm"]
+
+
+def test_valid_eval_values_pass_and_the_sweep_runs(tmp_path, capsys):
+    """Settings the evaluations take (other than their defaults) load, and the sweep runs with them."""
+    sweep = SWEEP.replace("epochs: 1", "epochs: 0").replace("width: [0.5, 1]", "width: [0.5]").replace(
+        "  data.fraction: [0.5, 1.0]\n", "").replace(KNN, "{protocol: knn, k: 5, temperature: 0.1, pool: avg, batch_size: 8, ")
+    (tmp_path / "s.yaml").write_text(sweep + '  - {protocol: svm, costs: "0.1,1", n_jobs: 1, solver: torch, taps: [all], '
+                                     'train_data: A, test_data: B}\n  - {protocol: linear, preset: goyal, epochs: 1, lr: 0.05, '
+                                     'train_data: A, test_data: B, taps: [conv4]}\n')
+    assert load_sweep(tmp_path / "s.yaml")["labels"] == ["knn", "svm", "linear"]
+    (tmp_path / "s.yaml").write_text(sweep)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "sweep", tmp_path / "s.yaml", "--out", out)
+    assert code == 0, err
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["eval"], r["tap"]) for r in rows] == [("knn", "conv3"), ("knn", "conv4")]
+    assert (out / "cells" / "width=0.5" / "last.pt").exists()
