@@ -44,7 +44,6 @@ import io
 import itertools
 import json
 import os
-import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -83,6 +82,8 @@ def load_sweep(path: str | Path) -> dict:
         if not isinstance(e, dict) or e.get("protocol") not in PROTOCOLS or not {"train_data", "test_data"} <= set(e):
             raise SelfSupError(f"sweep file {path}: each eval needs protocol ({', '.join(PROTOCOLS)}), train_data "
                                f"and test_data, got {e!r}")
+        if isinstance(e.get("taps"), str):          # taps: conv3, one tap written without a list
+            e["taps"] = [e["taps"]]
         _check_eval_keys(e, path)
     labels = eval_labels(evals, path)
     for e, label in zip(evals, labels):
@@ -129,63 +130,26 @@ def _check_eval_keys(entry: dict, path) -> None:
         get_preset(entry["preset"])
 
 
-class _Checked(Exception):
-    """Raised in place of opening the checkpoint: every check before it has passed."""
-
-
-def _stop(*args, **kwargs):
-    raise _Checked
-
-
-def _dry_run(entry: dict) -> None:
-    """Call the evaluation of ``entry`` exactly as a cell will (``_evaluate``), but stop where it would open
-    the checkpoint: the evaluate function's own checks of its settings (k, temperature, probe epochs and lr,
-    pool, preset, image and batch size, device, SVM costs and jobs, ...) run, nothing is read or trained. The
-    SVM solver, checked only once the features are there, is checked here by the SVM code's own ``_prepare``."""
-    from unittest import mock
-
-    import numpy as np
-
-    from selfsup.eval import run, suite, svm
-
-    with mock.patch.object(run, "load_checkpoint", _stop), mock.patch.object(suite, "load_checkpoint", _stop):
-        try:
-            _evaluate(entry, "<checkpoint>")
-        except _Checked:
-            pass
-    if entry["protocol"] == "svm" and "solver" in entry:
-        svm._prepare(np.zeros((1, 1)), np.ones((1, 1)), 2, "goyal", entry["solver"])
-
-
-FLAGS = {"epochs": "--probe-epochs", "n_jobs": "--jobs"}     # the eval option a command-line flag sets
-
-
-def _refusal(path, label: str, key: str | None, value, message: str) -> SelfSupError:
-    """The check's one-line message, its command-line flag written as the eval key, after the sweep file,
-    the eval's label, the key and the value."""
-    if key is None:
-        return SelfSupError(f"sweep file {path}, eval {label}: {message}")
-    flag = re.escape(FLAGS.get(key, "--" + key.replace("_", "-"))) + r"(?![\w-])"
-    message = re.sub(flag, key, re.sub(r"e\.g\. " + flag + " ", f"e.g. {key}: ", message))
-    return SelfSupError(f"sweep file {path}, eval {label} ({key}: {value!r}): {message}")
-
-
 def _check_eval_values(entry: dict, label: str, path) -> None:
-    """Refuse, when the sweep file is read, an eval option value its evaluation would refuse after the
-    first cell has trained (``_dry_run``: the evaluation's own checks). The key named is the first
-    option, in file order, whose addition to the entry makes it fail."""
+    """Refuse, when the sweep file is read, an eval setting its evaluation would refuse after the first
+    cell has trained: the same checks, run before anything is read (``evaluation_settings``,
+    ``check_svm_settings``)."""
+    from selfsup.eval.linear import get_preset
+
+    if entry["protocol"] == "svm":
+        from selfsup.eval.suite import check_svm_settings as check
+    else:
+        from selfsup.eval.run import evaluation_settings as check
+    accepted = inspect.signature(check).parameters
+    kw = {k: v for k, v in entry.items() if k in accepted and k not in SWEEP_EVAL_KEYS}
     try:
-        _dry_run(entry)
-        return
+        if entry["protocol"] == "svm":
+            check(**kw)
+        else:                           # as _evaluate calls it: taps go to layer-wise probes, else one tap a call
+            layerwise = entry["protocol"] == "linear" and get_preset(kw.get("preset") or "fast").layerwise
+            check(entry["protocol"], taps=entry.get("taps") if layerwise else None, **kw)
     except SelfSupError as exc:
-        error = exc
-    options = [k for k in entry if k not in SWEEP_EVAL_KEYS]
-    for i, key in enumerate([None] + options):
-        try:
-            _dry_run({k: v for k, v in entry.items() if k in SWEEP_EVAL_KEYS or k in options[:i]})
-        except SelfSupError as exc:
-            raise _refusal(path, label, key, entry.get(key), str(exc)) from None
-    raise _refusal(path, label, None, None, str(error)) from None
+        raise SelfSupError(f"sweep file {path}, eval {label}: {exc}") from None
 
 
 def _cell_backbone(spec: dict, cell: dict) -> str | None:

@@ -143,26 +143,26 @@ TAPS = "taps: [conv3, conv4]"
 
 
 @pytest.mark.parametrize("old, new, fragment", [
-    (KNN, "{protocol: knn, k: 0, ", "eval knn (k: 0): k must be at least 1, got 0: use e.g. k: 20"),
-    (KNN, "{protocol: knn, temperature: 0, ", "eval knn (temperature: 0): temperature must be a positive number, got 0"),
-    (KNN, "{protocol: knn, temperature: -0.1, ", "eval knn (temperature: -0.1): temperature must be a positive number"),
-    (KNN, "{protocol: knn, pool: mean, ", "eval knn (pool: 'mean'): unknown pooling 'mean': use avg"),
-    (KNN, "{protocol: knn, batch_size: 0, ", "eval knn (batch_size: 0): batch_size must be at least 1"),
-    (KNN, "{protocol: knn, device: tpu, ", "eval knn (device: 'tpu'): unknown device 'tpu'"),
-    (KNN, "{protocol: knn, preset: moco, ", "eval knn (preset: 'moco'): preset applies to eval linear only"),
-    (KNN, "{protocol: linear, epochs: 0, ", "eval linear (epochs: 0): epochs must be at least 1, got 0: use e.g. epochs: 100"),
-    (KNN, "{protocol: linear, preset: goyal, lr: -1, ", "eval linear (lr: -1): lr must be a positive number"),
-    (KNN, '{protocol: svm, costs: "0.1,,1", ', "eval svm (costs: '0.1,,1'): costs '0.1,,1' has an empty cost"),
-    (KNN, '{protocol: svm, costs: "0.1,C", ', "eval svm (costs: '0.1,C'): costs: 'C' is neither a number nor a preset"),
-    (KNN, "{protocol: svm, costs: [0.1, -1], ", "eval svm (costs: [0.1, -1]): costs: cost -1 must be a positive number"),
-    (KNN, "{protocol: svm, n_jobs: 0, ", "eval svm (n_jobs: 0): n_jobs 0 runs no worker process"),
-    (KNN, "{protocol: svm, solver: liblinear, ", "eval svm (solver: 'liblinear'): unknown SVM solver 'liblinear'"),
+    (KNN, "{protocol: knn, k: 0, ", "eval knn: --k must be at least 1, got 0"),
+    (KNN, "{protocol: knn, temperature: 0, ", "eval knn: --temperature must be a positive number, got 0"),
+    (KNN, "{protocol: knn, temperature: -0.1, ", "eval knn: --temperature must be a positive number"),
+    (KNN, "{protocol: knn, pool: mean, ", "eval knn: unknown pooling 'mean': use avg"),
+    (KNN, "{protocol: knn, batch_size: 0, ", "eval knn: --batch-size must be at least 1"),
+    (KNN, "{protocol: knn, device: tpu, ", "eval knn: unknown device 'tpu'"),
+    (KNN, "{protocol: knn, preset: moco, ", "eval knn: --preset applies to eval linear only"),
+    (KNN, "{protocol: linear, epochs: 0, ", "eval linear: --probe-epochs must be at least 1, got 0"),
+    (KNN, "{protocol: linear, preset: goyal, lr: -1, ", "eval linear: --lr must be a positive number"),
+    (KNN, '{protocol: svm, costs: "0.1,,1", ', "eval svm: --costs '0.1,,1' has an empty cost"),
+    (KNN, '{protocol: svm, costs: "0.1,C", ', "eval svm: --costs: 'C' is neither a number nor a preset"),
+    (KNN, "{protocol: svm, costs: [0.1, -1], ", "eval svm: --costs: cost -1 must be a positive number"),
+    (KNN, "{protocol: svm, n_jobs: 0, ", "eval svm: --jobs 0 runs no worker process"),
+    (KNN, "{protocol: svm, solver: liblinear, ", "eval svm: unknown SVM solver 'liblinear'"),
     # low-shot is no protocol of a sweep: its entry (here with a k of 0) is refused when the file is read too
     (KNN, "{protocol: lowshot, ks: [0, 1], ", "each eval needs protocol (knn, linear, svm)"),
     (TAPS, "taps: [conv3, res4]", "eval knn (taps: ['conv3', 'res4']), cell width=0.5,data.fraction=0.5 (backbone "
                                   "convnet): unknown tap 'res4' for this backbone: choose one of conv1, conv2, conv3, conv4"),
     (TAPS + "}\n", TAPS + "}\n  - {protocol: knn, k: 0, train_data: A, test_data: B}\n",
-     "eval knn-2 (k: 0): k must be at least 1"),
+     "eval knn-2: --k must be at least 1"),
 ])
 def test_bad_eval_values_are_refused_before_any_cell_trains(tmp_path, capsys, old, new, fragment):
     """A value the evaluation would refuse after the first cell has trained (a kNN of no neighbours, a
@@ -204,3 +204,9 @@ def test_valid_eval_values_pass_and_the_sweep_runs(tmp_path, capsys):
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [(r["eval"], r["tap"]) for r in rows] == [("knn", "conv3"), ("knn", "conv4")]
     assert (out / "cells" / "width=0.5" / "last.pt").exists()
+
+
+def test_one_tap_written_without_a_list_is_that_tap(tmp_path):
+    """``taps: conv3`` names one tap (it was split into the characters c, o, n, ...)."""
+    (tmp_path / "s.yaml").write_text(SWEEP.replace("taps: [conv3, conv4]", "taps: conv3"))
+    assert load_sweep(tmp_path / "s.yaml")["evals"][0]["taps"] == ["conv3"]

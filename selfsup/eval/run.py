@@ -68,32 +68,14 @@ def pretraining_patch_size(ckpt: dict) -> int | None:
     return parse_patch(views.partition(":")[2])[0] if views.startswith("patch:") else None
 
 
-def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, tap: str | None = None,
-             pool: str = "avg", image_size: int | None = None, device: str = "cpu", batch_size: int = 256,
-             k: int = 20, temperature: float = 0.07, epochs: int | None = None, lr: float | None = None,
-             cache: bool = True, progress: bool = False, patches: dict | None = None,
-             probes: tuple[str, ...] = ("knn", "linear"), preset: str | None = None,
-             taps: tuple[str, ...] | None = None, cached: bool = False) -> dict:
-    """Run ``protocol`` ("knn", "linear" or "patches") and return its metrics as a dict.
-
-    The linear probe follows ``preset`` (fast, moco or swav; None: fast), with ``epochs``
-    and ``lr`` (None: the preset's) overriding it; the result names the preset, the
-    overrides and the settings used. Only ``eval linear`` takes a preset.
-
-    ``patches`` holds the options of ``aggregated_features`` (num_patches, patch_size,
-    aggregate, window, stride, chunk, seed); patch_size "auto" (the default) means the
-    checkpoint's pretraining patch side, or multi-scale crops for multi-scale models.
-    The patches protocol runs each of ``probes`` on the aggregated features.
-
-    ``taps`` (``eval linear --taps``) or the ``goyal`` preset run Goyal et al.'s layer-wise
-    probes (``selfsup.eval.layerwise``, METHODS.md 6.2): a head per tap (None: every tap of
-    the backbone), on augmented views, or on cached centre-view features with ``cached``.
-
-    Test labels are matched to the training classes by name. Settings that would make
-    the result meaningless (no neighbours, an untrained probe, ...) and an absent
-    ``device`` (auto, cpu or cuda) are refused before anything runs."""
+def evaluation_settings(protocol: str, pool: str = "avg", image_size: int | None = None, device: str = "cpu",
+                        batch_size: int = 256, k: int = 20, temperature: float = 0.07, epochs: int | None = None,
+                        lr: float | None = None, probes: tuple[str, ...] = ("knn", "linear"),
+                        preset: str | None = None, taps: tuple[str, ...] | None = None, cached: bool = False):
+    """``evaluate``'s settings checked, each refused in one line before anything is read (a sweep checks
+    its evals with it when the sweep file is read): (device, probe preset, epochs, lr, overrides of the
+    preset, the probes used)."""
     device = resolve_device(device)
-    asked_tap = tap
     if protocol not in ("knn", "linear", "patches"):
         raise SelfSupError(f"unknown evaluation {protocol!r}: use knn, linear or patches")
     used = probes if protocol == "patches" else (protocol,)
@@ -121,6 +103,36 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
         check_probe(epochs, lr)
     at_least_one("--image-size", image_size, 224)
     at_least_one("--batch-size", batch_size, 256)
+    return device, probe, epochs, lr, overrides, used
+
+
+def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, tap: str | None = None,
+             pool: str = "avg", image_size: int | None = None, device: str = "cpu", batch_size: int = 256,
+             k: int = 20, temperature: float = 0.07, epochs: int | None = None, lr: float | None = None,
+             cache: bool = True, progress: bool = False, patches: dict | None = None,
+             probes: tuple[str, ...] = ("knn", "linear"), preset: str | None = None,
+             taps: tuple[str, ...] | None = None, cached: bool = False) -> dict:
+    """Run ``protocol`` ("knn", "linear" or "patches") and return its metrics as a dict.
+
+    The linear probe follows ``preset`` (fast, moco or swav; None: fast), with ``epochs``
+    and ``lr`` (None: the preset's) overriding it; the result names the preset, the
+    overrides and the settings used. Only ``eval linear`` takes a preset.
+
+    ``patches`` holds the options of ``aggregated_features`` (num_patches, patch_size,
+    aggregate, window, stride, chunk, seed); patch_size "auto" (the default) means the
+    checkpoint's pretraining patch side, or multi-scale crops for multi-scale models.
+    The patches protocol runs each of ``probes`` on the aggregated features.
+
+    ``taps`` (``eval linear --taps``) or the ``goyal`` preset run Goyal et al.'s layer-wise
+    probes (``selfsup.eval.layerwise``, METHODS.md 6.2): a head per tap (None: every tap of
+    the backbone), on augmented views, or on cached centre-view features with ``cached``.
+
+    Test labels are matched to the training classes by name. Settings that would make
+    the result meaningless (no neighbours, an untrained probe, ...) and an absent
+    ``device`` (auto, cpu or cuda) are refused before anything runs (``evaluation_settings``)."""
+    asked_tap = tap
+    device, probe, epochs, lr, overrides, used = evaluation_settings(
+        protocol, pool, image_size, device, batch_size, k, temperature, epochs, lr, probes, preset, taps, cached)
     ckpt = load_checkpoint(checkpoint)
     opts = dict(patches or {})
     if protocol == "patches":

@@ -18,7 +18,7 @@ from selfsup.errors import SelfSupError
 from selfsup.eval.checks import at_least_one, eval_image_size
 from selfsup.eval.features import extract_tap_features, file_hash
 from selfsup.eval.lowshot import KS, lowshot_benchmark
-from selfsup.eval.svm import check_jobs, parse_costs, svm_benchmark
+from selfsup.eval.svm import check_jobs, check_solver, parse_costs, svm_benchmark
 
 
 def default_svm_taps(backbone) -> tuple[str, ...]:
@@ -69,13 +69,24 @@ def _features(checkpoint, train_spec, test_spec, taps, image_size, device, batch
     return taps, xtr, xte, ytr, yte, info
 
 
+def check_svm_settings(costs: str = "goyal", n_jobs: int | None = -1, solver: str = "sklearn",
+                       image_size: int | None = None, device: str = "cpu", batch_size: int = 256) -> list[float]:
+    """The costs of ``evaluate_svm``'s settings, each refused in one line before anything is read (a sweep
+    checks its svm evals with it when the sweep file is read)."""
+    check_jobs(n_jobs)
+    check_solver(solver)
+    resolve_device(device)
+    at_least_one("--image-size", image_size, 224)
+    at_least_one("--batch-size", batch_size, 256)
+    return parse_costs(costs)
+
+
 def evaluate_svm(checkpoint: str, train_spec: str, test_spec: str, taps=None, costs: str = "goyal",
                  image_size: int | None = None, device: str = "cpu", batch_size: int = 256, cache: bool = True,
                  n_jobs: int | None = -1, solver: str = "sklearn", progress: bool = False) -> dict:
     """VOC07 SVMs (METHODS.md 6.1) on every tap of ``taps`` (None: ``default_svm_taps``):
     per tap the test mAP, the per-class results and the timings (with the share in CV)."""
-    costs = parse_costs(costs)
-    check_jobs(n_jobs)
+    costs = check_svm_settings(costs, n_jobs, solver, image_size, device, batch_size)
     taps, xtr, xte, ytr, yte, info = _features(checkpoint, train_spec, test_spec, taps, image_size, device,
                                                batch_size, cache, progress, default_svm_taps)
     per_tap = {}

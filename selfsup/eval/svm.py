@@ -619,10 +619,14 @@ def choose_costs(cv_ap: np.ndarray, costs: Sequence[float]) -> np.ndarray:
     return np.asarray(costs)[np.argmax(np.asarray(cv_ap), axis=1)]
 
 
-def _prepare(Xtr, Ytr, cv: int, costs, solver: str):
-    costs = parse_costs(costs)
+def check_solver(solver: str) -> None:
     if solver not in ("sklearn", "torch"):
         raise SelfSupError(f"unknown SVM solver {solver!r}: use sklearn or torch")
+
+
+def _prepare(Xtr, Ytr, cv: int, costs, solver: str):
+    costs = parse_costs(costs)
+    check_solver(solver)
     if not (isinstance(cv, int) and cv >= 2):
         raise SelfSupError(f"cv must be an integer of at least 2 folds, got {cv!r}: use e.g. cv=3")
     Xtr = check_features(Xtr, "training features")
