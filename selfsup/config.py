@@ -314,6 +314,25 @@ _BATCH_OF_TWO = {"simclr": _CONTRASTS, "spectral_contrastive": _CONTRASTS, "byol
                  "deepcluster_v2": _HEAD_BN, "sela_v2": _HEAD_BN}
 
 
+def check_process_batch(cfg, world: int, synced_bn: bool) -> None:
+    """Refuse one image per process under torchrun (``batch_size`` is split over the ``world`` processes) for
+    the methods of ``_BATCH_OF_TWO`` when batch norm is per process (``synced_bn`` False: SyncBatchNorm is on
+    CUDA with sync_bn=true only). Their losses gather the other processes' images (SimCLR's and spectral
+    contrastive's negatives, VICReg's variance), but each process's projection head normalises its own
+    samples: with one image, the views of that image against each other (SimCLR, spectral contrastive and the
+    crops of one size of DC-v2 and SeLa-v2 go through it together: every feature comes out +-1, the two views
+    pushed apart, measured: SimCLR's loss 5-6 at 2 x 1 images against 0.5-1.7 at 1 x 2), or one view alone, which
+    fails (BYOL and VICReg forward each view apart: 'Expected more than 1 value per channel')."""
+    per = cfg.batch_size // world
+    if world < 2 or per >= 2 or synced_bn or cfg.method not in _BATCH_OF_TWO:
+        return
+    why = "on CPU: SyncBatchNorm is CUDA only" if cfg.sync_bn else "sync_bn=false"
+    raise SelfSupError(f"batch_size={cfg.batch_size} over {world} processes gives each process {per} image, too few for "
+                       f"{cfg.method}: its head's batch norm is per process ({why}) and normalises that one image's views "
+                       f"against each other, or fails on a view alone; set --batch-size {2 * world} or more "
+                       f"(at least 2 x {world} processes)")
+
+
 def check_config(cfg) -> None:
     """Refuse, in one line, settings that would make a run meaningless (before anything is written):
     those of ``_CHECKS``; for every key, a number that is inf or nan, and a temperature (any key

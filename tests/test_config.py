@@ -223,3 +223,33 @@ def test_every_methods_temperatures_must_be_positive():
                 check_config(resolve_config(get_method(name), flags={"method": name}, overrides=[f"{key}=0"]))
             checked += 1
     assert checked >= 8
+
+
+@pytest.mark.parametrize("method", ["simclr", "spectral_contrastive", "byol", "vicreg", "deepcluster_v2", "sela_v2"])
+def test_one_image_per_process_is_refused_where_batch_norm_is_per_process(method):
+    """torchrun splits batch_size over the processes: 2 over 2 leaves each one image, which a per-process batch
+    norm (CPU, or sync_bn=false) cannot normalise; SyncBatchNorm (CUDA) sees the images of every process."""
+    from selfsup.config import check_process_batch
+
+    cfg = resolve_config(get_method(method), flags={"method": method, "batch_size": 2})
+    with pytest.raises(SelfSupError) as err:
+        check_process_batch(cfg, world=2, synced_bn=False)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"batch_size=2 over 2 processes gives each process 1 image, too few for "
+                                              f"{method}") and msg.endswith("set --batch-size 4 or more (at least 2 x 2 processes)")
+    check_process_batch(cfg, world=2, synced_bn=True)          # SyncBatchNorm: the global batch of 2
+    check_process_batch(cfg, world=1, synced_bn=False)         # one process of 2 images
+    cfg.batch_size = 8
+    check_process_batch(cfg, world=4, synced_bn=False)         # 2 per process
+    with pytest.raises(SelfSupError, match="set --batch-size 16 or more"):
+        check_process_batch(cfg, world=8, synced_bn=False)
+    cfg.sync_bn = False
+    with pytest.raises(SelfSupError, match=r"per process \(sync_bn=false\)"):
+        check_process_batch(cfg, world=8, synced_bn=False)
+
+
+def test_one_image_per_process_is_fine_for_methods_that_need_no_batch():
+    from selfsup.config import check_process_batch
+
+    for method in ("moco_v2", "jigsaw", "colorization"):
+        check_process_batch(resolve_config(get_method(method), flags={"method": method, "batch_size": 2}), 2, False)

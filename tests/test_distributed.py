@@ -45,8 +45,8 @@ def test_nt_xent_gathers_negatives_across_processes():
     assert torch.allclose(g1, r1.grad, atol=1e-6) and torch.allclose(g2, r2.grad, atol=1e-6)
 
 
-def test_pretrain_under_torchrun_two_gloo_processes(tmp_path):
-    """The same pretrain command under torchrun: DDP on CPU with gloo, one checkpoint."""
+def torchrun_pretrain(tmp_path, method, batch_size, *extra):
+    """``selfsup pretrain METHOD`` on TINY under torchrun: 2 gloo processes on CPU."""
     import socket
     import subprocess
     import sys
@@ -57,15 +57,36 @@ def test_pretrain_under_torchrun_two_gloo_processes(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "selfsup", "pretrain", "simclr", "--data", TINY, "--backbone", "convnet",
-           "--epochs", "1", "--batch-size", "16", "--out", str(tmp_path / "run"), "progress=false", "device=cpu", "log_every=1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+           "--master_port", str(port), "-m", "selfsup", "pretrain", method, "--data", TINY, "--backbone", "convnet",
+           "--epochs", "1", "--batch-size", str(batch_size), "--out", str(tmp_path / "run"), "progress=false",
+           "device=cpu", "log_every=1", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_pretrain_under_torchrun_two_gloo_processes(tmp_path):
+    """The same pretrain command under torchrun: DDP on CPU with gloo, one checkpoint."""
+    proc = torchrun_pretrain(tmp_path, "simclr", 16)
     # the workers' own messages come first in stderr, the launcher's summary last
     assert proc.returncode == 0, proc.stderr[:3000] + "\n...\n" + proc.stderr[-1500:]
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 1
     records = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(records) == 4        # 64 images / global batch 16, logged once per step by rank 0 only
+
+
+def test_one_image_per_process_is_refused_under_torchrun(tmp_path):
+    """--batch-size 2 over 2 processes: one image each. SimCLR's loss gathers its negatives, but its projector's
+    batch norm (per process on CPU) normalises the two views of that one image against each other: it trained,
+    with the positives pushed apart (loss 5 to 6, against 0.5 to 1.7 for one process of 2 images). Refused in one
+    line per process before anything is written."""
+    proc = torchrun_pretrain(tmp_path, "simclr", 2)
+    assert proc.returncode != 0
+    # each process says it (the launcher may stop one first; the two lines can interleave)
+    errors = [e.splitlines()[0] for e in proc.stderr.split("selfsup: error: ")[1:]]
+    assert errors and all(e.startswith("batch_size=2 over 2 processes gives each process 1 image, too few for simclr")
+                          and e.endswith("set --batch-size 4 or more (at least 2 x 2 processes)") for e in errors), \
+        proc.stderr[-3000:]
+    assert not (tmp_path / "run").exists()
 
 
 def _jigclu_worker(rank, world, init_file, images, out):

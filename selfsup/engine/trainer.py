@@ -28,7 +28,7 @@ from selfsup.checkpoint import SaveError, backbone_spec, load_backbone, load_che
 from selfsup.engine.clock import NO_CLOCK
 from selfsup.engine.optim import build_optimizer, lr_at
 from selfsup.engine.rundir import RunLock, config_changes, prepare_out, remove_temporaries, truncate_metrics
-from selfsup.config import check_config
+from selfsup.config import check_config, check_process_batch
 from selfsup.errors import SelfSupError
 from selfsup.malloc import keep_freed_memory
 from selfsup.progress import line_every, progress
@@ -135,6 +135,9 @@ class Trainer:
         self.rank, self.world = dist.rank(), dist.world_size()
         if cfg.batch_size % self.world:
             raise SelfSupError(f"batch_size {cfg.batch_size} is not divisible by the {self.world} processes: pick a multiple")
+        # SyncBatchNorm when distributed on CUDA (it is CUDA-only) and neither the config nor the method declines it
+        self.sync_bn = bool(self.distributed and cfg.sync_bn and method_cls.sync_bn and self.device.type == "cuda")
+        check_process_batch(cfg, self.world, self.sync_bn)      # one image per process: before the data loads
         self.out = Path(cfg.out)
         torch.manual_seed(cfg.seed + self.rank)
         np.random.seed(cfg.seed + self.rank)
@@ -206,7 +209,7 @@ class Trainer:
             self.backbone.compile()          # in place: the state dict keeps its keys
         self.model: nn.Module = self.method
         if self.distributed:
-            if cfg.sync_bn and method_cls.sync_bn and self.device.type == "cuda":   # SyncBatchNorm is CUDA-only
+            if self.sync_bn:
                 self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
                 self.backbone = self.method.backbone
             self.model = nn.parallel.DistributedDataParallel(
