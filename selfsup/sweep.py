@@ -24,7 +24,7 @@ axis on a log x axis, one line per network or layer (their Figs. 1-3). A sweep f
 Every eval's settings are checked when the file is read, before any cell trains, by the checks its
 evaluation runs (k, temperature, probe epochs and lr, pool, SVM costs, jobs and solver, ...), and its
 ``taps``/``tap`` against each cell's backbone where that is a registered one (not a timm model or an
-``init`` checkpoint's); a refusal names the file, the eval's label, the key and the value.
+``init`` checkpoint's); a refusal names the file, the eval's label and the setting.
 
 Each cell pretrains in ``OUT/cells/NAME`` and keeps its evaluations in ``evals.json`` there, so a
 rerun skips what is finished and resumes an interrupted run exactly. Each eval is labelled by its
