@@ -223,6 +223,53 @@ def test_queue_starts_at_its_epoch_and_is_used_only_when_full(monkeypatch):
     assert torch.allclose(m.queue[1, :8], last[8:16], atol=1e-5)
 
 
+@pytest.mark.parametrize("steps", [2, 3])
+def test_the_queue_note_says_exactly_when_the_queue_is_never_used(monkeypatch, steps):
+    """Queue 20 -> 16 (2 batches of 8) from epoch 1 of 2: it fills in 2 steps and is used from the 3rd, so an
+    epoch of 2 steps never uses it (the note says so) and one of 3 does (no note)."""
+    import selfsup.methods.swav as swav_module
+
+    seen = []
+    real = swav_module.sinkhorn
+    monkeypatch.setattr(swav_module, "sinkhorn", lambda s, *a: seen.append(len(s)) or real(s, *a))
+    m = build_method("swav", backbone="convnet", image_size=16, nmb_prototypes=10, crops="2x16+2x8",
+                     queue_length=20, epoch_queue_starts=1)
+    loader = _Loader(m, steps=steps)
+    for epoch in range(2):
+        m.on_epoch_start(epoch, loader)
+        for batch in loader.epoch(epoch):
+            m(batch)
+    used = any(n > 8 for n in seen)
+    notes = m.run_notes(2, steps, 8)
+    assert used == (steps == 3) and bool(notes) == (not used)
+    if notes:
+        assert notes == ["swav.queue_length=20 is never used: the queue (16 once trimmed to a multiple of the global "
+                         "batch) starts at epoch swav.epoch_queue_starts=1 and needs 3 steps of 8 images (2 to fill, "
+                         "then one that uses it), but the run has 2 steps from then (1 epoch of 2); lower "
+                         "swav.epoch_queue_starts or swav.queue_length, or train longer"]
+    assert m.run_notes(1, steps, 8) == []         # never started: said when the config is resolved
+    assert build_method("swav", backbone="convnet", image_size=16, queue_length=0).run_notes(2, 1, 8) == []
+
+
+@pytest.mark.parametrize("queue,said", [(64, True), (48, False)])
+def test_the_trainer_says_a_swav_queue_that_cannot_fill_before_training(tmp_path, capsys, queue, said):
+    """64 images, batch 16: 4 steps an epoch. From epoch 1 of 2, a queue of 64 (4 batches) fills on the last step
+    and is never used: one line on stderr, before training, and the run goes on; a queue of 48 is used."""
+    cfg = _cfg("swav", tmp_path / "run", **{"swav.nmb_prototypes": 8, "swav.crops": "2x16+2x8",
+                                           "swav.queue_length": queue, "swav.epoch_queue_starts": 1})
+    capsys.readouterr()
+    Trainer(cfg)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "is never used" in line]
+    if said:
+        assert lines == [f"swav.queue_length={queue} is never used: the queue starts at epoch "
+                         "swav.epoch_queue_starts=1 and needs 5 steps of 16 images (4 to fill, then one that uses it), "
+                         "but the run has 4 steps from then (1 epoch of 4); lower swav.epoch_queue_starts or "
+                         "swav.queue_length, or train longer"], err
+    else:
+        assert lines == [], err
+
+
 def test_deepcluster_bank_holds_the_previous_epoch_and_prototypes_are_centroids():
     m = build_method("deepcluster_v2", backbone="convnet", image_size=16, nmb_prototypes=[4, 4, 4], crops="2x16+2x8")
     loader = _Loader(m, steps=2)

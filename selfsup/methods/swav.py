@@ -55,6 +55,27 @@ def frozen_steps(cfg, steps_per_epoch: int) -> int:
     return round(cfg.freeze_prototypes_epochs * steps_per_epoch)
 
 
+def queue_note(cfg, epochs: int, steps_per_epoch: int, global_batch: int) -> str | None:
+    """A line saying that the queue will never be used, when it starts (``epoch_queue_starts``) but the run ends
+    before it is full and one step has used it: ``queue_length`` trimmed to a multiple of the global batch takes
+    that many batches to fill, and is used from the next step. None when it is used, off, or never started
+    (``epoch_queue_starts >= epochs``: said when the config is resolved)."""
+    length = cfg.queue_length - cfg.queue_length % global_batch
+    if length <= 0 or cfg.epoch_queue_starts >= epochs:
+        return None
+    fill = length // global_batch
+    left = (epochs - cfg.epoch_queue_starts) * steps_per_epoch
+    if left > fill:
+        return None
+    trimmed = f" ({length} once trimmed to a multiple of the global batch)" if length != cfg.queue_length else ""
+    queued = epochs - cfg.epoch_queue_starts
+    return (f"swav.queue_length={cfg.queue_length} is never used: the queue{trimmed} starts at epoch "
+            f"swav.epoch_queue_starts={cfg.epoch_queue_starts} and needs {fill + 1} steps of {global_batch} images "
+            f"({fill} to fill, then one that uses it), but the run has {left} steps from then ({queued} "
+            f"epoch{'s' if queued != 1 else ''} of {steps_per_epoch}); lower swav.epoch_queue_starts or "
+            f"swav.queue_length, or train longer")
+
+
 class SwAV(PrototypeMethod):
     name = "swav"
     Config = SwAVConfig
@@ -89,6 +110,11 @@ class SwAV(PrototypeMethod):
         self.queue, self.queue_full = to_device(state["queue"], device), False
         self.usage.load(state["usage"], device)
         self.freeze_steps = state["freeze_steps"]
+
+    def run_notes(self, epochs: int, steps_per_epoch: int, global_batch: int) -> list[str]:
+        """What the Trainer says on stderr before training: a queue that will never be used."""
+        note = queue_note(self.cfg, epochs, steps_per_epoch, global_batch)
+        return [note] if note else []
 
     def on_epoch_start(self, epoch: int, loader) -> None:
         cfg = self.cfg
