@@ -51,8 +51,9 @@ def _pretrain(args) -> int:
 def _finetune(args) -> int:
     from selfsup.finetune import finetune
 
+    overrides = [*args.overrides, *(["resume_with_changes=true"] if args.resume_with_changes else [])]
     result = finetune(args.init, args.data, args.test_data, args.recipe, args.epochs, args.batch_size, args.out,
-                      args.device, args.overrides)
+                      args.device, overrides)
     if "top1" not in result:
         print(f"{result['status']}: checkpoint {result['checkpoint']} (run the same command again to resume)")
         return 130
@@ -291,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="global batch size (default 256)")
     p.add_argument("--out", help="run directory (default runs/latest)")
     p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--resume-with-changes", action="store_true",
+                   help="continue the run in --out with settings that differ from its own (e.g. more --epochs)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. optim.head_lr=1.0")
     p.set_defaults(func=_finetune)

@@ -136,8 +136,9 @@ def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", e
     if mark.exists() and mark.read_text().strip() != digest:
         raise SelfSupError(f"{cfg.out} holds a fine-tuning of other weights than {init} holds now (the file changed "
                            f"since): choose another --out, or remove {cfg.out} to fine-tune again")
-    mark.parent.mkdir(parents=True, exist_ok=True)
-    mark.write_text(digest + "\n")
+    if not mark.exists() and not (Path(cfg.out) / "last.pt").exists():    # a new fine-tuning; a folder holding
+        mark.parent.mkdir(parents=True, exist_ok=True)                    # another run is left as it is (the
+        mark.write_text(digest + "\n")                                     # engine refuses it, or resumes it)
     run_dir, status = pretrain(cfg)
     if status != "done":
         return {"status": status, "checkpoint": str(run_dir / "last.pt")}

@@ -105,3 +105,24 @@ def test_a_rerun_refuses_other_weights_at_the_same_init_path(pretrained, tmp_pat
     code, _, err = run(capsys, *args)
     assert one_line_error(code, err, "holds a fine-tuning of other weights"), err
 
+
+
+def test_more_epochs_continue_with_resume_with_changes(pretrained, tmp_path, capsys):
+    """The refusal of a rerun with other settings names --resume-with-changes, which finetune takes."""
+    args = ["finetune", "--init", pretrained, "--data", DATA, "--test-data", DATA, "--batch-size", 16,
+            "--out", tmp_path / "ft", "--device", "cpu", "progress=false"]
+    assert run(capsys, *args, "--epochs", 1)[0] == 0
+    code, _, err = run(capsys, *args, "--epochs", 2)
+    assert one_line_error(code, err, "--resume-with-changes"), err
+    code, _, err = run(capsys, *args, "--epochs", 2, "--resume-with-changes")
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "ft" / "last.pt")["epoch"] == 2
+
+
+def test_an_out_holding_a_pretraining_run_is_left_as_it_was(pretrained, tmp_path, capsys):
+    """finetune --out on a pretraining run is refused, and writes nothing there (it wrote init.sha1)."""
+    before = sorted(p.name for p in pretrained.parent.iterdir())
+    code, _, err = run(capsys, "finetune", "--init", pretrained, "--data", DATA, "--test-data", DATA, "--epochs", 1,
+                       "--batch-size", 16, "--out", pretrained.parent, "--device", "cpu", "progress=false")
+    assert code != 0
+    assert sorted(p.name for p in pretrained.parent.iterdir()) == before
