@@ -236,10 +236,9 @@ class Trainer:
         self.loader.threads = cfg.loader_threads
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * cfg.epochs
-        if dist.is_main():         # a method's notes on the run's length (SwAV: a queue that never fills), not errors:
-            for note in getattr(self.method, "run_notes", lambda *_: [])(cfg.epochs, self.steps_per_epoch,
-                                                                           cfg.batch_size):
-                print(note, file=sys.stderr)       # a short run of a long recipe is legitimate
+        if dist.is_main():         # a method's notes on the run's length (SwAV: a queue that never fills)
+            for note in self.method.run_notes(cfg.epochs, self.steps_per_epoch, cfg.batch_size):
+                print(note, file=sys.stderr)
         self.warmup_steps = round(optim_cfg.warmup_epochs * self.steps_per_epoch)
         self.milestone_steps = (tuple(round(m * self.steps_per_epoch) for m in optim_cfg.milestones)
                                 if optim_cfg.schedule == "steps" else None)

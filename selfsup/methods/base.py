@@ -81,6 +81,11 @@ class Method(nn.Module):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def run_notes(self, epochs: int, steps_per_epoch: int, global_batch: int) -> list[str]:
+        """Lines the Trainer prints on stderr before training: settings this run's length leaves without
+        effect (SwAV: a queue that never fills). Notes, not errors: a short run of a long recipe is legitimate."""
+        return []
+
     def on_epoch_start(self, epoch: int, loader) -> None:
         pass
 

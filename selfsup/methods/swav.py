@@ -112,7 +112,7 @@ class SwAV(PrototypeMethod):
         self.freeze_steps = state["freeze_steps"]
 
     def run_notes(self, epochs: int, steps_per_epoch: int, global_batch: int) -> list[str]:
-        """What the Trainer says on stderr before training: a queue that will never be used."""
+        """A queue that will never be used (``queue_note``)."""
         note = queue_note(self.cfg, epochs, steps_per_epoch, global_batch)
         return [note] if note else []
 
