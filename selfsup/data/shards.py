@@ -76,17 +76,29 @@ def _key_ext(name: str) -> tuple[str, str]:
     return (folder + "/" + stem if folder else stem), ext.lower()
 
 
+SHARD_TABLE_VERSION = "shard-v2"     # v2: tables only of whole shards (v1 cached a cut shard's first members)
+
+
 def shard_table(path: Path, cache: Path) -> dict:
-    """{"names", "offsets", "sizes", "labels"} of one shard's images (label -1 without a .cls), from its headers."""
+    """{"names", "offsets", "sizes", "labels"} of one shard's images (label -1 without a .cls), from its headers.
+    A shard cut short (no end-of-archive marker, or a member past the end of the file) is refused, and its
+    table never cached: only whole shards' tables are."""
     st = path.stat()
-    key = _short_hash(f"shard-v1|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+    key = _short_hash(f"{SHARD_TABLE_VERSION}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}")
     file = cache / f"{key}.npz"
     if file.exists():
         with np.load(file, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
     images, labels = {}, {}
     try:
-        with tarfile.open(path, "r:") as tar:
+        tar = tarfile.open(path, "r:")
+    except tarfile.ReadError as exc:
+        raise SelfSupError(f"cannot read shard {path} as an uncompressed tar ({exc}): shards are read at member "
+                           f"offsets, unpack compressed ones or write them with python -m selfsup.data.shards") from None
+    except (tarfile.TarError, OSError) as exc:
+        raise SelfSupError(f"cannot open shard {path} ({exc}): check the file") from None
+    with tar:
+        try:
             for m in tar:
                 if not m.isfile():
                     continue
@@ -100,9 +112,21 @@ def shard_table(path: Path, cache: Path) -> dict:
                                            f"class index as text") from None
                 elif ("." + ext.rpartition(".")[2]) in IMAGE_EXTENSIONS and k not in images:
                     images[k] = (m.name, m.offset_data, m.size)
-    except tarfile.ReadError as exc:
-        raise SelfSupError(f"cannot read shard {path} as an uncompressed tar ({exc}): shards are read at member "
-                           f"offsets, unpack compressed ones or write them with python -m selfsup.data.shards") from None
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise _corrupt(path, exc) from None
+        # as _Source's check (datasets.py): an uncompressed tar ends with two zero blocks; the headers stop
+        # where the file does when it was cut at a member boundary, past its end when cut inside a member,
+        # and (tarfile says nothing) at a damaged header in the middle
+        try:
+            tar.fileobj.seek(tar.offset)
+            end = tar.fileobj.read(1024)
+        except OSError as exc:
+            raise _corrupt(path, exc) from None
+        if len(end) < 1024:
+            raise _corrupt(path, "no end-of-archive marker")
+        if end.count(0) != 1024:
+            raise _corrupt(path, f"a damaged member header at byte {tar.offset}")
+    keys = list(images)          # archive order
     keys = list(images)          # archive order
     table = {"names": np.array([images[k][0].encode() for k in keys], dtype=bytes).reshape(-1),
              "offsets": np.array([images[k][1] for k in keys], dtype=np.int64),
@@ -113,6 +137,10 @@ def shard_table(path: Path, cache: Path) -> dict:
     np.savez(tmp, **table)
     os.replace(tmp, file)
     return table
+
+
+def _corrupt(path: Path, why) -> SelfSupError:
+    return SelfSupError(f"cannot read shard {path}: truncated or corrupt ({why}): re-create or re-download it")
 
 
 @dataclass
