@@ -1,4 +1,5 @@
-"""webdataset-style tar shards (selfsup.data.shards): a damaged shard is refused in one line, never read in part."""
+"""webdataset-style tar shards (selfsup.data.shards): a damaged shard or a shard list naming shards that are
+not there is refused in one line, never read in part."""
 import os
 import tarfile
 
@@ -122,3 +123,35 @@ def test_a_truncated_shard_is_one_line_on_the_command_line(shards, random_ckpt, 
     code, _, err = run(capsys, "eval", "knn", "--checkpoint", random_ckpt, "--train-data", f"shards:{shards}",
                        "--test-data", f"shards:{shards}/shard-000001.tar", "--no-cache", "--device", "cpu")
     assert one_line_error(code, err, "truncated or corrupt (no end-of-archive marker)"), err
+
+
+# ---------------------------------------------------------------- shard lists
+
+def test_a_brace_list_naming_missing_shards_is_refused(shards):
+    with pytest.raises(SelfSupError, match=r"shard-000003\.tar does not exist \(2 of 5 shards named by .* are "
+                                           r"missing\): fix the shard list"):
+        load_dataset(f"shards:{shards}/shard-{{000000..000004}}.tar")
+    with pytest.raises(SelfSupError, match=r"shard .*shard-000009\.tar does not exist: fix the shard list"):
+        load_dataset(f"shards:{shards}/shard-{{000000,000009}}.tar")
+    with pytest.raises(SelfSupError, match=r"shard .*shard-000042\.tar does not exist: fix the shard list"):
+        load_dataset(f"shards:{shards}/shard-000042.tar")
+    # the list as written holds exactly the shards there are: read in full
+    assert len(load_dataset(f"shards:{shards}/shard-{{000000..000002}}.tar?workers=0")) == 12
+    assert len(load_dataset(f"shards:{shards}/shard-{{000000,000002}}.tar?workers=0")) == 8
+
+
+def test_a_glob_matching_no_shard_is_refused(shards):
+    with pytest.raises(SelfSupError, match=r"no \.tar shards found at .*train-\*\.tar"):
+        load_dataset(f"shards:{shards}/train-*.tar")
+    # one alternative of a brace list matches nothing: refused, not read as the other alone
+    with pytest.raises(SelfSupError, match=r"no shard matches .*/train-\*\.tar \(of .*/\{shard,train\}-\*\.tar\): fix the shard list"):
+        load_dataset(f"shards:{shards}/{{shard,train}}-*.tar")
+    assert len(load_dataset(f"shards:{shards}/{{shard-00000[01],shard-000002}}.tar?workers=0")) == 12
+
+
+def test_a_folder_named_as_a_shard_is_refused(shards):
+    (shards / "shard-000003.tar").mkdir()
+    with pytest.raises(SelfSupError, match=r"shard-000003\.tar is not a file: fix the shard list"):
+        load_dataset(f"shards:{shards}/shard-{{000000..000003}}.tar")
+    with pytest.raises(SelfSupError, match=r"shard-000003\.tar is not a file: fix the shard list"):
+        load_dataset(f"shards:{shards}/shard-*.tar")

@@ -3,9 +3,11 @@
 A shard is an uncompressed ``.tar`` whose members are ``KEY.EXT`` images (jpg, png, ...) with an optional
 ``KEY.cls`` holding the integer label as text (the key is the member name up to the first dot of its file
 name, as in webdataset). ``shards:SPEC`` names a folder of ``.tar`` files, a brace list
-(``train-{000000..000146}.tar``) or a glob (``train-*.tar``). An optional ``classes.txt`` beside the shards
-names the classes, one a line (label i: line i); without it the classes are 0 .. the largest label; without
-any ``.cls`` the set is unlabeled (labels -1).
+(``train-{000000..000146}.tar``) or a glob (``train-*.tar``); every shard a brace list names must exist and
+every glob must match one (refused otherwise, never read as the shards that are there). An optional
+``classes.txt`` beside the shards names the classes, one a line (label i: line i); without it the classes are
+0 .. the largest label; without any ``.cls`` the set is unlabeled (labels -1). A shard cut short or with a
+damaged header is refused (tarfile alone stops there without a word).
 
 Order and resume: each shard's member table (name, offset, size, label) is read once from its tar headers
 (cached under the cache folder by shard path, size and time); an epoch's order is then a function of
@@ -54,19 +56,37 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def shard_files(spec: str) -> list[Path]:
+    """The shard files of ``spec``: a folder's ``*.tar``, or the names of a brace list / glob in order. Every
+    name without a wildcard must be a file and every glob must match one: a list naming shards that are not
+    there is refused, never read as the shards that are."""
     path = Path(spec).expanduser()
     if path.is_dir():
         files = sorted(path.glob("*.tar"))
-    elif any(c in spec for c in "{*?["):
-        files = [Path(f) for pattern in expand_braces(str(path)) for f in sorted(glob.glob(pattern))]
-    else:
-        files = [path] if path.is_file() else []
-    if not files:
-        raise SelfSupError(f"no .tar shards found at {spec}: give a folder of .tar files, a brace list "
-                           f"(train-{{000..009}}.tar) or a glob (train-*.tar)")
-    missing = [f for f in files if not f.is_file()]
+        if not files:
+            raise SelfSupError(f"no .tar shards found at {spec}: give a folder of .tar files, a brace list "
+                               f"(train-{{000..009}}.tar) or a glob (train-*.tar)")
+        return files
+    names = expand_braces(str(path))
+    files, missing = [], []
+    for name in names:
+        if any(c in name for c in "*?["):
+            found = sorted(glob.glob(name))
+            if not found and len(names) == 1:
+                raise SelfSupError(f"no .tar shards found at {spec}: give a folder of .tar files, a brace list "
+                                   f"(train-{{000..009}}.tar) or a glob (train-*.tar)")
+            if not found:
+                raise SelfSupError(f"no shard matches {name} (of {spec}): fix the shard list")
+            files += [Path(f) for f in found]
+        else:
+            files.append(Path(name))
+            if not files[-1].exists():
+                missing.append(files[-1])
     if missing:
-        raise SelfSupError(f"shard {missing[0]} does not exist: fix the shard list")
+        of = f" ({len(missing)} of {len(names)} shards named by {spec} are missing)" if len(missing) > 1 else ""
+        raise SelfSupError(f"shard {missing[0]} does not exist{of}: fix the shard list")
+    folders = [f for f in files if not f.is_file()]          # a folder named, or matched by a glob
+    if folders:
+        raise SelfSupError(f"shard {folders[0]} is not a file: fix the shard list")
     return files
 
 
