@@ -158,6 +158,45 @@ def test_changed_image_behind_file_list_is_decoded_again(tmp_path):
     assert load(listing, tmp_path / "cache")[0].images[1].max() == 99
 
 
+def write_noise_bmp(path, seed):
+    """16 x 16 noise, uncompressed (every seed the same file size), with a time of its own."""
+    save(path, rand((16, 16, 3), seed))
+    os.utime(path, ns=(10**18 + seed, 10**18 + seed))
+
+
+def test_streamed_folder_and_file_list_features_follow_an_image_overwritten_in_place(tmp_path, monkeypatch):
+    """Streamed sets key their feature cache by every file's name, size and time, as the in-memory path does:
+    an image overwritten in place (same name, same size) gives new features, not the cached ones; the files
+    are stat'ed only when the fingerprint is first needed (listing a streamed folder stats no image)."""
+    import torch
+    from selfsup.eval.features import extract_features
+    from selfsup.models import build_backbone
+
+    for i in range(8):
+        write_noise_bmp(tmp_path / f"r/c{i % 2}/{i}.bmp", i)
+    (tmp_path / "list.txt").write_text("".join(f"{tmp_path}/r/c{i % 2}/{i}.bmp {i % 2}\n" for i in range(8)))
+    torch.manual_seed(0)
+    net = build_backbone("convnet")
+    specs = [f"{tmp_path / 'r'}?stream=1&workers=0&size=16", f"filelist:{tmp_path / 'list.txt'}?stream=1&workers=0&size=16",
+             f"{tmp_path / 'r'}?stream=1&workers=0&size=16&val_per_class=1&part=val"]
+    cached = {}
+    for spec in specs:
+        d = load(spec, tmp_path / "cache")[0]
+        cached[spec] = d.fingerprint, extract_features(net, d, cache_key="ck", cache_dir=tmp_path / "cache")[0]
+    stats = []
+    real = D._stat_line
+    monkeypatch.setattr(D, "_stat_line", lambda f: (stats.append(f), real(f))[1])
+    write_noise_bmp(tmp_path / "r/c0/4.bmp", 99)       # same name, same size, new pixels and time; list unchanged
+    for spec in specs:
+        d = load(spec, tmp_path / "cache")[0]
+        assert "filelist" in spec or not stats           # a streamed folder is listed without a stat per image
+        fresh = extract_features(net, d, cache_key=None)[0]
+        got = extract_features(net, d, cache_key="ck", cache_dir=tmp_path / "cache")[0]
+        assert d.fingerprint != cached[spec][0], spec
+        assert not torch.equal(fresh, cached[spec][1]) and torch.equal(got, fresh), spec
+        stats.clear()
+
+
 def test_relative_file_list_path(tmp_path, monkeypatch):
     write_list(tmp_path)
     monkeypatch.chdir(tmp_path)

@@ -834,6 +834,21 @@ def _stat_line(file) -> str:
     return f"{file}|{st.st_size}|{st.st_mtime_ns}\n"
 
 
+def files_digest(files, missing_ok: bool = False) -> str:
+    """sha1 of every file's name, size and modification time (``_stat_line``), in order: the part of a cache key
+    that changes when any image is replaced, even in place under the same name. ``missing_ok``: a file that does
+    not exist counts as missing instead of raising OSError."""
+    h = hashlib.sha1()
+    for f in files:
+        try:
+            h.update(_stat_line(f).encode())
+        except OSError:
+            if not missing_ok:
+                raise
+            h.update(f"{f}|missing\n".encode())
+    return h.hexdigest()
+
+
 def _folder_entries(source: _Source, path: Path, split: str | None) -> tuple[list[str], list[int], list[str]]:
     """(names, labels, classes) of an image folder (or tar) of class subfolders, names relative to ``path``."""
     files = [f for f in source.files() if f.lower().endswith(IMAGE_EXTENSIONS)]
@@ -860,13 +875,10 @@ def _folder_entries(source: _Source, path: Path, split: str | None) -> tuple[lis
     return [prefix + "/".join(p) for p in parts], [index[p[0]] for p in parts], classes
 
 
-def _tree_identity(path: Path) -> str:
-    """Path, size and time of a tar, or of a folder and its subfolders (not of every file: streaming stats no image)."""
-    if path.is_file():
-        st = path.stat()
-        return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    dirs = sorted(top for top, _ in walk(path))
-    return f"{path.resolve()}|" + hashlib.sha1("".join(f"{d}|{os.stat(d).st_mtime_ns}" for d in dirs).encode()).hexdigest()
+def _tar_identity(path: Path) -> str:
+    """Path, size and time of a tar: they change when any member does."""
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
 
 def read_imagefolder(path: Path, split: str | None, size: int | None, cache_root: Path, unlabeled: bool = False,
@@ -896,12 +908,15 @@ def read_imagefolder(path: Path, split: str | None, size: int | None, cache_root
     from selfsup.data.stream import choose_stream, stream_set
     if choose_stream(len(names), size, options.get("stream"), str(path), lambda n: source.read(n, PROBE_HEAD),
                      names):
-        return stream_set(path if path.is_dir() else Path("/"), names, labels, classes,
-                          f"{kind}|{split}|{_tree_identity(path)}", options, tar=path if path.is_file() else None)
+        if path.is_file():
+            return stream_set(Path("/"), names, labels, classes, f"{kind}|{split}|{_tar_identity(path)}", options,
+                              tar=path)
+        # a folder's fingerprint covers every file's name, size and time, stat'ed when a cache first needs it
+        return stream_set(path, names, labels, classes, f"{kind}|{split}|{path.resolve()}", options, stat_files=True)
     if path.is_file():
         fingerprint = early
     else:                                   # every file's name, size and time: a changed image is decoded again
-        digest = hashlib.sha1("".join(_stat_line(path / n) for n in names).encode()).hexdigest()
+        digest = files_digest(path / n for n in names)
         fingerprint = _short_hash(f"imagefolder-v3|{path.resolve()}|{split}|{shape}|{digest}")
         if unlabeled:
             fingerprint = _short_hash(f"unlabeled|{fingerprint}")
@@ -957,7 +972,7 @@ def read_filelist(path: Path, size: int | None, cache_root: Path, options: dict 
                                                                  _read_head, names)):
         st = path.stat()
         return stream_set(Path("/"), [n.lstrip("/") for n in names], labels, [str(c) for c in range(num_classes)],
-                          f"filelist|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}", options)
+                          f"filelist|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}", options, stat_files=True)
     if empty:
         print(f"file list {path}: {len(empty)} of the {num_classes} classes 0..{num_classes - 1} have no image "
               f"(e.g. {', '.join(map(str, empty[:5]))}); kept as classes")
