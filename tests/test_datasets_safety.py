@@ -204,11 +204,20 @@ def test_relative_file_list_path(tmp_path, monkeypatch):
     assert len(d) == 3 and [int(d.images[i].max()) for i in range(3)] == [1, 2, 3]
 
 
-def test_file_list_with_a_missing_image(tmp_path):
+@pytest.mark.parametrize("stream", ["", "?stream=0", "?stream=1", "?stream=auto"])
+def test_file_list_with_a_missing_image_or_a_folder(tmp_path, stream):
+    """Refused in one line on both paths (stream=1 used to warn and stand another image of the class in, so
+    stream=auto's choice by RAM changed what was accepted)."""
     write_bmp(tmp_path / "im/0.bmp", 1)
-    (tmp_path / "list.txt").write_text("# path label\nim/0.bmp 0\nim/gone.bmp 1\n")
-    with pytest.raises(SelfSupError, match=r"line 3: image .*gone\.bmp does not exist") as info:
-        load_dataset(str(tmp_path / "list.txt"), cache_dir=tmp_path / "cache")
+    write_bmp(tmp_path / "im/1.bmp", 2)
+    (tmp_path / "list.txt").write_text("# path label\nim/0.bmp 0\nim/gone.bmp 0\nim/1.bmp 1\n")
+    with pytest.raises(SelfSupError, match=r"list.txt line 3: image .*gone\.bmp does not exist: fix the path or "
+                                           r"drop the line") as info:
+        load_dataset(f"filelist:{tmp_path / 'list.txt'}{stream}", cache_dir=tmp_path / "cache")
+    assert "\n" not in str(info.value)
+    (tmp_path / "list.txt").write_text("im/0.bmp 0\nim 1\n")
+    with pytest.raises(SelfSupError, match=r"list.txt line 2: .*im is a folder, not an image") as info:
+        load_dataset(f"filelist:{tmp_path / 'list.txt'}{stream}", cache_dir=tmp_path / "cache")
     assert "\n" not in str(info.value)
 
 
