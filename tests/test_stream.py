@@ -45,7 +45,7 @@ def make_mixed(root):
     exif = im.getexif()
     exif[0x0112] = 6                                            # rotate 90: stored 50 x 30, shown 30 x 50
     im.save(root / "b" / "rotated.jpg", exif=exif)
-    expect["b/rotated.jpg"] = (3, 50, 30)
+    expect["b/rotated.jpg"] = (3, 30, 50)                       # the stored orientation: no EXIF rotation
     (root / "a" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg" * 10)
     (root / "b" / "empty.jpg").write_bytes(b"")
     return expect
@@ -253,6 +253,36 @@ def test_eval_batches_in_order_match_the_in_memory_decode(tmp_path):
     crops = torch.cat(list(data.eval_batches(4, 16, crop=16 / 20)))            # Resize(20) -> CenterCrop(16)
     assert crops.shape == (6, 3, 16, 16)
     assert torch.equal(crops[0], got[0, :, 2:18, 2:18])
+
+
+def test_an_exif_rotated_jpeg_gives_the_same_pixels_on_both_paths(tmp_path):
+    """A JPEG tagged with EXIF orientation 6 (rotate 90) decodes to identical tensors in memory (stream=0) and
+    streamed (stream=1: ``images``, ``eval_batches``, the training decode), in its stored orientation: what
+    torchvision's ImageFolder loader and ``decode_jpeg`` give (streaming used to rotate it, memory not)."""
+    from torchvision.io import decode_jpeg
+
+    for c in "ab":
+        (tmp_path / "ex" / c).mkdir(parents=True)
+        a = np.zeros((32, 48, 3), np.uint8)
+        a[:, :16] = 255                                             # a white band at the stored left
+        im = Image.fromarray(a)
+        exif = im.getexif()
+        exif[0x0112] = 6
+        im.save(tmp_path / "ex" / c / "0.jpg", exif=exif, quality=95)
+    memory = load_dataset(f"{tmp_path / 'ex'}?stream=0&size=32", cache_dir=tmp_path / "cache")
+    streamed = load_dataset(f"{tmp_path / 'ex'}?stream=1&size=32&workers=0", cache_dir=tmp_path / "cache")
+    assert isinstance(memory, ImageArrayDataset) and isinstance(streamed, StreamImageSet)
+    m = torch.from_numpy(np.array(memory.images))
+    assert torch.equal(torch.from_numpy(np.array(streamed.images[:])), m)
+    assert torch.equal(torch.cat(list(streamed.eval_batches(2, 32))), m)
+    blob = (tmp_path / "ex" / "a" / "0.jpg").read_bytes()
+    full = stream_mod.decode_image(blob, "RGB")
+    with Image.open(tmp_path / "ex" / "a" / "0.jpg") as pil:                 # torchvision's pil_loader
+        assert np.array_equal(full, np.asarray(pil.convert("RGB")).transpose(2, 0, 1))
+    assert full.shape == tuple(decode_jpeg(torch.frombuffer(bytearray(blob), dtype=torch.uint8)).shape) == (3, 32, 48)
+    assert stream_mod.decode_image(blob, "RGB", shrink=16).shape == (3, 16, 24)
+    assert stream_mod.decode_center(blob, "RGB", 16, 16 / 20).shape == (3, 16, 16)
+    assert m[0, 0, :, :4].float().mean() > 200 and m[0, 0, :, -4:].float().mean() < 50   # band still at the left
 
 
 def test_the_path_is_chosen_from_the_decoded_size(tmp_path, monkeypatch, capsys):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from selfsup.data.subsets import fraction_per_class, holdout_split
 from selfsup.errors import SelfSupError
@@ -602,15 +602,18 @@ def eight_bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.round(values * (255 / top)), 0, 255).astype(np.uint8), "L")
 
 
-def _decode(data: bytes, size: int | None, mode: str, fit: str = "crop", orient: bool = False) -> np.ndarray:
+def _decode(data: bytes, size: int | None, mode: str, fit: str = "crop") -> np.ndarray:
     """C x H x W uint8. ``fit="crop"``: resize the short side to ``size``, then center-crop size x size;
     ``fit="keep"``: resize the short side to ``size`` and keep the aspect ratio (``kept_size``: the long side
     centre-cropped to at most MAX_ASPECT x size); ``fit="squash"``: resize to exactly size x size, ignoring the
-    aspect ratio (Goyal's VOC07 transform, METHODS.md 6.1). ``orient``: apply the EXIF orientation first (the
-    streaming path does)."""
+    aspect ratio (Goyal's VOC07 transform, METHODS.md 6.1).
+
+    Pixels in their stored orientation: an EXIF orientation tag is not applied, on this path, on the streaming
+    path (``selfsup.data.stream``) and by the batched JPEG decoders alike, so the same file gives the same
+    pixels whichever path reads it. That is what the published pipelines trained and evaluated on: torchvision's
+    ImageFolder loader (``Image.open(f).convert("RGB")``) and ``torchvision.io.decode_jpeg``
+    (``apply_exif_orientation=False``) do not rotate either; and the caches decoded so far stay valid."""
     with Image.open(io.BytesIO(data)) as im:
-        if orient:
-            im = ImageOps.exif_transpose(im)
         im = eight_bit(im).convert(mode)
         if size is not None and im.size != (size, size) and fit == "squash":
             im = im.resize((size, size), Image.BILINEAR, reducing_gap=None)

@@ -38,7 +38,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from selfsup.data.datasets import IMAGE_EXTENSIONS, _decode, _header, _is_gray, _short_hash, _side_rule, eight_bit
 from selfsup.data.loader import Batch, BatchLoader, batch_generator
@@ -88,7 +88,8 @@ def choose_stream(count: int, size: int | None, option: str | None, what: str, r
 # ---------------------------------------------------------------- decoding
 
 def decode_image(blob: bytes, mode: str, shrink: int | None = None) -> np.ndarray:
-    """C x H x W uint8 at the image's own aspect ratio, EXIF orientation applied, converted to ``mode``
+    """C x H x W uint8 at the image's own aspect ratio, in its stored orientation (an EXIF orientation tag is not
+    applied, as on the in-memory path: see ``selfsup.data.datasets._decode``), converted to ``mode``
     ("RGB" or "L": gray, RGBA, CMYK and palette images as the in-memory decoder converts them); with
     ``shrink``, the short side brought down to at most ``shrink`` px (JPEG draft mode, then bilinear)."""
     with Image.open(io.BytesIO(blob)) as im:
@@ -97,27 +98,22 @@ def decode_image(blob: bytes, mode: str, shrink: int | None = None) -> np.ndarra
             s = shrink / min(im.size)          # the final size from the stored size: JPEG draft rounds its own way
             target = shrunk_size(im.size[1], im.size[0], shrink)[::-1]
             im.draft(None, (max(1, math.ceil(im.size[0] * s)), max(1, math.ceil(im.size[1] * s))))
-        stored = im.size
-        im = ImageOps.exif_transpose(im)
         im = eight_bit(im).convert(mode)
-        if target is not None:
-            if im.size != stored:                # rotated by its EXIF orientation
-                target = target[::-1]
-            if im.size != target:
-                im = im.resize(target, Image.BILINEAR, reducing_gap=None)
+        if target is not None and im.size != target:
+            im = im.resize(target, Image.BILINEAR, reducing_gap=None)
         arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def decode_center(blob: bytes, mode: str, size: int, crop: float = 1.0) -> np.ndarray:
-    """C x size x size: EXIF orientation applied, the short side resized to round(size / crop), the centre
-    kept (``crop`` = 1: exactly the in-memory decoder's resize and centre crop; else torchvision's
-    Resize -> CenterCrop rounding)."""
+    """C x size x size in the stored orientation (no EXIF rotation, as ``decode_image``): the short side resized
+    to round(size / crop), the centre kept (``crop`` = 1: exactly the in-memory decoder's resize and centre crop;
+    else torchvision's Resize -> CenterCrop rounding)."""
     if crop == 1.0:
-        return _decode(blob, size, mode, "crop", orient=True)
+        return _decode(blob, size, mode, "crop")
     short = round(size / crop)
     with Image.open(io.BytesIO(blob)) as im:
-        im = eight_bit(ImageOps.exif_transpose(im)).convert(mode)
+        im = eight_bit(im).convert(mode)
         s = short / min(im.size)
         w, h = max(short, round(im.size[0] * s)), max(short, round(im.size[1] * s))
         im = im.resize((w, h), Image.BILINEAR, reducing_gap=None)
@@ -127,10 +123,12 @@ def decode_center(blob: bytes, mode: str, size: int, crop: float = 1.0) -> np.nd
 
 
 def device_ready(blob: bytes, mode: str) -> bool:
-    """Whether the batched JPEG decoder (``decode_batch``) gives this image as ``decode_image`` would: a JPEG
+    """Whether the batched JPEG decoders (``decode_batch``, DALI) give this image as ``decode_image`` would: a JPEG
     stored as YCbCr or gray (gray is also accepted for ``mode`` RGB: both replicate it), without an EXIF
-    rotation. Everything else (PNG, CMYK, rotated photos) is decoded by PIL in the workers. Reads the header
-    only."""
+    orientation tag. Everything else (PNG, CMYK, JPEGs tagged as rotated) is decoded by PIL in the workers,
+    in the stored orientation: ``decode_jpeg`` leaves the tag alone by default, but DALI's decoders apply it
+    (``adjust_orientation=True`` in the nvImageCodec versions) and would also read the crop box in the
+    rotated frame. Reads the header only."""
     try:
         with Image.open(io.BytesIO(blob)) as im:
             if im.format != "JPEG" or im.mode not in (("L",) if mode == "L" else ("RGB", "L")):
@@ -580,7 +578,8 @@ def stream_set(root: Path, names: list[str], labels, classes: list[str], identit
         tars = [str(tar)]
     encoded = np.array([n.encode() for n in names], dtype=bytes)
     labels = np.asarray(labels, dtype=np.int64)
-    fingerprint = _short_hash(f"stream-v1|{identity}|" + hashlib.sha1(encoded.tobytes() + labels.tobytes()).hexdigest())
+    # v2: no EXIF rotation (v1 applied it): features cached from rotated decodes are not served
+    fingerprint = _short_hash(f"stream-v2|{identity}|" + hashlib.sha1(encoded.tobytes() + labels.tobytes()).hexdigest())
     workers = _number(options, "workers", int, None)
     if workers is not None and workers < 0:
         raise SelfSupError(f"data option workers={workers} must be 0 (decode in the main process) or more")
