@@ -271,6 +271,17 @@ def test_tar_cut_at_a_member_boundary(tmp_path):
         load_dataset(str(tmp_path / "cut.tar"), cache_dir=tmp_path / "cache")
 
 
+def test_tar_with_a_damaged_member_header(tmp_path):
+    """tarfile stops without a word at a damaged header in the middle and drops every member after it."""
+    raw = bytearray(write_tar(tmp_path, ".tar", "w"))
+    with tarfile.open(tmp_path / "data.tar") as tar:
+        m = [m for m in tar.getmembers() if m.isfile()][1]
+    raw[m.offset:m.offset + 100] = b"x" * 100                          # the second image's header
+    (tmp_path / "bad.tar").write_bytes(bytes(raw))
+    with pytest.raises(SelfSupError, match=r"truncated or corrupt \(a damaged member header at byte"):
+        load_dataset(str(tmp_path / "bad.tar"), cache_dir=tmp_path / "cache")
+
+
 # ------------------------------------------------------------------ 6. temporary files of killed writers
 
 def test_stale_temporary_files_are_removed(tmp_path, monkeypatch):

@@ -531,6 +531,23 @@ def walk(root: Path):
         yield top, files
 
 
+def tar_end_problem(tar: tarfile.TarFile) -> str | None:
+    """Why an uncompressed tar whose member headers have all been read is cut or damaged, or None. It ends
+    with two zero blocks where the headers stop: the headers stop where the file does when it was cut at a
+    member boundary, past its end when cut inside a member, and (tarfile says nothing) at a damaged header in
+    the middle."""
+    try:
+        tar.fileobj.seek(tar.offset)
+        end = tar.fileobj.read(1024)
+    except OSError as exc:
+        return str(exc)
+    if len(end) < 1024:
+        return "no end-of-archive marker"
+    if end.count(0) != 1024:
+        return f"a damaged member header at byte {tar.offset}"
+    return None
+
+
 class _Source:
     """Reads the bytes of image files from a folder or, in place, from a tar."""
 
@@ -549,9 +566,9 @@ class _Source:
                 self.members = {m.name.lstrip("./"): m for m in self.tar.getmembers() if m.isfile()}
             except (tarfile.TarError, OSError, EOFError) as exc:
                 raise self._corrupt(exc) from None
-            # an uncompressed tar ends with two zero blocks: without them it was cut at a member boundary
-            if isinstance(self.tar.fileobj, io.BufferedReader) and path.stat().st_size - self.tar.offset < 1024:
-                raise self._corrupt("no end-of-archive marker")
+            problem = tar_end_problem(self.tar) if isinstance(self.tar.fileobj, io.BufferedReader) else None
+            if problem:                                  # checked on uncompressed tars, read in place
+                raise self._corrupt(problem)
 
     def _corrupt(self, why) -> SelfSupError:
         return SelfSupError(f"cannot read tar {self.path}: truncated or corrupt ({why}): re-create or re-download it")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selfsup.data.datasets import IMAGE_EXTENSIONS, _number, _short_hash
+from selfsup.data.datasets import IMAGE_EXTENSIONS, _number, _short_hash, tar_end_problem
 from selfsup.data.stream import StreamImageSet, decode_option, loader_option, probe
 from selfsup.errors import SelfSupError
 
@@ -134,19 +134,9 @@ def shard_table(path: Path, cache: Path) -> dict:
                     images[k] = (m.name, m.offset_data, m.size)
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise _corrupt(path, exc) from None
-        # as _Source's check (datasets.py): an uncompressed tar ends with two zero blocks; the headers stop
-        # where the file does when it was cut at a member boundary, past its end when cut inside a member,
-        # and (tarfile says nothing) at a damaged header in the middle
-        try:
-            tar.fileobj.seek(tar.offset)
-            end = tar.fileobj.read(1024)
-        except OSError as exc:
-            raise _corrupt(path, exc) from None
-        if len(end) < 1024:
-            raise _corrupt(path, "no end-of-archive marker")
-        if end.count(0) != 1024:
-            raise _corrupt(path, f"a damaged member header at byte {tar.offset}")
-    keys = list(images)          # archive order
+        problem = tar_end_problem(tar)
+        if problem:
+            raise _corrupt(path, problem)
     keys = list(images)          # archive order
     table = {"names": np.array([images[k][0].encode() for k in keys], dtype=bytes).reshape(-1),
              "offsets": np.array([images[k][1] for k in keys], dtype=np.int64),
@@ -209,7 +199,7 @@ def read_shards(spec: str, options: dict, cache_root: Path) -> ShardImageSet:
     else:
         classes = [str(c) for c in range(labels.max() + 1)]
     identity = "|".join(f"{f.resolve()}|{f.stat().st_size}|{f.stat().st_mtime_ns}" for f in files)
-    fingerprint = _short_hash("shards-v1|" + hashlib.sha1(identity.encode()).hexdigest())
+    fingerprint = _short_hash("shards-v2|" + hashlib.sha1(identity.encode()).hexdigest())
     buffer = _number(options, "buffer", int, 1000)
     if buffer < 1:
         raise SelfSupError(f"data option buffer={buffer} must be 1 (no shuffle within shards) or more samples")
