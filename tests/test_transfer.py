@@ -105,3 +105,92 @@ def test_viz_filters_and_clusters(teacher, tmp_path, capsys):
     assert "6 clusters at conv4" in out and (tmp_path / "c.png").stat().st_size > 1000
     code, _, err = run(capsys, "viz", "clusters", "--checkpoint", teacher, "--out", tmp_path / "x.png")
     assert code == 2 and "needs --data" in err
+
+
+# ------------------------------------------------------------------ label files on streamed sets
+
+def _image_folder(root, n=30, classes=3):
+    """``n`` PNGs of 16 to 32 px in ``classes`` class folders."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / f"c{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        h, w = (int(v) for v in rng.integers(16, 33, 2))
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    return sorted(root.rglob("*.png"))
+
+
+def _streamed_specs(tmp_path):
+    """A streamed folder, file list, image tar and shards of the same 30 images."""
+    import tarfile
+
+    from selfsup.data.shards import write_shards
+
+    files = _image_folder(tmp_path / "f")
+    (tmp_path / "list.txt").write_text("".join(f"{p} {int(p.parent.name[1:])}\n" for p in files))
+    with tarfile.open(tmp_path / "f.tar", "w") as tar:
+        tar.add(tmp_path / "f", arcname="f")
+    write_shards(tmp_path / "f", tmp_path / "shards", 8)
+    return [f"{tmp_path / 'f'}?stream=1&workers=0", f"{tmp_path / 'list.txt'}?stream=1&workers=0",
+            f"{tmp_path / 'f.tar'}?stream=1&workers=0", f"shards:{tmp_path / 'shards'}?workers=0"]
+
+
+def test_label_files_work_on_streamed_folders_file_lists_tars_and_shards(tmp_path):
+    """``SPEC?labels=FILE`` on every streamed kind: the same images in the same order (shards stay shards, with
+    their epoch order), the file's labels in every training batch, checked exactly against the set's fingerprint."""
+    import torch
+
+    from selfsup.data.stream import StreamLoader
+    from selfsup.data.views import ViewMaker, simclr_views
+
+    specs = _streamed_specs(tmp_path)
+    files = []
+    for k, spec in enumerate(specs):
+        files.append(tmp_path / f"pl{k}.npz")
+        pseudo_labels("random:convnet", spec, files[-1], clusters=3)
+        f, base = read_label_file(files[-1]), load_dataset(spec)
+        assert f["data_fingerprint"] == base.fingerprint and base.streaming
+        d = load_dataset(f"{spec}&labels={files[-1]}")
+        assert type(d) is type(base) and np.array_equal(d.names, base.names) and d.size == base.size
+        assert np.array_equal(d.labels, f["labels"]) and d.classes == ["0", "1", "2"] and d.targets is None
+        assert d.fingerprint.startswith(base.fingerprint + "-labels-")             # no cache of the plain set
+        assert d.subset([0, 1]).fingerprint != base.subset([0, 1]).fingerprint
+        assert np.array_equal(d.epoch_order(0, 1), base.epoch_order(0, 1))
+        for batch in StreamLoader(d, 8, ViewMaker(simclr_views(16)), device="cpu", seed=0).epoch(0):
+            assert torch.equal(batch.labels, torch.from_numpy(f["labels"][batch.indices.numpy()]))
+        if k:                                                          # another set's label file: refused
+            with pytest.raises(SelfSupError, match="written for other images"):
+                load_dataset(f"{spec}&labels={files[0]}")
+    (tmp_path / "f" / "c0" / "000.png").write_bytes((tmp_path / "f" / "c1" / "001.png").read_bytes())
+    with pytest.raises(SelfSupError, match="written for other images"):          # an image changed in place
+        load_dataset(f"{specs[0]}&labels={files[0]}")
+
+
+def test_the_streamed_student_gets_the_in_memory_paths_images_and_pseudo_labels(tmp_path):
+    _image_folder(tmp_path / "f")
+    memory, streamed = f"{tmp_path / 'f'}?size=24", f"{tmp_path / 'f'}?size=24&stream=1&workers=0"
+    pseudo_labels("random:convnet", memory, tmp_path / "m.npz", clusters=4)
+    pseudo_labels("random:convnet", streamed, tmp_path / "s.npz", clusters=4)
+    m, s = load_dataset(f"{memory}&labels={tmp_path / 'm.npz'}"), load_dataset(f"{streamed}&labels={tmp_path / 's.npz'}")
+    assert s.streaming and not getattr(m, "streaming", False)
+    assert np.array_equal(s.labels, m.labels) and s.classes == m.classes
+    assert np.array_equal(np.asarray(s.images[:]), np.asarray(m.images))
+
+
+def test_transfer_and_supervised_pretraining_on_a_streamed_folder(random_ckpt, tmp_path, capsys):
+    """CC+ with ``--cluster-data DIR?stream=1`` trains its student on the streamed images; the label file it
+    wrote trains ``pretrain supervised --data DIR?stream=1&labels=FILE``."""
+    _image_folder(tmp_path / "f")
+    spec, out = f"{tmp_path / 'f'}?stream=1&workers=0", tmp_path / "tr"
+    code, stdout, err = run(capsys, "transfer", "--teacher", random_ckpt, "--student", "convnet", "--cluster-data",
+                            spec, "--clusters", 3, "--epochs", 1, "--batch-size", 8, "--out", out, "--device", "cpu",
+                            "progress=false")
+    assert code == 0 and "Traceback" not in err, err
+    assert "student convnet" in stdout and (out / "student" / "last.pt").exists()
+    code, _, err = run(capsys, "pretrain", "supervised", "--data", f"{spec}&labels={out / 'pseudo_labels.npz'}",
+                       "--backbone", "convnet", "--epochs", 1, "--batch-size", 8, "--out", tmp_path / "sup",
+                       "progress=false", "device=cpu")
+    assert code == 0 and "Traceback" not in err, err
+    assert (tmp_path / "sup" / "last.pt").exists()

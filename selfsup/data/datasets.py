@@ -114,6 +114,10 @@ class ImageArrayDataset:
     def channels(self) -> int:
         return self.images.shape[1]
 
+    def with_labels(self, labels: np.ndarray, classes: list[str], tag: str) -> "ImageArrayDataset":
+        """These images with other labels (a label file's): no multi-label targets, fingerprint ``FP-TAG``."""
+        return replace(self, labels=labels, classes=classes, fingerprint=f"{self.fingerprint}-{tag}", targets=None)
+
     def subset(self, indices) -> "ImageArrayDataset":
         indices = np.asarray(indices, dtype=np.int64)
         tag = hashlib.sha1(indices.tobytes()).hexdigest()[:12]
@@ -384,9 +388,9 @@ def with_label_file(data: ImageArrayDataset, path: Path) -> ImageArrayDataset:
                            f"{f['data_fingerprint']}) than this spec's {len(data)} ({data.fingerprint}): give the "
                            f"spec the labels were made for, or make them again")
     k = int(f["num_classes"])
-    tag = hashlib.sha1(np.asarray(f["labels"]).tobytes()).hexdigest()[:12]
-    return replace(data, labels=np.asarray(f["labels"], dtype=np.int64), classes=[str(i) for i in range(k)],
-                   fingerprint=f"{data.fingerprint}-labels-{tag}", targets=None)
+    labels = np.asarray(f["labels"], dtype=np.int64)
+    tag = hashlib.sha1(labels.tobytes()).hexdigest()[:12]
+    return data.with_labels(labels, [str(i) for i in range(k)], f"labels-{tag}")
 
 
 # ------------------------------------------------------------------ binary formats

@@ -275,6 +275,15 @@ class StreamImageSet:
                        targets=None if self.targets is None else self.targets[indices],
                        identity=f"{self.identity}-{tag}")
 
+    def with_labels(self, labels: np.ndarray, classes: list[str], tag: str) -> "StreamImageSet":
+        """These images, in this order, with other labels (a label file's; shards stay shards): no multi-label
+        targets. The fingerprint is ``FP-TAG`` (FP this set's, as on the in-memory path); the identity carries the
+        tag too, so a subset's fingerprint differs from the same subset's of the unlabelled set."""
+        out = replace(self, labels=np.asarray(labels, dtype=np.int64), classes=list(classes), targets=None,
+                      identity=f"{self.identity}-{tag}")
+        out._fingerprint = f"{self.fingerprint}-{tag}"
+        return out
+
     def to_memory(self):
         """An ``ImageArrayDataset`` of these images decoded at ``size`` (resize, centre crop): for small subsets."""
         from selfsup.data.datasets import ImageArrayDataset
