@@ -67,3 +67,28 @@ def test_an_unknown_student_is_refused_before_the_teacher_runs(tmp_path, capsys,
                            "--clusters", 4, "--out", tmp_path / "tr", "--device", "cpu", "progress=false")
         assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "tr" / "pseudo_labels.npz").exists()
+
+
+def test_an_out_that_is_a_file_or_not_writable_is_refused_before_the_teacher_runs(tmp_path, capsys, random_ckpt,
+                                                                                  monkeypatch):
+    """The run directory's one-line refusals (``prepare_out``), before features, k-means or a label file."""
+    import os
+
+    import selfsup.cluster.transfer as transfer_mod
+
+    def teacher_ran(*args, **kwargs):
+        raise AssertionError("the teacher ran before --out was checked")
+
+    monkeypatch.setattr(transfer_mod, "pseudo_labels", teacher_ran)
+    (tmp_path / "afile").write_text("")
+    for out, fragment in ((tmp_path / "afile", "is a file, not a folder: give a folder for the run"),
+                          (tmp_path / "afile" / "sub", "cannot create the run directory"),
+                          (tmp_path / "locked", "is not writable: choose a writable --out")):
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(tmp_path / "locked")
+                            else real_access(p, mode, **kw))
+        for objective in ("classify", "regress"):
+            code, _, err = _transfer(capsys, random_ckpt, out, "--objective", objective)
+            assert one_line_error(code, err, fragment), err
+        monkeypatch.setattr(os, "access", real_access)
+    assert (tmp_path / "afile").read_text() == ""

@@ -176,7 +176,8 @@ def transfer(teacher: str, student: str, cluster_spec: str, label_spec: str | No
     from scratch to classify them (``OUT/student``; rerunning resumes it, on the same pseudo-labels only).
     ``objective="regress"`` is the distillation baseline instead: the student regresses the teacher's features
     (the ``distill`` method; resumed with the same teacher's content only). The student's settings and an
-    existing student run are checked before the teacher runs. Returns what was done."""
+    existing student run, and ``out`` (a folder that can be written), are checked before the teacher runs.
+    Returns what was done."""
     from selfsup.config import resolve_config
     from selfsup.engine.trainer import pretrain
     from selfsup.methods import get_method
@@ -204,6 +205,10 @@ def transfer(teacher: str, student: str, cluster_spec: str, label_spec: str | No
     cfg = resolve_config(get_method(method), flags=flags, overrides=recipe + list(overrides),
                          image_size_of=lambda s: load_dataset(label_spec).image_size)   # the labels may not exist yet
     build_backbone(student)                   # an unknown student is refused before the teacher runs
+    from selfsup.engine.rundir import prepare_out
+
+    for folder in (out, student_out):         # an --out that is a file, or not writable: refused before it too
+        prepare_out(folder)
     cfg.resume = (student_out / "last.pt").exists()
     if cfg.resume:
         check_student(cfg, student_out, objective)
