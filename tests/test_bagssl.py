@@ -282,6 +282,32 @@ def test_local_aggregation_has_the_documented_size():
         aggregated_features(bb, data, aggregate="local", window=16, stride=16)
 
 
+class _Resized(_Data):
+    """``data``'s images brought to ``size`` px beforehand (float, 0..255): what ``aggregated_features``
+    should see when it brings them to the evaluation size itself."""
+    def __init__(self, data, size):
+        x = torch.from_numpy(data.images).float() / 255          # square: resized whole, nothing to crop
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        self.images = (x * 255).numpy()
+        self.labels, self.fingerprint = data.labels, data.fingerprint + f"-at{size}"
+
+
+@pytest.mark.parametrize("size", [40, 64])
+def test_patches_are_drawn_at_the_evaluation_size_whatever_the_set_size(size):
+    """A 32 px training set and a 40 or 64 px test set evaluated at 32 px: the test set gets the patches
+    and windows (relative to the image) and the feature dimension it would get at 32 px."""
+    train, test, bb = _Data(n=3, size=32), _Data(n=3, size=size, seed=1), _backbone()
+    at32 = _Resized(test, 32)
+    for opts in (dict(num_patches=3, patch_size=14), dict(num_patches=3, patch_size=None),
+                 dict(aggregate="local", window=16), dict(aggregate="local")):
+        xtr, _ = aggregated_features(bb, train, input_size=32, image_size=32, seed=2, **opts)
+        same, _ = aggregated_features(bb, train, input_size=32, seed=2, **opts)      # already 32 px: unchanged
+        xte, _ = aggregated_features(bb, test, input_size=32, image_size=32, seed=2, **opts)
+        ref, _ = aggregated_features(bb, at32, input_size=32, seed=2, **opts)
+        assert xtr.shape[1] == xte.shape[1] == ref.shape[1], opts
+        assert torch.equal(xtr, same) and torch.allclose(xte, ref, atol=1e-4), opts
+
+
 def test_convergence_compares_patch_means_with_the_whole_image():
     data, bb = _Data(n=4), _backbone()
     # patches as large as the image are the whole image: cosine 1 for every N and for "all"

@@ -197,3 +197,30 @@ def test_feature_caches_are_read_without_running_code(tmp_path, patches):
     torch.save({"features": NotPlainData(), "labels": torch.zeros(8)}, cache_file)
     with pytest.raises(SelfSupError, match="refusing to load feature cache"):
         extract()
+
+
+def test_eval_patches_brings_both_sets_to_the_pretraining_size(capsys, ckpt):
+    """Patches and windows are drawn at the checkpoint's pretraining size (16 px here) in both sets: a test
+    set of 24 px gets the same feature dimension (local windows of 8 px at stride 2 gave a 9 x 9 grid at
+    24 px beside 5 x 5 at 16 px: a shape error in the probe), as eval knn resizes both sets."""
+    bigger = "synthetic:64?classes=4&size=24"
+    for extra in ([], ["--aggregate", "local", "--window", 8]):
+        dims = []
+        for test in (TINY, bigger):
+            code, out, err = run(capsys, "eval", "patches", "--checkpoint", ckpt, "--train-data", TINY,
+                                 "--test-data", test, "--probe", "knn", "--num-patches", 2, "--no-cache", "--json",
+                                 *extra)
+            assert code == 0, err
+            result = json.loads(out.strip().splitlines()[-1])
+            assert result["image_size"] == 16
+            dims.append(result["feature_dim"])
+        assert dims[0] == dims[1], extra
+
+
+def test_eval_patches_of_a_foreign_state_dict_needs_one_size_for_both_sets(tmp_path, capsys):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "tv.pt")
+    code, _, err = run(capsys, "eval", "patches", "--checkpoint", tmp_path / "tv.pt", "--train-data", TINY,
+                       "--test-data", "synthetic:64?classes=4&size=24", "--probe", "knn", "--no-cache")
+    assert one_line_error(code, err, "the training images are 16x16 and the test images 24x24: give --image-size"), err

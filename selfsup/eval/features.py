@@ -153,6 +153,14 @@ class CenterView:
         return normalize(x[:, :, top:top + size, left:left + size])
 
 
+def eval_resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Images (uint8 B x C x H x W) as float in [0, 1], resized (shorter side, antialiased bilinear) and
+    centre-cropped to ``size`` x ``size`` exactly as ``extract_features``'s view (``EvalTransform``) does,
+    without its normalisation: the evaluation size every protocol brings its sets to (``eval patches``
+    draws its patches and windows in these pixels). ``size`` None, or images at that size already: as they are."""
+    return EvalTransform(size, mean=(0.0,), std=(1.0,))(images)
+
+
 def extract_features(backbone, dataset, tap: str | None = None, pool: str = "avg", image_size: int | None = None,
                      batch_size: int = 256, device: str | torch.device = "cpu", cache_key: str | None = None,
                      cache_dir: str | Path | None = None, progress: bool = False,

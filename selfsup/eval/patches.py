@@ -2,7 +2,10 @@
 
 A representation of an image is built from embeddings of its patches, each patch
 cropped from the image, resized to the network input and embedded by the
-backbone alone (any backbone: the tap's output, globally average-pooled):
+backbone alone (any backbone: the tap's output, globally average-pooled). Every
+image is first brought to the evaluation size (the checkpoint's pretraining size
+or ``--image-size``, resized and centre-cropped as ``extract_features`` does), so
+patches and windows cover the same part of the image in every set:
 
 - global aggregation: the mean of the embeddings of N patches drawn at the
   pretraining scale: fixed-side patches at uniformly random positions for
@@ -30,7 +33,7 @@ from selfsup.data.views import EvalTransform, crop_boxes, normalize, patch_boxes
 from selfsup.checkpoint import save_atomic
 from selfsup.errors import SelfSupError
 from selfsup.eval.checks import at_least_one
-from selfsup.eval.features import feature_cache
+from selfsup.eval.features import eval_resize, feature_cache
 
 MULTI_SCALE = (0.08, 1.0)
 IMAGES_PER_STEP = 64
@@ -110,8 +113,11 @@ def _raw(dataset, start: int, count: int, device) -> torch.Tensor:
     return torch.from_numpy(np.array(dataset.images[start:start + count])).to(device)
 
 
-def _images(dataset, start: int, count: int, device) -> torch.Tensor:
-    return to_float(_raw(dataset, start, count, device))
+def _images(dataset, start: int, count: int, device, size: int | None = None) -> torch.Tensor:
+    """Images ``start`` .. ``start + count`` as float in [0, 1], brought to ``size`` x ``size`` (``eval_resize``:
+    the evaluation view's resize and centre crop) when ``size`` is given."""
+    raw = _raw(dataset, start, count, device)
+    return to_float(raw) if size is None else eval_resize(raw, size)
 
 
 @torch.no_grad()
@@ -119,7 +125,8 @@ def aggregated_features(backbone, dataset, num_patches: int = 16, patch_size: in
                         aggregate: str = "global", window: int | None = None, stride: int | None = None,
                         input_size: int | None = None, tap: str | None = None, chunk: int = 2048, seed: int = 0,
                         device: str | torch.device = "cpu", cache_key: str | None = None,
-                        cache_dir: str | Path | None = None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                        cache_dir: str | Path | None = None, progress: bool = False,
+                        image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Aggregated patch features (N x D', float32) and labels of ``dataset``.
 
     ``aggregate="global"``: mean embedding of ``num_patches`` patches (side ``patch_size``
@@ -127,17 +134,25 @@ def aggregated_features(backbone, dataset, num_patches: int = 16, patch_size: in
     with a generator seeded by ``seed``. ``aggregate="local"``: ``window`` px windows
     (default half the image side) at ``stride`` (default window / 4), pooled by
     ``local_pool``. Every patch is resized to ``input_size`` (default: the image size).
+
+    ``image_size``: the evaluation size (``evaluate`` passes the checkpoint's pretraining size or
+    ``--image-size``): every image is first resized and centre-cropped to it (``eval_resize``, the view
+    ``extract_features`` uses), so patch sides, windows and strides are pixels of that size in every set,
+    and sets of other sizes get the same patches relative to the image and features of the same
+    dimension. None: the images' own size.
     """
     if aggregate not in ("global", "local"):
         raise SelfSupError(f"unknown aggregation {aggregate!r}: use global or local")
     check_patches(num_patches, patch_size, window, stride, chunk)
     tap = backbone.check_taps([tap])[0] if tap else backbone.default_tap
-    height, width = dataset.images.shape[2:4]
+    at_least_one("--image-size", image_size, 224)
+    height, width = (image_size, image_size) if image_size else tuple(dataset.images.shape[2:4])
     input_size = input_size or height
     window = window or min(height, width) // 2
     stride = stride or max(1, window // 4)
     cache_file, cached = feature_cache(cache_key, f"patches|{dataset.fingerprint}|{tap}|{aggregate}|{num_patches}|"
-                                                  f"{patch_size}|{window}|{stride}|{input_size}|{seed}", cache_dir)
+                                                  f"{patch_size}|{window}|{stride}|{input_size}|{seed}|"
+                                                  f"size{image_size}", cache_dir)
     if cached is not None:
         return cached
     device = torch.device(device)
@@ -152,7 +167,7 @@ def aggregated_features(backbone, dataset, num_patches: int = 16, patch_size: in
 
     feats = []
     for start in track(range(0, len(dataset), step), desc="patches", enabled=progress, unit="batch"):
-        x = _images(dataset, start, step, device)
+        x = _images(dataset, start, step, device, image_size)
         if aggregate == "global":
             boxes, source = random_boxes(len(x), height, width, num_patches, patch_size, g, device)
             feats.append(embed_boxes(backbone, x, boxes, source, input_size, tap, chunk, mean_per_image=True).cpu())

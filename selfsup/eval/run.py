@@ -165,7 +165,15 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
                                         device, key, to_train, progress=progress)
         return {"protocol": protocol, **result, **info, "n_train": len(train), "n_test": len(test)}
     if protocol == "patches":
-        common = dict(tap=tap, input_size=image_size, device=device, cache_key=key, progress=progress, **opts)
+        if image_size is None:                # a foreign state dict: the images' own size, one for both sets
+            sizes = [tuple(int(n) for n in d.images.shape[2:4]) for d in (train, test)]
+            if sizes[0] != sizes[1]:
+                raise SelfSupError(f"eval patches draws patches and windows in pixels, but the training images are "
+                                   f"{sizes[0][0]}x{sizes[0][1]} and the test images {sizes[1][0]}x{sizes[1][1]}: "
+                                   f"give --image-size SIZE to bring both sets to one size")
+        # both sets at the evaluation size before patches and windows are drawn (as extract_features resizes)
+        common = dict(tap=tap, input_size=image_size, image_size=image_size, device=device, cache_key=key,
+                      progress=progress, **opts)
         xtr, ytr = aggregated_features(backbone, train, **common)
         xte, yte = aggregated_features(backbone, test, **common)
         yte = yte if to_train is None else to_train[yte]
