@@ -85,6 +85,9 @@ def test_test_classes_missing_from_the_training_data_are_refused(tmp_path, capsy
     (["eval", "patches", "--patch-size", 0], "--patch-size must be at least 1, got 0"),
     (["eval", "patches", "--probe", "knn,svm"], "unknown probe 'svm'"),
     (["eval", "patches", "--probe", "knn", "--k", 0], "--k must be at least 1"),
+    (["eval", "patches", "--pool", "goyal"], "--pool goyal applies to eval knn and linear"),   # was ignored
+    (["eval", "patches", "--pool", "9k"], "--pool 9k applies to eval knn and linear"),
+    (["eval", "patches", "--pool", "max"], "--pool max applies to eval knn and linear"),
 ])
 def test_meaningless_eval_settings_are_refused(capsys, ckpt, argv, fragment):
     code, _, err = run(capsys, *argv, "--checkpoint", ckpt, "--train-data", TINY, "--test-data", TINY)

@@ -97,6 +97,10 @@ def evaluation_settings(protocol: str, pool: str = "avg", image_size: int | None
                  if value is not None and value != getattr(probe, name)}
     epochs, lr = probe.epochs if epochs is None else epochs, probe.lr if lr is None else lr
     check_pool(pool)
+    if protocol == "patches" and pool != "avg":     # it never reached aggregated_features: refused, not ignored
+        raise SelfSupError(f"--pool {pool} applies to eval knn and linear: eval patches embeds every patch by the "
+                           f"tap's global average (BagSSL's patch embedding), then averages patches or pools "
+                           f"windows itself: drop --pool")
     if "knn" in used:
         check_knn(k, temperature)
     if "linear" in used:
