@@ -11,7 +11,9 @@
   process when it is installed (the ``faiss`` extra), torch otherwise. faiss re-seeds empty clusters by splitting large ones, torch keeps
   them: the two agree on the algorithm, not on the bits.
 - ``assign(x, centroids)``: the nearest centroid of every row, in chunks (memory flat in N).
-- ``pca_whiten(x, dim)``: PCA to ``dim`` dimensions with whitening, the DeepCluster preprocessing.
+- ``pca_whiten(x, dim)``: PCA to ``dim`` dimensions with whitening, the DeepCluster preprocessing; ``dim``
+  beyond min(N - 1, D) or the rank of the centred rows is refused (null directions would be noise whitened),
+  and so is N - 1 (all N rows whitened equally far apart).
 """
 from __future__ import annotations
 
@@ -132,13 +134,46 @@ def spherical_kmeans(x: torch.Tensor, k: int, iterations: int = 10, generator: t
     return kmeans(x, k, iterations, spherical=True, backend="torch", generator=generator)
 
 
+def pca_bound(dim: int, n: int, d: int) -> None:
+    """Refuse PCA-whitening ``n`` rows of ``d`` features to ``dim`` dimensions beyond min(n - 1, d): centred,
+    n rows span at most n - 1 directions, and the ones beyond would be null directions, rounding noise that
+    whitening scales to unit variance. ``dim`` = n - 1 is refused too: whitened along all n - 1 directions,
+    n rows form a regular simplex (every pair equally far apart), which leaves k-means nothing to find."""
+    ok = min(n - 2, d)
+    fix = f"use --pca {ok} or less" if ok >= 1 else "give at least 3 images"
+    if dim < 1:
+        raise SelfSupError(f"--pca must be at least 1, got {dim}: {fix}")
+    if dim > min(n - 1, d):
+        raise SelfSupError(f"--pca {dim} exceeds min(N - 1, feature dimension) = min({n - 1}, {d}) = "
+                           f"{min(n - 1, d)} ({n} images, centred, span at most N - 1 directions): {fix}")
+    if dim == n - 1:
+        raise SelfSupError(f"--pca {dim} whitens all N - 1 = {n - 1} directions of the {n} images: whitened, they "
+                           f"form a regular simplex (every pair equally far apart), nothing to cluster: {fix}")
+
+
 def pca_whiten(x: torch.Tensor, dim: int) -> torch.Tensor:
     """``x`` projected on its ``dim`` principal components, each scaled to unit variance
-    (DeepCluster's PCA-whitening before k-means), then L2-normalised rows."""
-    if not 1 <= dim <= x.shape[1]:
-        raise ValueError(f"PCA to {dim} dimensions needs 1 <= dim <= {x.shape[1]}")
+    (DeepCluster's PCA-whitening before k-means), then L2-normalised rows.
+
+    Refused (``SelfSupError``, one line) beyond min(N - 1, D) and at N - 1 (``pca_bound``), and beyond
+    the rank of the centred rows: directions whose singular value is numerically zero relative to the
+    largest (below s_max x max(N, D) x the input dtype's eps, numpy's ``matrix_rank`` tolerance; duplicate
+    images, constant features) carry only rounding noise, which whitening would scale to unit variance.
+    So the output has exactly ``dim`` real directions, the dimension reported."""
+    n, d = x.shape
+    pca_bound(dim, n, d)
     centred = x.double() - x.double().mean(0)
     _, s, vt = torch.linalg.svd(centred, full_matrices=False)
-    scale = s[:dim] / max(1, len(x) - 1) ** 0.5
-    out = centred @ vt[:dim].T / scale.clamp_min(1e-12)
+    eps = torch.finfo(x.dtype).eps if x.dtype.is_floating_point else torch.finfo(torch.float32).eps
+    tol = float(s[0]) * max(n, d) * eps
+    rank = int((s > tol).sum())
+    if rank == 0:
+        raise SelfSupError(f"--pca {dim}: the {n} feature vectors are all the same (nothing varies to whiten): "
+                           f"cluster other images, or drop --pca")
+    if dim > rank:
+        raise SelfSupError(f"--pca {dim} exceeds the {rank} directions the centred features of the {n} images span "
+                           f"(singular value {float(s[rank]):.1e} beyond them, numerically zero next to the largest "
+                           f"{float(s[0]):.1e}: duplicate images or constant features): use --pca {rank} or less")
+    scale = s[:dim] / max(1, n - 1) ** 0.5
+    out = centred @ vt[:dim].T / scale
     return F.normalize(out, dim=1).to(x.dtype)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import adjusted_rand_score
 
-from conftest import run, tiny_overrides
+from conftest import one_line_error, run, tiny_overrides
 from selfsup.cluster.metrics import cluster_scores, hungarian_accuracy
 from selfsup.config import resolve_config
 from selfsup.errors import SelfSupError
@@ -75,6 +75,45 @@ def test_eval_cluster_command(tmp_path, capsys):
     assert r["clusters"] == 4 and r["tap"] == "conv4" and 0 <= r["accuracy"] <= 1 and -1 <= r["ari"] <= 1
     code, _, err = run(capsys, "eval", "knn", "--checkpoint", tmp_path / "run" / "last.pt", "--test-data", data)
     assert code == 2 and "needs --train-data" in err
+    # --pca beyond N - 1 = 63 (192-dim features): refused, where it reported "pca": 100 and clustered on 64
+    # dimensions, one of them the whitened null direction of the centred features
+    code, _, err = run(capsys, "eval", "cluster", "--checkpoint", tmp_path / "run" / "last.pt", "--test-data", data,
+                       "--pca", 100, "--json")
+    assert one_line_error(code, err, "--pca 100 exceeds min(N - 1, feature dimension) = min(63, 192) = 63"), err
+    assert "use --pca 62 or less" in err
+    code, out, err = run(capsys, "eval", "cluster", "--checkpoint", tmp_path / "run" / "last.pt", "--test-data", data,
+                         "--pca", 20, "--json")
+    assert code == 0, err
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["pca"] == r["feature_dim"] == 20
+
+
+def test_pca_whitening_refuses_null_directions():
+    """Whitening scales every kept direction to unit variance: a direction the centred rows do not span
+    (beyond N - 1, or of numerically zero variance: duplicates, constant features) would be rounding noise
+    weighted like a real one, and the dimension reported would not be the one used."""
+    x = torch.randn(100, 192, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(SelfSupError, match=r"--pca 150 exceeds min\(N - 1, feature dimension\) = min\(99, 192\) = 99"):
+        pca_whiten(x, 150)                      # gave 100 columns, one of them noise (singular value ~1e-14)
+    with pytest.raises(SelfSupError, match=r"min\(99, 192\) = 99 .*use --pca 98 or less"):
+        pca_whiten(x, 100)
+    with pytest.raises(SelfSupError, match="regular simplex"):
+        pca_whiten(x, 99)                       # all N - 1 directions whitened: every pair equally far apart
+    w = pca_whiten(x, 99 - 1).double()
+    assert w.shape == (100, 98)
+    with pytest.raises(SelfSupError, match=r"min\(499, 6\) = 6"):
+        pca_whiten(torch.randn(500, 6), 7)
+    # duplicates: 10 distinct rows twice over span 9 directions, not 19
+    dup = torch.randn(10, 32, generator=torch.Generator().manual_seed(1)).repeat(2, 1)
+    with pytest.raises(SelfSupError, match="--pca 12 exceeds the 9 directions .* use --pca 9 or less"):
+        pca_whiten(dup, 12)
+    assert pca_whiten(dup, 9).shape == (20, 9)
+    # constant features: 8 varying columns and 4 constant ones span 8 directions
+    const = torch.cat([torch.randn(50, 8), torch.full((50, 4), 3.0)], 1)
+    with pytest.raises(SelfSupError, match="--pca 10 exceeds the 8 directions"):
+        pca_whiten(const, 10)
+    with pytest.raises(SelfSupError, match="all the same"):
+        pca_whiten(torch.ones(5, 4), 2)
 def test_auto_backend_without_faiss(monkeypatch):
     """faiss is an optional extra: without it ``auto`` runs the torch backend and ``faiss`` names the extra."""
     import sys

@@ -46,9 +46,8 @@ def evaluate_clustering(checkpoint: str, data_spec: str, clusters: int | None = 
                                 device=device, cache_key=file_hash(checkpoint) if cache else None, progress=progress)
     x = finite(feats.float(), "features")
     if pca is not None:
-        if pca > x.shape[1]:
-            raise SelfSupError(f"--pca {pca} must be between 1 and the feature dimension {x.shape[1]}")
-        x = pca_whiten(x, pca)               # whitened rows, L2-normalised (DeepCluster)
+        x = pca_whiten(x, pca)     # whitened rows, L2-normalised (DeepCluster); refuses pca > min(N - 1, dim) and
+                                   # directions of numerically zero variance (duplicates), so pca is the dimension used
     elif spherical:
         x = F.normalize(x, dim=1)
     t = time.perf_counter()
