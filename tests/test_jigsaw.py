@@ -218,3 +218,15 @@ def test_pretext_methods_are_evaluated_one_stage_before_the_last(tmp_path, capsy
     code, out, err = run(capsys, "eval", "knn", "--checkpoint", tmp_path / "run" / "last.pt", "--train-data", TINY,
                          "--test-data", TINY)
     assert code == 0 and "knn on conv3" in out, err
+
+
+def test_shipped_configs_resolve_to_one_solver():
+    """jigsaw_cifar10 is Goyal's solver whole: it took the small-image layer's CFN bias lr x2 with Goyal's lr
+    and weight decay; jigsaw_imagenet warms up from VISSL's 0.025."""
+    from selfsup.config import find_config, resolve_config
+    from selfsup.methods import get_method
+
+    cifar = resolve_config(get_method("jigsaw"), find_config("jigsaw_cifar10"), {"method": "jigsaw"})
+    assert (cifar.optim.lr, cifar.optim.weight_decay, cifar.optim.bias_lr_mult) == (0.1, 1e-4, 1.0)
+    imagenet = resolve_config(get_method("jigsaw"), find_config("jigsaw_imagenet"), {"method": "jigsaw"})
+    assert (imagenet.optim.warmup_start_lr, imagenet.optim.lr) == (0.025, 0.1)
