@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -130,7 +131,7 @@ def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | 
     OmegaConf.set_struct(base, True)
     layers: list[tuple[str, Any]] = [("method defaults", method_cls.defaults)]
     if file:
-        file = str(find_config(file))
+        given, file = file, str(find_config(file))
         try:
             loaded = OmegaConf.load(file)
         except (OSError, Exception) as exc:  # yaml errors are not OmegaConf errors
@@ -138,6 +139,7 @@ def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | 
         if not isinstance(loaded, DictConfig):
             raise SelfSupError(f"config file {file} holds a list, not settings: write one `key: value` per line, "
                                f"e.g. `epochs: 100` (every key: `selfsup pretrain {method_cls.name} --print-config`)")
+        _check_file_method(loaded, file, given, method_cls.name)
         layers.append((file, loaded))
     layers.append(("command-line flags", {k: v for k, v in (flags or {}).items() if v is not None}))
     user_keys = {k for _, layer in layers[1:] for k in flatten(layer)}
@@ -164,6 +166,16 @@ def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | 
               f"{cfg.method}.epoch_queue_starts={starts} and the run has {cfg.epochs} epochs; lower epoch_queue_starts",
               file=sys.stderr)
     return cfg
+
+
+def _check_file_method(loaded: DictConfig, file: str, given: str, method: str) -> None:
+    """Refuse, in one line, a ``--config`` file written for another method (its ``method:`` key), naming the
+    command that runs it: its settings live under that method's key, which this method's config lacks (it was
+    reported as a misspelt key). A file without ``method:`` is read for whichever method is asked for."""
+    wanted = loaded.get("method") if "method" in loaded else None
+    if isinstance(wanted, str) and wanted != method:
+        raise SelfSupError(f"config file {file} is for `method: {wanted}`, not {method}: run "
+                           f"`selfsup pretrain {wanted} --config {shlex.quote(given)}`")
 
 
 def _merge(base, layers, overrides, method: str) -> tuple[DictConfig, int]:

@@ -40,6 +40,29 @@ def test_bad_config_file(tmp_path):
         resolve_config(get_method("simclr"), str(f))
 
 
+def test_config_file_of_another_method_names_its_method_and_command(tmp_path, capsys):
+    """A --config file written for another method (its `method:`) is refused in one line that names that
+    method and the command that runs the file, not as a misspelt key; a file without `method:` still
+    works under any method, and one whose `method:` matches as before."""
+    from selfsup.cli import main
+
+    with pytest.raises(SelfSupError, match=r"^config file \S*swav_cifar10.yaml is for `method: swav`, not simclr: run "
+                       r"`selfsup pretrain swav --config swav_cifar10`$"):
+        resolve_config(get_method("simclr"), "swav_cifar10")
+    f = tmp_path / "mine.yaml"
+    f.write_text("method: jigsaw_pp\njigsaw_pp:\n  hidden_dim: 64\n")
+    assert main(["pretrain", "jigsaw", "--config", str(f), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key" not in err and len(err.strip().splitlines()) == 1
+    assert f"is for `method: jigsaw_pp`, not jigsaw: run `selfsup pretrain jigsaw_pp --config {f}`" in err
+    assert main(["pretrain", "jigsaw_pp", "--config", str(f), "--print-config"]) == 0
+    assert "hidden_dim: 64" in capsys.readouterr().out
+    f.write_text("epochs: 3\noptim:\n  lr: 0.2\n")           # no method: read for whichever is asked for
+    for name in ("simclr", "swav"):
+        cfg = resolve_config(get_method(name), str(f), {"method": name})
+        assert cfg.method == name and cfg.epochs == 3 and cfg.optim.lr == 0.2
+
+
 def test_build_method_library_api():
     assert "simclr" in METHODS
     m = build_method("simclr", backbone="convnet", image_size=16, temperature=0.2)
