@@ -86,7 +86,7 @@ def _transfer(args) -> int:
 def _sweep(args) -> int:
     from selfsup.sweep import run_sweep
 
-    result = run_sweep(args.file, parallel=args.parallel, out=args.out)
+    result = run_sweep(args.file, parallel=args.parallel, out=args.out, overrides=args.overrides)
     share = result["overhead_s"] / max(result["wall_s"], 1e-9)
     print(f"sweep: {result['cells']} cells in {result['wall_s']:.0f} s (training {result['train_s']:.0f} s, "
           f"evaluation {result['eval_s']:.0f} s, overhead {result['overhead_s']:.1f} s = {share:.1%}); "
@@ -332,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "goyal_capacity_cifar10")
     p.add_argument("--parallel", type=int, default=1, help="cells run at once (processes sharing the cores; default 1)")
     p.add_argument("--out", help="sweep directory (default: the file's out, else runs/sweeps/NAME)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="settings of every cell over the file's base, e.g. epochs=1; data=PATH moves the data: the "
+                        "base's spec and the evals' specs on its path get PATH, each keeping its options "
+                        "(selfsup sweep goyal_capacity_cifar10 data=/path/to/cifar10-train-jpg.tar)")
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint's frozen backbone",
@@ -462,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
         # key=value overrides may come anywhere after the method, between flags too
-        if args.command in ("pretrain", "finetune", "transfer", "bench") and all(not e.startswith("-") for e in extra):
+        if args.command in ("pretrain", "finetune", "transfer", "bench", "sweep") and all(not e.startswith("-") for e in extra):
             args.overrides = list(args.overrides) + extra
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

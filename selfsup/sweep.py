@@ -6,6 +6,8 @@ axis on a log x axis, one line per network or layer (their Figs. 1-3). A sweep f
 
     name: jigsaw_permutations
     base:                        # settings of every cell: any `selfsup pretrain` key (dotted or nested)
+      config: jigsaw_cifar10     # optional: a shipped config's name or a YAML file, as `--config` takes it;
+                                 # the other keys and the grid's values override it (method: may be left out)
       method: jigsaw
       backbone: convnet
       epochs: 2
@@ -15,11 +17,19 @@ axis on a log x axis, one line per network or layer (their Figs. 1-3). A sweep f
       width: [0.5, 1, 2]         # data.OPTION sets an option of the data spec, e.g. data.fraction: [0.1, 1]
     zip: [[data.fraction, epochs]]   # optional: axes whose values go together, i-th with i-th (e.g. equal steps:
                                      # fraction 0.1, 0.3, 1 with epochs 20, 7, 2), not every combination
+                                     # (config can be an axis too: zip: [[backbone, config]] with
+                                     # config: [jigsaw_alexnet_imagenet, jigsaw_imagenet])
     evals:                       # run on each cell's checkpoint; other keys: options of the protocol's evaluation
       - {protocol: knn, train_data: SPEC, test_data: SPEC, taps: [conv3, conv4]}
       - {protocol: svm, train_data: "voc07:DIR?split=trainval", test_data: "voc07:DIR?split=test"}
       - {name: goyal, protocol: linear, preset: goyal, train_data: SPEC, test_data: SPEC}   # a row per tap
     plot: {x: jigsaw.permutations, lines: [width, tap]}    # default: the first axis; the others and the tap
+
+Each cell resolves exactly as ``selfsup pretrain METHOD [--config CONFIG] key=value ...`` with the base's and the
+cell's settings as the key=value overrides (``resolve_cell``); a config of another method than the cell's is
+refused when the file is read. ``selfsup sweep FILE key=value ...`` overrides the base's settings: ``data=PATH``
+moves the data (the base's spec and every eval spec on the same path get PATH, each keeping its own
+options; ``data=PATH?OPTIONS`` sets the base's spec whole), so a shipped sweep runs from any directory.
 
 Every eval's settings are checked when the file is read, before any cell trains, by the checks its
 evaluation runs (k, temperature, probe epochs and lr, pool, SVM costs, jobs and solver, ...), and its
@@ -57,10 +67,11 @@ PROTOCOLS = ("knn", "linear", "svm")
 FILE_KEYS = {"name", "out", "base", "grid", "zip", "evals", "plot"}
 
 
-def load_sweep(path: str | Path) -> dict:
-    """A sweep file (a path, or the name of a shipped sweep), checked: a grid of non-empty lists and
-    evaluations of a known protocol."""
-    path = find_config(str(path), "sweeps", "sweep file")
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """A sweep file (a path, or the name of a shipped sweep), checked: a grid of non-empty lists, configs of
+    the cells' method and evaluations of a known protocol. ``overrides``: ``key=value`` settings over the
+    base (``apply_overrides``)."""
+    given, path = str(path), find_config(str(path), "sweeps", "sweep file")
     try:
         spec = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -71,13 +82,15 @@ def load_sweep(path: str | Path) -> dict:
     if unknown:
         raise SelfSupError(f"unknown key {unknown[0]!r} in sweep file {path}: use {', '.join(sorted(FILE_KEYS))}")
     base = flatten(spec.get("base") or {})
-    if "method" not in base or "data" not in base:
-        raise SelfSupError(f"sweep file {path}: base needs method and data")
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or not grid or any(not isinstance(v, list) or not v for v in grid.values()):
         raise SelfSupError(f"sweep file {path}: grid must map each axis to a non-empty list, e.g. width: [0.5, 1, 2]")
+    if "data" not in base or not ({"method", "config"} & (set(base) | set(grid))):
+        raise SelfSupError(f"sweep file {path}: base needs data, and method or a config that names it")
     zipped = _zip_groups(spec.get("zip"), grid, path)
     evals = spec.get("evals") or []
+    if not isinstance(evals, list):
+        raise SelfSupError(f"sweep file {path}: evals must be a list of evaluations")
     for e in evals:
         if not isinstance(e, dict) or e.get("protocol") not in PROTOCOLS or not {"train_data", "test_data"} <= set(e):
             raise SelfSupError(f"sweep file {path}: each eval needs protocol ({', '.join(PROTOCOLS)}), train_data "
@@ -98,9 +111,80 @@ def load_sweep(path: str | Path) -> dict:
     lines = plot.get("lines", [a for a in axes if a not in with_x] + ["tap"])
     lines = [lines] if isinstance(lines, str) else list(lines)
     spec = {"name": name, "out": spec.get("out") or f"runs/sweeps/{name}", "base": base, "grid": grid,
-            "zip": zipped, "evals": evals, "labels": labels, "x": x, "lines": lines}
+            "zip": zipped, "evals": evals, "labels": labels, "x": x, "lines": lines, "file": str(path),
+            "given": given}
+    apply_overrides(spec, overrides or [])
+    for cell in cells(spec):
+        _cell_method(spec, cell)                    # a config of another method is refused here, in one line
     _check_eval_taps(spec, path)
     return spec
+
+
+def apply_overrides(spec: dict, overrides: list[str]) -> None:
+    """``key=value`` settings over the sweep's base (``selfsup sweep FILE key=value ...``; the value read as
+    YAML, as ``selfsup pretrain`` reads an override). ``data=PATH`` moves the data: the base's spec and every
+    eval's train_data / test_data on the base's path get PATH in its place, each keeping its options
+    (``?val_per_class=500&part=val``); ``data=PATH?OPTIONS`` sets the base's spec whole (the evals still
+    only move). A grid axis is refused (the grid sets it per cell)."""
+    where = f"sweep {spec['name']}"
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SelfSupError(f"cannot parse sweep override {item!r}: write key=value, e.g. "
+                               f"data=/path/to/cifar10-train-jpg.tar or epochs=1")
+        if key in spec["grid"]:
+            raise SelfSupError(f"{where}: {key}={text} sets an axis of its grid, which gives each cell its own "
+                               f"{key}: copy {spec['file']} and edit its grid")
+        if key.startswith("data."):
+            raise SelfSupError(f"{where}: {key}={text}: give a data option in the spec, data=PATH?{key[5:]}={text}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        if key != "data":
+            spec["base"][key] = text if value is None else value
+            continue
+        old = str(spec["base"]["data"])
+        old_path, new_path, has_options = old.partition("?")[0], text.partition("?")[0], "?" in text
+        spec["base"]["data"] = text if has_options else new_path + old[len(old_path):]
+        for entry in spec["evals"]:
+            for k in ("train_data", "test_data"):
+                given = str(entry[k])
+                if given.partition("?")[0] == old_path:
+                    entry[k] = new_path + given[len(old_path):]
+
+
+def _data_path(data: str) -> str | None:
+    """The local path a data spec reads (None: synthetic data, shards, or a spec that does not parse)."""
+    from selfsup.data.datasets import parse_spec
+
+    try:
+        fmt, body, _ = parse_spec(str(data))
+    except SelfSupError:
+        return None
+    return None if fmt in ("shards", "synthetic") else body
+
+
+def check_data_paths(spec: dict) -> None:
+    """Refuse, before any cell trains, a base or eval data path that does not exist, in one line naming the
+    directory a relative path is read from and the fix (``data=PATH``, which the evals on that path follow)."""
+    cwd = Path.cwd()
+    base_path = _data_path(spec["base"]["data"])
+    checks = [("its data", base_path)] + [(f"eval {label}'s {k}", _data_path(e[k]))
+                                          for e, label in zip(spec["evals"], spec["labels"])
+                                          for k in ("train_data", "test_data")]
+    for what, data_path in checks:
+        if data_path is None or Path(data_path).expanduser().exists():
+            continue
+        relative = "" if Path(data_path).expanduser().is_absolute() else f" (relative to the working directory {cwd})"
+        if data_path == base_path:
+            command = f"selfsup sweep {spec.get('given', spec['name'])} data=/path/to/{Path(data_path).name}"
+            fix = (f"pass the dataset's location, `{command}` (the evals on the same path follow it), or run from "
+                   f"a directory where {data_path} exists")
+        else:
+            fix = f"run from a directory where {data_path} exists, or copy {spec['file']} and set the eval's path"
+        raise SelfSupError(f"sweep {spec['name']}: {what} path {data_path} does not exist{relative}: {fix}")
 
 
 SWEEP_EVAL_KEYS = ("name", "protocol", "train_data", "test_data", "taps", "tap")   # read by the sweep itself
@@ -156,16 +240,11 @@ def _cell_backbone(spec: dict, cell: dict) -> str | None:
     """The registered backbone a cell builds (its resolved config's ``backbone``), or None where its taps are
     not known before it runs: a timm model, an ``init`` checkpoint's backbone, or settings that do not
     resolve (the cell itself says why when it runs)."""
-    from selfsup.config import resolve_config
-    from selfsup.methods import get_method
     from selfsup.models.backbones import BACKBONES
 
-    settings = cell_settings(spec, cell)
-    items = [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in settings.items() if k != "method"]
     try:
         with contextlib.redirect_stderr(io.StringIO()):     # its notes (a short run's schedule) come when it runs
-            cfg = resolve_config(get_method(settings["method"]), flags={"method": settings["method"]},
-                                 overrides=items)
+            cfg = resolve_cell(spec, cell)
     except SelfSupError:
         return None
     return cfg.backbone if cfg.backbone in BACKBONES and not cfg.init else None
@@ -267,6 +346,51 @@ def cell_settings(spec: dict, cell: dict) -> dict:
     return settings
 
 
+def _config_method(name: str) -> tuple[Path, str | None]:
+    """A config's file (``find_config``: a shipped config's name or a YAML file) and the method it names."""
+    file = find_config(str(name))
+    try:
+        loaded = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SelfSupError(f"cannot read config file {file}: {str(exc).splitlines()[0]}") from None
+    return file, (loaded.get("method") if isinstance(loaded, dict) else None)
+
+
+def _cell_method(spec: dict, cell: dict) -> tuple[str, Path | None]:
+    """A cell's method and config file: its ``method``, else its config's ``method:``; a config that names
+    another method is refused in one line."""
+    settings = cell_settings(spec, cell)
+    where = f"sweep file {spec.get('file', spec['name'])}" + (f", cell {cell_name(cell)}" if cell else "")
+    file, named = (None, None)
+    if settings.get("config") is not None:
+        try:
+            file, named = _config_method(settings["config"])
+        except SelfSupError as exc:
+            raise SelfSupError(f"{where}: {exc}") from None
+    method = settings.get("method") or named
+    if not method:
+        raise SelfSupError(f"{where}: no method: set method, or name a config that has `method:`")
+    if named and named != method:
+        raise SelfSupError(f"{where}: config {settings['config']} is a {named} recipe (method: {named}), but the "
+                           f"cell's method is {method}: name a {method} config, or drop method")
+    return str(method), file
+
+
+def resolve_cell(spec: dict, cell: dict, extra: list[str] | None = None, image_size_of=None):
+    """The resolved run config of a cell: as ``selfsup pretrain METHOD [--config CONFIG] key=value ...`` with
+    the base's and the cell's settings (``cell_settings``, less method and config) as the overrides, then
+    ``extra``; its config (base or axis) is the ``--config`` layer, under them."""
+    from selfsup.config import resolve_config
+    from selfsup.methods import get_method
+
+    method, file = _cell_method(spec, cell)
+    settings = cell_settings(spec, cell)
+    items = [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in settings.items()
+             if k not in ("method", "config")]
+    return resolve_config(get_method(method), str(file) if file else None, flags={"method": method},
+                          overrides=items + list(extra or []), image_size_of=image_size_of)
+
+
 def _evaluate(entry: dict, checkpoint: str) -> list[dict]:
     """Rows (protocol, tap, metric, value) of one evaluation of a checkpoint."""
     kw = {k: v for k, v in entry.items() if k not in SWEEP_EVAL_KEYS}
@@ -294,20 +418,14 @@ def run_cell(spec: dict, cell: dict, threads: int | None = None) -> dict:
     """Pretrain one cell (resuming or skipping finished work), run its evaluations, return its record."""
     import torch
 
-    from selfsup.config import resolve_config
     from selfsup.data.datasets import load_dataset
     from selfsup.engine.trainer import pretrain
-    from selfsup.methods import get_method
 
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     out = Path(spec["out"]) / "cells" / cell_name(cell)
-    settings = cell_settings(spec, cell)
-    items = [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in settings.items() if k != "method"]
-    items += [f"out={out}", "progress=false"]
-    cfg = resolve_config(get_method(settings["method"]), flags={"method": settings["method"]}, overrides=items,
-                         image_size_of=lambda s: load_dataset(s).image_size)
+    cfg = resolve_cell(spec, cell, [f"out={out}", "progress=false"], image_size_of=lambda s: load_dataset(s).image_size)
     cfg.resume = (out / "last.pt").exists()
     t_train = time.perf_counter()
     _, status = pretrain(cfg)                  # leaves a torchrun process group, as `selfsup pretrain` does
@@ -333,14 +451,16 @@ def run_cell(spec: dict, cell: dict, threads: int | None = None) -> dict:
     return record
 
 
-def run_sweep(path: str | Path, parallel: int = 1, out: str | None = None) -> dict:
-    """Run every cell of the sweep file (``parallel`` at a time), then write the CSV, the markdown
-    tables and the plots. Returns {"out", "records", "wall_s"}."""
-    spec = load_sweep(path)
+def run_sweep(path: str | Path, parallel: int = 1, out: str | None = None, overrides: list[str] | None = None) -> dict:
+    """Run every cell of the sweep file (``parallel`` at a time; ``overrides``: key=value settings over its
+    base, ``data=PATH`` moving its data), then write the CSV, the markdown tables and the plots.
+    Returns {"out", "records", "wall_s"}."""
+    spec = load_sweep(path, overrides)
     if out:
         spec["out"] = out
     if parallel < 1:
         raise SelfSupError(f"--parallel {parallel}: run at least 1 cell at a time")
+    check_data_paths(spec)
     root = Path(spec["out"])
     root.mkdir(parents=True, exist_ok=True)
     todo = cells(spec)

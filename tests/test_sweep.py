@@ -6,7 +6,7 @@ import pytest
 
 from conftest import one_line_error, run
 from selfsup.errors import SelfSupError
-from selfsup.sweep import cell_settings, cells, load_sweep
+from selfsup.sweep import cell_name, cell_settings, cells, load_sweep
 
 SWEEP = """
 name: tiny
@@ -82,22 +82,42 @@ def test_sweep_runs_every_cell_writes_results_and_skips_finished_work(tmp_path, 
 
 def test_shipped_sweep_files_load_and_resolve_every_cell():
     """Every file in configs/sweeps parses, and each cell's settings resolve to a valid run config
-    (no data is read: the image size is given)."""
+    (no data is read: the image size is given). The ImageNet sweeps' cells train with the shipped recipes
+    (configs/jigsaw_imagenet.yaml, jigsaw_alexnet_imagenet.yaml, colorization_imagenet.yaml), the grid's
+    values over them."""
+    import contextlib
+    import io
     from pathlib import Path
 
-    from selfsup.config import check_config, resolve_config
-    from selfsup.methods import get_method
+    from selfsup.config import check_config
+    from selfsup.sweep import resolve_cell
 
     files = sorted(Path(__file__).parent.parent.glob("configs/sweeps/*.yaml"))
     assert len(files) >= 7
+    resolved = {}
     for f in files:
         spec = load_sweep(f)
         for cell in cells(spec):
-            s = cell_settings(spec, cell)
-            items = [f"{k}={v}" for k, v in s.items() if k != "method"]
-            cfg = resolve_config(get_method(s["method"]), flags={"method": s["method"]}, overrides=items,
-                                 image_size_of=lambda spec: 32)
+            with contextlib.redirect_stderr(io.StringIO()):
+                cfg = resolve_cell(spec, cell, image_size_of=lambda spec: 32)
             check_config(cfg)
+            resolved[f.stem, cell_name(cell)] = cfg
+    for name in ("goyal_complexity_imagenet", "goyal_data_size_imagenet", "goyal_capacity_imagenet"):
+        cfgs = [c for (n, _), c in resolved.items() if n == name and c.backbone == "resnet50"]
+        assert cfgs and all(
+            (c.image_size, c.epochs, c.precision, c.optim.lr, c.optim.warmup_epochs, c.jigsaw.head, c.jigsaw.flip,
+             c.jigsaw.gray_prob, c.jigsaw.projection_prob, c.jigsaw.channel_shift_255, c.jigsaw.tile_norm)
+            == (256, 105, "bf16", 0.1, 5, "goyal", True, 0.66, 0.0, 0, "imagenet") for c in cfgs), name
+    assert [c.jigsaw.permutations for (n, _), c in resolved.items() if n == "goyal_complexity_imagenet"] == [
+        "100", "701", "2000", "5000", "10000"]
+    alex = [c for (n, _), c in resolved.items() if n == "goyal_capacity_imagenet" and c.backbone == "alexnet"]
+    assert len(alex) == 3 and all((c.optim.lr, c.optim.scale_lr, c.optim.weight_decay, c.optim.bias_lr_mult, c.epochs,
+                                   c.jigsaw.head, c.jigsaw.conv1_stride) == (0.01, False, 5e-4, 2.0, 70, "cfn", 2)
+                                  for c in alex)
+    col = [c for (n, _), c in resolved.items() if n == "goyal_complexity_colorization_imagenet"]
+    assert len(col) == 8 and all((c.image_size, c.epochs, c.optim.warmup_epochs, c.precision, c.colorization.res5_stride)
+                                 == (224, 105, 5, "bf16", 1) for c in col)
+    assert [c.colorization.k for c in col] == [2, 5, 10, 20, 40, 80, 160, 313]
 
 
 def test_eval_keys_are_checked_when_the_file_is_read(tmp_path):
@@ -210,3 +230,122 @@ def test_one_tap_written_without_a_list_is_that_tap(tmp_path):
     """``taps: conv3`` names one tap (it was split into the characters c, o, n, ...)."""
     (tmp_path / "s.yaml").write_text(SWEEP.replace("taps: [conv3, conv4]", "taps: conv3"))
     assert load_sweep(tmp_path / "s.yaml")["evals"][0]["taps"] == ["conv3"]
+
+
+def _resolved(method, config, items):
+    """``selfsup pretrain METHOD --config CONFIG ITEMS...``'s config, its notes silenced."""
+    import contextlib
+    import io
+
+    from selfsup.config import resolve_config
+    from selfsup.methods import get_method
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        return resolve_config(get_method(method), config, flags={"method": method}, overrides=items)
+
+
+def _cell(spec, cell):
+    import contextlib
+    import io
+
+    from selfsup.sweep import resolve_cell
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        return resolve_cell(spec, cell)
+
+
+def test_a_base_config_is_the_cells_recipe_under_their_values(tmp_path):
+    """base: {config: NAME} makes each cell resolve as `selfsup pretrain METHOD --config NAME key=value ...` (the
+    base's other keys and the cell's values over the config), not as the method's built-in defaults."""
+    (tmp_path / "s.yaml").write_text(SWEEP.replace("  method: simclr\n", "  config: simclr_cifar10\n  method: simclr\n"))
+    spec = load_sweep(tmp_path / "s.yaml")
+    data = "synthetic:64?classes=4&size=16"
+    for cell in cells(spec):
+        expected = _resolved("simclr", "simclr_cifar10", [
+            "backbone=convnet", "epochs=1", "batch_size=16", "device=cpu", "optim.lr=0.1", "optim.warmup_epochs=0",
+            f"width={cell['width']}", f"data={data}&fraction={cell['data.fraction']}"])
+        assert _cell(spec, cell) == expected
+    recipe, plain = _cell(spec, cells(spec)[0]), _resolved("simclr", None, ["backbone=convnet", f"data={data}"])
+    assert recipe.simclr != plain.simclr or recipe.optim.weight_decay != plain.optim.weight_decay   # the config counts
+    # method may be left to the config
+    (tmp_path / "m.yaml").write_text(SWEEP.replace("  method: simclr\n", "  config: simclr_cifar10\n"))
+    assert _cell(load_sweep(tmp_path / "m.yaml"), cells(spec)[0]) == _cell(spec, cells(spec)[0])
+
+
+def test_a_config_axis_zipped_with_the_backbone_gives_each_network_its_recipe(tmp_path):
+    """grid: {backbone: [alexnet, resnet50], config: [jigsaw_alexnet_imagenet, jigsaw_imagenet]} zipped: the
+    AlexNet cells get the CFN's solver, the ResNet-50 cells Goyal's, the grid's |P| over both."""
+    (tmp_path / "s.yaml").write_text(
+        "base: {method: jigsaw, data: 'imagenet/train?size=256'}\n"
+        "grid:\n  backbone: [alexnet, resnet50]\n  config: [jigsaw_alexnet_imagenet, jigsaw_imagenet]\n"
+        "  jigsaw.permutations: [100, 2000]\nzip: [[backbone, config]]\n"
+        "evals: [{protocol: svm, train_data: A, test_data: B}]\nplot: {x: jigsaw.permutations}\n")
+    spec = load_sweep(tmp_path / "s.yaml")
+    assert [(c["backbone"], c["config"], c["jigsaw.permutations"]) for c in cells(spec)] == [
+        ("alexnet", "jigsaw_alexnet_imagenet", 100), ("alexnet", "jigsaw_alexnet_imagenet", 2000),
+        ("resnet50", "jigsaw_imagenet", 100), ("resnet50", "jigsaw_imagenet", 2000)]
+    for cell in cells(spec):
+        assert _cell(spec, cell) == _resolved("jigsaw", cell["config"], [
+            "data=imagenet/train?size=256", f"backbone={cell['backbone']}", f"jigsaw.permutations={cell['jigsaw.permutations']}"])
+    alex, r50 = _cell(spec, cells(spec)[0]), _cell(spec, cells(spec)[3])
+    assert (alex.optim.lr, alex.optim.weight_decay, alex.optim.bias_lr_mult, alex.epochs, alex.jigsaw.head,
+            alex.jigsaw.permutations) == (0.01, 5e-4, 2.0, 70, "cfn", "100")
+    assert (r50.optim.lr, r50.epochs, r50.jigsaw.gray_prob, r50.jigsaw.flip, r50.precision,
+            r50.jigsaw.permutations) == (0.1, 105, 0.66, True, "bf16", "2000")
+
+
+def test_a_config_of_another_method_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "s.yaml").write_text(SWEEP.replace("  method: simclr\n", "  method: simclr\n  config: jigsaw_imagenet\n"))
+    code, _, err = run(capsys, "sweep", tmp_path / "s.yaml", "--out", tmp_path / "out")
+    assert one_line_error(code, err, "config jigsaw_imagenet is a jigsaw recipe (method: jigsaw), but the cell's "
+                                     "method is simclr: name a simclr config, or drop method"), err
+    (tmp_path / "s.yaml").write_text(SWEEP.replace("  method: simclr\n", "  method: simclr\n  config: nope_cfg\n"))
+    code, _, err = run(capsys, "sweep", tmp_path / "s.yaml", "--out", tmp_path / "out")
+    assert one_line_error(code, err, "config 'nope_cfg' is neither a file nor a shipped config"), err
+    assert not (tmp_path / "out").exists()
+
+
+def _image_folder(root, classes=2, per_class=6):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
+
+
+def test_data_equals_path_moves_a_sweeps_data_so_it_runs_from_any_directory(tmp_path, capsys, monkeypatch):
+    """A sweep whose data path is relative to another directory (the shipped CPU sweeps': a clone's root) is
+    refused before any cell trains, naming the fix; `selfsup sweep FILE data=PATH` moves the base's data and
+    the evals' data on the same path, each keeping its options, and runs."""
+    _image_folder(tmp_path / "data" / "imgs")
+    sweep = (SWEEP.replace("epochs: 1", "epochs: 0").replace("  data.fraction: [0.5, 1.0]\n", "")
+             .replace("width: [0.5, 1]", "width: [0.5]")
+             .replace('train_data: "synthetic:64?classes=4&size=16", test_data: "synthetic:32?classes=4&size=16&seed=1"',
+                      'train_data: "data/imgs?val_per_class=2&part=train", test_data: "data/imgs?val_per_class=2&part=val"')
+             .replace('  data: "synthetic:64?classes=4&size=16"', '  data: "data/imgs?val_per_class=2&part=train"'))
+    (tmp_path / "s.yaml").write_text(sweep)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _, err = run(capsys, "sweep", tmp_path / "s.yaml", "--out", "out")
+    assert one_line_error(code, err, f"its data path data/imgs does not exist (relative to the working directory "
+                                     f"{elsewhere}): pass the dataset's location, `selfsup sweep {tmp_path / 's.yaml'} data=/path/to/imgs` "
+                                     "(the evals on the same path follow it)"), err
+    assert not (elsewhere / "out").exists()
+    spec = load_sweep(tmp_path / "s.yaml", [f"data={tmp_path / 'data/imgs'}"])
+    assert spec["base"]["data"] == f"{tmp_path / 'data/imgs'}?val_per_class=2&part=train"
+    assert (spec["evals"][0]["train_data"], spec["evals"][0]["test_data"]) == (
+        f"{tmp_path / 'data/imgs'}?val_per_class=2&part=train", f"{tmp_path / 'data/imgs'}?val_per_class=2&part=val")
+    assert load_sweep(tmp_path / "s.yaml", ["data=x?part=val"])["base"]["data"] == "x?part=val"   # options: the spec whole
+    code, _, err = run(capsys, "sweep", tmp_path / "s.yaml", f"data={tmp_path / 'data/imgs'}", "--out", "out",
+                       "batch_size=4")                            # 8 training images: a smaller batch too
+    assert code == 0, err
+    rows = list(csv.DictReader(open(elsewhere / "out" / "results.csv")))
+    assert [r["tap"] for r in rows] == ["conv3", "conv4"]
+    # other settings of the base; a grid axis is refused
+    assert load_sweep(tmp_path / "s.yaml", ["epochs=3", "optim.lr=0.5"])["base"]["epochs"] == 3
+    with pytest.raises(SelfSupError, match="width=2 sets an axis of its grid"):
+        load_sweep(tmp_path / "s.yaml", ["width=2"])
