@@ -1,5 +1,9 @@
 """Bad method settings are one-line errors naming the key, before anything is written (config
 checks), or when the Trainer builds the method (settings that need the data or the image size)."""
+import json
+import re
+
+import numpy as np
 import pytest
 import yaml
 
@@ -27,6 +31,11 @@ BAD_SETTINGS = [
     ("swav", "swav.nmb_prototypes=0", "swav.nmb_prototypes"),
     ("swav", "swav.nmb_prototypes=-3", "swav.nmb_prototypes"),
     ("sela_v2", "sela_v2.nmb_prototypes=[0]", "sela_v2.nmb_prototypes"),
+    # one prototype takes every sample: loss exactly 0, nothing learnt, no collapse to warn of (ln 1 = 0)
+    ("swav", "swav.nmb_prototypes=1", "swav.nmb_prototypes"),
+    ("deepcluster_v2", "deepcluster_v2.nmb_prototypes=[1,1,1]", "deepcluster_v2.nmb_prototypes"),
+    ("sela_v2", "sela_v2.nmb_prototypes=[1,1,1]", "sela_v2.nmb_prototypes"),
+    ("sela_v2", "sela_v2.nmb_prototypes=[3000,1]", "sela_v2.nmb_prototypes"),
     ("moco_v2", "moco_v2.queue_size=0", "moco_v2.queue_size"),
     ("moco_v2", "moco_v2.queue_size=-5", "moco_v2.queue_size"),
     ("jigsaw", "jigsaw.max_substitute=20", "jigsaw.max_substitute"),
@@ -167,6 +176,56 @@ def test_more_prototypes_than_images_is_refused_before_training(tmp_path, method
     cfg = _cfg(method, *extra, tmp_path=tmp_path)
     check_config(cfg)
     _refused_by_trainer(tmp_path, cfg, f"{method}.nmb_prototypes", "128 images", f"{method}.nmb_prototypes=[")
+
+
+@pytest.mark.parametrize("method", ["deepcluster_v2", "sela_v2"])
+@pytest.mark.parametrize("images,fit,why", [
+    (16, 16, "one per image: 10x the 4 classes, the official CIFAR advice, needs 40 images"),
+    (64, 40, "about 10x the 4 classes, the official CIFAR advice"),
+    (128, 40, "about 10x the 4 classes, the official CIFAR advice"),
+])
+def test_the_refusal_suggests_10x_the_classes_that_the_images_allow(tmp_path, method, images, fit, why):
+    """With labelled data the refusal suggests about 10x the classes (40 for 4), capped by the images (one
+    prototype per image), never images // 10 whatever the classes ([1,1,1] on 16 images, [6,6,6] on 64)."""
+    cfg = _cfg(method, "batch_size=8", tmp_path=tmp_path, data=f"synthetic:{images}?classes=4&size=32")
+    _refused_by_trainer(tmp_path, cfg, f"than the {images} images: set {method}.nmb_prototypes=[{fit},{fit},{fit}] "
+                        f"({why}) or use more images")
+
+
+def test_the_refusal_without_classes_suggests_a_tenth_of_the_images_and_2_at_least():
+    from selfsup.methods.deepcluster_v2 import fitting_prototypes, known_classes, too_many
+
+    for n, fit in [(16, "[2,2,2]"), (5, "[2,2,2]"), (64, "[6,6,6]"), (2000, "[200,200,200]")]:
+        with pytest.raises(SelfSupError, match=rf"set deepcluster_v2.nmb_prototypes={re.escape(fit)} \(a tenth of "
+                           r"them: the classes are unknown; the official CIFAR advice is about 10x the classes\)"):
+            too_many("deepcluster_v2", [3000, 3000, 3000], n, "images")
+    with pytest.raises(SelfSupError, match=r"set sela_v2.nmb_prototypes=\[8,20\] "):   # a head that fits is kept
+        too_many("sela_v2", [8, 3000], 200, "images", classes=2)
+    with pytest.raises(SelfSupError, match=r"than there are images \(1\): clustering needs 2 prototypes or more"):
+        too_many("deepcluster_v2", [3000], 1, "images")
+    assert [fitting_prototypes(n, c) for n, c in [(2, None), (2, 10), (19, None), (1000, 10), (30, 10)]] == [2, 2, 2, 100, 30]
+
+    class Unlabelled:
+        labels = np.full(10, -1)
+    assert known_classes(Unlabelled()) is None and known_classes(object()) is None
+
+
+@pytest.mark.parametrize("method", ["deepcluster_v2", "sela_v2"])
+def test_following_the_refusal_trains(tmp_path, method):
+    """The count the refusal suggests is accepted and learns: the loss is above 0 and more than one prototype is
+    used (the [1,1,1] it used to suggest on 16 images trained at loss 0.0 with one prototype, and said nothing)."""
+    data = "synthetic:16?classes=4&size=32"
+    with pytest.raises(SelfSupError) as err:
+        Trainer(_cfg(method, "batch_size=8", tmp_path=tmp_path, data=data))
+    fit = re.search(rf"set ({method}.nmb_prototypes=\[[0-9,]+\])", str(err.value)).group(1)
+    cfg = _cfg(method, fit, "batch_size=8", "log_every=1", tmp_path=tmp_path, data=data)
+    check_config(cfg)
+    Trainer(cfg).fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    ends = [r for r in records if r.get("epoch_end")]
+    assert losses and min(losses) > 0.1, records
+    assert ends and all(ends[-1][f"head{h}_prototypes_used"] >= 2 for h in range(3)), ends
 
 
 def test_colorization_refuses_gray_images(tmp_path):

@@ -319,6 +319,36 @@ def test_collapse_warning(recwarn):
     assert any("collapsed" in str(w.message) and "epsilon" in str(w.message) for w in recwarn)
 
 
+@pytest.mark.parametrize("method", ["swav", "deepcluster_v2", "sela_v2"])
+@pytest.mark.parametrize("k,n", [(2, 2), (4, 2), (4, 3), (3000, 16), (100, 500)])
+def test_every_assignment_in_one_of_several_prototypes_is_never_silent(method, k, n):
+    """All n >= 2 samples in one of K >= 2 prototypes: entropy 0, below half of ln min(K, n), always warned, with
+    the method's own remedies (DeepCluster-v2 has no epsilon, queue or prototypes to freeze)."""
+    options = {"nmb_prototypes": k} if method == "swav" else {"nmb_prototypes": [k, k]}
+    m = build_method(method, backbone="convnet", image_size=16, crops="2x16+2x8", **options)
+    usage = m.usage if method == "swav" else m.usage[1]
+    usage.update(labels=torch.zeros(n, dtype=torch.long))
+    with pytest.warns(UserWarning, match=f"assignments collapsed: 1 of {k} prototypes used, entropy 0.00") as got:
+        out = usage.summary()
+    assert out[f"{'head1_' if method != 'swav' else ''}prototypes_used"] == 1
+    message = str(got[0].message)
+    assert ("epsilon" in message) == (method != "deepcluster_v2")
+    assert ("fewer prototypes" in message) == (method != "swav")
+
+
+def test_one_prototype_is_refused_and_warned_if_built_around_the_checks():
+    from selfsup.methods.prototypes import PrototypeUsage
+
+    for method, k in [("swav", 1), ("deepcluster_v2", [1, 1, 1]), ("sela_v2", [1])]:
+        with pytest.raises(SelfSupError, match=rf"{method}.nmb_prototypes=.* is not valid: it must be .*2.*one "
+                                               "prototype takes every sample: loss 0, nothing learnt"):
+            build_method(method, backbone="convnet", image_size=16, nmb_prototypes=k)
+    usage = PrototypeUsage(1, "")
+    usage.update(labels=torch.zeros(8, dtype=torch.long))
+    with pytest.warns(UserWarning, match="one prototype takes every sample, so the loss is 0 and nothing is learnt"):
+        usage.summary()
+
+
 def _cfg(method, out, **extra):
     return resolve_config(get_method(method), overrides=tiny_overrides(out, method=method, **extra))
 

@@ -107,8 +107,11 @@ _SINKHORN: list[Check] = [
     ("freeze_prototypes_epochs", lambda v, c: v >= 0, "0 or more"),
     ("freeze_prototypes_niters", lambda v, c: v is None or v >= 0, "null (freeze_prototypes_epochs) or 0 or more"),
 ]
-_HEADS: Check = ("nmb_prototypes", lambda v, c: len(v) >= 1 and all(k >= 1 for k in v),
-                 "a list of one or more prototype counts (one head each), e.g. [3000,3000,3000]")
+# one prototype takes every assignment: the loss is exactly 0 (ln 1) and nothing is learnt, with no collapse to warn of
+_ONE_PROTOTYPE = "one prototype takes every sample: loss 0, nothing learnt"
+_HEADS: Check = ("nmb_prototypes", lambda v, c: len(v) >= 1 and all(k >= 2 for k in v),
+                 f"a list of one or more prototype counts of 2 or more (one head each; {_ONE_PROTOTYPE}), "
+                 "e.g. [3000,3000,3000], about 10x the classes")
 _JIGSAW: list[Check] = [
     ("permutations", lambda v, c: not str(v).isdigit() or int(v) >= 2, "2 or more permutations (the puzzle's classes), "
      "e.g. 100, or a set's name or file"),
@@ -137,7 +140,7 @@ METHOD_CHECKS: dict[str, list[Check]] = {
         ("queue_size", lambda v, c: v >= 1, "at least 1 (the negatives' queue), e.g. 65536"),
         ("momentum", lambda v, c: 0 <= v <= 1, "in [0, 1], e.g. 0.999")],
     "swav": _PROTOTYPES + _SINKHORN + [
-        ("nmb_prototypes", lambda v, c: v >= 1, "at least 1, e.g. 3000 (100 at 64 px or less)"),
+        ("nmb_prototypes", lambda v, c: v >= 2, f"at least 2 ({_ONE_PROTOTYPE}), e.g. 3000 (100 at 64 px or less)"),
         # the run's checks also want it 0 or at least the global batch (selfsup.config.RUN_METHOD_CHECKS)
         ("queue_length", lambda v, c: v >= 0, "0 (no queue) or more (in total over processes), e.g. 3840"),
         ("epoch_queue_starts", lambda v, c: v >= 0, "0 or more")],

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,13 +38,43 @@ class DeepClusterV2Config(PrototypeConfig):
     kmeans_iterations: int = 10
 
 
-def too_many(name: str, nmb_prototypes, n: int, what: str) -> None:
-    """A one-line error when a head has more prototypes than ``n`` samples to cluster."""
-    if max(nmb_prototypes) > n:
-        fit = [min(k, max(1, n // 10)) for k in nmb_prototypes]
-        raise SelfSupError(f"{name}.nmb_prototypes={list(nmb_prototypes)} asks for more prototypes than the {n} {what}: "
-                           f"set {name}.nmb_prototypes={str(fit).replace(' ', '')} (the official CIFAR advice: about "
-                           f"10x the classes) or use more images")
+def known_classes(dataset) -> int | None:
+    """The number of classes of a labelled set (distinct labels, every image labelled), else None."""
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if len(labels) == 0 or (labels < 0).any():
+        return None
+    return len(np.unique(labels))
+
+
+def fitting_prototypes(n: int, classes: int | None = None) -> int:
+    """The prototypes per head to suggest for ``n`` samples: about 10 x the classes when they are known (the
+    official CIFAR advice, facebookresearch/swav #23, #37), else n // 10; at most n (k-means needs a sample per
+    prototype), at least 2 (one prototype takes every sample: loss 0, nothing learnt)."""
+    return max(2, min(10 * classes if classes else n // 10, n))
+
+
+def too_many(name: str, nmb_prototypes, n: int, what: str, classes: int | None = None) -> None:
+    """A one-line error when a head has more prototypes than ``n`` samples to cluster, with a count that
+    fits (``fitting_prototypes``; ``classes``: the data's, when known)."""
+    if max(nmb_prototypes) <= n:
+        return
+    asked = f"{name}.nmb_prototypes={str(list(nmb_prototypes)).replace(' ', '')} asks for more prototypes than"
+    if n < 2:
+        raise SelfSupError(f"{asked} there are {what} ({n}): clustering needs 2 prototypes or more, one sample each at "
+                           f"least: use more images")
+    asked = f"{asked} the {n} {what}"
+    k = fitting_prototypes(n, classes)
+    fit = str([max(2, min(c, k)) for c in nmb_prototypes]).replace(" ", "")
+    if classes and 10 * classes <= n:
+        why = f"about 10x the {classes} classes, the official CIFAR advice"
+    elif classes:
+        why = f"one per image: 10x the {classes} classes, the official CIFAR advice, needs {10 * classes} images"
+    else:
+        why = "a tenth of them: the classes are unknown; the official CIFAR advice is about 10x the classes"
+    raise SelfSupError(f"{asked}: set {name}.nmb_prototypes={fit} ({why}) or use more images")
 
 
 class DeepClusterV2(PrototypeMethod):
@@ -54,12 +85,14 @@ class DeepClusterV2(PrototypeMethod):
                           "warmup_start_lr": 0.01875, "min_lr": 0.0003, "exclude_bias_norm": False}}
     small_image_defaults = {"deepcluster_v2": SMALL_IMAGE_VIEWS}     # 64 px or less: SwAV's CIFAR advice
     trainable_prototypes = False
+    # what a collapse warning names (k-means has no epsilon, queue or frozen prototypes)
+    collapse_remedies = "use fewer prototypes (about 10x the classes)"
 
     @classmethod
     def fit_dataset(cls, cfg: DeepClusterV2Config, dataset) -> DeepClusterV2Config:
         """Refuse more prototypes than images (before anything is written): each head assigns
         every image of the bank to one of K prototypes (k-means needs K samples at least)."""
-        too_many(cls.name, cfg.nmb_prototypes, len(dataset), "images")
+        too_many(cls.name, cfg.nmb_prototypes, len(dataset), "images", known_classes(dataset))
         return cfg
 
     def __init__(self, backbone, cfg: DeepClusterV2Config, image_size: int):
@@ -67,7 +100,7 @@ class DeepClusterV2(PrototypeMethod):
         self.heads = nn.ModuleList(nn.Linear(cfg.proj_dim, k, bias=False) for k in cfg.nmb_prototypes)
         for head in self.heads:
             head.weight.requires_grad_(self.trainable_prototypes)
-        self.usage = [PrototypeUsage(k, f"head{h}_") for h, k in enumerate(cfg.nmb_prototypes)]
+        self.usage = [PrototypeUsage(k, f"head{h}_", self.collapse_remedies) for h, k in enumerate(cfg.nmb_prototypes)]
         # the memory bank and assignments are per process, kept out of DDP's buffer broadcast
         self.bank: torch.Tensor | None = None          # (assignment crops, N_local, proj_dim)
         self.bank_index: torch.Tensor | None = None    # (N_local,) dataset indices
@@ -110,7 +143,7 @@ class DeepClusterV2(PrototypeMethod):
         if self.bank is None:
             self.fill_bank(loader, epoch)
         too_many(self.name, self.cfg.nmb_prototypes, self.bank.shape[1], "embeddings in the memory bank (the "
-                 "images of one epoch of full batches)")
+                 "images of one epoch of full batches)", known_classes(loader.dataset))
         self.dataset_size = len(loader.dataset)
         self.assign(epoch)
         self.step_in_epoch = 0

@@ -90,8 +90,12 @@ def normalize_rows_(weight: torch.Tensor) -> None:
 class PrototypeUsage:
     """Per-epoch prototype usage of one head: counts of hard assignments, soft-code entropy."""
 
-    def __init__(self, k: int, name: str):
+    # the remedies a collapse warning names (README, 'When clustering collapses'): SwAV's by default
+    REMEDIES = "lower epsilon (e.g. epsilon=0.03), start the queue later, or freeze the prototypes longer"
+
+    def __init__(self, k: int, name: str, remedies: str = REMEDIES):
         self.k, self.name, self.device = k, name, torch.device("cpu")   # device: where collectives run
+        self.remedies = remedies
         self.reset()
 
     def reset(self) -> None:
@@ -135,17 +139,21 @@ class PrototypeUsage:
             return {}
         p = counts[counts > 0] / n
         out = {f"{self.name}prototypes_used": float((counts > 0).sum()),
-               f"{self.name}assignment_entropy": float(-(p * p.log()).sum())}
+               f"{self.name}assignment_entropy": max(0.0, float(-(p * p.log()).sum()))}    # no -0.0
         max_entropy = math.log(min(self.k, n))
         if entropy_sum > 0:
             out[f"{self.name}code_entropy"] = entropy_sum / n
-        if dist.is_main() and self.k > 1:
+        if not dist.is_main():
+            return out
+        if self.k == 1:      # refused by the method checks (METHOD_CHECKS); a method built around them still hears it
+            warnings.warn(f"{self.name or 'prototype '}assignments: one prototype takes every sample, so the loss is 0 "
+                          f"and nothing is learnt: use 2 prototypes or more, about 10x the classes")
+        else:                # every sample in one of several (n >= 2): entropy 0 < half of ln min(K, n) > 0
             if out[f"{self.name}assignment_entropy"] < 0.5 * max_entropy:
                 warnings.warn(
                     f"{self.name or 'prototype '}assignments collapsed: {int(out[f'{self.name}prototypes_used'])} of "
                     f"{self.k} prototypes used, entropy {out[f'{self.name}assignment_entropy']:.2f} of at most "
-                    f"{max_entropy:.2f} nats: lower epsilon (e.g. epsilon=0.03), start the queue later, or freeze the "
-                    f"prototypes longer (README, 'When clustering collapses')")
+                    f"{max_entropy:.2f} nats: {self.remedies} (README, 'When clustering collapses')")
             elif out.get(f"{self.name}code_entropy", 0.0) > 0.9 * math.log(self.k):
                 warnings.warn(
                     f"{self.name or 'prototype '}codes are almost uniform (mean entropy "

@@ -35,6 +35,8 @@ class SeLaV2(DeepClusterV2):
     name = "sela_v2"
     Config = SeLaV2Config
     trainable_prototypes = True
+    collapse_remedies = ("lower epsilon (e.g. epsilon=0.03), freeze the prototypes longer, or use fewer prototypes "
+                         "(about 10x the classes)")
     small_image_defaults = {"sela_v2": SMALL_IMAGE_VIEWS}            # 64 px or less: SwAV's CIFAR advice
 
     @torch.no_grad()
