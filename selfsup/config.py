@@ -154,7 +154,7 @@ def resolve_config(method_cls, file: str | None = None, flags: dict[str, Any] | 
         changed = {k: (OmegaConf.select(before, k), v) for k, v in flatten(small).items() if k not in user_keys}
         if changed:
             print(f"{size} px images: {method_cls.name}'s recipe for images of {SMALL_IMAGE} px or less, "
-                  + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+                  + ", ".join(f"{k} {repr(a) if a == '' else a} -> {b}" for k, (a, b) in changed.items())
                   + "; set them to keep the paper's", file=sys.stderr)
     if cfg.method != method_cls.name:
         raise SelfSupError(f"config says method {cfg.method!r} but {method_cls.name!r} was asked for: drop one of them")

@@ -276,3 +276,9 @@ def test_one_image_per_process_is_fine_for_methods_that_need_no_batch():
 
     for method in ("moco_v2", "jigsaw", "colorization"):
         check_process_batch(resolve_config(get_method(method), flags={"method": method, "batch_size": 2}), 2, False)
+
+
+def test_the_small_image_note_shows_an_empty_value(capsys):
+    """SwAV's crops are '' (the paper's multi-crop) until the small-image recipe sets them: the note says so."""
+    resolve_config(get_method("swav"), flags={"method": "swav"}, overrides=["image_size=32"])
+    assert "swav.crops '' -> global" in capsys.readouterr().err
