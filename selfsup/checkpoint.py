@@ -163,7 +163,7 @@ def _without_release_heads(path, state: dict) -> dict:
     """``state`` without the tensors of ``RELEASE_HEADS``; how many were left out, of which heads, goes to stderr."""
     head = lambda key: str(key).split(".", 1)[0]       # noqa: E731
     left_out = Counter(head(k) for k in state if head(k) in RELEASE_HEADS)
-    if left_out:
+    if left_out and os.environ.get("RANK", "0") == "0":      # once under torchrun, not once per process
         heads = ", ".join(f"{name} ({count})" for name, count in left_out.items())
         print(f"checkpoint {path}: left out {sum(left_out.values())} head tensors of its pretraining, not part of the "
               f"backbone: {heads}", file=sys.stderr)

@@ -154,3 +154,15 @@ def test_a_stray_key_beside_the_release_heads_is_refused_in_one_line(tmp_path, c
     code, _, err = run(capsys, "eval", "knn", "--checkpoint", tmp_path / "stray.pth.tar", "--train-data", DATA,
                        "--test-data", DATA, "--no-cache", "--device", "cpu")
     assert one_line_error(code, err, "does not fit backbone resnet18"), err
+
+
+def test_the_note_is_said_once_under_torchrun(tmp_path, capsys, monkeypatch):
+    """Every torchrun process loads init=: only rank 0 says which heads were left out."""
+    content, _ = release("swav", body())
+    torch.save(content, tmp_path / "release.pth.tar")
+    monkeypatch.setenv("RANK", "1")
+    load_backbone(tmp_path / "release.pth.tar")
+    assert "head tensors" not in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")
+    load_backbone(tmp_path / "release.pth.tar")
+    assert "head tensors" in capsys.readouterr().err
