@@ -179,6 +179,7 @@ def transfer(teacher: str, student: str, cluster_spec: str, label_spec: str | No
     existing student run, and ``out`` (a folder that can be written), are checked before the teacher runs.
     Returns what was done."""
     from selfsup.config import resolve_config
+    from selfsup.engine.rundir import prepare_out
     from selfsup.engine.trainer import pretrain
     from selfsup.methods import get_method
     from selfsup.models import build_backbone
@@ -205,8 +206,6 @@ def transfer(teacher: str, student: str, cluster_spec: str, label_spec: str | No
     cfg = resolve_config(get_method(method), flags=flags, overrides=recipe + list(overrides),
                          image_size_of=lambda s: load_dataset(label_spec).image_size)   # the labels may not exist yet
     build_backbone(student)                   # an unknown student is refused before the teacher runs
-    from selfsup.engine.rundir import prepare_out
-
     for folder in (out, student_out):         # an --out that is a file, or not writable: refused before it too
         prepare_out(folder)
     cfg.resume = (student_out / "last.pt").exists()
