@@ -128,6 +128,9 @@ def _suite(args) -> int:
     """eval svm | lowshot: Goyal et al.'s VOC07 and low-shot SVMs on every tap."""
     from selfsup.eval import suite
 
+    if args.protocol == "svm" and args.seed is not None:
+        raise SelfSupError("--seed applies to eval patches, cluster and lowshot: eval svm draws nothing at random; "
+                           "drop --seed")
     if args.tap or args.pool:
         raise SelfSupError(f"eval {args.protocol} pools every tap with Goyal et al.'s fixed windows: drop --tap / "
                            f"--pool and name the taps with --taps, e.g. --taps conv3,conv4")
@@ -137,7 +140,8 @@ def _suite(args) -> int:
         result = suite.evaluate_svm(args.checkpoint, args.train_data, args.test_data, solver=args.solver, **common)
     else:
         result = suite.evaluate_lowshot(args.checkpoint, args.train_data, args.test_data,
-                                        ks=_ints("--shots", args.shots), num_samples=args.samples, **common)
+                                        ks=_ints("--shots", args.shots), num_samples=args.samples,
+                                        seed=args.seed or 0, **common)
     if args.json:
         print(json.dumps(result))
     else:
@@ -149,7 +153,7 @@ def _cluster(args) -> int:
     from selfsup.cluster.evaluate import evaluate_clustering
 
     result = evaluate_clustering(args.checkpoint, args.test_data, args.clusters, args.tap,
-                                 args.pool or "avg", args.iterations, args.spherical, args.pca, args.seed,
+                                 args.pool or "avg", args.iterations, args.spherical, args.pca, args.seed or 0,
                                  image_size=args.image_size, device=args.device, batch_size=args.batch_size,
                                  cache=not args.no_cache, progress=not args.json)
     if args.json:
@@ -172,12 +176,15 @@ def _eval(args) -> int:
     if args.protocol in ("svm", "lowshot"):
         return _suite(args)
 
+    if args.protocol != "patches" and args.seed is not None:
+        raise SelfSupError(f"--seed applies to eval patches, cluster and lowshot: eval {args.protocol} draws nothing "
+                           f"at random; drop --seed")
     patches = None
     if args.protocol == "patches":
         patches = dict(num_patches=args.num_patches, patch_size=_patch_size(args.patch_size), aggregate=args.aggregate,
-                       window=args.window, stride=args.stride, chunk=args.chunk, seed=args.seed)
+                       window=args.window, stride=args.stride, chunk=args.chunk, seed=args.seed or 0)
     result = evaluate(args.protocol, args.checkpoint, args.train_data, args.test_data, tap=args.tap,
-                      pool=args.pool or "avg", image_size=args.image_size, device=args.device,
+                      pool=args.pool, image_size=args.image_size, device=args.device,
                       batch_size=args.batch_size, k=args.k, temperature=args.temperature, epochs=args.probe_epochs, lr=args.lr,
                       cache=not args.no_cache, progress=not args.json, patches=patches,
                       probes=tuple(args.probe.split(",")), preset=args.preset,
@@ -393,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stride", type=int, help="local window stride (default window / 4)")
     g.add_argument("--probe", default="knn,linear", help="probes to run on the aggregated features (default knn,linear)")
     g.add_argument("--chunk", type=int, default=2048, help="patches embedded at once (bounds memory, default 2048)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the patch positions")
+    g.add_argument("--seed", type=int, help="seed of the patch positions (patches), of k-means (cluster) and of the "
+                                           "draws (lowshot); default 0")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("viz", help="visualise what a backbone learned (BagSSL Fig. 3a, 4, 5; colourisations)",

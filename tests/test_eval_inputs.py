@@ -88,6 +88,12 @@ def test_test_classes_missing_from_the_training_data_are_refused(tmp_path, capsy
     (["eval", "patches", "--pool", "goyal"], "--pool goyal applies to eval knn and linear"),   # was ignored
     (["eval", "patches", "--pool", "9k"], "--pool 9k applies to eval knn and linear"),
     (["eval", "patches", "--pool", "max"], "--pool max applies to eval knn and linear"),
+    (["eval", "linear", "--preset", "goyal", "--pool", "max"], "layer-wise probes (--preset goyal, --taps) pool "
+                                                                 "every tap"),                  # was ignored
+    (["eval", "linear", "--taps", "conv3", "--pool", "avg"], "layer-wise probes"),
+    (["eval", "knn", "--seed", "3"], "--seed applies to eval patches, cluster and lowshot"),  # was ignored
+    (["eval", "linear", "--seed", "3"], "--seed applies to eval patches, cluster and lowshot"),
+    (["eval", "svm", "--seed", "3"], "--seed applies to eval patches, cluster and lowshot"),
 ])
 def test_meaningless_eval_settings_are_refused(capsys, ckpt, argv, fragment):
     code, _, err = run(capsys, *argv, "--checkpoint", ckpt, "--train-data", TINY, "--test-data", TINY)

@@ -150,3 +150,13 @@ def test_cli_refuses_bad_presets_in_one_line(capsys, ckpt, argv, fragment):
     code, _, err = run(capsys, *argv, "--checkpoint", ckpt, "--train-data", TINY, "--test-data", TINY)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("selfsup: error:") and fragment in lines[0], err
+
+
+def test_short_probes_keep_the_first_epoch_at_the_stated_lr():
+    """goyal's steps (4, 8, 12 of 14) scaled to 1 or 2 epochs: rounded to (0, 1, 1) / (1, 1, 2) they trained the
+    only epoch at lr / 10, or stepped twice at once."""
+    goyal = PRESETS["goyal"]
+    assert milestones(goyal, 14) == (4, 8, 12)
+    assert milestones(goyal, 1) == (1, 2, 3) and milestones(goyal, 2) == (1, 2, 3)
+    assert preset_lr(goyal, 0.01, 1, 0) == 0.01
+    assert [preset_lr(goyal, 0.01, 2, e) for e in range(2)] == pytest.approx([0.01, 0.001])

@@ -76,3 +76,16 @@ def test_suite_bad_options_are_one_line_errors(random_ckpt, mosaics, capsys, arg
         assert code == 0, err
         return
     assert one_line_error(code, err, fragment), err
+
+
+def test_lowshot_draws_follow_seed(random_ckpt, mosaics, capsys):
+    """eval lowshot --seed 7 draws other samples than the default seed 0 (it was accepted and ignored)."""
+    tv, te = f"voc07:{mosaics}?split=trainval", f"voc07:{mosaics}?split=test"
+    results = {}
+    for seed in ([], ["--seed", "0"], ["--seed", "7"]):
+        code, out, err = run(capsys, "eval", "lowshot", "--checkpoint", random_ckpt, "--train-data", tv, "--test-data",
+                             te, "--costs", "0.1,1", "--shots", "1", "--samples", "2", "--jobs", "1", "--taps",
+                             "conv4", "--json", *seed)
+        assert code == 0, err
+        results[tuple(seed)] = json.loads(out.strip().splitlines()[-1])["per_tap"]["conv4"]["ks"]
+    assert results[()] == results[("--seed", "0")] != results[("--seed", "7")]

@@ -86,8 +86,14 @@ def check_probe(epochs: int, lr: float) -> None:
 
 
 def milestones(preset: Preset, epochs: int) -> tuple[int, ...]:
-    """The step epochs of ``preset`` for a probe of ``epochs`` epochs: (60, 80) at 100."""
-    return tuple(round(m * epochs / preset.epochs) for m in preset.milestones)
+    """The step epochs of ``preset`` for a probe of ``epochs`` epochs: (60, 80) at 100, scaled and rounded, each
+    at least one epoch after the one before (the first after epoch 0): the first epoch always runs at the stated
+    lr and no two steps land together (goyal's (4, 8, 12) of 14 at 2 epochs: (1, 2, 3), not (1, 1, 2)); a step
+    at or past ``epochs`` never happens."""
+    out = []
+    for m in preset.milestones:
+        out.append(max(round(m * epochs / preset.epochs), (out[-1] if out else 0) + 1))
+    return tuple(out)
 
 
 def preset_lr(preset: Preset, lr: float, epochs: int, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:

@@ -68,7 +68,7 @@ def pretraining_patch_size(ckpt: dict) -> int | None:
     return parse_patch(views.partition(":")[2])[0] if views.startswith("patch:") else None
 
 
-def evaluation_settings(protocol: str, pool: str = "avg", image_size: int | None = None, device: str = "cpu",
+def evaluation_settings(protocol: str, pool: str | None = None, image_size: int | None = None, device: str = "cpu",
                         batch_size: int = 256, k: int = 20, temperature: float = 0.07, epochs: int | None = None,
                         lr: float | None = None, probes: tuple[str, ...] = ("knn", "linear"),
                         preset: str | None = None, taps: tuple[str, ...] | None = None, cached: bool = False):
@@ -96,11 +96,14 @@ def evaluation_settings(protocol: str, pool: str = "avg", image_size: int | None
     overrides = {name: value for name, value in (("epochs", epochs), ("lr", lr))
                  if value is not None and value != getattr(probe, name)}
     epochs, lr = probe.epochs if epochs is None else epochs, probe.lr if lr is None else lr
-    check_pool(pool)
-    if protocol == "patches" and pool != "avg":     # it never reached aggregated_features: refused, not ignored
+    check_pool(pool or "avg")
+    if protocol == "patches" and pool is not None:  # it never reached aggregated_features: refused, not ignored
         raise SelfSupError(f"--pool {pool} applies to eval knn and linear: eval patches embeds every patch by the "
                            f"tap's global average (BagSSL's patch embedding), then averages patches or pools "
                            f"windows itself: drop --pool")
+    if probe.layerwise and pool is not None:        # likewise ignored: the layer-wise heads pool every tap their way
+        raise SelfSupError("Goyal et al.'s layer-wise probes (--preset goyal, --taps) pool every tap with their fixed "
+                           "windows: drop --pool")
     if "knn" in used:
         check_knn(k, temperature)
     if "linear" in used:
@@ -111,7 +114,7 @@ def evaluation_settings(protocol: str, pool: str = "avg", image_size: int | None
 
 
 def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, tap: str | None = None,
-             pool: str = "avg", image_size: int | None = None, device: str = "cpu", batch_size: int = 256,
+             pool: str | None = None, image_size: int | None = None, device: str = "cpu", batch_size: int = 256,
              k: int = 20, temperature: float = 0.07, epochs: int | None = None, lr: float | None = None,
              cache: bool = True, progress: bool = False, patches: dict | None = None,
              probes: tuple[str, ...] = ("knn", "linear"), preset: str | None = None,
@@ -137,6 +140,7 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
     asked_tap = tap
     device, probe, epochs, lr, overrides, used = evaluation_settings(
         protocol, pool, image_size, device, batch_size, k, temperature, epochs, lr, probes, preset, taps, cached)
+    pool = pool or "avg"
     ckpt = load_checkpoint(checkpoint)
     opts = dict(patches or {})
     if protocol == "patches":
