@@ -66,3 +66,15 @@ def test_the_page_shows_the_tested_file():
     page = (EXAMPLE.parents[1] / "add_a_method.md").read_text()
     block = page.split("```python\n", 1)[1].split("```", 1)[0]
     assert block == EXAMPLE.read_text().split("\n", 1)[1]
+
+
+def test_a_method_of_your_own_adds_its_range_checks(example, monkeypatch):
+    """docs/add_a_method.md: an entry in METHOD_CHECKS is run by build_method (and by every command)."""
+    from selfsup.methods import METHOD_CHECKS, build_method
+
+    monkeypatch.setitem(METHOD_CHECKS, "barlow_twins", [("lambd", lambda v, c: v >= 0, "0 or more, e.g. 5e-3")])
+    with pytest.raises(SelfSupError, match=r"barlow_twins.lambd=-1.0 is not valid: it must be 0 or more"):
+        build_method("barlow_twins", backbone="convnet", lambd=-1.0)
+    with pytest.raises(SelfSupError, match=r"barlow_twins.lambd=nan is not valid: it must be a finite number"):
+        build_method("barlow_twins", backbone="convnet", lambd=float("nan"))
+    build_method("barlow_twins", backbone="convnet", lambd=5e-3)
