@@ -128,9 +128,6 @@ def _suite(args) -> int:
     """eval svm | lowshot: Goyal et al.'s VOC07 and low-shot SVMs on every tap."""
     from selfsup.eval import suite
 
-    if args.protocol == "svm" and args.seed is not None:
-        raise SelfSupError("--seed applies to eval patches, cluster and lowshot: eval svm draws nothing at random; "
-                           "drop --seed")
     if args.tap or args.pool:
         raise SelfSupError(f"eval {args.protocol} pools every tap with Goyal et al.'s fixed windows: drop --tap / "
                            f"--pool and name the taps with --taps, e.g. --taps conv3,conv4")
@@ -169,6 +166,9 @@ def _cluster(args) -> int:
 def _eval(args) -> int:
     from selfsup.eval.run import evaluate
 
+    if args.protocol in ("knn", "linear", "svm") and args.seed is not None:
+        raise SelfSupError(f"--seed applies to eval patches, cluster and lowshot: eval {args.protocol} draws nothing "
+                           f"at random; drop --seed")
     if args.protocol == "cluster":
         return _cluster(args)
     if not args.train_data:
@@ -176,9 +176,6 @@ def _eval(args) -> int:
     if args.protocol in ("svm", "lowshot"):
         return _suite(args)
 
-    if args.protocol != "patches" and args.seed is not None:
-        raise SelfSupError(f"--seed applies to eval patches, cluster and lowshot: eval {args.protocol} draws nothing "
-                           f"at random; drop --seed")
     patches = None
     if args.protocol == "patches":
         patches = dict(num_patches=args.num_patches, patch_size=_patch_size(args.patch_size), aggregate=args.aggregate,

@@ -100,12 +100,13 @@ def score_features(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte:
 def checkpoint_features(checkpoint: Path, train, test, device: str):
     """Features (cached) and labels of ``train`` and ``test`` at the checkpoint's evaluation tap, average-pooled."""
     from selfsup.checkpoint import load_backbone, load_checkpoint
+    from selfsup.eval.checks import eval_image_size
     from selfsup.eval.features import extract_features, file_hash
 
     ckpt = load_checkpoint(checkpoint)
     backbone = load_backbone(checkpoint, ckpt)
     tap = ckpt.get("eval_tap") or backbone.default_tap
-    common = dict(tap=tap, image_size=(ckpt.get("config") or {}).get("image_size"), device=device,
+    common = dict(tap=tap, image_size=eval_image_size(ckpt), device=device,
                   cache_key=file_hash(checkpoint))
     xtr, ytr = extract_features(backbone, train, **common)
     xte, yte = extract_features(backbone, test, **common)

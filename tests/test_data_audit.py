@@ -4,7 +4,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from selfsup.data.datasets import load_dataset

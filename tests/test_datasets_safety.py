@@ -185,7 +185,7 @@ def test_streamed_folder_and_file_list_features_follow_an_image_overwritten_in_p
         cached[spec] = d.fingerprint, extract_features(net, d, cache_key="ck", cache_dir=tmp_path / "cache")[0]
     stats = []
     real = D._stat_line
-    monkeypatch.setattr(D, "_stat_line", lambda f: (stats.append(f), real(f))[1])
+    monkeypatch.setattr(D, "_stat_line", lambda f, st=None: (stats.append(f), real(f, st))[1])
     write_noise_bmp(tmp_path / "r/c0/4.bmp", 99)       # same name, same size, new pixels and time; list unchanged
     for spec in specs:
         d = load(spec, tmp_path / "cache")[0]

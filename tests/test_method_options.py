@@ -195,12 +195,16 @@ def test_the_refusal_suggests_10x_the_classes_that_the_images_allow(tmp_path, me
 def test_the_refusal_without_classes_suggests_a_tenth_of_the_images_and_2_at_least():
     from selfsup.methods.deepcluster_v2 import fitting_prototypes, known_classes, too_many
 
+    class Labelled:                     # a labelled set of ``classes`` classes, as too_many reads it
+        def __init__(self, classes):
+            self.labels = np.arange(200) % classes
+
     for n, fit in [(16, "[2,2,2]"), (5, "[2,2,2]"), (64, "[6,6,6]"), (2000, "[200,200,200]")]:
         with pytest.raises(SelfSupError, match=rf"set deepcluster_v2.nmb_prototypes={re.escape(fit)} \(a tenth of "
                            r"them: the classes are unknown; the official CIFAR advice is about 10x the classes\)"):
             too_many("deepcluster_v2", [3000, 3000, 3000], n, "images")
     with pytest.raises(SelfSupError, match=r"set sela_v2.nmb_prototypes=\[8,20\] "):   # a head that fits is kept
-        too_many("sela_v2", [8, 3000], 200, "images", classes=2)
+        too_many("sela_v2", [8, 3000], 200, "images", Labelled(2))
     with pytest.raises(SelfSupError, match=r"than there are images \(1\): clustering needs 2 prototypes or more"):
         too_many("deepcluster_v2", [3000], 1, "images")
     assert [fitting_prototypes(n, c) for n, c in [(2, None), (2, 10), (19, None), (1000, 10), (30, 10)]] == [2, 2, 2, 100, 30]

@@ -42,11 +42,7 @@ def _cut(path, size):
 
 
 def _cache_files():
-    return sorted((_cache_root() / "shards").glob("*.npz")) if (_cache_root() / "shards").exists() else []
-
-
-def _cache_root():
-    return cache_root()
+    return sorted((cache_root() / "shards").glob("*.npz")) if (cache_root() / "shards").exists() else []
 
 
 # ---------------------------------------------------------------- truncated shards
@@ -81,7 +77,7 @@ def test_a_refused_shard_leaves_no_table_in_the_cache(shards):
     _cut(path, path.stat().st_size // 2)
     before = _cache_files()
     with pytest.raises(SelfSupError, match="truncated or corrupt"):
-        shard_table(path, _cache_root() / "shards")
+        shard_table(path, cache_root() / "shards")
     assert _cache_files() == before
 
 
@@ -91,7 +87,7 @@ def test_a_table_cached_by_an_older_version_for_a_truncated_shard_is_not_served(
     path = shards / "shard-000001.tar"
     _cut(path, path.stat().st_size // 2 + 100)
     st = path.stat()
-    old = _cache_root() / "shards" / f"{_short_hash(f'shard-v1|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}')}.npz"
+    old = cache_root() / "shards" / f"{_short_hash(f'shard-v1|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}')}.npz"
     old.parent.mkdir(parents=True, exist_ok=True)
     np.savez(old, names=np.array([b"000000001.png"]), offsets=np.array([512], np.int64),
              sizes=np.array([10], np.int64), labels=np.array([0], np.int64))

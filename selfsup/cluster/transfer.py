@@ -154,9 +154,8 @@ def check_student(cfg, student_out: Path, objective: str) -> None:
 def record_trained_on(student_out: Path, source: str, resuming: bool) -> None:
     """``student_out/trained_on.txt`` names what the student learns from (the pseudo-labels' or the regressed
     teacher's content hash); a run is continued only on the same: a changed teacher, relabelled images, are
-    refused in one line instead of pairing the student with labels it was not trained on."""
-    from selfsup.engine.rundir import prepare_out
-
+    refused in one line instead of pairing the student with labels it was not trained on. ``student_out``
+    exists already (``transfer`` prepares it before the teacher runs)."""
     record = student_out / "trained_on.txt"
     if resuming:
         old = record.read_text().strip() if record.exists() else f"something unrecorded ({record} is missing)"
@@ -164,7 +163,6 @@ def record_trained_on(student_out: Path, source: str, resuming: bool) -> None:
             raise SelfSupError(f"the student in {student_out} was trained on {old}, this command gives it {source}: "
                                f"remove {student_out} or choose another --out")
         return
-    prepare_out(student_out)
     record.write_text(source + "\n")
 
 

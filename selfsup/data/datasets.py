@@ -853,9 +853,10 @@ def _cached(cache: Path, fingerprint: str) -> ImageArrayDataset | None:
     return ImageArrayDataset(images, labels, classes, fingerprint, targets)
 
 
-def _stat_line(file) -> str:
-    """Name, size and modification time of one file: enough to notice a changed file without reading it."""
-    st = os.stat(file)
+def _stat_line(file, st: os.stat_result | None = None) -> str:
+    """Name, size and modification time of one file (``st``: its stat, when taken already): enough to notice a
+    changed file without reading it."""
+    st = st or os.stat(file)
     return f"{file}|{st.st_size}|{st.st_mtime_ns}\n"
 
 
@@ -985,7 +986,7 @@ def read_filelist(path: Path, size: int | None, cache_root: Path, options: dict 
         if stat.S_ISDIR(st.st_mode):
             raise SelfSupError(f"{path} line {number}: {file} is a folder, not an image: list image files, one "
                                f"a line")
-        stats.append(f"{file}|{st.st_size}|{st.st_mtime_ns}\n")        # _stat_line's, from the same stat
+        stats.append(_stat_line(file, st))
         names.append(str(file))
     if not names:
         raise SelfSupError(f"file list {path} names no images: write one 'path label' per line")

@@ -214,7 +214,7 @@ def lowshot_benchmark(Xtr, Ytr, Xte, Yte, ks: Sequence[int] = KS, num_samples: i
         if not samples:
             raise SelfSupError(f"every low-shot k ({', '.join(map(str, ks))}) is larger than the smallest class "
                                f"({smallest} training images): use k values up to {smallest}")
-        set_rows = n_cls * max(samples) if samples else 0
+        set_rows = n_cls * max(samples)
     if normalize:
         Xtr, Xte = normalize_features(Xtr), normalize_features(Xte)
     opts = _Opts(seed, max_iter, tol)

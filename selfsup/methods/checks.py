@@ -37,7 +37,7 @@ def _plain(value):
 
 def check_method_rules(name: str, options) -> None:
     """Run ``METHOD_CHECKS[name]`` on ``options`` (the method's Config, or its part of a run config)."""
-    for key, ok, must in method_checks(name):
+    for key, ok, must in METHOD_CHECKS.get(name, []):
         value = _plain(getattr(options, key))
         try:
             good = ok(value, options)
@@ -54,11 +54,6 @@ def check_method_options(name: str, options) -> None:
         for f in fields(options):
             check_number(f"{name}.{f.name}", getattr(options, f.name))
     check_method_rules(name, options)
-
-
-def method_checks(name: str) -> list[Check]:
-    """The range checks of method ``name``'s own settings (none for a method the table does not list)."""
-    return METHOD_CHECKS.get(name, [])
 
 
 def _scale(v) -> bool:

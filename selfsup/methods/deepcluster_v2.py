@@ -56,11 +56,12 @@ def fitting_prototypes(n: int, classes: int | None = None) -> int:
     return max(2, min(10 * classes if classes else n // 10, n))
 
 
-def too_many(name: str, nmb_prototypes, n: int, what: str, classes: int | None = None) -> None:
+def too_many(name: str, nmb_prototypes, n: int, what: str, dataset=None) -> None:
     """A one-line error when a head has more prototypes than ``n`` samples to cluster, with a count that
-    fits (``fitting_prototypes``; ``classes``: the data's, when known)."""
+    fits (``fitting_prototypes``, from ``dataset``'s classes when it is labelled)."""
     if max(nmb_prototypes) <= n:
         return
+    classes = known_classes(dataset)
     asked = f"{name}.nmb_prototypes={str(list(nmb_prototypes)).replace(' ', '')} asks for more prototypes than"
     if n < 2:
         raise SelfSupError(f"{asked} there are {what} ({n}): clustering needs 2 prototypes or more, one sample each at "
@@ -92,7 +93,7 @@ class DeepClusterV2(PrototypeMethod):
     def fit_dataset(cls, cfg: DeepClusterV2Config, dataset) -> DeepClusterV2Config:
         """Refuse more prototypes than images (before anything is written): each head assigns
         every image of the bank to one of K prototypes (k-means needs K samples at least)."""
-        too_many(cls.name, cfg.nmb_prototypes, len(dataset), "images", known_classes(dataset))
+        too_many(cls.name, cfg.nmb_prototypes, len(dataset), "images", dataset)
         return cfg
 
     def __init__(self, backbone, cfg: DeepClusterV2Config, image_size: int):
@@ -140,10 +141,10 @@ class DeepClusterV2(PrototypeMethod):
             self.bank[j, start:end] = e.detach().to(self.bank.dtype)
 
     def on_epoch_start(self, epoch: int, loader) -> None:
-        if self.bank is None:
+        if self.bank is None:                    # filled once, its size fixed: checked once
             self.fill_bank(loader, epoch)
-        too_many(self.name, self.cfg.nmb_prototypes, self.bank.shape[1], "embeddings in the memory bank (the "
-                 "images of one epoch of full batches)", known_classes(loader.dataset))
+            too_many(self.name, self.cfg.nmb_prototypes, self.bank.shape[1], "embeddings in the memory bank (the "
+                     "images of one epoch of full batches)", loader.dataset)
         self.dataset_size = len(loader.dataset)
         self.assign(epoch)
         self.step_in_epoch = 0
