@@ -136,6 +136,17 @@ def test_a_brace_list_naming_missing_shards_is_refused(shards):
     assert len(load_dataset(f"shards:{shards}/shard-{{000000,000002}}.tar?workers=0")) == 8
 
 
+def test_a_shard_named_twice_is_refused(shards):
+    # read twice, its images would count twice an epoch (the list said 12 images, 16 were trained on)
+    with pytest.raises(SelfSupError, match=r"shard .*shard-000001\.tar is named twice by .*: fix the shard list"):
+        load_dataset(f"shards:{shards}/shard-{{000000,000001,000001}}.tar")
+    with pytest.raises(SelfSupError, match=r"shard-000002\.tar is named twice by .*: fix"):
+        load_dataset(f"shards:{shards}/{{shard-00000*,shard-000002}}.tar")
+    (shards / "link.tar").symlink_to(shards / "shard-000000.tar")
+    with pytest.raises(SelfSupError, match=r"link\.tar is named twice by .* \(as .*shard-000000\.tar\)"):
+        load_dataset(f"shards:{shards}/{{shard-000000,link}}.tar")
+
+
 def test_a_glob_matching_no_shard_is_refused(shards):
     with pytest.raises(SelfSupError, match=r"no \.tar shards found at .*train-\*\.tar"):
         load_dataset(f"shards:{shards}/train-*.tar")

@@ -87,6 +87,12 @@ def shard_files(spec: str) -> list[Path]:
     folders = [f for f in files if not f.is_file()]          # a folder named, or matched by a glob
     if folders:
         raise SelfSupError(f"shard {folders[0]} is not a file: fix the shard list")
+    seen: dict[Path, Path] = {}
+    for f in files:                                          # read twice, its images would count twice an epoch
+        first = seen.setdefault(f.resolve(), f)
+        if first is not f:
+            also = "" if first == f else f" (as {first})"
+            raise SelfSupError(f"shard {f} is named twice by {spec}{also}: fix the shard list")
     return files
 
 
