@@ -29,7 +29,8 @@ Each cell resolves exactly as ``selfsup pretrain METHOD [--config CONFIG] key=va
 cell's settings as the key=value overrides (``resolve_cell``); a config of another method than the cell's is
 refused when the file is read. ``selfsup sweep FILE key=value ...`` overrides the base's settings: ``data=PATH``
 moves the data (the base's spec and every eval spec on the same path get PATH, each keeping its own
-options; ``data=PATH?OPTIONS`` sets the base's spec whole), so a shipped sweep runs from any directory.
+options; ``data=PATH?OPTIONS`` sets the base's spec whole) and ``eval_data=PATH`` the evals' one other path
+(the VOC07 folder of the ImageNet sweeps), so a shipped sweep runs from any directory.
 
 Every eval's settings are checked when the file is read, before any cell trains, by the checks its
 evaluation runs (k, temperature, probe epochs and lr, pool, SVM costs, jobs and solver, ...), and its
@@ -142,17 +143,43 @@ def apply_overrides(spec: dict, overrides: list[str]) -> None:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
+        if key == "eval_data":
+            _move_eval_data(spec, text)
+            continue
         if key != "data":
             spec["base"][key] = text if value is None else value
             continue
         old = str(spec["base"]["data"])
         old_path, new_path, has_options = old.partition("?")[0], text.partition("?")[0], "?" in text
         spec["base"]["data"] = text if has_options else new_path + old[len(old_path):]
-        for entry in spec["evals"]:
-            for k in ("train_data", "test_data"):
-                given = str(entry[k])
-                if given.partition("?")[0] == old_path:
-                    entry[k] = new_path + given[len(old_path):]
+        _move_paths(spec, old_path, new_path)
+
+
+def _move_paths(spec: dict, old_path: str, new_path: str) -> None:
+    """Every eval's train_data / test_data on ``old_path`` gets ``new_path``, keeping its options."""
+    for entry in spec["evals"]:
+        for k in ("train_data", "test_data"):
+            given = str(entry[k])
+            if _data_path(given) == old_path:            # the path sits between its format: and its ?options
+                start = len(given.partition("?")[0]) - len(old_path)
+                entry[k] = given[:start] + new_path + given[start + len(old_path):]
+
+
+def _move_eval_data(spec: dict, new_path: str) -> None:
+    """``eval_data=PATH``: the evals' one data path other than the base's (a shipped ImageNet sweep's VOC07
+    folder, ``voc07:VOCdevkit?split=...``) moves to PATH, each spec keeping its format and options."""
+    base_path = _data_path(spec["base"]["data"])
+    others = sorted({p for e in spec["evals"] for k in ("train_data", "test_data")
+                     if (p := _data_path(e[k])) is not None and p != base_path})
+    where = f"sweep {spec['name']}: eval_data={new_path}"
+    if "?" in new_path:
+        raise SelfSupError(f"{where}: give the path alone (each eval keeps its own options), "
+                           f"e.g. eval_data=/data/VOCdevkit")
+    if len(others) != 1:
+        found = f"{len(others)} ({', '.join(others)})" if others else "none"
+        raise SelfSupError(f"{where} moves the evals' one data path other than the base's; {spec['file']} has "
+                           f"{found}: copy it and set each eval's train_data / test_data")
+    _move_paths(spec, others[0], new_path)
 
 
 def _data_path(data: str) -> str | None:
@@ -183,7 +210,9 @@ def check_data_paths(spec: dict) -> None:
             fix = (f"pass the dataset's location, `{command}` (the evals on the same path follow it), or run from "
                    f"a directory where {data_path} exists")
         else:
-            fix = f"run from a directory where {data_path} exists, or copy {spec['file']} and set the eval's path"
+            command = f"selfsup sweep {spec.get('given', spec['name'])} eval_data=/path/to/{Path(data_path).name}"
+            fix = (f"pass its location, `{command}` (every eval on that path follows), or run from a directory "
+                   f"where {data_path} exists")
         raise SelfSupError(f"sweep {spec['name']}: {what} path {data_path} does not exist{relative}: {fix}")
 
 

@@ -349,3 +349,27 @@ def test_data_equals_path_moves_a_sweeps_data_so_it_runs_from_any_directory(tmp_
     assert load_sweep(tmp_path / "s.yaml", ["epochs=3", "optim.lr=0.5"])["base"]["epochs"] == 3
     with pytest.raises(SelfSupError, match="width=2 sets an axis of its grid"):
         load_sweep(tmp_path / "s.yaml", ["width=2"])
+
+
+def test_eval_data_moves_the_imagenet_sweeps_voc07_folder(tmp_path, monkeypatch):
+    """The shipped ImageNet sweeps read VOC2007 at VOCdevkit, relative to the working directory: `data=` moves only
+    the ImageNet folder, and `eval_data=PATH` moves the evals' one other path, each spec keeping its format and
+    options. A missing VOC07 folder is refused before any cell, naming that fix."""
+    from selfsup.sweep import check_data_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imagenet" / "train").mkdir(parents=True)
+    with pytest.raises(SelfSupError, match=r"eval svm's train_data path VOCdevkit does not exist \(relative to the "
+                                           r"working directory .*\): pass its location, `selfsup sweep "
+                                           r"goyal_capacity_imagenet eval_data=/path/to/VOCdevkit`"):
+        check_data_paths(load_sweep("goyal_capacity_imagenet"))
+    spec = load_sweep("goyal_capacity_imagenet", ["data=/big/imagenet/train", "eval_data=/big/VOCdevkit"])
+    assert spec["base"]["data"] == "/big/imagenet/train?size=256"
+    assert (spec["evals"][0]["train_data"], spec["evals"][0]["test_data"]) == (
+        "voc07:/big/VOCdevkit?split=trainval", "voc07:/big/VOCdevkit?split=test")
+    with pytest.raises(SelfSupError, match=r"give the path alone \(each eval keeps its own options\)"):
+        load_sweep("goyal_capacity_imagenet", ["eval_data=/big/VOCdevkit?split=test"])
+    # a sweep whose evals read only the base's data has no other path to move
+    with pytest.raises(SelfSupError, match=r"eval_data=/x moves the evals' one data path other than the base's; "
+                                           r".*goyal_data_size_cifar10.yaml has none: copy it"):
+        load_sweep("goyal_data_size_cifar10", ["eval_data=/x"])
