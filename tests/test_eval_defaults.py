@@ -64,6 +64,25 @@ def test_viz_defaults_to_the_pretraining_size(ckpt, tmp_path, monkeypatch):
     assert seen == [16]
 
 
+def test_viz_patch_figures_bring_the_images_to_the_pretraining_size(ckpt, tmp_path, monkeypatch):
+    """As `eval patches`: the 32 px images are brought to the checkpoint's 16 px first, so a patch side means
+    what it meant in pretraining (it was read in the images' own pixels: 8 px windows of 32 px images)."""
+    from selfsup.report import viz
+
+    line = viz.visualise("heatmap", str(ckpt), BIG, tmp_path / "h.png", patch_size=8)
+    assert "5 x 5 windows of 8 px" in line, line              # (16 - 8) / 2 + 1 windows a side, not 13
+    assert "5 x 5 windows of 8 px" in viz.visualise("heatmap", str(ckpt), BIG, tmp_path / "h.png")   # side 16 / 2
+    boxes = []
+    monkeypatch.setattr(viz, "patch_knn_png", lambda ds, i, q, found, png, size: boxes.extend(
+        [q] + [b for _, b, _ in found]) or size == 16 or pytest.fail(f"shown at {size}"))
+    viz.visualise("patch-knn", str(ckpt), BIG, tmp_path / "k.png", patch_size=8, max_images=8)
+    assert boxes and max(float(b.max()) for b in boxes) <= 16
+    grids = []
+    monkeypatch.setattr(viz, "convergence_png", lambda result, png, title: grids.append(result["all_patches"]))
+    viz.visualise("convergence", str(ckpt), BIG, tmp_path / "c.png", patch_size=8, max_images=8)
+    assert grids == [25]                                      # every 8 px window of the 16 px image at stride 2
+
+
 def test_a_foreign_state_dict_is_evaluated_at_the_images_size():
     from selfsup.eval.checks import eval_image_size
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from selfsup.data.views import EvalTransform, crop_boxes, normalize, patch_boxes, resized_crop, to_float
+from selfsup.data.views import EvalTransform, crop_boxes, normalize, patch_boxes, resized_crop
 from selfsup.checkpoint import save_atomic
 from selfsup.errors import SelfSupError
 from selfsup.eval.checks import at_least_one
@@ -116,8 +116,7 @@ def _raw(dataset, start: int, count: int, device) -> torch.Tensor:
 def _images(dataset, start: int, count: int, device, size: int | None = None) -> torch.Tensor:
     """Images ``start`` .. ``start + count`` as float in [0, 1], brought to ``size`` x ``size`` (``eval_resize``:
     the evaluation view's resize and centre crop) when ``size`` is given."""
-    raw = _raw(dataset, start, count, device)
-    return to_float(raw) if size is None else eval_resize(raw, size)
+    return eval_resize(_raw(dataset, start, count, device), size)
 
 
 @torch.no_grad()
@@ -186,14 +185,16 @@ def aggregated_features(backbone, dataset, num_patches: int = 16, patch_size: in
 @torch.no_grad()
 def patch_convergence(backbone, dataset, counts=(1, 2, 4, 8, 16), patch_size: int | None = None,
                       stride: int | None = None, input_size: int | None = None, max_images: int = 256,
-                      tap: str | None = None, seed: int = 0, chunk: int = 2048, device="cpu") -> dict[str, float]:
+                      tap: str | None = None, seed: int = 0, chunk: int = 2048, device="cpu",
+                      image_size: int | None = None) -> dict[str, float]:
     """BagSSL Fig. 3a: mean over images of cos(mean of N patch embeddings, whole-image
     embedding) for each N in ``counts``, and for "all" patches (the window slid at
-    ``stride``, default side / 4). The whole image is embedded at ``input_size``."""
+    ``stride``, default side / 4). The whole image is embedded at ``input_size``. ``image_size``: the
+    evaluation size every image is first brought to, as in ``aggregated_features`` (None: their own)."""
     check_counts(counts)
     at_least_one("--max-images", max_images, 256)
     tap = backbone.check_taps([tap])[0] if tap else backbone.default_tap
-    height, width = dataset.images.shape[2:4]
+    height, width = (image_size, image_size) if image_size else tuple(dataset.images.shape[2:4])
     input_size = input_size or height
     side = patch_size or min(height, width) // 2
     grid, _ = grid_boxes(height, width, side, stride or max(1, side // 4), device)
@@ -205,7 +206,7 @@ def patch_convergence(backbone, dataset, counts=(1, 2, 4, 8, 16), patch_size: in
     step = IMAGES_PER_STEP
     for start in range(0, n_images, step):
         raw = _raw(dataset, start, min(step, n_images - start), device)
-        x = to_float(raw)
+        x = eval_resize(raw, image_size)
         whole = torch.flatten(F.adaptive_avg_pool2d(backbone.forward_taps(transform(raw), (tap,))[tap].float(), 1), 1)
         for n in counts:
             boxes, source = random_boxes(len(x), height, width, n, patch_size, g, device)
@@ -221,17 +222,19 @@ def patch_convergence(backbone, dataset, counts=(1, 2, 4, 8, 16), patch_size: in
 
 @torch.no_grad()
 def similarity_map(backbone, image: torch.Tensor, side: int, stride: int, query: tuple[int, int] | None = None,
-                   input_size: int | None = None, tap: str | None = None, head=None, device="cpu") -> dict:
+                   input_size: int | None = None, tap: str | None = None, head=None, device="cpu",
+                   image_size: int | None = None) -> dict:
     """BagSSL Fig. 4: cosine similarity of one query patch to every patch of its image.
 
     ``image``: C x H x W uint8. Windows of ``side`` px at ``stride`` form a grid; ``query``
     (row, column in that grid, default its centre) is compared to every cell, in the
     embedding space and, with ``head`` (the pretraining projector), in the projection
-    space, everything on ``device``. Returns the maps (g_h x g_w), the query's box and the
-    grid shape, on the CPU."""
+    space, everything on ``device``. ``image_size``: the evaluation size the image is first brought to
+    (``eval_resize``; None: its own), the pixels of the windows and the query box. Returns the maps
+    (g_h x g_w), the query's box and the grid shape, on the CPU."""
     tap = backbone.check_taps([tap])[0] if tap else backbone.default_tap
     backbone.eval().to(device, memory_format=torch.channels_last)
-    x = to_float(image[None].to(device))
+    x = eval_resize(image[None].to(device), image_size)
     height, width = x.shape[2:]
     boxes, (gh, gw) = grid_boxes(height, width, side, stride, device)
     row, col = query if query is not None else (gh // 2, gw // 2)
@@ -251,20 +254,21 @@ def similarity_map(backbone, image: torch.Tensor, side: int, stride: int, query:
 def nearest_patches(backbone, dataset, query_image: int, query_box: torch.Tensor, k: int = 16,
                     patches_per_image: int = 16, patch_size: int | None = None, max_images: int | None = None,
                     input_size: int | None = None, tap: str | None = None, seed: int = 0, chunk: int = 2048,
-                    device="cpu") -> list[tuple[int, torch.Tensor, float]]:
+                    device="cpu", image_size: int | None = None) -> list[tuple[int, torch.Tensor, float]]:
     """BagSSL Fig. 5: the ``k`` patches of ``dataset`` (``patches_per_image`` random ones per
     image, side ``patch_size``) nearest to the query patch (cosine, embedding space),
-    excluding the query's own image. A running top-k over chunks keeps memory bounded.
+    excluding the query's own image. A running top-k over chunks keeps memory bounded. ``image_size``:
+    the evaluation size every image is first brought to (None: their own), the pixels of the boxes.
     Returns (image index, box, similarity) for each, nearest first."""
     at_least_one("--k", k, 16)
     at_least_one("--patches-per-image", patches_per_image, 16)
     at_least_one("--max-images", max_images, 256)
     tap = backbone.check_taps([tap])[0] if tap else backbone.default_tap
     backbone.eval().to(device, memory_format=torch.channels_last)
-    height, width = dataset.images.shape[2:4]
+    height, width = (image_size, image_size) if image_size else tuple(dataset.images.shape[2:4])
     input_size = input_size or height
     side = patch_size or int(query_box[2] - query_box[0])
-    xq = _images(dataset, query_image, 1, device)
+    xq = _images(dataset, query_image, 1, device, image_size)
     q = embed_boxes(backbone, xq, query_box.view(1, 4).to(device), torch.zeros(1, dtype=torch.long, device=device),
                     input_size, tap)
     g = torch.Generator(device=device).manual_seed(seed)
@@ -274,7 +278,7 @@ def nearest_patches(backbone, dataset, query_image: int, query_box: torch.Tensor
     n_images = min(max_images or len(dataset), len(dataset))
     step = max(1, chunk // patches_per_image)
     for start in range(0, n_images, step):
-        x = _images(dataset, start, min(step, n_images - start), device)
+        x = _images(dataset, start, min(step, n_images - start), device, image_size)
         boxes, source = random_boxes(len(x), height, width, patches_per_image, side, g, device)
         sim = F.cosine_similarity(embed_boxes(backbone, x, boxes, source, input_size, tap, chunk), q)
         sim = sim.masked_fill(source + start == query_image, -2.0)

@@ -15,6 +15,7 @@ from selfsup.checkpoint import load_backbone, load_checkpoint, load_method, load
 from selfsup.distributed import resolve_device
 from selfsup.errors import SelfSupError
 from selfsup.eval.checks import at_least_one, eval_image_size
+from selfsup.eval.features import eval_resize
 from selfsup.eval.patches import check_counts, nearest_patches, patch_convergence, similarity_map
 from selfsup.eval.run import pretraining_patch_size
 from selfsup.report.plots import _plt
@@ -47,6 +48,11 @@ def _show(ax, image: torch.Tensor, title: str = "") -> None:
     ax.axis("off")
 
 
+def _image(dataset, index: int, image_size: int | None) -> torch.Tensor:
+    """Image ``index`` in [0, 1], brought to ``image_size`` as the patch evaluations see it (``eval_resize``)."""
+    return eval_resize(torch.from_numpy(np.array(dataset.images[index:index + 1])), image_size)[0]
+
+
 def _box(ax, box, color="red") -> None:
     import matplotlib.patches as mpatches
 
@@ -71,13 +77,15 @@ def heatmap_png(image: torch.Tensor, result: dict, png: str | Path) -> None:
     plt.close(fig)
 
 
-def patch_knn_png(dataset, query_image: int, query_box, neighbours, png: str | Path) -> None:
-    """The query patch, then its nearest patches (nearest first) with their similarity."""
+def patch_knn_png(dataset, query_image: int, query_box, neighbours, png: str | Path,
+                  image_size: int | None = None) -> None:
+    """The query patch, then its nearest patches (nearest first) with their similarity; the boxes are
+    pixels of the images brought to ``image_size`` (None: their own size)."""
     plt = _plt()
     cols = 6
     rows = (len(neighbours) + 1 + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
-    crop = lambda i, b: torch.from_numpy(np.array(dataset.images[i]))[:, int(b[1]):int(b[3]), int(b[0]):int(b[2])]  # noqa: E731
+    crop = lambda i, b: _image(dataset, i, image_size)[:, int(b[1]):int(b[3]), int(b[0]):int(b[2])]  # noqa: E731
     _show(axes[0][0], crop(query_image, query_box), f"query (image {query_image})")
     for n, (i, b, sim) in enumerate(neighbours, start=1):
         _show(axes[n // cols][n % cols], crop(i, b), f"{sim:.2f} (image {i})")
@@ -260,24 +268,26 @@ def visualise(kind: str, checkpoint: str, data: str | None, out: str | Path, ind
     if patch_size == "auto":
         patch_size = pretraining_patch_size(ckpt)
     at_least_one("--patch-size", patch_size, 16)
-    side = patch_size or min(dataset.images.shape[2:4]) // 2
+    # the patch figures bring every image to the evaluation size first, as `eval patches` does: patch sides,
+    # windows and strides are pixels of that size, the pretraining patch side means what it meant in training
+    side = patch_size or (input_size or min(dataset.images.shape[2:4])) // 2
     stride = stride or max(1, side // 4)
-    if kind == "heatmap":
+    if kind in ("heatmap", "patch-knn"):
         image = torch.from_numpy(np.array(dataset.images[index]))
-        head = load_projector(ckpt, backbone)
-        result = similarity_map(backbone, image, side, stride, query, input_size, head=head, device=device)
-        heatmap_png(image, result, out)
+        head = load_projector(ckpt, backbone) if kind == "heatmap" else None
+        result = similarity_map(backbone, image, side, stride, query, input_size, head=head, device=device,
+                                image_size=input_size)
+    if kind == "heatmap":
+        heatmap_png(_image(dataset, index, input_size), result, out)
         return f"wrote {out}: {result['grid'][0]} x {result['grid'][1]} windows of {side} px, spaces {', '.join(result['maps'])}"
     if kind == "patch-knn":
-        image = torch.from_numpy(np.array(dataset.images[index]))
-        query_box = similarity_map(backbone, image, side, stride, query, input_size, device=device)["query_box"]
-        found = nearest_patches(backbone, dataset, index, query_box, k, patches_per_image, side, max_images,
-                                input_size, device=device)
-        patch_knn_png(dataset, index, query_box, found, out)
+        found = nearest_patches(backbone, dataset, index, result["query_box"], k, patches_per_image, side,
+                                max_images, input_size, device=device, image_size=input_size)
+        patch_knn_png(dataset, index, result["query_box"], found, out, input_size)
         return f"wrote {out}: {len(found)} nearest patches, similarity {found[0][2]:.3f} to {found[-1][2]:.3f}"
     if kind == "convergence":
         result = patch_convergence(backbone, dataset, counts, patch_size, stride, input_size, max_images or 256,
-                                   device=device)
+                                   device=device, image_size=input_size)
         convergence_png(result, out, f"{Path(checkpoint).parent.name}: patches of {patch_size or 'multi-scale'} px")
         values = ", ".join(f"{n}: {result[n]:.3f}" for n in [*map(str, counts), "all"])
         return f"wrote {out}: cosine to the whole image by patches averaged: {values}"
