@@ -132,7 +132,7 @@ def check_student(cfg, student_out: Path, objective: str) -> None:
     ``resume_with_changes=true``."""
     from omegaconf import OmegaConf
 
-    from selfsup.engine.rundir import config_changes
+    from selfsup.engine.rundir import config_changes, refuse_changes
 
     ckpt = load_checkpoint(student_out / "last.pt")
     changes = {k: v for k, v in config_changes(ckpt.get("config") or {}, OmegaConf.to_container(cfg)).items()
@@ -144,11 +144,8 @@ def check_student(cfg, student_out: Path, objective: str) -> None:
         key, (old, new) = blocked[0], changes[blocked[0]]
         raise SelfSupError(f"the student in {student_out} has {key}={old}, this command {key}={new}: it cannot "
                            f"continue with another {key}: {fix}")
-    if changes and not cfg.resume_with_changes:
-        key, (old, new) = next(iter(changes.items()))
-        more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
-        raise SelfSupError(f"the student in {student_out} has {key}={old}, this command {key}={new}{more}: rerun with "
-                           f"the student's settings, add resume_with_changes=true to continue it with these, or {fix}")
+    refuse_changes(changes, cfg.resume_with_changes, f"the student in {student_out}",
+                   f"rerun with the student's settings, add resume_with_changes=true to continue it with these, or {fix}")
 
 
 def record_trained_on(student_out: Path, source: str, resuming: bool) -> None:

@@ -96,3 +96,12 @@ def config_changes(saved: dict, current: dict) -> dict[str, list]:
     a, b = flatten(saved), flatten(current)
     return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b))
             if k.split(".")[0] not in RESUMABLE_KEYS and k not in RESUMABLE_KEYS and a.get(k) != b.get(k)}
+
+
+def refuse_changes(changes: dict[str, list], allowed: bool, run: str, fix: str) -> None:
+    """Unless ``allowed`` (``resume_with_changes``), refuse ``changes`` (``config_changes``) in one line naming the
+    first, how many more, and ``fix``: "the run in OUT has lr=0.1, this command lr=0.2 (and 2 more): FIX"."""
+    if changes and not allowed:
+        key, (old, new) = next(iter(changes.items()))
+        more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+        raise SelfSupError(f"{run} has {key}={old}, this command {key}={new}{more}: {fix}")

@@ -28,7 +28,8 @@ from selfsup.data.loader import BatchLoader
 from selfsup.checkpoint import SaveError, backbone_spec, load_backbone, load_checkpoint, load_timm_weights, save_atomic
 from selfsup.engine.clock import NO_CLOCK
 from selfsup.engine.optim import build_optimizer, lr_at
-from selfsup.engine.rundir import RunLock, config_changes, prepare_out, remove_temporaries, truncate_metrics
+from selfsup.engine.rundir import (RunLock, config_changes, prepare_out, refuse_changes, remove_temporaries,
+                                   truncate_metrics)
 from selfsup.config import check_config, check_process_batch
 from selfsup.errors import SelfSupError
 from selfsup.malloc import keep_freed_memory
@@ -313,11 +314,8 @@ class Trainer:
             raise SelfSupError(f"{path} is a {ckpt.get('method')}/{ckpt.get('backbone')} run, not {self.cfg.method}/{self.cfg.backbone}: "
                                f"resume with the same method and backbone, or use another --out")
         changes = config_changes(ckpt.get("config") or {}, OmegaConf.to_container(self.cfg))
-        if changes and not self.cfg.resume_with_changes:
-            key, (old, new) = next(iter(changes.items()))
-            more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
-            raise SelfSupError(f"the run in {self.out} has {key}={old}, this command {key}={new}{more}: resume with "
-                               f"the run's settings, or pass --resume-with-changes to continue with the new ones")
+        refuse_changes(changes, self.cfg.resume_with_changes, f"the run in {self.out}",
+                       "resume with the run's settings, or pass --resume-with-changes to continue with the new ones")
         ranks = ckpt.get("ranks") or []
         if len(ranks) != self.world:
             raise SelfSupError(f"{path} was written by {len(ranks)} process(es) and this run has {self.world}: resume "
