@@ -145,6 +145,19 @@ def test_resume_drops_leftovers_of_a_killed_run(tmp_path, capsys):
     assert not list(out.glob(".*.tmp"))
 
 
+def test_a_start_over_a_run_killed_before_its_first_checkpoint_logs_each_step_once(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "tb").mkdir()                                          # what the killed run had logged, no last.pt
+    (out / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "step": 2, "loss": 9.0}) + "\n")
+    (out / "tb" / "events.out.tfevents.1.host.1.0").write_bytes(b"old events")
+    code, _, err = pretrain(capsys, out)
+    assert code == 0 and "stopped before its first checkpoint: starting it over" in err, err
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert 9.0 not in [r.get("loss") for r in records] and len({r.get("step") for r in records if "loss" in r}) > 0
+    assert not (out / "tb" / "events.out.tfevents.1.host.1.0").exists() and list((out / "tb").glob("events.*"))
+
+
 def test_checkpoints_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
@@ -167,6 +180,19 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, capsys, m
     code, _, err = pretrain(capsys, out, "--resume-with-changes", epochs=2)
     assert one_line_error(code, err, "No space left on device") and "last.pt from step 4 is kept" in err
     assert (out / "last.pt").read_bytes() == before and not list(out.glob(".*.tmp"))
+
+
+def test_disk_full_when_taking_the_run_lock_is_one_line(tmp_path, capsys, monkeypatch):
+    real = os.write
+
+    def full(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".lock"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    code, _, err = pretrain(capsys, tmp_path / "run")
+    assert one_line_error(code, err, "cannot write ") and ".lock (No space left on device): free some space" in err
 
 
 @pytest.mark.parametrize("extra, fragment", [

@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 from selfsup.config import flatten
@@ -57,8 +58,13 @@ class RunLock:
             os.close(fd)
             raise SelfSupError(f"{self.path.parent} is in use by another run ({owner}): wait for it to end, or "
                                f"choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        try:                                   # the owner's name, for the refusal of a second run
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        except OSError as exc:
+            os.close(fd)
+            raise SelfSupError(f"cannot write {self.path} ({exc.strerror}): free some space or choose another "
+                               f"--out") from None
         self.fd = fd
         return self
 
@@ -72,6 +78,17 @@ def remove_temporaries(out: Path) -> None:
     """Delete the partial files killed saves left in ``out`` (call it holding the lock)."""
     for p in out.glob(".*.tmp"):
         p.unlink(missing_ok=True)
+
+
+def drop_logs(out: Path) -> None:
+    """A fresh start's run directory: the step records and TensorBoard events of a run killed there before its
+    first checkpoint (nothing to resume: it starts over) are removed, said in one line, so no step is logged twice."""
+    old = [p for p in [out / "metrics.jsonl", *(out / "tb").glob("events.out.tfevents.*")] if p.is_file()]
+    if old:
+        print(f"selfsup: {out} holds the logs of a run stopped before its first checkpoint: starting it over, "
+              f"they are replaced", file=sys.stderr)
+    for p in old:
+        p.unlink()
 
 
 def truncate_metrics(path: Path, epoch: int, global_step: int) -> None:

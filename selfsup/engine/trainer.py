@@ -28,8 +28,8 @@ from selfsup.data.loader import BatchLoader
 from selfsup.checkpoint import SaveError, backbone_spec, load_backbone, load_checkpoint, load_timm_weights, save_atomic
 from selfsup.engine.clock import NO_CLOCK
 from selfsup.engine.optim import build_optimizer, lr_at
-from selfsup.engine.rundir import (RunLock, config_changes, prepare_out, refuse_changes, remove_temporaries,
-                                   truncate_metrics)
+from selfsup.engine.rundir import (RunLock, config_changes, drop_logs, prepare_out, refuse_changes,
+                                   remove_temporaries, truncate_metrics)
 from selfsup.config import check_config, check_process_batch
 from selfsup.errors import SelfSupError
 from selfsup.malloc import keep_freed_memory
@@ -369,6 +369,8 @@ class Trainer:
             OmegaConf.save(self.cfg, self.out / "config.yaml")
             if cfg.resume:
                 truncate_metrics(self.out / "metrics.jsonl", self.epoch, self.global_step)
+            else:                          # a start over a run killed before its first checkpoint: its logs go
+                drop_logs(self.out)
         if cfg.epochs == 0:
             self.save()
             return "done"
