@@ -26,8 +26,8 @@ axis on a log x axis, one line per network or layer (their Figs. 1-3). A sweep f
     plot: {x: jigsaw.permutations, lines: [width, tap]}    # default: the first axis; the others and the tap
 
 Each cell resolves exactly as ``selfsup pretrain METHOD [--config CONFIG] key=value ...`` with the base's and the
-cell's settings as the key=value overrides (``resolve_cell``); a config of another method than the cell's is
-refused when the file is read. ``selfsup sweep FILE key=value ...`` overrides the base's settings: ``data=PATH``
+cell's settings as the key=value overrides (``resolve_cell``); a config of another method than the cell's, and a
+value given twice in an axis (compared by value: 1 and 1.0 are one cell), are refused when the file is read. ``selfsup sweep FILE key=value ...`` overrides the base's settings: ``data=PATH``
 moves the data (the base's spec and every eval spec on the same path get PATH, each keeping its own
 options; ``data=PATH?OPTIONS`` sets the base's spec whole) and ``eval_data=PATH`` the evals' one other path
 (the VOC07 folder of the ImageNet sweeps), so a shipped sweep runs from any directory.
@@ -86,6 +86,11 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> dict:
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or not grid or any(not isinstance(v, list) or not v for v in grid.values()):
         raise SelfSupError(f"sweep file {path}: grid must map each axis to a non-empty list, e.g. width: [0.5, 1, 2]")
+    for axis, values in grid.items():
+        for i, v in enumerate(values):
+            if v in values[:i]:                     # by value: 1 and 1.0 are one cell (one row, one folder)
+                raise SelfSupError(f"sweep file {path}: grid axis {axis} lists {v!r} twice (as "
+                                   f"{values[values.index(v)]!r} and {v!r}): give each value once")
     if "data" not in base or not ({"method", "config"} & (set(base) | set(grid))):
         raise SelfSupError(f"sweep file {path}: base needs data, and method or a config that names it")
     zipped = _zip_groups(spec.get("zip"), grid, path)

@@ -1,6 +1,7 @@
 """selfsup sweep: the grid, the data-spec axes, resumable cells, the CSV, the tables and the plots."""
 import csv
 import json
+import re
 
 import pytest
 
@@ -373,3 +374,13 @@ def test_eval_data_moves_the_imagenet_sweeps_voc07_folder(tmp_path, monkeypatch)
     with pytest.raises(SelfSupError, match=r"eval_data=/x moves the evals' one data path other than the base's; "
                                            r".*goyal_data_size_cifar10.yaml has none: copy it"):
         load_sweep("goyal_data_size_cifar10", ["eval_data=/x"])
+
+
+@pytest.mark.parametrize("values, fragment", [("[0.5, 0.5]", "lists 0.5 twice (as 0.5 and 0.5)"),
+                                              ("[1, 2, 1.0]", "lists 1.0 twice (as 1 and 1.0)")])
+def test_a_value_repeated_in_an_axis_is_refused_when_the_file_is_read(tmp_path, values, fragment):
+    """width: [0.5, 0.5] gave duplicate rows, width: [1, 1.0] trained one cell twice (width=1, width=1.0): a
+    value repeated in an axis, compared by value, is refused in one line naming the axis and the value."""
+    (tmp_path / "s.yaml").write_text(SWEEP.replace("width: [0.5, 1]", f"width: {values}"))
+    with pytest.raises(SelfSupError, match=r"grid axis width " + re.escape(fragment) + ": give each value once"):
+        load_sweep(tmp_path / "s.yaml")
