@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from selfsup.errors import SelfSupError
+from selfsup.tempfiles import writer_suffix
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -36,8 +37,9 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def temporary_name(path: Path) -> Path:
-    """Where ``save_atomic`` writes before the rename: ``.NAME.PID.RANDOM.tmp`` beside ``path``."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    """Where ``save_atomic`` writes before the rename: ``.NAME.RANDOM.HOST.PID.tmp`` beside ``path``
+    (``selfsup.tempfiles``: a killed writer's are found by the next)."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.{writer_suffix()}")
 
 
 class SaveError(SelfSupError):

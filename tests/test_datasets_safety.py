@@ -291,7 +291,7 @@ def test_stale_temporary_files_are_removed(tmp_path, monkeypatch):
     dead.wait()
     arrays = tmp_path / "cache" / "arrays"
     arrays.mkdir(parents=True)
-    host = D._HOST
+    from selfsup.tempfiles import HOST as host
     stale = [arrays / f".{fp}.{what}.{host}.{dead.pid}.tmp" for what in ("npy", "npy2", "labels.npy", "classes.json")]
     kept = [arrays / f".{fp}.npy.{host}.{os.getppid()}.tmp",       # a live writer
             arrays / f".{fp}.old.{host}.{os.getpid()}.tmp",       # ours: maybe another thread's, left alone

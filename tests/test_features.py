@@ -45,6 +45,27 @@ def test_feature_cache(tmp_path, monkeypatch):
     assert len(list((tmp_path / "features").iterdir())) == 2
 
 
+def test_a_killed_extractions_partial_cache_file_is_removed_by_the_next(tmp_path):
+    import subprocess
+    import sys
+
+    from selfsup.tempfiles import writer_suffix
+
+    data = load_dataset("synthetic:10?classes=2&size=16")
+    net = build_backbone("convnet")
+    extract_features(net, data, cache_key="ckpt1", cache_dir=tmp_path)
+    entry = next((tmp_path / "features").glob("*.pt"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host_pid = writer_suffix().rsplit(".", 2)[0]                  # this host
+    partial = entry.with_name(f".{entry.name}.beef.{host_pid}.{dead.pid}.tmp")   # left by a killed writer
+    alive = entry.with_name(f".{entry.name}.cafe.{host_pid}.{os.getppid()}.tmp")  # a writer still running
+    partial.write_bytes(b"29 MB of features, cut")
+    alive.write_bytes(b"being written")
+    extract_features(net, data, cache_key="ckpt1", cache_dir=tmp_path)           # a cache hit cleans up too
+    assert not partial.exists() and alive.exists()
+
+
 def test_goyal_pooling_and_centre_crop_have_their_own_cache_entries(tmp_path):
     data = load_dataset("synthetic:10?classes=2&size=16")
     net = build_backbone("resnet18")

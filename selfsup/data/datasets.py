@@ -22,7 +22,6 @@ import json
 import os
 import pickle
 import re
-import socket
 import stat
 import tarfile
 import warnings
@@ -36,6 +35,7 @@ from PIL import Image
 
 from selfsup.data.subsets import fraction_per_class, holdout_split
 from selfsup.errors import SelfSupError
+from selfsup.tempfiles import remove_dead_temporaries, writer_suffix
 
 FORMATS = ("imagefolder", "cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "filelist", "voc07", "synthetic",
            "unlabeled", "shards")
@@ -516,7 +516,6 @@ def read_idx(path: Path, split: str, fashion: bool) -> ImageArrayDataset:
 GRAY_MODES = ("1", "L", "LA", "La", "I", "F")       # and "I;16..."; "P" (palette) and "PA" count as colour
 PROBE_HEAD = 1 << 16                 # bytes read to probe an image's header once KEEP_BYTES is spent
 KEEP_BYTES = 256 << 20               # bytes of probed images kept for decoding: a small set is read only once
-_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"     # no dots: temp names split on them
 
 
 def walk(root: Path):
@@ -721,26 +720,12 @@ def _choose_size(path: Path, sizes: list[tuple[int, int]]) -> int:
 
 def _tmp(cache: Path, fingerprint: str, what: str) -> Path:
     """A temporary file of one cache entry, named after its writer (host and pid) so that leftovers can be found."""
-    return cache / f".{fingerprint}.{what}.{_HOST}.{os.getpid()}.tmp"
+    return cache / f".{fingerprint}.{what}.{writer_suffix()}"
 
 
 def _remove_stale_tmps(cache: Path, fingerprint: str) -> None:
-    """Delete this entry's temporary files left by a killed writer: same host, and its pid is gone.
-
-    A live writer's files stay. So do files named with our own pid: another thread of this process may be writing
-    them, and a leftover of an earlier run whose pid was reused is overwritten when we write that name."""
-    if os.name != "posix":                       # elsewhere os.kill(pid, 0) does not merely test for a process
-        return
-    for tmp in cache.glob(f".{fingerprint}.*.tmp"):
-        parts = tmp.name[:-len(".tmp")].rsplit(".", 2)
-        if len(parts) != 3 or parts[1] != _HOST or not parts[2].isdigit() or int(parts[2]) == os.getpid():
-            continue
-        try:
-            os.kill(int(parts[2]), 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except (OSError, OverflowError):         # PermissionError: alive, another user's
-            pass
+    """Delete this entry's temporary files left by a killed writer (``remove_dead_temporaries``)."""
+    remove_dead_temporaries(cache, f".{fingerprint}.")
 
 
 def _decode_all(source: _Source, names: list[str], labels: list[int], classes: list[str], size: int | None,

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from selfsup.data.datasets import cache_root
 from selfsup.data.views import EvalTransform, normalize, to_float
 from selfsup.checkpoint import safe_load, save_atomic
+from selfsup.tempfiles import remove_dead_temporaries
 from selfsup.errors import SelfSupError
 from selfsup.models.pooling import cc_max_pool
 from selfsup.eval.checks import at_least_one
@@ -125,6 +126,7 @@ def feature_cache(cache_key: str | None, what: str, cache_dir: str | Path | None
         return None, None
     name = hashlib.sha1(f"{cache_key}|{what}".encode()).hexdigest()[:20]
     path = Path(cache_dir or default_cache_dir()) / "features" / f"{name}.pt"
+    remove_dead_temporaries(path.parent, f".{path.name}.")      # a killed extraction's partial file
     if not path.exists():
         return path, None
     cached = safe_load(path, "feature cache")
