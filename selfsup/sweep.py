@@ -38,7 +38,8 @@ evaluation runs (k, temperature, probe epochs and lr, pool, SVM costs, jobs and 
 ``init`` checkpoint's); a refusal names the file, the eval's label and the setting.
 
 Each cell pretrains in ``OUT/cells/NAME`` and keeps its evaluations in ``evals.json`` there, so a
-rerun skips what is finished and resumes an interrupted run exactly. Each eval is labelled by its
+rerun skips what is finished and resumes an interrupted run exactly (``evals.json`` and ``cell.json`` are
+written atomically; an ``evals.json`` that does not read is said on stderr and its evals run again). Each eval is labelled by its
 ``name``, else its protocol (numbered, knn-1 and knn-2, where two evals share one). The sweep writes
 ``results.csv`` (one row per cell, eval and tap, with the eval's label), ``results.md`` (a table per
 eval and metric, cells by rows) and one log-x plot per eval and metric (``LABEL_METRIC_vs_X.png``).
@@ -55,6 +56,7 @@ import io
 import itertools
 import json
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -467,7 +469,7 @@ def run_cell(spec: dict, cell: dict, threads: int | None = None) -> dict:
     if status != "done":
         raise SelfSupError(f"cell {cell_name(cell)} stopped ({status}): run the sweep again to resume it")
     done_file = out / "evals.json"
-    done = json.loads(done_file.read_text()) if done_file.exists() else {}
+    done = _read_evals(done_file)
     t_eval = 0.0
     for entry in spec["evals"]:
         key = json.dumps(entry, sort_keys=True)
@@ -475,14 +477,36 @@ def run_cell(spec: dict, cell: dict, threads: int | None = None) -> dict:
             t = time.perf_counter()
             done[key] = _evaluate(entry, str(out / "last.pt"))
             t_eval += time.perf_counter() - t
-            done_file.write_text(json.dumps(done, indent=1))
+            _write_json(done_file, done)
     rows = [{**cell, "eval": label, **row} for e, label in zip(spec["evals"], spec["labels"])
             for row in done[json.dumps(e, sort_keys=True)]]
     wall = time.perf_counter() - t0
     record = {"cell": cell, "rows": rows, "wall_s": round(wall, 3), "train_s": round(t_train, 3),
               "eval_s": round(t_eval, 3), "overhead_s": round(wall - t_train - t_eval, 3)}
-    (out / "cell.json").write_text(json.dumps(record, indent=1))
+    _write_json(out / "cell.json", record)
     return record
+
+
+def _read_evals(path: Path) -> dict:
+    """A cell's ``evals.json``, {eval's settings: its rows}; one that does not read (cut by a full disk) is said
+    in one line on stderr and counts as no evaluation, so the cell's evals run again."""
+    if not path.exists():
+        return {}
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, ValueError):
+        done = None
+    if not isinstance(done, dict):
+        print(f"{path} is damaged (not readable JSON): the cell's evaluations run again", file=sys.stderr)
+        return {}
+    return done
+
+
+def _write_json(path: Path, obj) -> None:
+    """``obj`` as JSON, written atomically (a kill or a full disk keeps the previous file)."""
+    from selfsup.checkpoint import write_atomic
+
+    write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
 def run_sweep(path: str | Path, parallel: int = 1, out: str | None = None, overrides: list[str] | None = None) -> dict:

@@ -1,11 +1,14 @@
 """selfsup sweep: the grid, the data-spec axes, resumable cells, the CSV, the tables and the plots."""
 import csv
+import errno
 import json
+import os
 import re
 
 import pytest
 
 from conftest import one_line_error, run
+from selfsup import sweep
 from selfsup.errors import SelfSupError
 from selfsup.sweep import cell_name, cell_settings, cells, load_sweep
 
@@ -384,3 +387,29 @@ def test_a_value_repeated_in_an_axis_is_refused_when_the_file_is_read(tmp_path, 
     (tmp_path / "s.yaml").write_text(SWEEP.replace("width: [0.5, 1]", f"width: {values}"))
     with pytest.raises(SelfSupError, match=r"grid axis width " + re.escape(fragment) + ": give each value once"):
         load_sweep(tmp_path / "s.yaml")
+
+
+def test_a_damaged_evals_json_is_said_and_evaluated_again(tmp_path, capsys, monkeypatch):
+    """evals.json was written in place: a full disk left 0 bytes and every rerun crashed on its JSON. It is
+    written atomically now, and one that does not read is said in one line and counts as not evaluated."""
+    (tmp_path / "s.yaml").write_text(SWEEP.replace("width: [0.5, 1]", "width: [0.5]")
+                                     .replace("data.fraction: [0.5, 1.0]", "epochs: [1]"))
+    out = tmp_path / "out"
+    assert run(capsys, "sweep", tmp_path / "s.yaml", "--out", out)[0] == 0
+    cell = out / "cells" / "width=0.5,epochs=1"
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    good = (cell / "evals.json").read_text()
+    (cell / "evals.json").write_text("")
+    code, _, err = run(capsys, "sweep", tmp_path / "s.yaml", "--out", out)
+    assert code == 0, err
+    assert f"{cell / 'evals.json'} is damaged (not readable JSON): the cell's evaluations run again" in err
+    assert json.loads((cell / "cell.json").read_text())["eval_s"] > 0
+    assert (cell / "evals.json").read_text() == good and list(csv.DictReader(open(out / "results.csv"))) == rows
+    assert not list(cell.glob(".*.tmp"))
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(SelfSupError, match="No space left on device"):        # a full disk keeps the previous file
+        sweep._write_json(cell / "evals.json", {})
+    assert (cell / "evals.json").read_text() == good
