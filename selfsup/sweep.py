@@ -37,11 +37,12 @@ evaluation runs (k, temperature, probe epochs and lr, pool, SVM costs, jobs and 
 ``taps``/``tap`` against each cell's backbone where that is a registered one (not a timm model or an
 ``init`` checkpoint's); a refusal names the file, the eval's label and the setting.
 
-Each cell pretrains in ``OUT/cells/NAME`` and keeps its evaluations in ``evals.json`` there, so a
-rerun skips what is finished and resumes an interrupted run exactly (``evals.json`` and ``cell.json`` are
-written atomically; an ``evals.json`` that does not read is said on stderr and its evals run again). Each eval is labelled by its
-``name``, else its protocol (numbered, knn-1 and knn-2, where two evals share one). The sweep writes
-``results.csv`` (one row per cell, eval and tap, with the eval's label), ``results.md`` (a table per
+Each cell pretrains in ``OUT/cells/NAME`` and keeps its evaluations in ``evals.json`` there, each with the
+content hash of the checkpoint it scored, so a rerun skips what is finished, resumes an interrupted run
+exactly, and evaluates again a cell whose checkpoint changed (resumed to more epochs, retrained).
+``evals.json`` and ``cell.json`` are written atomically; an ``evals.json`` that does not read is said on
+stderr and its evals run again. Each eval is labelled by its ``name``, else its protocol (numbered, knn-1
+and knn-2, where two evals share one). The sweep writes ``results.csv`` (one row per cell, eval and tap, with the eval's label), ``results.md`` (a table per
 eval and metric, cells by rows) and one log-x plot per eval and metric (``LABEL_METRIC_vs_X.png``).
 ``--parallel N`` runs N cells at once, in processes sharing the cores.
 Each cell records its wall time and the part spent outside its training and evaluations (the
@@ -456,6 +457,7 @@ def run_cell(spec: dict, cell: dict, threads: int | None = None) -> dict:
 
     from selfsup.data.datasets import load_dataset
     from selfsup.engine.trainer import pretrain
+    from selfsup.eval.features import file_hash
 
     if threads:
         torch.set_num_threads(threads)
@@ -470,16 +472,17 @@ def run_cell(spec: dict, cell: dict, threads: int | None = None) -> dict:
         raise SelfSupError(f"cell {cell_name(cell)} stopped ({status}): run the sweep again to resume it")
     done_file = out / "evals.json"
     done = _read_evals(done_file)
+    weights = file_hash(out / "last.pt")          # an eval of other weights (retrained, resumed further) runs again
     t_eval = 0.0
     for entry in spec["evals"]:
         key = json.dumps(entry, sort_keys=True)
-        if key not in done:
+        if not isinstance(done.get(key), dict) or done[key].get("checkpoint") != weights:
             t = time.perf_counter()
-            done[key] = _evaluate(entry, str(out / "last.pt"))
+            done[key] = {"checkpoint": weights, "rows": _evaluate(entry, str(out / "last.pt"))}
             t_eval += time.perf_counter() - t
             _write_json(done_file, done)
     rows = [{**cell, "eval": label, **row} for e, label in zip(spec["evals"], spec["labels"])
-            for row in done[json.dumps(e, sort_keys=True)]]
+            for row in done[json.dumps(e, sort_keys=True)]["rows"]]
     wall = time.perf_counter() - t0
     record = {"cell": cell, "rows": rows, "wall_s": round(wall, 3), "train_s": round(t_train, 3),
               "eval_s": round(t_eval, 3), "overhead_s": round(wall - t_train - t_eval, 3)}
@@ -488,7 +491,7 @@ def run_cell(spec: dict, cell: dict, threads: int | None = None) -> dict:
 
 
 def _read_evals(path: Path) -> dict:
-    """A cell's ``evals.json``, {eval's settings: its rows}; one that does not read (cut by a full disk) is said
+    """A cell's ``evals.json``, {eval's settings: {"checkpoint": hash of the last.pt it scored, "rows"}}; one that does not read (cut by a full disk) is said
     in one line on stderr and counts as no evaluation, so the cell's evals run again."""
     if not path.exists():
         return {}

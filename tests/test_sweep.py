@@ -413,3 +413,33 @@ def test_a_damaged_evals_json_is_said_and_evaluated_again(tmp_path, capsys, monk
     with pytest.raises(SelfSupError, match="No space left on device"):        # a full disk keeps the previous file
         sweep._write_json(cell / "evals.json", {})
     assert (cell / "evals.json").read_text() == good
+
+
+ONE_CELL = SWEEP.replace("width: [0.5, 1]", "width: [0.5]").replace("  data.fraction: [0.5, 1.0]\n", "")
+
+
+def test_a_cell_whose_checkpoint_changed_is_evaluated_again(tmp_path, capsys):
+    """evals.json was keyed by the eval's settings only: a cell resumed to more epochs, or retrained after its
+    last.pt was deleted, kept the old checkpoint's scores. Each evaluation now records the hash of the checkpoint
+    it scored and runs again when the cell's last.pt differs; the table shows the current weights' scores."""
+    from selfsup.eval.features import file_hash
+
+    (tmp_path / "s.yaml").write_text(ONE_CELL)
+    out, cell = tmp_path / "out", tmp_path / "out" / "cells" / "width=0.5"
+
+    def sweep_and_check(*overrides):
+        code, _, err = run(capsys, "sweep", tmp_path / "s.yaml", "--out", out, *overrides)
+        assert code == 0, err
+        values = [float(r["value"]) for r in csv.DictReader(open(out / "results.csv"))]
+        spec = load_sweep(tmp_path / "s.yaml")
+        fresh = [r["value"] for r in sweep._evaluate(spec["evals"][0], str(cell / "last.pt"))]
+        assert values == pytest.approx(fresh)                     # the scores of the weights in last.pt now
+        stored = json.loads((cell / "evals.json").read_text())
+        assert [v["checkpoint"] for v in stored.values()] == [file_hash(cell / "last.pt")]
+        return json.loads((cell / "cell.json").read_text())["eval_s"]
+
+    assert sweep_and_check() > 0
+    assert sweep_and_check() == 0                                 # nothing changed: skipped
+    assert sweep_and_check("epochs=2", "resume_with_changes=true") > 0          # resumed to epoch 2
+    (cell / "last.pt").unlink()
+    assert sweep_and_check("epochs=3", "resume_with_changes=true") > 0          # retrained from scratch
