@@ -19,6 +19,7 @@ lr 0.01 per 256 images, weight decay 5e-4, cosine; for a random teacher the pape
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -73,10 +74,12 @@ def hog_words(teacher: str) -> int | None:
 def pseudo_labels(teacher: str, cluster_spec: str, out_file: str | Path, label_spec: str | None = None,
                   clusters: int = 2000, tap: str | None = None, pool: str = "max", iterations: int = 20,
                   seed: int = 0, image_size: int | None = None, device: str = "cpu", batch_size: int = 256,
-                  progress: bool = False) -> dict:
+                  progress: bool = False, check=None) -> dict:
     """Cluster the teacher's features of ``cluster_spec`` and write the nearest-centroid index of every
     image of ``label_spec`` (default: ``cluster_spec``) to ``out_file``. A file already there is reused
-    when the same teacher made it for the same images, and refused when another teacher did."""
+    when the same teacher and setting made it (the labelling set included), and refused otherwise.
+    ``check(key)``, when given, sees the teacher-and-setting key first, before anything is computed or
+    written (``transfer``: the record of the student trained on ``out_file``)."""
     label_spec = label_spec or cluster_spec
     device = resolve_device(device)
     at_least_one("--clusters", clusters, 2000)
@@ -93,14 +96,17 @@ def pseudo_labels(teacher: str, cluster_spec: str, out_file: str | Path, label_s
         backbone, identity, default_tap, size = teacher_backbone(teacher, seed, image_size or cluster_set.image_size)
     tap = tap or default_tap
     made_by = f"{identity}|{tap}|{pool}|k{clusters}|it{iterations}|seed{seed}|{cluster_set.fingerprint}"
+    if label_set.fingerprint != cluster_set.fingerprint:          # Table 2: the labels of another set
+        made_by += f"|labels {label_set.fingerprint}"
+    if check is not None:
+        check(made_by)
     out_file = Path(out_file)
     if out_file.exists():
         f = read_label_file(out_file)
-        if f["teacher"] != made_by:
+        if f["teacher"] != made_by or str(f["data_fingerprint"]) != label_set.fingerprint:
             raise SelfSupError(f"{out_file} holds pseudo-labels of another teacher or setting ({f['teacher']}), "
                                f"not {made_by}: delete it, or pick another --out")
-        if str(f["data_fingerprint"]) == label_set.fingerprint:
-            return {"file": str(out_file), "teacher": made_by, "reused": True, "clusters": int(f["num_classes"])}
+        return {"file": str(out_file), "teacher": made_by, "reused": True, "clusters": int(f["num_classes"])}
     if backbone is None:                      # HOG bag of words: a codebook from the clustering set
         from selfsup.cluster.hog import hog_bow_features, hog_codebook
 
@@ -148,19 +154,34 @@ def check_student(cfg, student_out: Path, objective: str) -> None:
                    f"rerun with the student's settings, add resume_with_changes=true to continue it with these, or {fix}")
 
 
+def trained_on(student_out: Path) -> str:
+    """What the student in ``student_out`` was trained on, as ``record_trained_on`` wrote it."""
+    record = student_out / "trained_on.txt"
+    return record.read_text().strip() if record.exists() else f"something unrecorded ({record} is missing)"
+
+
+def same_teacher(student_out: Path, labels_file: Path, made_by: str) -> None:
+    """Refuse, before the teacher runs, pseudo-labels of another teacher or setting (``made_by``) for a student
+    trained on others: the student depends on ``labels_file``, which is left as it is."""
+    old = trained_on(student_out)
+    if not old.endswith(f"({made_by})"):
+        also = f" and {labels_file}, made for it," if labels_file.exists() else ""
+        raise SelfSupError(f"the student in {student_out} was trained on {old}, this command gives it pseudo-labels "
+                           f"of {made_by}: remove {student_out}{also} or choose another --out")
+
+
 def record_trained_on(student_out: Path, source: str, resuming: bool) -> None:
     """``student_out/trained_on.txt`` names what the student learns from (the pseudo-labels' or the regressed
     teacher's content hash); a run is continued only on the same: a changed teacher, relabelled images, are
     refused in one line instead of pairing the student with labels it was not trained on. ``student_out``
     exists already (``transfer`` prepares it before the teacher runs)."""
-    record = student_out / "trained_on.txt"
     if resuming:
-        old = record.read_text().strip() if record.exists() else f"something unrecorded ({record} is missing)"
+        old = trained_on(student_out)
         if old != source:
             raise SelfSupError(f"the student in {student_out} was trained on {old}, this command gives it {source}: "
                                f"remove {student_out} or choose another --out")
         return
-    record.write_text(source + "\n")
+    (student_out / "trained_on.txt").write_text(source + "\n")
 
 
 def transfer(teacher: str, student: str, cluster_spec: str, label_spec: str | None = None, clusters: int = 2000,
@@ -171,10 +192,11 @@ def transfer(teacher: str, student: str, cluster_spec: str, label_spec: str | No
     from scratch to classify them (``OUT/student``; rerunning resumes it, on the same pseudo-labels only).
     ``objective="regress"`` is the distillation baseline instead: the student regresses the teacher's features
     (the ``distill`` method; resumed with the same teacher's content only). The student's settings and an
-    existing student run, and ``out`` (a folder that can be written), are checked before the teacher runs.
-    Returns what was done."""
+    existing student run, and ``out`` (a folder that can be written), are checked before the teacher runs, and
+    nothing is written in ``out`` but under the student's run lock: a second ``transfer`` to the same ``out``
+    is refused while one runs. Returns what was done."""
     from selfsup.config import resolve_config
-    from selfsup.engine.rundir import prepare_out
+    from selfsup.engine.rundir import RunLock, prepare_out
     from selfsup.engine.trainer import pretrain
     from selfsup.methods import get_method
     from selfsup.models import build_backbone
@@ -203,17 +225,24 @@ def transfer(teacher: str, student: str, cluster_spec: str, label_spec: str | No
     build_backbone(student)                   # an unknown student is refused before the teacher runs
     for folder in (out, student_out):         # an --out that is a file, or not writable: refused before it too
         prepare_out(folder)
-    cfg.resume = (student_out / "last.pt").exists()
-    if cfg.resume:
-        check_student(cfg, student_out, objective)
-    if objective == "regress":
-        load_checkpoint(teacher)              # a missing or broken teacher: its one-line error
-        info, source = None, f"teacher {Path(teacher).name}@{file_hash(teacher)}"
-    else:
-        info = pseudo_labels(teacher, cluster_spec, labels_file, label_spec, clusters, tap, pool,
-                             iterations, seed, device=device or "cpu", progress=True)
-        source = f"pseudo-labels {labels_file.name}@{file_hash(labels_file)} ({info['teacher']})"
-    record_trained_on(student_out, source, cfg.resume)
+    # the student's run lock before anything is written: the labels and trained_on.txt belong to the student
+    lock = RunLock(student_out).acquire() if os.environ.get("RANK", "0") == "0" else None
+    try:
+        cfg.resume = (student_out / "last.pt").exists()
+        if cfg.resume:
+            check_student(cfg, student_out, objective)
+        if objective == "regress":
+            load_checkpoint(teacher)              # a missing or broken teacher: its one-line error
+            info, source = None, f"teacher {Path(teacher).name}@{file_hash(teacher)}"
+        else:
+            check = (lambda made_by: same_teacher(student_out, labels_file, made_by)) if cfg.resume else None
+            info = pseudo_labels(teacher, cluster_spec, labels_file, label_spec, clusters, tap, pool, iterations,
+                                 seed, device=device or "cpu", progress=True, check=check)
+            source = f"pseudo-labels {labels_file.name}@{file_hash(labels_file)} ({info['teacher']})"
+        record_trained_on(student_out, source, cfg.resume)
+    finally:
+        if lock is not None:
+            lock.release()            # the student's trainer takes it again (flock: a second one would conflict)
     run_dir, status = pretrain(cfg)
     return {"protocol": "transfer", "objective": objective, "status": status, "pseudo_labels": info, "student": student,
             "student_lr": cfg.optim.lr, "checkpoint": str(run_dir / "last.pt")}

@@ -1,0 +1,58 @@
+"""`selfsup transfer` writes in --out only under the student's run lock, and refuses before writing anything what
+would replace the labels a student depends on (another transfer running there, another teacher, another set)."""
+import shutil
+
+import pytest
+
+from conftest import TINY, one_line_error, run
+from selfsup.cluster.transfer import pseudo_labels
+from selfsup.engine.rundir import RunLock
+from selfsup.errors import SelfSupError
+from selfsup.eval.features import file_hash
+
+OTHER = "synthetic:64?classes=4&size=16&seed=5"
+
+
+def _transfer(capsys, teacher, out, *more):
+    return run(capsys, "transfer", "--teacher", teacher, "--student", "convnet", "--cluster-data", TINY,
+               "--clusters", 4, "--epochs", 1, "--batch-size", 16, "--out", out, "--device", "cpu", *more,
+               "progress=false")
+
+
+def test_a_second_transfer_is_refused_while_one_runs_and_writes_nothing(tmp_path, capsys, random_ckpt):
+    """The running student has its labels and trained_on.txt but no checkpoint yet: a second transfer with
+    another labelling set used to rewrite both before the trainer refused it."""
+    out = tmp_path / "tr"
+    assert _transfer(capsys, random_ckpt, out)[0] == 0
+    (out / "student" / "last.pt").rename(tmp_path / "last.pt")       # as before the running one's first save
+    labels, record = file_hash(out / "pseudo_labels.npz"), (out / "student" / "trained_on.txt").read_text()
+    lock = RunLock(out / "student").acquire()                         # the running transfer
+    try:
+        code, _, err = _transfer(capsys, random_ckpt, out, "--label-data", OTHER)
+    finally:
+        lock.release()
+    assert one_line_error(code, err, "is in use by another run"), err
+    assert file_hash(out / "pseudo_labels.npz") == labels
+    assert (out / "student" / "trained_on.txt").read_text() == record
+
+
+def test_the_labels_of_another_labelling_set_are_refused_not_rewritten(tmp_path, random_ckpt):
+    out = tmp_path / "pl.npz"
+    pseudo_labels(str(random_ckpt), TINY, out, clusters=4)
+    labels = file_hash(out)
+    with pytest.raises(SelfSupError, match="another teacher or setting"):
+        pseudo_labels(str(random_ckpt), TINY, out, label_spec=OTHER, clusters=4)
+    assert file_hash(out) == labels
+    assert pseudo_labels(str(random_ckpt), TINY, out, clusters=4)["reused"]
+
+
+def test_another_teacher_is_refused_naming_the_student_before_the_teacher_runs(tmp_path, capsys, random_ckpt):
+    out, teacher = tmp_path / "tr", tmp_path / "other.pt"
+    assert _transfer(capsys, random_ckpt, out)[0] == 0
+    shutil.copy(random_ckpt, teacher)                                 # the same weights, another file name
+    code, _, err = _transfer(capsys, teacher, out)
+    assert one_line_error(code, err, f"remove {out / 'student'} and {out / 'pseudo_labels.npz'}, made for it,"), err
+    (out / "pseudo_labels.npz").unlink()                              # the user removes only the labels
+    code, _, err = _transfer(capsys, teacher, out)
+    assert one_line_error(code, err, "was trained on pseudo-labels"), err
+    assert not (out / "pseudo_labels.npz").exists()                   # the teacher did not run
