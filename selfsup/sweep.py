@@ -39,7 +39,9 @@ evaluation runs (k, temperature, probe epochs and lr, pool, SVM costs, jobs and 
 
 Each cell pretrains in ``OUT/cells/NAME`` and keeps its evaluations in ``evals.json`` there, each with the
 content hash of the checkpoint it scored, so a rerun skips what is finished, resumes an interrupted run
-exactly, and evaluates again a cell whose checkpoint changed (resumed to more epochs, retrained).
+exactly, and evaluates again a cell whose checkpoint changed (resumed to more epochs, retrained). A cell
+whose settings changed is refused, as ``selfsup pretrain`` refuses a resume with other settings, unless
+``resume_with_changes=true`` follows the sweep file.
 ``evals.json`` and ``cell.json`` are written atomically; an ``evals.json`` that does not read is said on
 stderr and its evals run again. Each eval is labelled by its ``name``, else its protocol (numbered, knn-1
 and knn-2, where two evals share one). The sweep writes ``results.csv`` (one row per cell, eval and tap, with the eval's label), ``results.md`` (a table per
@@ -466,7 +468,13 @@ def run_cell(spec: dict, cell: dict, threads: int | None = None) -> dict:
     cfg = resolve_cell(spec, cell, [f"out={out}", "progress=false"], image_size_of=lambda s: load_dataset(s).image_size)
     cfg.resume = (out / "last.pt").exists()
     t_train = time.perf_counter()
-    _, status = pretrain(cfg)                  # leaves a torchrun process group, as `selfsup pretrain` does
+    try:
+        _, status = pretrain(cfg)              # leaves a torchrun process group, as `selfsup pretrain` does
+    except SelfSupError as exc:                # a changed cell: the trainer names pretrain's flag, not the override
+        if "--resume-with-changes" not in str(exc):
+            raise
+        raise SelfSupError(str(exc).replace("--resume-with-changes", "resume_with_changes=true after the sweep file")
+                           ) from None
     t_train = time.perf_counter() - t_train
     if status != "done":
         raise SelfSupError(f"cell {cell_name(cell)} stopped ({status}): run the sweep again to resume it")

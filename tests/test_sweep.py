@@ -443,3 +443,17 @@ def test_a_cell_whose_checkpoint_changed_is_evaluated_again(tmp_path, capsys):
     assert sweep_and_check("epochs=2", "resume_with_changes=true") > 0          # resumed to epoch 2
     (cell / "last.pt").unlink()
     assert sweep_and_check("epochs=3", "resume_with_changes=true") > 0          # retrained from scratch
+
+
+def test_a_changed_cell_is_refused_naming_the_override_a_sweep_takes(tmp_path, capsys):
+    """The trainer's refusal of a cell whose settings changed said "pass --resume-with-changes", a flag sweep
+    does not take: it names resume_with_changes=true after the sweep file, which continues the cell."""
+    (tmp_path / "s.yaml").write_text(ONE_CELL)
+    out = tmp_path / "out"
+    assert run(capsys, "sweep", tmp_path / "s.yaml", "--out", out)[0] == 0
+    code, _, err = run(capsys, "sweep", tmp_path / "s.yaml", "--out", out, "epochs=2")
+    assert one_line_error(code, err, "has epochs=1, this command epochs=2: resume with the run's settings, or pass "
+                                     "resume_with_changes=true after the sweep file to continue with the new ones")
+    assert "--resume-with-changes" not in err
+    code, _, err = run(capsys, "sweep", tmp_path / "s.yaml", "--out", out, "epochs=2", "resume_with_changes=true")
+    assert code == 0, err
