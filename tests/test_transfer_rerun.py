@@ -3,6 +3,7 @@ only on the pseudo-labels (or the regressed teacher) it was trained on."""
 import shutil
 
 from conftest import TINY, one_line_error, run
+from selfsup.checkpoint import load_checkpoint
 from selfsup.cli import main
 from selfsup.eval.features import file_hash
 
@@ -92,3 +93,35 @@ def test_an_out_that_is_a_file_or_not_writable_is_refused_before_the_teacher_run
             assert one_line_error(code, err, fragment), err
         monkeypatch.setattr(os, "access", real_access)
     assert (tmp_path / "afile").read_text() == ""
+
+
+def test_the_same_out_spelled_otherwise_or_moved_continues_the_student(tmp_path, capsys, random_ckpt, monkeypatch):
+    """The student's data names OUT's labels file: an absolute --out after a relative one is the same file, and
+    the labels of a moved OUT are the student's own (trained_on.txt checks their content)."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    assert _transfer(capsys, random_ckpt, "tr")[0] == 0
+    code, _, err = _transfer(capsys, random_ckpt, tmp_path / "tr")
+    assert code == 0, err
+    data = load_checkpoint(tmp_path / "tr" / "student" / "last.pt")["config"]["data"]
+    assert data.endswith("labels=tr/pseudo_labels.npz")                 # the run's own spelling, no change
+    shutil.move(tmp_path / "tr", tmp_path / "moved")
+    code, stdout, err = _transfer(capsys, random_ckpt, "moved", "--epochs", 2, "resume_with_changes=true")
+    assert code == 0, err
+    assert "labels=tr/pseudo_labels.npz -> " in stdout and load_checkpoint(
+        tmp_path / "moved" / "student" / "last.pt")["config"]["data"].endswith("labels=moved/pseudo_labels.npz")
+    records = [json.loads(line) for line in (tmp_path / "moved" / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["resumed_with_changes"]["data"][1] for r in records if "resumed_with_changes" in r][-1].endswith(
+        "labels=moved/pseudo_labels.npz")
+    shutil.move(tmp_path / "moved", tmp_path / "again")
+    code, _, err = _transfer(capsys, random_ckpt, "again", "--epochs", 2)       # nothing else changed: no flag
+    assert code == 0, err
+
+
+def test_the_regressed_teacher_spelled_otherwise_continues_the_student(tmp_path, capsys, random_ckpt, monkeypatch):
+    shutil.copy(random_ckpt, tmp_path / "teacher.pt")
+    monkeypatch.chdir(tmp_path)
+    assert _transfer(capsys, "teacher.pt", "reg", "--objective", "regress")[0] == 0
+    code, _, err = _transfer(capsys, tmp_path / "teacher.pt", "reg", "--objective", "regress")
+    assert code == 0, err

@@ -135,7 +135,10 @@ def pseudo_labels(teacher: str, cluster_spec: str, out_file: str | Path, label_s
 def check_student(cfg, student_out: Path, objective: str) -> None:
     """Refuse, before any pseudo-labels are made, a student run in ``student_out`` that this command cannot
     continue: another method, backbone or (for CC+) labelling set, or other settings without
-    ``resume_with_changes=true``."""
+    ``resume_with_changes=true``. Paths are compared by what they name: the student's pseudo-labels under
+    another spelling of ``--out`` (or the regressed teacher under another spelling) keep the run's spelling;
+    in a moved or copied ``--out`` the student continues on the labels there (``trained_on.txt`` checks their
+    content), the new path recorded as a change of the run."""
     from omegaconf import OmegaConf
 
     from selfsup.engine.rundir import config_changes, refuse_changes
@@ -143,6 +146,17 @@ def check_student(cfg, student_out: Path, objective: str) -> None:
     ckpt = load_checkpoint(student_out / "last.pt")
     changes = {k: v for k, v in config_changes(ckpt.get("config") or {}, OmegaConf.to_container(cfg)).items()
                if v[1] is not None}      # unset here, filled in by the run (num_classes): the trainer checks them
+    moved = False
+    if "distill.teacher" in changes and same_path(*changes["distill.teacher"]):
+        cfg.distill.teacher = changes.pop("distill.teacher")[0]
+    if objective == "classify" and "data" in changes:
+        (spec, _, labels), (new_spec, _, new_labels) = (d.rpartition("labels=") for d in changes["data"])
+        if spec == new_spec:             # the same labelling set, the labels at another path
+            data = changes.pop("data")
+            if same_path(labels, new_labels):
+                cfg.data = data[0]
+            else:
+                moved = True
     fix = f"remove {student_out} or choose another --out"
     fixed = {"method", "backbone"} | ({"data"} if objective == "classify" else set())
     blocked = sorted(fixed & set(changes))
@@ -152,6 +166,13 @@ def check_student(cfg, student_out: Path, objective: str) -> None:
                            f"continue with another {key}: {fix}")
     refuse_changes(changes, cfg.resume_with_changes, f"the student in {student_out}",
                    f"rerun with the student's settings, add resume_with_changes=true to continue it with these, or {fix}")
+    if moved:
+        cfg.resume_with_changes = True   # the trainer allows and records the labels' new path (other changes: above)
+
+
+def same_path(a: str, b: str) -> bool:
+    """Whether two spellings name the same file (relative to the working directory, or absolute)."""
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def trained_on(student_out: Path) -> str:
