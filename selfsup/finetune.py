@@ -130,12 +130,20 @@ def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", e
     classes are checked against the training classes before training."""
     cfg = finetune_config(init, data, recipe, epochs, batch_size, out, device, overrides)
     class_map(load_dataset(data), labelled(load_dataset(test_data), test_data), data, test_data)
-    # a rerun continues (or re-scores) the run in OUT: only if it started from these weights, not from other
-    # weights that have since been written to the same --init path
-    mark, digest = Path(cfg.out) / "init.sha1", file_hash(init)
+    # a rerun continues (or re-scores) the run in OUT: only if it started from these weights, not from another
+    # file or from other weights that have since been written to the same --init path; the same file under
+    # another spelling (absolute, relative) keeps the run's spelling
+    last, mark, digest = Path(cfg.out) / "last.pt", Path(cfg.out) / "init.sha1", file_hash(init)
+    started = (load_checkpoint(last).get("config") or {}).get("init") if last.exists() else None
+    same_file = started is not None and Path(started).resolve() == Path(init).resolve()
     if mark.exists() and mark.read_text().strip() != digest:
+        if started is not None and not same_file:
+            raise SelfSupError(f"{cfg.out} holds a fine-tuning of {started}, not of {init} (other weights): choose "
+                               f"another --out, or remove {cfg.out} to fine-tune {init}")
         raise SelfSupError(f"{cfg.out} holds a fine-tuning of other weights than {init} holds now (the file changed "
                            f"since): choose another --out, or remove {cfg.out} to fine-tune again")
+    if same_file:
+        cfg.init = started
     if not mark.exists() and not (Path(cfg.out) / "last.pt").exists():    # a new fine-tuning; a folder holding
         mark.parent.mkdir(parents=True, exist_ok=True)                    # another run is left as it is (the
         mark.write_text(digest + "\n")                                     # engine refuses it, or resumes it)

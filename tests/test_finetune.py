@@ -126,3 +126,20 @@ def test_an_out_holding_a_pretraining_run_is_left_as_it_was(pretrained, tmp_path
                        "--batch-size", 16, "--out", pretrained.parent, "--device", "cpu", "progress=false")
     assert code != 0
     assert sorted(p.name for p in pretrained.parent.iterdir()) == before
+
+
+def test_the_same_init_spelled_otherwise_continues_and_another_file_is_named(pretrained, tmp_path, capsys, monkeypatch):
+    """--init compared by what it names: the absolute path of the run's relative --init is the same file; another
+    file with other weights is named as another file, not as a changed one."""
+    monkeypatch.chdir(tmp_path)
+    args = ["finetune", "--data", DATA, "--test-data", DATA, "--epochs", 1, "--batch-size", 16, "--out", "ft",
+            "--device", "cpu", "progress=false"]
+    assert run(capsys, *args, "--init", "pre/last.pt")[0] == 0
+    code, _, err = run(capsys, *args, "--init", pretrained)
+    assert code == 0, err
+    ckpt = torch.load(pretrained, weights_only=True)
+    ckpt["backbone_state"] = {k: torch.zeros_like(v) for k, v in ckpt["backbone_state"].items()}
+    torch.save(ckpt, tmp_path / "other.pt")
+    code, _, err = run(capsys, *args, "--init", "other.pt")
+    assert one_line_error(code, err, "ft holds a fine-tuning of pre/last.pt, not of other.pt (other weights)"), err
+    assert "changed since" not in err
