@@ -19,7 +19,9 @@ weight decay, batch 256, RandomResizedCrop + flip, step decay):
 
 The recipes are ImageNet's: on a small subset an epoch is a few steps, so give ``--epochs``
 (and ``--batch-size``) that fit it; the steps keep their share of the run (12 and 16 of 20 epochs
-become 60 and 80 of 100); the result names the recipe and every change to it.
+become 60 and 80 of 100); the result names the recipe and every change to it, and every resumption with
+changed settings (``--resume-with-changes``): the epoch and step it continued from and each setting's
+values before and after, e.g. ``{"epoch": 3, "step": 18, "changes": {"epochs": [3, 4], ...}}``.
 """
 from __future__ import annotations
 
@@ -152,7 +154,8 @@ def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", e
         return {"status": status, "checkpoint": str(run_dir / "last.pt")}
     recipe_values = RECIPES[recipe]
     changes = {k: v for k, v in ((k, _select(cfg, k)) for k in recipe_values) if v != recipe_values[k]}
-    result = {"protocol": "finetune", "recipe": recipe, "changes": changes, "init": str(init), "train_data": data,
+    result = {"protocol": "finetune", "recipe": recipe, "changes": changes,
+              "resumed_with_changes": resumed_with_changes(run_dir), "init": str(init), "train_data": data,
               "test_data": test_data, "epochs": cfg.epochs,
               **score(run_dir / "last.pt", test_data, data, cfg.device),
               "checkpoint": str(run_dir / "last.pt")}
@@ -163,6 +166,21 @@ def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", e
         warnings.warn(warning, stacklevel=2)
     (run_dir / "finetune.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def resumed_with_changes(run_dir: Path) -> list[dict]:
+    """The resumptions with changed settings of the run in ``run_dir``, as the engine logged them in its
+    ``metrics.jsonl``: [{"epoch", "step", "changes": {key: [before, after]}}], oldest first."""
+    path, resumed = run_dir / "metrics.jsonl", []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:                     # a line cut by a kill
+            continue
+        if "resumed_with_changes" in record:
+            resumed.append({"epoch": record["epoch"], "step": record["step"],
+                            "changes": record["resumed_with_changes"]})
+    return resumed
 
 
 def _select(cfg, key: str):

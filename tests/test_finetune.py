@@ -117,6 +117,10 @@ def test_more_epochs_continue_with_resume_with_changes(pretrained, tmp_path, cap
     code, _, err = run(capsys, *args, "--epochs", 2, "--resume-with-changes")
     assert code == 0, err
     assert load_checkpoint(tmp_path / "ft" / "last.pt")["epoch"] == 2
+    record = json.loads((tmp_path / "ft" / "finetune.json").read_text())      # not a clean 2-epoch run: epoch 1
+    assert record["changes"]["optim.milestones"] == [1.2, 1.6]              # ran with the 1-epoch milestones
+    assert [(r["epoch"], r["changes"]["epochs"], r["changes"]["optim.milestones"])
+            for r in record["resumed_with_changes"]] == [(1, [1, 2], [[0.6, 0.8], [1.2, 1.6]])]
 
 
 def test_an_out_holding_a_pretraining_run_is_left_as_it_was(pretrained, tmp_path, capsys):
