@@ -55,7 +55,7 @@ def find_fashion_mnist(data: str | None) -> str:
     candidates = [data] if data else [DEBIAN_PATH, str(Path.home() / ".cache/selfsup/debian" / DEBIAN_PATH.lstrip("/"))]
     for path in candidates:
         if path and Path(path).is_dir() and any(Path(path).glob("train-images-idx3-ubyte*")):
-            return path
+            return str(Path(path).resolve())      # one spelling: a rerun from elsewhere reuses the same runs
     raise SelfSupError("Fashion-MNIST not found: run `make demo` (it installs Debian's dataset-fashion-mnist) "
                        "or pass --data DIR holding the IDX files")
 
@@ -128,11 +128,16 @@ def query_images(labels: torch.Tensor, count: int) -> np.ndarray:
 
 def pretrain(method: str, run_dir: Path, train_spec: str, epochs: int, device: str,
              extra: list[str] | None = None) -> float | None:
-    """Train (or resume, or reuse a finished) run of ``method``; returns its seconds of pretraining, or None
-    when it was interrupted (SIGTERM / SIGINT: its checkpoint is saved, and a rerun resumes it)."""
+    """Train (or resume, or reuse a finished) run of ``method``; returns its seconds of pretraining (of every
+    process that trained it, when it was interrupted and resumed), or None when it was interrupted (SIGTERM /
+    SIGINT: its checkpoint is saved, and a rerun resumes it). A run in ``run_dir`` of other settings (data,
+    epochs, ...) is refused in one line."""
+    from omegaconf import OmegaConf
+
     from selfsup.checkpoint import load_checkpoint
     from selfsup.config import check_config, resolve_config
     from selfsup.data.datasets import load_dataset
+    from selfsup.engine.rundir import config_changes, refuse_changes
     from selfsup.engine.trainer import Trainer
     from selfsup.methods import get_method
 
@@ -142,17 +147,25 @@ def pretrain(method: str, run_dir: Path, train_spec: str, epochs: int, device: s
     cfg = resolve_config(get_method(method), None, flags, settings,
                          image_size_of=lambda spec: load_dataset(spec).image_size)
     check_config(cfg)
-    timing = run_dir / "seconds"
-    if (run_dir / "last.pt").exists() and timing.exists():
-        ckpt = load_checkpoint(run_dir / "last.pt")
-        if ckpt.get("epoch") == cfg.epochs and not ckpt.get("step_in_epoch"):
-            return float(timing.read_text())
+    timing, partial = run_dir / "seconds", run_dir / "seconds.partial"
     cfg.resume = (run_dir / "last.pt").exists()
+    if cfg.resume:                    # a run of other settings (data, epochs, ...) is neither reused nor continued
+        ckpt = load_checkpoint(run_dir / "last.pt")
+        refuse_changes(config_changes(ckpt.get("config") or {}, OmegaConf.to_container(cfg)), False,
+                       f"the demo's run in {run_dir}", f"remove {run_dir} to train it again with these, or choose "
+                       f"another --out")
+        if timing.exists() and ckpt.get("epoch") == cfg.epochs and not ckpt.get("step_in_epoch"):
+            return float(timing.read_text())
+    before = float(partial.read_text()) if cfg.resume and partial.exists() else 0.0   # of interrupted processes
     t0 = time.perf_counter()
-    if Trainer(cfg).fit() != "done":
+    status = Trainer(cfg).fit()
+    seconds = before + time.perf_counter() - t0
+    if status != "done":
+        if (run_dir / "last.pt").exists():          # what a rerun resumes: its seconds count too
+            partial.write_text(f"{seconds:.1f}\n")
         return None
-    seconds = time.perf_counter() - t0
     timing.write_text(f"{seconds:.1f}\n")
+    partial.unlink(missing_ok=True)
     return seconds
 
 

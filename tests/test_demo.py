@@ -65,6 +65,44 @@ def test_an_interrupted_demo_stops_and_scores_nothing(tiny_fashion, tmp_path, mo
     assert not (tmp_path / "demo" / "report.md").exists()
 
 
+def test_a_rerun_on_other_data_or_budget_refuses_the_old_runs(tiny_fashion, tmp_path, monkeypatch, capsys):
+    """A rerun reused any finished run of the same epochs, whatever data it was trained on (the report then
+    showed runs of other images as this data's); and another --epochs was refused with advice the demo does not
+    take (--resume-with-changes)."""
+    import shutil
+
+    from selfsup.cli import main
+
+    other = tmp_path / "other-fashion"
+    shutil.copytree(tiny_fashion, other)
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--epochs", "1", "--device", "cpu", "--methods", "jigclu"]
+    assert main(args + ["--data", str(tiny_fashion)]) == 0
+    capsys.readouterr()
+    code = main(args + ["--data", str(other)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"the demo's run in {out / 'random'} has data=fashion-mnist:{tiny_fashion}?split=train, " \
+        f"this command data=fashion-mnist:{other}?split=train" in err and f"remove {out / 'random'} to train" in err, err
+    code = main(args[:4] + ["2"] + args[5:] + ["--data", str(tiny_fashion)])
+    err = capsys.readouterr().err
+    assert code == 2 and "has epochs=1, this command epochs=2" in err and "--resume-with-changes" not in err, err
+    monkeypatch.chdir(tiny_fashion.parent)                       # the same data, spelled relative: reused
+    assert main(args + ["--data", tiny_fashion.name]) == 0
+
+
+def test_an_interrupted_and_resumed_run_reports_the_seconds_of_both_processes(tiny_fashion, tmp_path, monkeypatch):
+    from selfsup.demo import pretrain
+    from selfsup.engine.trainer import Trainer
+
+    spec = f"fashion-mnist:{tiny_fashion}?split=train"
+    real_fit, clock = Trainer.fit, iter([0.0, 100.0, 1000.0, 1030.0])
+    monkeypatch.setattr("selfsup.demo.time", type("Clock", (), {"perf_counter": staticmethod(lambda: next(clock))}))
+    monkeypatch.setattr(Trainer, "fit", lambda self, on_epoch_end=None: real_fit(self) and "interrupted")
+    assert pretrain("jigclu", tmp_path / "run", spec, 1, "cpu", ["batch_size=32"]) is None      # 100 s, stopped
+    monkeypatch.setattr(Trainer, "fit", real_fit)
+    assert pretrain("jigclu", tmp_path / "run", spec, 1, "cpu", ["batch_size=32"]) == pytest.approx(130.0)
+
+
 def test_score_features_on_separable_features():
     """Every protocol scores features that separate the classes perfectly at (nearly) 100%."""
     g = torch.Generator().manual_seed(0)
