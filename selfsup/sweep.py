@@ -44,9 +44,12 @@ whose settings changed is refused, as ``selfsup pretrain`` refuses a resume with
 ``resume_with_changes=true`` follows the sweep file.
 ``evals.json`` and ``cell.json`` are written atomically; an ``evals.json`` that does not read is said on
 stderr and its evals run again. Each eval is labelled by its ``name``, else its protocol (numbered, knn-1
-and knn-2, where two evals share one). The sweep writes ``results.csv`` (one row per cell, eval and tap, with the eval's label), ``results.md`` (a table per
-eval and metric, cells by rows) and one log-x plot per eval and metric (``LABEL_METRIC_vs_X.png``).
-``--parallel N`` runs N cells at once, in processes sharing the cores.
+and knn-2, where two evals share one). The sweep writes ``results.csv`` (one row per cell, eval and tap, with
+the eval's label), ``results.md`` (a table per eval and metric, cells by rows) and one log-x plot per eval and
+metric (``LABEL_METRIC_vs_X.png``).
+``--parallel N`` runs N cells at once, in processes sharing the cores; SIGTERM or Ctrl-C to the sweep stops
+them too (a training cell saves its checkpoint first, as ``selfsup pretrain`` does), and on Linux they end
+when the sweep is killed, so a rerun resumes every cell.
 Each cell records its wall time and the part spent outside its training and evaluations (the
 sweep's own overhead).
 """
@@ -59,6 +62,7 @@ import io
 import itertools
 import json
 import os
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -461,6 +465,8 @@ def run_cell(spec: dict, cell: dict, threads: int | None = None) -> dict:
     from selfsup.engine.trainer import pretrain
     from selfsup.eval.features import file_hash
 
+    if _SWEEP_PID is not None and os.getppid() != _SWEEP_PID:    # a worker whose sweep died: no new cell
+        _end_worker()
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -477,6 +483,8 @@ def run_cell(spec: dict, cell: dict, threads: int | None = None) -> dict:
                            ) from None
     t_train = time.perf_counter() - t_train
     if status != "done":
+        if _SWEEP_PID is not None:             # a worker stopped by its sweep: the checkpoint is saved, no other cell
+            _end_worker()
         raise SelfSupError(f"cell {cell_name(cell)} stopped ({status}): run the sweep again to resume it")
     done_file = out / "evals.json"
     done = _read_evals(done_file)
@@ -534,14 +542,7 @@ def run_sweep(path: str | Path, parallel: int = 1, out: str | None = None, overr
     root.mkdir(parents=True, exist_ok=True)
     todo = cells(spec)
     t0 = time.perf_counter()
-    if parallel == 1:
-        records = [run_cell(spec, c) for c in todo]
-    else:
-        import multiprocessing
-
-        threads = max(1, (os.cpu_count() or 1) // parallel)
-        with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-            records = list(pool.map(run_cell, [spec] * len(todo), todo, [threads] * len(todo)))
+    records = [run_cell(spec, c) for c in todo] if parallel == 1 else _run_parallel(spec, todo, parallel)
     wall = time.perf_counter() - t0
     write_outputs(spec, records, root)
     summary = {"wall_s": round(wall, 1), "cells": len(records),
@@ -550,6 +551,74 @@ def run_sweep(path: str | Path, parallel: int = 1, out: str | None = None, overr
                "overhead_s": round(sum(r["overhead_s"] for r in records), 2)}
     (root / "sweep.json").write_text(json.dumps(summary, indent=1))
     return {"out": str(root), "records": records, **summary}
+
+
+_SWEEP_PID: int | None = None          # in a --parallel worker: the process id of its sweep
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGINT to a --parallel sweep."""
+
+
+def _raise_stopped(signum, frame):
+    raise _Stopped(signal.Signals(signum).name)
+
+
+def _run_parallel(spec: dict, todo: list[dict], parallel: int) -> list[dict]:
+    """``run_cell`` of each cell, ``parallel`` at a time in spawned processes sharing the cores. SIGTERM or SIGINT
+    to the sweep stops its workers (a training cell saves its checkpoint first), then is said in one line."""
+    import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
+
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    pool = ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_worker, initargs=(os.getpid(),))
+    handlers, stopped = {}, False
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError):          # not the main thread: no handler
+            handlers[sig] = signal.signal(sig, _raise_stopped)
+    try:
+        try:
+            return list(pool.map(run_cell, [spec] * len(todo), todo, [threads] * len(todo)))
+        finally:
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
+    except _Stopped as exc:
+        stopped = True
+        for worker in multiprocessing.active_children():
+            while worker.is_alive():                   # again each second: a signal the trainer took as it ended
+                worker.terminate()
+                worker.join(1)
+        raise SelfSupError(f"sweep stopped ({exc}): its workers stopped, a training cell saving its checkpoint; "
+                           f"run the same command again to resume") from None
+    except BrokenProcessPool:
+        raise SelfSupError("a worker of the sweep ended without its cell's result (killed, or out of memory?): "
+                           "run the same command again to resume, with a lower --parallel if memory ran out") from None
+    finally:
+        pool.shutdown(cancel_futures=stopped)
+
+
+def _start_worker(sweep_pid: int) -> None:
+    """A --parallel worker ends with its sweep: SIGTERM (the sweep stopping it, or on Linux the sweep's death, by
+    PR_SET_PDEATHSIG) ends it at once, or in a cell's training after the trainer saved its checkpoint; Ctrl-C
+    is the sweep's to forward (the trainer still takes it during training)."""
+    global _SWEEP_PID
+    _SWEEP_PID = sweep_pid
+    signal.signal(signal.SIGTERM, _end_worker)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG: SIGTERM when the sweep dies
+    if os.getppid() != sweep_pid:                      # it died before that
+        _end_worker()
+
+
+def _end_worker(*_) -> None:
+    """A worker's end, at once (its printed lines flushed), with the status of a SIGTERM."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signal.SIGTERM)
 
 
 def write_outputs(spec: dict, records: list[dict], root: Path) -> None:
