@@ -77,15 +77,34 @@ PROTOCOLS = ("knn", "linear", "svm")
 FILE_KEYS = {"name", "out", "base", "grid", "zip", "evals", "plot"}
 
 
+class _AliasFound(Exception):
+    pass
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` without aliases: a file of a few lines of nested ``*name`` references expands
+    exponentially when the sweep walks its settings (a "billion laughs"), and a sweep file needs none."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasFound(self.peek_event().start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> dict:
     """A sweep file (a path, or the name of a shipped sweep), checked: a grid of non-empty lists, configs of
     the cells' method and evaluations of a known protocol. ``overrides``: ``key=value`` settings over the
     base (``apply_overrides``)."""
     given, path = str(path), find_config(str(path), "sweeps", "sweep file")
     try:
-        spec = yaml.safe_load(Path(path).read_text())
+        spec = yaml.load(Path(path).read_text(), Loader=_PlainLoader)
     except (OSError, yaml.YAMLError) as exc:
         raise SelfSupError(f"cannot read sweep file {path}: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise SelfSupError(f"cannot read sweep file {path}: it is nested too deeply for a sweep") from None
+    except _AliasFound as exc:
+        raise SelfSupError(f"sweep file {path} line {exc.args[0]}: YAML aliases (*name) are not read in sweep "
+                           f"files (a few nested ones can expand to gigabytes): write the values out") from None
     if not isinstance(spec, dict):
         raise SelfSupError(f"sweep file {path} must be a mapping with base, grid and evals")
     unknown = sorted(set(spec) - FILE_KEYS)

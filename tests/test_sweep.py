@@ -457,3 +457,18 @@ def test_a_changed_cell_is_refused_naming_the_override_a_sweep_takes(tmp_path, c
     assert "--resume-with-changes" not in err
     code, _, err = run(capsys, "sweep", tmp_path / "s.yaml", "--out", out, "epochs=2", "resume_with_changes=true")
     assert code == 0, err
+
+
+def test_an_alias_bomb_or_a_deeply_nested_sweep_file_is_refused_in_one_line(tmp_path):
+    """893 bytes of nested YAML aliases grew past 2 GB in a minute (the sweep flattens its base); a
+    100,000-deep list ended in a RecursionError traceback."""
+    keys = "abcdefghij"
+    lines = ["base:", "  data: 'synthetic:64'", "  method: simclr",
+             "  l0: &a0 {" + ", ".join(f"{c}: 1" for c in keys) + "}"]
+    lines += [f"  l{i}: &a{i} {{" + ", ".join(f"{c}: *a{i - 1}" for c in keys) + "}" for i in range(1, 9)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines + ["grid:", "  epochs: [1]", "evals: []"]) + "\n")
+    with pytest.raises(SelfSupError, match=r"bomb\.yaml line 5: YAML aliases \(\*name\) are not read in sweep files"):
+        load_sweep(tmp_path / "bomb.yaml")
+    (tmp_path / "deep.yaml").write_text("plot: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(SelfSupError, match=r"deep\.yaml: it is nested too deeply"):
+        load_sweep(tmp_path / "deep.yaml")
