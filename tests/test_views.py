@@ -167,6 +167,10 @@ def test_crop_min_scale_sets_the_smallest_area_of_the_image_size_crops_only():
     assert build_method("simclr", backbone="convnet", image_size=32).view_maker().specs[0].scale == (0.08, 1.0)
     with pytest.raises(SelfSupError, match="crop_min_scale"):
         build_method("simclr", backbone="convnet", image_size=32, crop_min_scale=1.5).view_maker()
+    # multi-crop without crops of the image size: the example names that size (it printed {self.image_size})
+    with pytest.raises(SelfSupError, match=r"give the crops \(e\.g\. 2x32\+4x16\)"):
+        build_method("simclr", backbone="convnet", image_size=32, views="multicrop:2x24+4x16",
+                     crop_min_scale=0.2).view_maker()
 
 
 def test_view_size_sets_the_side_of_the_image_size_views_only():

@@ -205,7 +205,7 @@ class JointEmbeddingMethod(Method):
             if not any(s.size == self.image_size and (s.patch is None or key == "view_size") for s in specs):
                 raise SelfSupError(f"{self.name}.{key}={getattr(cfg, key)} applies to the random-resized crops of the "
                                    f"image size ({self.image_size} px), and {self.name}.views={cfg.views} has none: "
-                                   f"drop {key}" + (", or give the crops (e.g. 2x{self.image_size}+4x16)"
+                                   f"drop {key}" + (f", or give the crops (e.g. 2x{self.image_size}+4x16)"
                                                     if cfg.views.startswith("multicrop") else ""))
             if key == "crop_min_scale" and any(s.patch is not None for s in specs):
                 raise SelfSupError(f"{self.name}.crop_min_scale={cfg.crop_min_scale} does not apply to fixed-size "
