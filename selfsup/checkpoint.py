@@ -14,6 +14,7 @@ import pickle
 import re
 import secrets
 import sys
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -98,6 +99,7 @@ def safe_load(path: str | Path, what: str = "checkpoint"):
         raise SelfSupError(f"{what} {path} is a directory: {hint}")
     if not path.is_file():
         raise SelfSupError(f"{what} {path} does not exist: pass the path of a .pt file")
+    _check_zip(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -109,6 +111,24 @@ def safe_load(path: str | Path, what: str = "checkpoint"):
     except Exception as exc:
         raise SelfSupError(f"cannot read {what} {path} ({type(exc).__name__}): it is not a PyTorch file or it is "
                            f"truncated") from None
+
+
+def _check_zip(path: Path, what: str) -> None:
+    """A one-line error for a zip file (torch.save's format) that is not what torch.save writes: its records
+    are stored, never compressed, so together they hold no more bytes than the file. A record deflated from
+    gigabytes of zeros (a zip bomb) would be inflated in memory by ``torch.load`` before anything is checked."""
+    if not zipfile.is_zipfile(path):
+        return                    # torch's legacy format, or not a PyTorch file: torch.load says which
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise SelfSupError(f"cannot read {what} {path}: it is not a PyTorch file or it is truncated") from None
+    compressed = any(r.compress_type != zipfile.ZIP_STORED for r in records)
+    if compressed or sum(r.file_size for r in records) > path.stat().st_size:
+        raise SelfSupError(f"{what} {path} holds {'compressed' if compressed else 'overlapping'} records (a zip "
+                           f"bomb?): not a file torch.save wrote; re-save its weights with torch.save, or pass "
+                           f"another file")
 
 
 def load_checkpoint(path: str | Path) -> dict:
