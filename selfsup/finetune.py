@@ -25,6 +25,7 @@ values before and after, e.g. ``{"epoch": 3, "step": 18, "changes": {"epochs": [
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -35,6 +36,7 @@ from selfsup.checkpoint import backbone_spec, load_backbone, load_checkpoint
 from selfsup.config import resolve_config
 from selfsup.data.datasets import load_dataset
 from selfsup.distributed import resolve_device
+from selfsup.engine.rundir import prepare_out
 from selfsup.engine.trainer import pretrain
 from selfsup.errors import SelfSupError
 from selfsup.eval.checks import at_least_one, eval_image_size
@@ -146,10 +148,22 @@ def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", e
                            f"since): choose another --out, or remove {cfg.out} to fine-tune again")
     if same_file:
         cfg.init = started
-    if not mark.exists() and not (Path(cfg.out) / "last.pt").exists():    # a new fine-tuning; a folder holding
-        mark.parent.mkdir(parents=True, exist_ok=True)                    # another run is left as it is (the
-        mark.write_text(digest + "\n")                                     # engine refuses it, or resumes it)
-    run_dir, status = pretrain(cfg)
+    # a new fine-tuning marks its folder; a folder holding another run is left as it is (the engine refuses it,
+    # or resumes it); a refused start (a batch larger than the data, ...) leaves nothing behind
+    new, created = not mark.exists() and not last.exists(), not Path(cfg.out).exists()
+    if new:
+        prepare_out(Path(cfg.out))           # a file as --out, an uncreatable folder: one line, before writing
+        mark.write_text(digest + "\n")
+    try:
+        run_dir, status = pretrain(cfg)
+    except SelfSupError:
+        if new and not last.exists():
+            mark.unlink(missing_ok=True)
+            if created:                      # the folder this call made, if nothing else is in it
+                (Path(cfg.out) / ".lock").unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    Path(cfg.out).rmdir()
+        raise
     if status != "done":
         return {"status": status, "checkpoint": str(run_dir / "last.pt")}
     recipe_values = RECIPES[recipe]

@@ -132,6 +132,20 @@ def test_an_out_holding_a_pretraining_run_is_left_as_it_was(pretrained, tmp_path
     assert sorted(p.name for p in pretrained.parent.iterdir()) == before
 
 
+def test_a_bad_out_is_one_line_and_a_refused_start_leaves_nothing(pretrained, tmp_path, capsys):
+    """--out naming a file gave a FileExistsError traceback (init.sha1 was written before the engine's checks),
+    and a start the engine refused (a batch larger than the data) left OUT/init.sha1 behind."""
+    args = ["finetune", "--init", pretrained, "--data", DATA, "--test-data", DATA, "--epochs", 1, "--device", "cpu",
+            "progress=false"]
+    (tmp_path / "afile").write_text("x")
+    code, _, err = run(capsys, *args, "--batch-size", 16, "--out", tmp_path / "afile")
+    assert one_line_error(code, err, "is a file, not a folder"), err
+    code, _, err = run(capsys, *args, "--batch-size", 16, "--out", tmp_path / "afile" / "x")
+    assert one_line_error(code, err, "cannot create the run directory"), err
+    code, _, err = run(capsys, *args, "--batch-size", 256, "--out", tmp_path / "ft")
+    assert code == 2 and "256" in err and not (tmp_path / "ft").exists(), err
+
+
 def test_the_same_init_spelled_otherwise_continues_and_another_file_is_named(pretrained, tmp_path, capsys, monkeypatch):
     """--init compared by what it names: the absolute path of the run's relative --init is the same file; another
     file with other weights is named as another file, not as a changed one."""
