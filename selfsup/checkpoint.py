@@ -97,6 +97,8 @@ def safe_load(path: str | Path, what: str = "checkpoint"):
     if path.is_dir():          # most often a run directory: name its checkpoint
         hint = f"pass {path / 'last.pt'}" if (path / "last.pt").is_file() else "pass the path of a .pt file"
         raise SelfSupError(f"{what} {path} is a directory: {hint}")
+    if path.exists() and not path.is_file():        # a FIFO, a device (/dev/zero), a socket: reading may never end
+        raise SelfSupError(f"{what} {path} is not a regular file: pass the path of a .pt file")
     if not path.is_file():
         raise SelfSupError(f"{what} {path} does not exist: pass the path of a .pt file")
     _check_zip(path, what)

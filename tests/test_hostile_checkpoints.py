@@ -2,6 +2,7 @@
 overlap. Each is refused in one line before anything large is allocated or built (no GB is allocated here:
 the files only claim it)."""
 import io
+import os
 import zipfile
 
 import pytest
@@ -54,3 +55,12 @@ def test_records_larger_than_the_file_are_refused(tmp_path):
 def test_a_plain_torch_save_still_loads(tmp_path):
     torch.save({"w": torch.ones(3)}, tmp_path / "ok.pt")
     assert torch.equal(safe_load(tmp_path / "ok.pt")["w"], torch.ones(3))
+
+
+def test_a_fifo_or_device_is_not_a_regular_file(tmp_path, capsys):
+    os.mkfifo(tmp_path / "fifo.pt")
+    for path in (tmp_path / "fifo.pt", "/dev/zero"):
+        with pytest.raises(SelfSupError, match=f"checkpoint {path} is not a regular file: pass the path of a .pt"):
+            safe_load(path)
+    code, _, err = run(capsys, "eval", "knn", "--checkpoint", "/dev/zero", "--train-data", TINY, "--test-data", TINY)
+    assert one_line_error(code, err, "/dev/zero is not a regular file")
