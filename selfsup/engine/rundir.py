@@ -3,6 +3,8 @@
 - ``RunLock``: an exclusive ``flock`` on ``OUT/.lock``, which holds the owner's PID
   and host. The kernel releases it when the process ends, however it ends, so a
   lock left by a killed run is stale by construction and the next run takes it.
+  Before it, ``check_entries`` refuses a folder where the run's writes and deletions
+  would land elsewhere or hang: a symbolic link or a FIFO among its files.
 - ``remove_temporaries``: partial files of a killed save (``.NAME.PID.RANDOM.tmp``);
   only the lock holder writes in the folder, so every one found there is stale.
 - ``truncate_metrics``: after a resume, ``metrics.jsonl`` keeps only the records of
@@ -11,11 +13,14 @@
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import socket
+import stat
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 from selfsup.config import flatten
@@ -25,6 +30,8 @@ from selfsup.errors import SelfSupError
 RESUMABLE_KEYS = {"out", "resume", "resume_with_changes", "device", "progress", "log_every", "save_every",
                   "save_every_steps", "monitor", "compile", "data_on_device", "optim.fused",
                   "loader_threads"}   # how, not what
+# what a run writes in its directory as files (and ``tb/``, a folder): a folder under one of these names is not its own
+RUN_FILES = (".lock", "config.yaml", "metrics.jsonl", "report.md", "last.pt", "epoch_*.pt", "*.png")
 
 
 def prepare_out(out: Path) -> None:
@@ -39,18 +46,57 @@ def prepare_out(out: Path) -> None:
         raise SelfSupError(f"the run directory {out} is not writable: choose a writable --out")
 
 
+def _not_own(path: Path, what: str) -> SelfSupError:
+    return SelfSupError(f"{path} is {what}: a run directory holds only the run's own files; remove it or choose "
+                        f"another --out")
+
+
+def _foreign(entry: os.DirEntry, top: bool) -> str | None:
+    """What makes ``entry`` (of a run directory, ``top``, or of its ``tb``) no file of the run's, or None."""
+    if entry.is_symlink():
+        return "a symbolic link"
+    if entry.is_dir(follow_symlinks=False):
+        return "a folder, where the run writes a file" if top and any(fnmatch(entry.name, p) for p in RUN_FILES) else None
+    if entry.is_file(follow_symlinks=False):
+        return "a file, where the run keeps its TensorBoard folder" if top and entry.name == "tb" else None
+    mode = entry.stat(follow_symlinks=False).st_mode
+    return "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device file"
+
+
+def check_entries(out: Path) -> None:
+    """Refuse in one line a run directory where what the run writes or deletes would land elsewhere or hang: a
+    symbolic link or a special file (FIFO, device, socket) in it or in its ``tb`` folder, a ``tb`` that is a file,
+    a folder under the name of a file the run writes. ``out`` itself may be a link to a folder."""
+    for folder in (out, out / "tb"):
+        try:
+            entries = list(os.scandir(folder)) if folder == out or folder.is_dir() else []
+        except OSError as exc:
+            raise SelfSupError(f"cannot read the run directory {folder} ({exc.strerror}): choose another --out") from None
+        for entry in entries:
+            what = _foreign(entry, folder == out)
+            if what:
+                raise _not_own(folder / entry.name, what)
+
+
 class RunLock:
-    """An exclusive lock on a run directory for the lifetime of this process (or until ``release``)."""
+    """An exclusive lock on a run directory for the lifetime of this process (or until ``release``); it is taken
+    after ``check_entries``, so the run writes in a folder of its own files only."""
 
     def __init__(self, out: Path):
         self.path = out / ".lock"
         self.fd: int | None = None
 
     def acquire(self) -> "RunLock":
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        check_entries(self.path.parent)
+        try:                                   # O_NOFOLLOW: a link made since the check is refused too
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _not_own(self.path, "a symbolic link") from None
             raise SelfSupError(f"cannot create {self.path} ({exc.strerror}): choose a writable --out") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise _not_own(self.path, "not a file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -1,0 +1,108 @@
+"""A run writes and deletes its own files only, and a tampered run directory is refused in one line."""
+import os
+import shutil
+
+import pytest
+
+from conftest import TINY, one_line_error, run
+from selfsup.engine import rundir
+from selfsup.engine.rundir import RunLock
+from selfsup.errors import SelfSupError
+from selfsup.report import run_report
+
+
+def pretrain(capsys, out, *extra, epochs=1):
+    return run(capsys, "pretrain", "simclr", "--data", TINY, "--backbone", "convnet", "--epochs", epochs,
+               "--batch-size", 16, "--out", out, "progress=false", "device=cpu", *extra)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished one-epoch run (4 steps), to copy: ``shutil.copytree(finished, out)``."""
+    from selfsup.cli import main
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["pretrain", "simclr", "--data", TINY, "--backbone", "convnet", "--epochs", "1", "--batch-size", "16",
+                 "--out", str(out), "progress=false", "device=cpu", "log_every=1"]) == 0
+    return out
+
+
+# ------------------------------------------------------------------ links and special files in the run directory
+
+@pytest.mark.parametrize("name", [".lock", "config.yaml", "metrics.jsonl", "report.md", "loss.png", "last.pt",
+                                  ".last.pt.1.x.tmp", "tb", "tb/events.out.tfevents.1.host.1.0"])
+def test_a_link_in_the_run_directory_is_refused_and_its_target_kept(tmp_path, capsys, name):
+    out, victim = tmp_path / "run", tmp_path / "victim"
+    (out / "tb").mkdir(parents=True)
+    if name == "tb":
+        (out / "tb").rmdir()
+        victim.mkdir()
+        (victim / "events.out.tfevents.x").write_text("keep")
+    else:
+        victim.write_text("keep")
+    (out / name).symlink_to(victim)
+    code, _, err = pretrain(capsys, out)
+    assert one_line_error(code, err, f"{out / name} is a symbolic link: a run directory holds only the run's own "
+                                     f"files; remove it or choose another --out"), err
+    if name == "tb":
+        assert os.listdir(victim) == ["events.out.tfevents.x"]
+    else:
+        assert victim.read_text() == "keep"
+    assert not (out / "config.yaml").exists() or (out / "config.yaml").is_symlink()
+
+
+def test_resuming_someone_elses_run_directory_with_links_writes_nothing_through_them(tmp_path, capsys, finished):
+    out, victim = tmp_path / "run", tmp_path / "victim"
+    shutil.copytree(finished, out)
+    victim.write_text("keep")
+    (out / "config.yaml").unlink()
+    (out / "config.yaml").symlink_to(victim)
+    code, _, err = pretrain(capsys, out, "--resume-with-changes", epochs=2)
+    assert one_line_error(code, err, "config.yaml is a symbolic link"), err
+    assert victim.read_text() == "keep"
+
+
+@pytest.mark.parametrize("name", ["config.yaml", ".lock", "metrics.jsonl"])
+def test_a_fifo_in_the_run_directory_is_refused_not_waited_on(tmp_path, capsys, name):
+    out = tmp_path / "run"
+    out.mkdir()
+    os.mkfifo(out / name)
+    code, _, err = pretrain(capsys, out)
+    assert one_line_error(code, err, f"{out / name} is a named pipe (FIFO): a run directory holds only"), err
+
+
+def test_a_folder_where_the_run_writes_a_file_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "report.md").mkdir(parents=True)
+    code, _, err = pretrain(capsys, out)
+    assert one_line_error(code, err, "report.md is a folder, where the run writes a file"), err
+
+
+def test_an_out_that_is_a_link_to_a_folder_is_a_run_directory(tmp_path, capsys):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    code, _, err = pretrain(capsys, tmp_path / "link")
+    assert code == 0, err
+    assert (tmp_path / "real" / "last.pt").is_file() and (tmp_path / "real" / "report.md").is_file()
+
+
+def test_the_lock_is_not_followed_when_a_link_appears_after_the_check(tmp_path, monkeypatch):
+    out, victim = tmp_path / "run", tmp_path / "victim"
+    out.mkdir()
+    victim.write_text("keep")
+    (out / ".lock").symlink_to(victim)
+    monkeypatch.setattr(rundir, "check_entries", lambda out: None)      # the link made just after the check
+    with pytest.raises(SelfSupError, match=r"\.lock is a symbolic link"):
+        RunLock(out).acquire()
+    assert victim.read_text() == "keep"
+
+
+def test_the_report_writes_through_no_link(tmp_path, finished):
+    out, victim = tmp_path / "run", tmp_path / "victim"
+    shutil.copytree(finished, out)
+    victim.write_text("keep")
+    (out / "loss.png").unlink()
+    (out / "loss.png").symlink_to(victim)
+    with pytest.raises(SelfSupError, match="loss.png is a symbolic link"):
+        run_report(out)
+    assert victim.read_text() == "keep"
