@@ -195,11 +195,21 @@ def _without_release_heads(path, state: dict) -> dict:
 
 
 def _check_weights(path, state: dict) -> None:
-    """A one-line error unless every value of ``state`` is a tensor of finite numbers."""
+    """A one-line error unless every value of ``state`` is a tensor of finite numbers that holds its own
+    elements: a view that repeats them (zero strides, overlapping windows) claims any size over a tiny
+    storage, and the first computation on it would allocate that size."""
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise SelfSupError(f"checkpoint {path} is damaged: its weight {key!r} is a {type(value).__name__}, not a "
                                f"tensor; pass a file written by `selfsup pretrain`, or the state dict of a network")
+        if value.layout != torch.strided:
+            raise SelfSupError(f"checkpoint {path} is damaged: its weight {key!r} is a {value.layout} tensor, not a "
+                               f"dense one; pass a file written by `selfsup pretrain`, or the state dict of a network")
+        if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise SelfSupError(f"checkpoint {path} is damaged: its weight {key!r} is a view of {value.numel()} "
+                               f"elements over a storage of {value.untyped_storage().nbytes() // value.element_size()} "
+                               f"(zero or overlapping strides); pass a file written by `selfsup pretrain`, or the "
+                               f"state dict of a network")
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise SelfSupError(f"checkpoint {path} holds NaN or infinite weights in {key}: the run diverged before it "
                                f"was saved; pass a checkpoint from before it diverged")

@@ -64,3 +64,48 @@ def test_a_fifo_or_device_is_not_a_regular_file(tmp_path, capsys):
             safe_load(path)
     code, _, err = run(capsys, "eval", "knn", "--checkpoint", "/dev/zero", "--train-data", TINY, "--test-data", TINY)
     assert one_line_error(code, err, "/dev/zero is not a regular file")
+
+
+def selfsup_ckpt(random_ckpt, **changes) -> dict:
+    """The checkpoint of ``pretrain simclr --epochs 0`` (a convnet) with ``changes``."""
+    ckpt = torch.load(random_ckpt, weights_only=True)
+    ckpt.update(changes)
+    return ckpt
+
+
+def with_weight(ckpt: dict, key: str, value, where: str = "backbone_state") -> dict:
+    return {**ckpt, where: {**ckpt[where], key: value}}
+
+
+def first_weight(ckpt: dict, where: str = "backbone_state") -> str:
+    return next(k for k, v in ckpt[where].items() if v.is_floating_point() and v.dim() > 1)
+
+
+@pytest.mark.parametrize("view", [
+    lambda: torch.zeros(1).as_strided((100_000, 100_000), (0, 0)),        # 40 GB for torch.isfinite
+    lambda: torch.zeros(2000).as_strided((1000, 1000), (1, 1)),
+    lambda: torch.zeros(1, 1).expand(50_000, 50_000),
+])
+def test_views_that_repeat_their_elements_are_refused(tmp_path, capsys, random_ckpt, view):
+    ckpt = selfsup_ckpt(random_ckpt)
+    key = first_weight(ckpt)
+    path = tmp_path / "view.pt"
+    torch.save(with_weight(ckpt, key, view()), path)
+    assert path.stat().st_size < random_ckpt.stat().st_size + 10_000         # claims GBs, holds bytes
+    with pytest.raises(SelfSupError, match=f"is damaged: its weight '{key}' is a view of .* elements over a storage "
+                                           f"of .* \\(zero or overlapping strides\\)"):
+        load_backbone(path)
+    code, _, err = run(capsys, "eval", "knn", "--checkpoint", path, "--train-data", TINY, "--test-data", TINY)
+    assert one_line_error(code, err, "(zero or overlapping strides)")
+    code, _, err = run(capsys, "pretrain", "simclr", "--data", TINY, "--backbone", "convnet", "--epochs", "1",
+                       "--batch-size", "16", "--out", tmp_path / "ft", f"init={path}", "device=cpu", "progress=false")
+    assert one_line_error(code, err, "(zero or overlapping strides)")
+
+
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
+def test_a_sparse_weight_is_refused(tmp_path, random_ckpt):
+    ckpt = selfsup_ckpt(random_ckpt)
+    key = first_weight(ckpt)
+    torch.save(with_weight(ckpt, key, ckpt["backbone_state"][key].to_sparse()), tmp_path / "s.pt")
+    with pytest.raises(SelfSupError, match=f"its weight '{key}' is a torch.sparse_coo tensor, not a dense one"):
+        load_backbone(tmp_path / "s.pt")
