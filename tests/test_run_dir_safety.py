@@ -106,3 +106,14 @@ def test_the_report_writes_through_no_link(tmp_path, finished):
     with pytest.raises(SelfSupError, match="loss.png is a symbolic link"):
         run_report(out)
     assert victim.read_text() == "keep"
+
+
+def test_a_folder_named_like_a_temporary_is_left_alone(tmp_path, capsys, finished):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    (out / ".keep.tmp").mkdir()
+    (out / ".keep.tmp" / "data").write_text("keep")
+    (out / ".last.pt.99999.deadbeef.tmp").write_bytes(b"partial")
+    code, _, err = pretrain(capsys, out, "--resume-with-changes", epochs=2)
+    assert code == 0, err
+    assert (out / ".keep.tmp" / "data").read_text() == "keep" and not (out / ".last.pt.99999.deadbeef.tmp").exists()

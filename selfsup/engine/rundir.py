@@ -121,9 +121,10 @@ class RunLock:
 
 
 def remove_temporaries(out: Path) -> None:
-    """Delete the partial files killed saves left in ``out`` (call it holding the lock)."""
+    """Delete the partial files killed saves left in ``out`` (call it holding the lock); a folder is none."""
     for p in out.glob(".*.tmp"):
-        p.unlink(missing_ok=True)
+        if p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def drop_logs(out: Path) -> None:
