@@ -117,3 +117,33 @@ def test_a_folder_named_like_a_temporary_is_left_alone(tmp_path, capsys, finishe
     code, _, err = pretrain(capsys, out, "--resume-with-changes", epochs=2)
     assert code == 0, err
     assert (out / ".keep.tmp" / "data").read_text() == "keep" and not (out / ".last.pt.99999.deadbeef.tmp").exists()
+
+
+# ------------------------------------------------------------------ a metrics.jsonl edited by hand
+
+TAMPERED = ['[1]', '{"epoch_end": true}', '{"step": "x"}', '{"epoch": 0, "step": 1, "loss": "x"}', '"text"',
+            '{"epoch": 0, "step": 2, "loss": 1.0, "lr": 0.1, "images_per_s": null}', '[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]',
+            '{"epoch": 0, "epoch_end": true, "monitor_knn_top1": "high"}', '{"epoch": -1, "step": 1}']
+
+
+def test_a_tampered_metrics_log_is_cleaned_on_resume_and_the_report_written(tmp_path, capsys, finished):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    good = (out / "metrics.jsonl").read_text()
+    (out / "metrics.jsonl").write_text("\n".join(TAMPERED) + "\n" + good + "\xff\n")
+    code, printed, err = pretrain(capsys, out, "--resume-with-changes", "log_every=1", epochs=2)
+    assert code == 0 and "Traceback" not in err, err
+    assert len([line for line in err.splitlines() if "selfsup does not write" in line]) == 1, err
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert lines[:4] == good.splitlines() and len(lines) == 4 + 1 + 4       # the change record, 4 new steps
+    assert "8 steps, last loss" in (out / "report.md").read_text()
+
+
+def test_the_report_skips_records_selfsup_does_not_write(tmp_path, capsys, finished):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write("\n".join(TAMPERED) + "\n")
+    run_report(out)
+    assert "4 steps, last loss" in (out / "report.md").read_text()
+    assert capsys.readouterr().err.count("selfsup does not write") == 1

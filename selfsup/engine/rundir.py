@@ -8,7 +8,8 @@
 - ``remove_temporaries``: partial files of a killed save (``.NAME.PID.RANDOM.tmp``);
   only the lock holder writes in the folder, so every one found there is stale.
 - ``truncate_metrics``: after a resume, ``metrics.jsonl`` keeps only the records of
-  the steps the checkpoint holds, so no step is logged twice.
+  the steps the checkpoint holds, so no step is logged twice, and only records the
+  engine writes (``is_metrics_record``), so a file edited by hand breaks no reader.
 - ``config_changes``: the settings that differ between a run and its resumption.
 """
 from __future__ import annotations
@@ -138,18 +139,55 @@ def drop_logs(out: Path) -> None:
         p.unlink()
 
 
-def truncate_metrics(path: Path, epoch: int, global_step: int) -> None:
-    """Keep the records of steps up to ``global_step`` and of epochs before ``epoch``."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _numbers(record: dict, skip: tuple[str, ...]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in record.items() if k not in skip)
+
+
+def is_metrics_record(record) -> bool:
+    """Whether ``record`` is one the engine writes to ``metrics.jsonl``: a step's (epoch, step, loss, lr, images_per_s
+    and the method's other numbers), an epoch's (epoch, epoch_end, numbers) or a resumption's (epoch, step,
+    resumed_with_changes: {key: [before, after]})."""
+    if not isinstance(record, dict) or not _count(record.get("epoch")):
+        return False
+    if record.get("epoch_end") is True:
+        return _numbers(record, ("epoch", "epoch_end"))
+    if not _count(record.get("step")):
+        return False
+    if "resumed_with_changes" in record:
+        changes = record["resumed_with_changes"]
+        return (len(record) == 3 and isinstance(changes, dict)
+                and all(isinstance(v, list) and len(v) == 2 for v in changes.values()))
+    return {"loss", "lr", "images_per_s"} <= set(record) and _numbers(record, ("epoch", "step"))
+
+
+def metrics_records(path: Path) -> list[dict]:
+    """The records of a run's ``metrics.jsonl`` (none if there is none): a line cut by a kill is skipped, and so are
+    records selfsup does not write (a file edited by hand), said in one line on stderr."""
+    records, foreign = [], 0
+    for line in path.read_text(errors="replace").splitlines() if path.is_file() else []:
         try:
             record = json.loads(line)
-        except ValueError:                     # a line cut by a kill
+        except (ValueError, RecursionError):   # a line cut by a kill
             continue
-        if (record["epoch"] < epoch) if record.get("epoch_end") else (record.get("step", 0) <= global_step):
-            kept.append(line)
+        if is_metrics_record(record):
+            records.append(record)
+        else:
+            foreign += 1
+    if foreign:
+        print(f"selfsup: {path}: {foreign} record(s) that selfsup does not write were skipped", file=sys.stderr)
+    return records
+
+
+def truncate_metrics(path: Path, epoch: int, global_step: int) -> None:
+    """Keep the records of steps up to ``global_step`` and of epochs before ``epoch`` (and only selfsup's)."""
+    if not path.exists():
+        return
+    kept = [json.dumps(r) for r in metrics_records(path)
+            if ((r["epoch"] < epoch) if r.get("epoch_end") else (r["step"] <= global_step))]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)

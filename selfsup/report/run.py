@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selfsup.engine.rundir import check_entries
-from selfsup.report.plots import curves, loss_curve, markdown_table, read_metrics
+from selfsup.engine.rundir import check_entries, metrics_records
+from selfsup.report.plots import curves, loss_curve, markdown_table
 
 
 def run_report(run_dir: str | Path) -> Path:
     """Write ``RUN/report.md`` (and its PNGs) from ``metrics.jsonl`` and ``config.yaml``; returns its path."""
     run_dir = Path(run_dir)
     check_entries(run_dir)                 # report.md and the PNGs land in the run's own files only
-    steps = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
-    steps = [r for r in steps if "loss" in r]
-    epochs = read_metrics(run_dir / "metrics.jsonl", epoch_end=True) if steps else []
+    records = metrics_records(run_dir / "metrics.jsonl")        # selfsup's records only: a hand edit is skipped
+    steps = [r for r in records if "loss" in r and not r.get("epoch_end")]
+    epochs = [r for r in records if r.get("epoch_end")] if steps else []
     lines = [f"# Run {run_dir.name}", ""]
     config = run_dir / "config.yaml"
     if config.exists():
