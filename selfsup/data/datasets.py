@@ -43,6 +43,7 @@ OPTIONS = ("split", "size", "val_per_class", "val_fraction", "part", "val_seed",
            "labels", "stream", "shrink", "workers", "buffer", "decode", "loader")
 STREAM_OPTIONS = ("loader", "stream", "shrink", "workers", "buffer", "decode")     # the streaming path's (selfsup.data.stream)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+MAX_CLASSES = 1_000_000      # labels are class indices below this: a larger one is a typo or a hostile file
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
@@ -236,6 +237,9 @@ def detect_format(path: Path) -> str:
         if name.endswith((".txt", ".lst", ".list")):
             return "filelist"
         raise SelfSupError(f"cannot tell the format of file {path}: give FORMAT:PATH with one of {', '.join(FORMATS)}")
+    if not path.is_dir():
+        raise SelfSupError(f"data path {path} is {_file_kind(path.stat().st_mode)}: pass a folder, a .tar or a "
+                           f"file list")
     entries = {p.name for p in path.iterdir()}
     if not entries:
         raise SelfSupError(f"data folder {path} is empty: point --data at a folder that holds the images")
@@ -516,17 +520,67 @@ def read_idx(path: Path, split: str, fashion: bool) -> ImageArrayDataset:
 GRAY_MODES = ("1", "L", "LA", "La", "I", "F")       # and "I;16..."; "P" (palette) and "PA" count as colour
 PROBE_HEAD = 1 << 16                 # bytes read to probe an image's header once KEEP_BYTES is spent
 KEEP_BYTES = 256 << 20               # bytes of probed images kept for decoding: a small set is read only once
+MAX_IMAGE_BYTES = 1 << 30            # no image file is larger: a bigger file or tar member is refused unread
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def image_file_problem(what, st: os.stat_result) -> SelfSupError | None:
+    """Why the file ``what`` of stat ``st`` (taken following links) is no image file, or None: only a regular
+    file of at most MAX_IMAGE_BYTES is read (a device, e.g. a link to /dev/zero, never ends; a FIFO blocks)."""
+    if not stat.S_ISREG(st.st_mode):
+        return SelfSupError(f"{what} is {_file_kind(st.st_mode)}, not an image file: images are regular files; "
+                            f"remove it (or the link to it)")
+    if st.st_size > MAX_IMAGE_BYTES:
+        return SelfSupError(f"{what} is {st.st_size / 2**30:.1f} GiB, over the {MAX_IMAGE_BYTES >> 30} GiB that "
+                            f"any image file stays under: remove it, or keep only images in the data")
+    return None
+
+
+def tar_member_problem(what, member: tarfile.TarInfo) -> SelfSupError | None:
+    """Why a regular tar member is no image file, or None: a sparse member (its holes would be read as
+    zeros, gigabytes of them from a tiny tar) or one over MAX_IMAGE_BYTES is refused unread."""
+    if member.issparse():
+        return SelfSupError(f"{what} is a sparse tar member ({member.size / 2**30:.1f} GiB unpacked), not an image: "
+                            f"re-create the tar without --sparse, holding only images")
+    if member.size > MAX_IMAGE_BYTES:
+        return SelfSupError(f"{what} is {member.size / 2**30:.1f} GiB, over the {MAX_IMAGE_BYTES >> 30} GiB that "
+                            f"any image file stays under: re-create the tar with only images")
+    return None
+
+
+def read_image_file(file, limit: int = -1) -> bytes:
+    """The bytes of one image file (its first ``limit``), refused in one line unless it is a regular file of at
+    most MAX_IMAGE_BYTES (``image_file_problem``): checked on the open file, which a FIFO opens without waiting.
+    A file that cannot be opened raises OSError."""
+    fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with open(fd, "rb") as f:
+        problem = image_file_problem(file, os.fstat(fd))
+        if problem:
+            raise problem
+        return f.read(limit)
 
 
 def walk(root: Path):
     """(folder, its file names) for ``root`` and every folder under it, following symlinked folders (a linked
     class folder is a class); a link back to a folder it is inside (a loop) is skipped with a warning."""
     chains = {str(root): {os.path.realpath(root)}}      # each folder's real path and its ancestors'
-    for top, dirs, files in os.walk(root, followlinks=True):
+    for top, dirs, files in os.walk(root, followlinks=True):     # a folder it cannot list: skipped
         dirs.sort()
         for d in list(dirs):
-            real = os.path.realpath(os.path.join(top, d))
-            if real in chains[top]:
+            try:
+                real = os.path.realpath(os.path.join(top, d))
+            except OSError:                             # gone while walking (e.g. a process's folder in /proc)
+                dirs.remove(d)
+                continue
+            inside = real.rstrip(os.sep) + os.sep
+            if any(c == real or c.startswith(inside) for c in chains[top]):    # e.g. a link to / or to ..
                 dirs.remove(d)
                 warnings.warn(f"skipped {os.path.join(top, d)}: a link to {real}, which holds it (a loop)")
             else:
@@ -584,12 +638,18 @@ class _Source:
     def read(self, name: str, limit: int = -1) -> bytes:
         """The file's bytes, or its first ``limit`` bytes."""
         if self.tar is not None:
+            problem = tar_member_problem(self.display(name), self.members[name])
+            if problem:
+                raise problem
             try:
                 return self.tar.extractfile(self.members[name]).read(limit)
             except (tarfile.TarError, OSError, EOFError) as exc:
                 raise self._corrupt(exc) from None
-        with open(self.path / name, "rb") as f:
-            return f.read(limit)
+        try:
+            return read_image_file(self.path / name, limit)
+        except OSError as exc:
+            raise SelfSupError(f"cannot read image {self.path / name} ({exc.strerror}): fix the file or its "
+                               f"permissions, or remove it") from None
 
     def read_order(self, names: list[str]) -> list[int]:
         if self.tar is None:
@@ -659,8 +719,7 @@ def _header(blob: bytes):
 
 def _read_head(file: str) -> bytes:
     """The first PROBE_HEAD bytes of a file: enough for its header."""
-    with open(file, "rb") as f:
-        return f.read(PROBE_HEAD)
+    return read_image_file(file, PROBE_HEAD)
 
 
 def _probe_all(source: _Source, names: list[str]) -> tuple[list, dict]:
@@ -943,6 +1002,9 @@ def read_filelist(path: Path, size: int | None, cache_root: Path, options: dict 
     options = options or {}
     mode = channel_mode(options)
     names, labels, stats = [], [], []
+    if not stat.S_ISREG(path.stat().st_mode):          # a FIFO would block, a device never end
+        raise SelfSupError(f"file list {path} is {_file_kind(path.stat().st_mode)}, not a file: give a text file "
+                           f"of 'path label' lines")
     lines = path.read_text().splitlines()
     stream = options.get("stream") == "1"
     for number, line in enumerate(lines, 1):
@@ -961,6 +1023,9 @@ def read_filelist(path: Path, size: int | None, cache_root: Path, options: dict 
                                    f"alone (unlabeled), got {line!r}") from None
             item = line                             # a path alone: unlabeled
             labels.append(-1)
+        if labels[-1] >= MAX_CLASSES:
+            raise SelfSupError(f"{path} line {number}: label {labels[-1]} is not a class index: labels are 0 to "
+                               f"{MAX_CLASSES - 1:,} (-1: unlabeled); renumber the classes")
         file = Path(item.strip()).expanduser()
         file = Path(os.path.abspath(file if file.is_absolute() else path.parent / file))
         try:                                    # on both paths: stream=auto must not change what is accepted
@@ -971,6 +1036,9 @@ def read_filelist(path: Path, size: int | None, cache_root: Path, options: dict 
         if stat.S_ISDIR(st.st_mode):
             raise SelfSupError(f"{path} line {number}: {file} is a folder, not an image: list image files, one "
                                f"a line")
+        problem = image_file_problem(file, st)
+        if problem:
+            raise SelfSupError(f"{path} line {number}: {problem}")
         stats.append(_stat_line(file, st))
         names.append(str(file))
     if not names:

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from selfsup.data.datasets import IMAGE_EXTENSIONS, _number, _short_hash, tar_end_problem
+from selfsup.data.datasets import (IMAGE_EXTENSIONS, MAX_CLASSES, _number, _short_hash, read_image_file,
+                                   tar_end_problem, tar_member_problem)
 from selfsup.data.stream import StreamImageSet, decode_option, loader_option, probe
 from selfsup.errors import SelfSupError
 
@@ -103,6 +104,7 @@ def _key_ext(name: str) -> tuple[str, str]:
 
 
 SHARD_TABLE_VERSION = "shard-v2"     # v2: tables only of whole shards (v1 cached a cut shard's first members)
+CLS_BYTES = 1 << 16                  # the most a .cls (a class index as text) is read
 
 
 def shard_table(path: Path, cache: Path) -> dict:
@@ -130,13 +132,23 @@ def shard_table(path: Path, cache: Path) -> dict:
                     continue
                 k, ext = _key_ext(m.name.lstrip("./"))
                 if ext == "cls":
+                    if m.issparse() or m.size > CLS_BYTES:
+                        raise SelfSupError(f"{path}:{m.name} is {m.size} bytes{' (sparse)' if m.issparse() else ''}, "
+                                           f"not a label: a .cls holds the class index as text (at most "
+                                           f"{CLS_BYTES} bytes); re-create the shard")
                     text = tar.extractfile(m).read().decode(errors="replace").strip()
                     try:
                         labels[k] = int(text)
                     except ValueError:
                         raise SelfSupError(f"{path}:{m.name} holds {text[:20]!r}, not an integer label: write the "
                                            f"class index as text") from None
+                    if not -1 <= labels[k] < MAX_CLASSES:
+                        raise SelfSupError(f"{path}:{m.name} holds label {text[:30]}: labels are class indices 0 "
+                                           f"to {MAX_CLASSES - 1:,} (-1: unlabeled); renumber the classes")
                 elif ("." + ext.rpartition(".")[2]) in IMAGE_EXTENSIONS and k not in images:
+                    problem = tar_member_problem(f"{path}:{m.name}", m)
+                    if problem:
+                        raise problem
                     images[k] = (m.name, m.offset_data, m.size)
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise _corrupt(path, exc) from None
@@ -244,7 +256,7 @@ def write_shards(src: Path, out: Path, shard_size: int, unlabeled: bool = False,
         with tarfile.open(tmp, "w") as tar:
             for i in order[start:start + shard_size]:
                 key = f"{int(i):09d}"
-                blob = (src / names[i]).read_bytes()
+                blob = read_image_file(src / names[i])
                 ext = names[i].rpartition(".")[2].lower()
                 _add(tar, f"{key}.{ext}", blob)
                 if labels is not None:

@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from selfsup.data.datasets import IMAGE_EXTENSIONS, _decode, _header, _is_gray, _short_hash, _side_rule, eight_bit
+from selfsup.data.datasets import (IMAGE_EXTENSIONS, _decode, _header, _is_gray, _short_hash, _side_rule, eight_bit,
+                                   read_image_file, tar_member_problem)
 from selfsup.data.loader import Batch, BatchLoader, batch_generator
 from selfsup.errors import SelfSupError
 
@@ -299,9 +300,8 @@ class StreamImageSet:
 
     def read(self, i: int) -> bytes:
         """The bytes of image i (a tar member is read at its offset: an uncompressed tar, any worker)."""
-        if self.member is None:
-            with open(Path(self.root) / self.names[i].decode(), "rb") as f:
-                return f.read()
+        if self.member is None:                # a regular file only: a FIFO or a device is refused, never read
+            return read_image_file(Path(self.root) / self.names[i].decode())
         t, offset, size = (int(v) for v in self.member[i])
         key = (os.getpid(), t)
         f = self._handles.get(key)
@@ -582,7 +582,12 @@ def stream_set(root: Path, names: list[str], labels, classes: list[str], identit
                 raise SelfSupError(f"{tar} is compressed: streaming reads members at their offsets, which needs an "
                                    f"uncompressed .tar; unpack it, write shards (python -m selfsup.data.shards), "
                                    f"or use stream=0")
-            offsets = {m.name.lstrip("./"): (m.offset_data, m.size) for m in handle.getmembers() if m.isfile()}
+            members = {m.name.lstrip("./"): m for m in handle.getmembers() if m.isfile()}
+        for n in names:
+            problem = tar_member_problem(f"{tar}:{n}", members[n])
+            if problem:
+                raise problem
+        offsets = {n: (m.offset_data, m.size) for n, m in members.items()}
         member = np.array([(0, *offsets[n]) for n in names], dtype=np.int64).reshape(-1, 3)
         tars = [str(tar)]
     encoded = np.array([n.encode() for n in names], dtype=bytes)

@@ -1,0 +1,200 @@
+"""Hostile or broken data files: each is refused in one line (SelfSupError), never a traceback, a hang, a
+memory blow-up from a tiny file, or a silently wrong data set. Memory bombs are small crafted files whose
+headers claim a huge size: the test checks the refusal, nothing is allocated."""
+import gzip
+import io
+import os
+import pickle
+import shutil
+import struct
+import subprocess
+import tarfile
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from selfsup.data import datasets as D
+from selfsup.data import shards as S
+from selfsup.data.datasets import load_dataset
+from selfsup.errors import SelfSupError
+
+
+def images(root, n=3, classes=("a", "b")):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def refused(spec, fragment, cache=None):
+    with pytest.raises(SelfSupError, match=fragment) as info:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load_dataset(str(spec), cache_dir=cache)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+# ------------------------------------------------------------------ 1. sparse and huge tar members
+
+def test_sparse_tar_member_is_refused_unread(tmp_path):
+    """A 8 GiB sparse file packs into a tar of a few KB; read whole it is 8 GiB of zeros."""
+    if not shutil.which("tar"):
+        pytest.skip("needs GNU tar")
+    root = images(tmp_path / "sp")
+    with open(root / "a" / "z.png", "wb") as f:
+        f.truncate(8 << 30)
+    tar = tmp_path / "bomb.tar"
+    subprocess.run(["tar", "--sparse", "--format=gnu", "-cf", str(tar), "a", "b"], cwd=root, check=True)
+    assert tar.stat().st_size < 1 << 20
+    refused(tar, r"a/z.png is a sparse tar member \(8.0 GiB unpacked\)", tmp_path / "c")
+    refused(f"{tar}?stream=1&workers=0", r"a/z.png is a sparse tar member", tmp_path / "c")
+
+
+def test_tar_member_over_the_image_bound_is_refused(tmp_path, monkeypatch):
+    root = images(tmp_path / "sp")
+    tar = tmp_path / "t.tar"
+    with tarfile.open(tar, "w") as t:
+        t.add(root / "a", "a")
+        t.add(root / "b", "b")
+    monkeypatch.setattr(D, "MAX_IMAGE_BYTES", 100)        # the PNGs are ~250 bytes: each stands for a huge member
+    refused(tar, r"is 0.0 GiB, over the 0 GiB that any image file stays under", tmp_path / "c")
+
+
+def shard(path, entries, fmt=tarfile.GNU_FORMAT):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w", format=fmt) as t:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+
+
+def png_bytes(seed=0):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_sparse_cls_in_a_shard_is_refused_unread(tmp_path):
+    if not shutil.which("tar"):
+        pytest.skip("needs GNU tar")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "k0.png").write_bytes(png_bytes())
+    with open(src / "k0.cls", "wb") as f:
+        f.truncate(8 << 30)
+    (tmp_path / "s").mkdir()
+    subprocess.run(["tar", "--sparse", "--format=gnu", "-cf", str(tmp_path / "s" / "s0.tar"), "k0.png", "k0.cls"],
+                   cwd=src, check=True)
+    refused(f"shards:{tmp_path / 's'}", r"k0.cls is 8589934592 bytes \(sparse\), not a label", tmp_path / "c")
+
+
+def test_oversized_cls_and_image_members_in_a_shard(tmp_path, monkeypatch):
+    shard(tmp_path / "s" / "s0.tar", [("k0.png", png_bytes()), ("k0.cls", b"0" + b" " * 70000)])
+    refused(f"shards:{tmp_path / 's'}", r"k0.cls is 70001 bytes, not a label: a .cls holds the class index as "
+                                        r"text \(at most 65536 bytes\)", tmp_path / "c")
+    shard(tmp_path / "t" / "s0.tar", [("k0.png", png_bytes()), ("k0.cls", b"0")])
+    monkeypatch.setattr(D, "MAX_IMAGE_BYTES", 100)
+    refused(f"shards:{tmp_path / 't'}", r"k0.png is 0.0 GiB, over the 0 GiB", tmp_path / "c")
+
+
+# ------------------------------------------------------------------ 2. devices and FIFOs are no images
+
+@pytest.mark.parametrize("stream", ["", "?stream=1&workers=0"])
+def test_link_to_dev_zero_is_refused(tmp_path, stream):
+    root = images(tmp_path / "img")
+    (root / "a" / "z.png").symlink_to("/dev/zero")
+    refused(f"{root}{stream}", r"z.png is a character device, not an image file", tmp_path / "c")
+
+
+@pytest.mark.parametrize("stream", ["", "?stream=1&workers=0"])
+def test_fifo_image_is_refused_without_waiting(tmp_path, stream):
+    root = images(tmp_path / "img")
+    os.mkfifo(root / "a" / "f.png")
+    refused(f"{root}{stream}", r"f.png is a FIFO, not an image file", tmp_path / "c")
+
+
+def test_streamed_fifo_outside_the_probe_is_skipped_as_unreadable(tmp_path):
+    root = images(tmp_path / "img")
+    data = load_dataset(f"{root}?stream=1&workers=0", cache_dir=tmp_path / "c")
+    os.mkfifo(root / "a" / "x.png")
+    data.names[0] = b"a/x.png"                       # listed, but never probed
+    image, j, bad = data.load(0, ("center", 8, 1.0))
+    assert j != 0 and bad.endswith("a/x.png") and image.shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize("stream", ["", "?stream=1"])
+def test_file_list_naming_a_device_is_refused(tmp_path, stream):
+    root = images(tmp_path / "img")
+    (tmp_path / "l.txt").write_text(f"{root / 'a' / '0.png'} 0\n/dev/zero 1\n")
+    refused(f"{tmp_path / 'l.txt'}{stream}", r"l.txt line 2: /dev/zero is a character device", tmp_path / "c")
+
+
+def test_file_list_that_is_a_fifo_is_refused(tmp_path):
+    os.mkfifo(tmp_path / "l.txt")
+    refused(f"filelist:{tmp_path / 'l.txt'}", r"file list .*l.txt is a FIFO, not a file", tmp_path / "c")
+    refused(f"{tmp_path / 'l.txt'}", r"data path .*l.txt is a FIFO", tmp_path / "c")
+
+
+def test_write_shards_refuses_a_device(tmp_path):
+    root = images(tmp_path / "img")
+    (root / "a" / "z.png").symlink_to("/dev/zero")
+    with pytest.raises(SelfSupError, match="z.png is a character device"):
+        S.write_shards(root, tmp_path / "out", 10)
+
+
+# ------------------------------------------------------------------ 3. huge class numbers
+
+def test_file_list_label_beyond_the_class_bound(tmp_path):
+    root = images(tmp_path / "img")
+    (tmp_path / "l.txt").write_text(f"{root / 'a' / '0.png'} 0\n{root / 'a' / '1.png'} 3000000000\n")
+    refused(tmp_path / "l.txt", r"l.txt line 2: label 3000000000 is not a class index: labels are 0 to 999,999",
+            tmp_path / "c")
+
+
+@pytest.mark.parametrize("label", [3000000000, 2 ** 70, -2 ** 70, -7])
+def test_shard_label_beyond_the_class_bound(tmp_path, label):
+    shard(tmp_path / "s" / "s0.tar", [("k0.png", png_bytes()), ("k0.cls", str(label).encode()),
+                                      ("k1.png", png_bytes(1)), ("k1.cls", b"1")])
+    refused(f"shards:{tmp_path / 's'}", rf"s0.tar:k0.cls holds label {label}: labels are class indices 0 to 999,999",
+            tmp_path / "c")
+
+
+# ------------------------------------------------------------------ 7. walking folders
+
+def test_link_to_the_root_folder_is_a_loop(tmp_path):
+    root = images(tmp_path / "img")
+    (root / "b" / "everything").symlink_to("/")
+    (root / "b" / "up").symlink_to("..")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        files = D._Source(root).files()
+    assert sorted(files) == [f"{c}/{i}.png" for c in "ab" for i in range(3)]
+    assert sum("(a loop)" in str(w.message) for w in caught) == 2
+
+
+def test_linked_class_folder_is_still_followed(tmp_path):
+    other = images(tmp_path / "other", classes=("c",))
+    root = images(tmp_path / "img")
+    (root / "c").symlink_to(other / "c")
+    assert load_dataset(str(root), cache_dir=tmp_path / "c").classes == ["a", "b", "c"]
+
+
+def test_folder_vanishing_during_the_walk_is_skipped(tmp_path, monkeypatch):
+    root = images(tmp_path / "img")
+    real = os.path.realpath
+
+    def vanishing(path, *a, **k):
+        if str(path).endswith("b"):
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(D.os.path, "realpath", vanishing)
+    assert D._Source(root).files() == [f"a/{i}.png" for i in range(3)]
