@@ -68,7 +68,7 @@ def _finetune(args) -> int:
 
 
 def _transfer(args) -> int:
-    from selfsup.cluster.transfer import transfer
+    from selfsup.transfer import transfer
 
     r = transfer(args.teacher, args.student, args.cluster_data, args.label_data, args.clusters, args.tap, args.pool,
                  args.iterations, args.epochs, args.batch_size, args.out or "runs/transfer", args.device, args.overrides,

@@ -9,7 +9,7 @@ from selfsup.config import resolve_config
 from selfsup.data.datasets import load_dataset, read_label_file
 from selfsup.engine.trainer import Trainer
 from selfsup.errors import SelfSupError
-from selfsup.cluster.transfer import pseudo_labels
+from selfsup.transfer import pseudo_labels
 from selfsup.eval.features import pool_features
 from selfsup.methods import get_method
 

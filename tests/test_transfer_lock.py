@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from conftest import TINY, one_line_error, run
-from selfsup.cluster.transfer import pseudo_labels
+from selfsup.transfer import pseudo_labels
 from selfsup.engine.rundir import RunLock
 from selfsup.errors import SelfSupError
 from selfsup.eval.features import file_hash

@@ -75,7 +75,7 @@ def test_an_out_that_is_a_file_or_not_writable_is_refused_before_the_teacher_run
     """The run directory's one-line refusals (``prepare_out``), before features, k-means or a label file."""
     import os
 
-    import selfsup.cluster.transfer as transfer_mod
+    import selfsup.transfer as transfer_mod
 
     def teacher_ran(*args, **kwargs):
         raise AssertionError("the teacher ran before --out was checked")
