@@ -542,9 +542,13 @@ def _read_evals(path: Path) -> dict:
 
 def _write_json(path: Path, obj) -> None:
     """``obj`` as JSON, written atomically (a kill or a full disk keeps the previous file)."""
+    _write_text(path, json.dumps(obj, indent=1))
+
+
+def _write_text(path: Path, text: str) -> None:
     from selfsup.checkpoint import write_atomic
 
-    write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def run_sweep(path: str | Path, parallel: int = 1, out: str | None = None, overrides: list[str] | None = None) -> dict:
@@ -568,7 +572,7 @@ def run_sweep(path: str | Path, parallel: int = 1, out: str | None = None, overr
                "train_s": round(sum(r["train_s"] for r in records), 1),
                "eval_s": round(sum(r["eval_s"] for r in records), 1),
                "overhead_s": round(sum(r["overhead_s"] for r in records), 2)}
-    (root / "sweep.json").write_text(json.dumps(summary, indent=1))
+    _write_json(root / "sweep.json", summary)
     return {"out": str(root), "records": records, **summary}
 
 
@@ -645,10 +649,11 @@ def write_outputs(spec: dict, records: list[dict], root: Path) -> None:
     axes = list(spec["grid"])
     rows = [row for r in records for row in r["rows"]]
     columns = axes + ["eval", "protocol", "tap", "metric", "value"]
-    with open(root / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore", lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_text(root / "results.csv", table.getvalue())
     lines = [f"# Sweep {spec['name']}", ""]
     for entry, label in zip(spec["evals"], spec["labels"]):
         for metric in dict.fromkeys(r["metric"] for r in rows if r["eval"] == label):
@@ -665,7 +670,7 @@ def write_outputs(spec: dict, records: list[dict], root: Path) -> None:
             safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in label)
             plot_axis(group, spec["x"], spec["lines"], f"{label} {metric}",
                       root / f"{safe}_{metric}_vs_{spec['x'].replace('.', '_')}.png")
-    (root / "results.md").write_text("\n".join(lines))
+    _write_text(root / "results.md", "\n".join(lines))
 
 
 def plot_axis(rows: list[dict], x: str, lines: list[str], title: str, png: Path) -> None:
