@@ -3,6 +3,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 from conftest import TINY, one_line_error, run
 from selfsup.engine import rundir
@@ -147,3 +148,76 @@ def test_the_report_skips_records_selfsup_does_not_write(tmp_path, capsys, finis
     run_report(out)
     assert "4 steps, last loss" in (out / "report.md").read_text()
     assert capsys.readouterr().err.count("selfsup does not write") == 1
+
+
+# ------------------------------------------------------------------ a tampered last.pt
+
+def tamper(ckpt, key, value):
+    """``ckpt`` with ``key`` (``rng``, ``extra``: of the first process's state; ``momentum``: a parameter's
+    buffer) set to ``value``, or removed for None."""
+    if key in ("rng", "extra"):
+        ckpt["ranks"][0][key] = value
+    elif key == "momentum":
+        next(iter(ckpt["optimizer"]["state"].values()))["momentum_buffer"] = value
+    elif value is None:
+        del ckpt[key]
+    else:
+        ckpt[key] = value
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("ranks", 5, "its 'ranks' is a int, not a list"),
+    ("ranks", [5], "its 'ranks' entry of process 0 is not a dict"),
+    ("ranks", [{}], "its 'ranks' entry of process 0 is not a dict"),
+    ("rng", [1, 2], "its 'ranks' entry of process 0 is not a dict"),
+    ("rng", {"torch": "x"}, "its gradient scaler or RNG state"),
+    ("extra", {"x_extra_state": 1}, "the extra state of process 0 is not the simclr method's"),
+    ("model", [1], "its 'model' is a list, not a dict"),
+    ("model", {"backbone.stem.0.weight": "x"}, "its model state"),
+    ("optimizer", "x", "its 'optimizer' is a str, not a dict"),
+    ("optimizer", {"state": {}, "param_groups": []}, "its optimiser state does not fit the model"),
+    ("optimizer", {"state": 1, "param_groups": [{"params": "x"}]}, "its optimiser state does not fit the model"),
+    ("momentum", torch.zeros(3), "buffers of other shapes than the parameters"),
+    ("momentum", "x", "buffers of other shapes than the parameters"),
+    ("scaler", "x", "its 'scaler' is a str, not a dict"),
+    ("epoch", "x", "its position, epoch 'x' step 0, is not one of a run of 2 epochs of 4 steps"),
+    ("epoch", -5, "epoch -5 step 0"),
+    ("epoch", 3, "epoch 3 step 0"),
+    ("epoch", True, "epoch True step 0"),
+    ("epoch", None, "epoch None step 0"),
+    ("epoch", torch.ones(100, 100), "epoch a Tensor step 0"),
+    ("step_in_epoch", 10**6, "epoch 1 step 1000000, is not one of a run of 2 epochs of 4 steps"),
+    ("step_in_epoch", -1, "epoch 1 step -1"),
+])
+def test_a_damaged_checkpoint_is_refused_in_one_line_on_resume(tmp_path, capsys, finished, key, value, fragment):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    tamper(ckpt, key, value)
+    torch.save(ckpt, out / "last.pt")
+    config = (out / "config.yaml").read_text()
+    code, printed, err = pretrain(capsys, out, "--resume-with-changes", epochs=2)
+    assert one_line_error(code, err, f"checkpoint {out / 'last.pt'} is damaged ("), err
+    assert fragment in err and "resume from another checkpoint or start a new run" in err, err
+    assert "resumed at step" not in printed and (out / "config.yaml").read_text() == config
+
+
+def test_a_change_of_the_optimisers_groups_is_named_as_such(tmp_path, capsys, finished):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    code, _, err = pretrain(capsys, out, "--resume-with-changes", "optim.exclude_bias_norm=false", epochs=2)
+    assert one_line_error(code, err, "optim.exclude_bias_norm change the optimiser's parameter groups: they cannot "
+                                     "change on resume"), err
+
+
+def test_a_damaged_extra_state_is_refused_in_one_line_on_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--data", TINY, "--backbone", "convnet", "--batch-size", 16, "--out", out, "progress=false",
+              "device=cpu", "moco_v2.queue_size=32"]
+    assert run(capsys, "pretrain", "moco_v2", *common, "--epochs", 0)[0] == 0
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    (key,) = ckpt["ranks"][0]["extra"]
+    ckpt["ranks"][0]["extra"][key] = {"queue": 5, "queue_ptr": 0}
+    torch.save(ckpt, out / "last.pt")
+    code, _, err = run(capsys, "pretrain", "moco_v2", *common, "--epochs", 1, "--resume-with-changes")
+    assert one_line_error(code, err, "is damaged (its model state: "), err

@@ -85,6 +85,26 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _whole(value) -> bool:
+    """A count: an int (not a bool) >= 0."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _held(ckpt: dict, key: str) -> str:
+    return f"a {type(ckpt[key]).__name__}" if key in ckpt else "missing"
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _damaged(path, what: str) -> SelfSupError:
+    return SelfSupError(f"checkpoint {path} is damaged ({what}): resume from another checkpoint or start a new run")
+
+
+# the settings that decide the optimiser's parameter groups (``param_groups``): a change fails its state's load
+OPTIMIZER_GROUP_KEYS = {"optim.weight_decay", "optim.exclude_bias_norm", "optim.bias_lr_mult", "optim.head_lr",
+                        "optim.lr"}
 BACKBONE_DEFAULTS = {"input": "rgb", "last_stride": 2}     # build_backbone's, when an option is not given
 
 
@@ -317,22 +337,66 @@ class Trainer:
         refuse_changes(changes, self.cfg.resume_with_changes, f"the run in {self.out}",
                        "resume with the run's settings, or pass --resume-with-changes to continue with the new ones")
         ranks = ckpt.get("ranks") or []
+        if not isinstance(ranks, list):
+            raise _damaged(path, f"its 'ranks' is a {type(ranks).__name__}, not a list")
         if len(ranks) != self.world:
             raise SelfSupError(f"{path} was written by {len(ranks)} process(es) and this run has {self.world}: resume "
                                f"with {len(ranks)} (each process's queues, memory bank and RNG are its own)")
         own = ranks[self.rank]
+        self._check_fields(path, ckpt, own, changes)
         try:
             self.method.load_state_dict({**ckpt["model"], **own["extra"]})
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError):        # a size mismatch, another number of parameters
-            changed = " / ".join(changes) or "the code that builds the model"
+        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            tensors = all(isinstance(v, torch.Tensor) or str(k).endswith("_extra_state")
+                          for k, v in ckpt["model"].items())
+            if not (tensors and isinstance(exc, RuntimeError) and "Error(s) in loading state_dict" in str(exc)):
+                raise _damaged(path, f"its model state: {_first_line(exc)}") from None
+            changed = " / ".join(changes) or "the code that builds the model"    # tensors of other shapes or names
             raise SelfSupError(f"{changed} change the model's shapes: they cannot change on resume; resume with the "
                                f"run's settings, or start a new run (init={path} to keep the backbone)") from None
-        self.scaler.load_state_dict(ckpt["scaler"])
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            grouping = [k for k in changes if k in OPTIMIZER_GROUP_KEYS]
+            if grouping:
+                raise SelfSupError(f"{' / '.join(grouping)} change the optimiser's parameter groups: they cannot "
+                                   f"change on resume; resume with the run's settings, or start a new run "
+                                   f"(init={path} to keep the backbone)") from None
+            raise _damaged(path, f"its optimiser state does not fit the model: {_first_line(exc)}") from None
+        for param, state in self.optimizer.state.items():       # a buffer of another shape fails the first step
+            if any(not (v is None or isinstance(v, (int, float, torch.Tensor)))
+                   or isinstance(v, torch.Tensor) and v.dim() and v.shape != param.shape for v in state.values()):
+                raise _damaged(path, "its optimiser state holds buffers of other shapes than the parameters")
+        try:
+            self.scaler.load_state_dict(ckpt["scaler"])
+            _set_rng_state(own["rng"])
+        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            raise _damaged(path, f"its gradient scaler or RNG state: {_first_line(exc)}") from None
         self.epoch, self.step_in_epoch = ckpt["epoch"], ckpt["step_in_epoch"]
         self.saved_step = self.global_step
-        _set_rng_state(own["rng"])
         return changes
+
+    def _check_fields(self, path: Path, ckpt: dict, own, changes: dict) -> None:
+        """Refuse, as damaged, a checkpoint whose fields ``restore`` reads are not of the kinds ``state`` writes, or
+        whose position (epoch, step of the epoch) is not one of the run's: ``state`` writes 0 <= step < the steps of
+        an epoch (0 at an epoch's end), and an epoch up to the run's length."""
+        for key in ("model", "optimizer", "scaler"):
+            if not isinstance(ckpt.get(key), dict):
+                raise _damaged(path, f"its {key!r} is {_held(ckpt, key)}, not a dict")
+        if not isinstance(own, dict) or not all(isinstance(own.get(k), dict) for k in ("rng", "extra")):
+            raise _damaged(path, f"its 'ranks' entry of process {self.rank} is not a dict of an 'rng' and an 'extra'")
+        if set(own["extra"]) != {k for k in self.method.state_dict() if k.endswith("_extra_state")}:
+            raise _damaged(path, f"the extra state of process {self.rank} is not the {self.cfg.method} method's")
+        epoch, step = ckpt.get("epoch"), ckpt.get("step_in_epoch")
+        saved = (ckpt.get("config") or {}).get("epochs")
+        epochs = max(self.cfg.epochs, saved if _whole(saved) else 0)
+        # the steps of an epoch are known unless the settings that set them changed
+        steps = None if {"batch_size", "data"} & set(changes) else self.steps_per_epoch
+        if not (_whole(epoch) and _whole(step) and (epoch, step) <= (epochs, 0) and (steps is None or step < steps)):
+            of = f"{epochs} epochs" + (f" of {steps} steps" if steps is not None else "")
+            shown = [repr(v)[:40] if isinstance(v, (int, float, str, type(None))) else f"a {type(v).__name__}"
+                     for v in (epoch, step)]
+            raise _damaged(path, f"its position, epoch {shown[0]} step {shown[1]}, is not one of a run of {of}")
 
     # ------------------------------------------------------------ the loop
     def fit(self, on_epoch_end=None) -> str:
