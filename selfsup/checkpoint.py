@@ -23,6 +23,11 @@ import torch
 from selfsup.errors import SelfSupError
 from selfsup.tempfiles import writer_suffix
 
+# The largest sizes a checkpoint may claim, checked before anything is built from them: a convnet of width 16
+# has 384-768-1536-3072 channels; a side of 4096 px is 64x the pixels of ImageNet's 512.
+MAX_WIDTH = 16
+MAX_IMAGE_SIZE = 4096
+
 
 def _fsync_dir(folder: Path) -> None:
     try:
@@ -140,7 +145,38 @@ def load_checkpoint(path: str | Path) -> dict:
         raise SelfSupError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict: pass a file written by `selfsup pretrain` or a state dict")
     if ckpt.get("config") is not None:
         _expect(path, ckpt, "config", dict)
+    pretraining_size(ckpt, path)
     return ckpt
+
+
+def pretraining_size(ckpt: dict, path: str | Path | None = None) -> int | None:
+    """The image size a checkpoint was pretrained at: its ``image_size`` (older checkpoints: its config's),
+    None when it records none. A one-line error unless it is a whole number of pixels from 1 to
+    ``MAX_IMAGE_SIZE`` (100000 would have an evaluation resize its images to terabytes)."""
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    for field, size in (("'image_size'", ckpt.get("image_size")), ("config's 'image_size'", config.get("image_size"))):
+        if size is None:
+            continue
+        if not _whole(size, 1, MAX_IMAGE_SIZE):
+            raise SelfSupError(f"{_name(path)} is damaged: its {field} is {_shown(size)}, not a whole number of "
+                               f"pixels from 1 to {MAX_IMAGE_SIZE}; pass a file written by `selfsup pretrain`")
+        return size
+    return None
+
+
+def _whole(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _name(path) -> str:
+    return f"checkpoint {path}" if path is not None else "the checkpoint"
+
+
+def _shown(value) -> str:
+    """A value of a checkpoint in a one-line error: a number or short string as written, else its type."""
+    if isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 40):
+        return repr(value)
+    return f"a {type(value).__name__}"
 
 
 def _expect(path, ckpt: dict, key: str, kind: type) -> None:
@@ -272,8 +308,36 @@ def backbone_spec(path: str | Path, ckpt: dict) -> tuple[str, bool, dict]:
         for key, kind in (("backbone_options", dict), ("cifar_stem", bool)):
             if ckpt.get(key) is not None:
                 _expect(path, ckpt, key, kind)
-        return ckpt["backbone"], bool(ckpt.get("cifar_stem", False)), dict(ckpt.get("backbone_options") or {})
+        options = dict(ckpt.get("backbone_options") or {})
+        _check_options(path, ckpt["backbone"], options)
+        return ckpt["backbone"], bool(ckpt.get("cifar_stem", False)), options
     return (*_guess_torchvision_resnet(plain_state(ckpt), path), {})
+
+
+def _check_options(path, name: str, options: dict) -> None:
+    """A one-line error unless each backbone option of a checkpoint is one its backbone takes, of a sane value
+    (what ``selfsup pretrain`` records): checked before anything is built, as width=100000 would allocate
+    hundreds of TB."""
+    from selfsup.models.backbones import INPUTS, TIMM_PREFIX
+
+    takes = {"input": (lambda v: isinstance(v, str) and v in INPUTS, f"one of {', '.join(INPUTS)}")}
+    if name.startswith("resnet"):
+        takes["last_stride"] = (lambda v: _whole(v, 1, 2), "1 or 2")
+    if name == "convnet":
+        takes["width"] = (lambda v: type(v) in (int, float) and 0 < v <= MAX_WIDTH,
+                          f"a number above 0 and at most {MAX_WIDTH}")
+    if name.startswith(TIMM_PREFIX):            # timm.create_model's arguments, e.g. depth: numbers, strings, flags
+        takes["img_size"] = (lambda v: _whole(v, 1, MAX_IMAGE_SIZE), f"a whole number from 1 to {MAX_IMAGE_SIZE}")
+        plain = (lambda v: v is None or isinstance(v, (bool, int, float, str)), "a number, string or flag")
+        takes.update({key: plain for key in options if isinstance(key, str) and key not in takes})
+    for key, value in options.items():
+        if key not in takes:
+            raise SelfSupError(f"checkpoint {path} is damaged: its backbone {name} takes no option {_shown(key)} "
+                               f"(it takes {', '.join(takes)}); pass a file written by `selfsup pretrain`")
+        valid, expected = takes[key]
+        if not valid(value):
+            raise SelfSupError(f"checkpoint {path} is damaged: its backbone option {key} is {_shown(value)}, not "
+                               f"{expected}; pass a file written by `selfsup pretrain`")
 
 
 def plain_state(ckpt: dict) -> dict:
@@ -305,7 +369,7 @@ def load_method(ckpt: dict, backbone):
         return None
     # around a copy: building a method may change its backbone (Jigsaw runs AlexNet's conv1 at stride 2
     # on tiles), and the caller's backbone must stay exactly as the checkpoint records it
-    size = ckpt.get("image_size") or config.get("image_size") or 224
+    size = pretraining_size(ckpt) or 224
     method = build_method(name, backbone=copy.deepcopy(backbone), image_size=size, **(config.get(name) or {}))
     method.load_state_dict(ckpt["model"])
     return method.eval()

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from selfsup import __version__
-from selfsup.checkpoint import backbone_spec, load_backbone, load_checkpoint, save_atomic, write_atomic
+from selfsup.checkpoint import (backbone_spec, load_backbone, load_checkpoint, pretraining_size, save_atomic,
+                                write_atomic)
 from selfsup.data.views import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.errors import SelfSupError
 from selfsup.models.backbones import InputStage, ResNet, TileNorm
@@ -135,7 +136,7 @@ def describe(ckpt: dict, backbone: nn.Module, name: str, cifar_stem: bool, optio
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                           "applies_to": "RGB in [0, 1], per channel: (rgb - mean) / std; what selfsup's data give "
                                         "the backbone, before its input stage"},
-        "image_size": ckpt.get("image_size") or (config or {}).get("image_size"),
+        "image_size": pretraining_size(ckpt, path),
         "method": ckpt.get("method") or (config or {}).get("method"),
         "eval_tap": ckpt.get("eval_tap") or backbone.default_tap,
         "config_sha256": config_sha256(config),

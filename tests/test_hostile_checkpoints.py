@@ -3,6 +3,7 @@ overlap. Each is refused in one line before anything large is allocated or built
 the files only claim it)."""
 import io
 import os
+import re
 import zipfile
 
 import pytest
@@ -109,3 +110,78 @@ def test_a_sparse_weight_is_refused(tmp_path, random_ckpt):
     torch.save(with_weight(ckpt, key, ckpt["backbone_state"][key].to_sparse()), tmp_path / "s.pt")
     with pytest.raises(SelfSupError, match=f"its weight '{key}' is a torch.sparse_coo tensor, not a dense one"):
         load_backbone(tmp_path / "s.pt")
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"width": 100000.0}, "its backbone option width is 100000.0, not a number above 0 and at most 16"),  # 414 TB
+    ({"width": -1.0}, "its backbone option width is -1.0, not a number above 0"),
+    ({"width": float("nan")}, "its backbone option width is nan, not a number above 0"),
+    ({"width": "abc"}, "its backbone option width is 'abc', not a number above 0"),
+    ({"width": True}, "its backbone option width is True, not a number"),
+    ({"input": "x" * 100}, "its backbone option input is a str, not one of rgb, L, tile_norm"),
+    ({"last_stride": 1}, "its backbone convnet takes no option 'last_stride' (it takes input, width)"),
+    ({"depth": 1000}, "its backbone convnet takes no option 'depth'"),
+])
+def test_backbone_options_are_checked_before_building(tmp_path, capsys, random_ckpt, options, fragment):
+    path = tmp_path / "opts.pt"
+    torch.save(selfsup_ckpt(random_ckpt, backbone_options=options), path)
+    with pytest.raises(SelfSupError, match=f"checkpoint {path} is damaged: {re.escape(fragment)}"):
+        load_backbone(path)
+    for argv in (("eval", "knn", "--checkpoint", path, "--train-data", TINY, "--test-data", TINY),
+                 ("export", path, "--format", "safetensors", "--out", tmp_path / "x.safetensors"),
+                 ("finetune", "--init", path, "--data", TINY, "--test-data", TINY, "--epochs", 1, "--out",
+                  tmp_path / "ft", "--device", "cpu")):
+        code, _, err = run(capsys, *argv)
+        assert one_line_error(code, err, fragment), (argv, err)
+
+
+@pytest.mark.parametrize("last_stride", [0, -1, 3, "x", 2.0])
+def test_resnet_last_stride_is_1_or_2(tmp_path, random_ckpt, last_stride):
+    from selfsup.models import build_backbone
+
+    path = tmp_path / "rn.pt"
+    torch.save({"backbone": "resnet18", "cifar_stem": True, "backbone_options": {"last_stride": last_stride},
+                "backbone_state": build_backbone("resnet18", cifar_stem=True).state_dict()}, path)
+    with pytest.raises(SelfSupError, match=f"is damaged: its backbone option last_stride is {re.escape(repr(last_stride))}, "
+                                           f"not 1 or 2"):
+        load_backbone(path)
+
+
+@pytest.mark.parametrize("size", [100000, "big", -5, 32.7, 0, True])
+@pytest.mark.parametrize("where", ["image_size", "config"])
+def test_the_checkpoints_image_size_is_a_sane_whole_number(tmp_path, capsys, random_ckpt, size, where):
+    """100000 had the evaluation resize to 3.8 TB; 'big', -5, 32.7 were tracebacks."""
+    ckpt = selfsup_ckpt(random_ckpt)
+    if where == "image_size":
+        ckpt["image_size"] = size
+        field = "'image_size'"
+    else:
+        ckpt.pop("image_size")
+        ckpt["config"] = {**ckpt["config"], "image_size": size}
+        field = "config's 'image_size'"
+    path = tmp_path / "size.pt"
+    torch.save(ckpt, path)
+    fragment = f"checkpoint {path} is damaged: its {field} is {size!r}, not a whole number of pixels from 1 to 4096"
+    for argv in (("eval", "knn", "--checkpoint", path, "--train-data", TINY, "--test-data", TINY),
+                 ("viz", "heatmap", "--checkpoint", path, "--data", TINY, "--out", tmp_path / "h.png"),
+                 ("export", path, "--format", "safetensors", "--out", tmp_path / "x.safetensors")):
+        code, _, err = run(capsys, *argv)
+        assert one_line_error(code, err, fragment), (argv, err)
+    from selfsup.eval.checks import eval_image_size
+
+    with pytest.raises(SelfSupError, match=re.escape(f"the checkpoint is damaged: its {field} is {size!r}")):
+        eval_image_size(ckpt)
+    assert eval_image_size(ckpt, 24) == 24            # --image-size: the checkpoint's size is not used
+
+
+def test_timm_options_are_plain_values(tmp_path):
+    from selfsup.checkpoint import backbone_spec
+
+    ckpt = {"backbone": "timm:vit_tiny_patch16_224", "backbone_state": {}}
+    for options, fragment in (({"img_size": 100000}, "option img_size is 100000, not a whole number from 1 to 4096"),
+                              ({"depth": [1, 2]}, "option depth is a list, not a number, string or flag"),
+                              ({3: 1}, "takes no option 3")):
+        with pytest.raises(SelfSupError, match=re.escape(fragment)):
+            backbone_spec("v.pt", {**ckpt, "backbone_options": options})
+    assert backbone_spec("v.pt", {**ckpt, "backbone_options": {"depth": 2, "img_size": 32}})[2] == {"depth": 2,
+                                                                                                    "img_size": 32}

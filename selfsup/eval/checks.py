@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from selfsup.checkpoint import pretraining_size
 from selfsup.errors import SelfSupError
 
 
@@ -25,8 +26,9 @@ def positive(flag: str, value: float, example: float) -> None:
 def eval_image_size(ckpt: dict, image_size: int | None = None) -> int | None:
     """The evaluation size: ``image_size`` (``--image-size``, which callers check before their work), else the
     checkpoint's pretraining size (``ckpt["image_size"]``, set also when the size came from the data; older
-    checkpoints: their config's), else None (a foreign state dict: the images' own size)."""
-    return image_size or ckpt.get("image_size") or (ckpt.get("config") or {}).get("image_size")
+    checkpoints: their config's), else None (a foreign state dict: the images' own size). A checkpoint's size
+    that is not a whole number of pixels from 1 to ``MAX_IMAGE_SIZE`` is refused in one line."""
+    return image_size or pretraining_size(ckpt)
 
 
 def finite(features: torch.Tensor, name: str) -> torch.Tensor:
