@@ -198,3 +198,57 @@ def test_folder_vanishing_during_the_walk_is_skipped(tmp_path, monkeypatch):
 
     monkeypatch.setattr(D.os.path, "realpath", vanishing)
     assert D._Source(root).files() == [f"a/{i}.png" for i in range(3)]
+
+
+# ------------------------------------------------------------------ 4, 8. CIFAR batches hold exactly a batch
+
+def cifar(root, batch=None, meta=None):
+    """A CIFAR-10 folder of 5 batches of 4 images; ``batch`` (a dict, or pickled bytes) replaces the first."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):
+        good = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 3]}
+        blob = pickle.dumps(good if i > 1 or batch is None else batch, protocol=2)
+        (root / f"data_batch_{i}").write_bytes(batch if i == 1 and isinstance(batch, bytes) else blob)
+    (root / "batches.meta").write_bytes(pickle.dumps(meta or {"label_names": [f"c{i}" for i in range(10)]}))
+    return root
+
+
+def test_cifar_batch_of_shared_references_is_refused_at_once(tmp_path):
+    """16 KB of pickle whose 'data' is 1000 x 2000 x 2000 x 3072 list items by reference: np.asarray never ends."""
+    row = [0] * 3072
+    bomb = pickle.dumps({"data": [[[row] * 2000] * 2000] * 1000, "labels": [0]}, protocol=2)
+    assert len(bomb) < 20000
+    refused(f"cifar10:{cifar(tmp_path / 'c', bomb)}", r"data_batch_1 holds 'data' of type list, not a uint8 N x 3072 "
+                                                      r"array: re-download the dataset")
+
+
+@pytest.mark.parametrize("batch, fragment", [
+    ({"labels": [0]}, r"data_batch_1 lacks 'data', not a uint8 N x 3072 array"),
+    ({"data": 5, "labels": 5}, r"data_batch_1 holds 'data' of type int, not a uint8"),
+    ({"data": np.zeros((2, 3072), np.float32), "labels": [0, 1]}, r"holds 'data' of float32 and shape \(2, 3072\)"),
+    ({"data": np.zeros((2, 3072), np.uint8)}, r"data_batch_1 lacks 'labels', not a list of integer labels"),
+    ({"data": np.zeros((2, 3072), np.uint8), "labels": ["a", "b"]}, r"holds 'labels' of type list, not a list of int"),
+    ({"data": np.zeros((8, 3072), np.uint8), "labels": [0, 1, 2]}, r"holds 8 images and 3 labels"),
+    ({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 99]}, r"holds label 99 \(image 1\), outside the 10 classes "
+                                                                  r"of batches.meta \(0 to 9\)"),
+    ({"data": np.zeros((2, 3072), np.uint8), "labels": [2 ** 70, 0]}, r"holds label 1180591620717411303424 \(image 0\)"),
+    ({"data": np.zeros((2, 3072), np.uint8), "labels": [-1, 0]}, r"holds label -1 \(image 0\)"),
+])
+def test_cifar_batch_not_a_batch_is_refused(tmp_path, batch, fragment):
+    refused(f"cifar10:{cifar(tmp_path / 'c', batch)}", fragment)
+
+
+@pytest.mark.parametrize("meta, fragment", [
+    ({"x": 1}, r"batches.meta lacks 'label_names', not a list of class names"),
+    ({"label_names": "abc"}, r"batches.meta holds 'label_names' of type str, not a list of class names"),
+    ({"label_names": ["a", "b", "c"]}, r"data_batch_1 holds label 3 \(image 3\), outside the 3 classes of batches.meta"),
+])
+def test_cifar_meta_without_the_class_names_is_refused(tmp_path, meta, fragment):
+    refused(f"cifar10:{cifar(tmp_path / 'c', meta=meta)}", fragment)
+
+
+def test_cifar_batch_with_label_array_loads(tmp_path):
+    batch = {"data": np.zeros((2, 3072), np.uint8), "labels": np.array([3, 1], np.uint8)}
+    data = load_dataset(f"cifar10:{cifar(tmp_path / 'c', batch)}")
+    assert len(data) == 18 and list(data.labels[:2]) == [3, 1] and data.labels.dtype == np.int64

@@ -446,11 +446,46 @@ def read_cifar(path: Path, fmt: str, split: str) -> ImageArrayDataset:
     missing = [f.name for f in files + [meta] if not f.exists()]
     if missing:
         raise SelfSupError(f"{path} lacks the {fmt} file {missing[0]}: point at the folder with the python batches")
-    batches = [_unpickle(f) for f in files]
-    images = np.concatenate([np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches])
-    labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
-    return ImageArrayDataset(images, labels, list(_unpickle(meta)[names_key]),
-                             _short_hash(f"{fmt}|{path.resolve()}|{split}|{_stat(files)}"))
+    classes = _cifar_classes(meta, _unpickle(meta), names_key)
+    parts = [_cifar_batch(f, _unpickle(f), label_key, classes, meta) for f in files]
+    images = np.concatenate([x.reshape(-1, 3, 32, 32) for x, _ in parts])
+    labels = np.concatenate([y for _, y in parts])
+    return ImageArrayDataset(images, labels, classes, _short_hash(f"{fmt}|{path.resolve()}|{split}|{_stat(files)}"))
+
+
+def _cifar_classes(meta: Path, batch: dict, names_key: str) -> list[str]:
+    """The class names of a CIFAR meta file: a list of strings under ``names_key``, else refused in one line."""
+    names = batch.get(names_key)
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, (str, bytes)) for n in names):
+        what = f"lacks {names_key!r}" if names is None else f"holds {names_key!r} of type {type(names).__name__}"
+        raise SelfSupError(f"CIFAR meta file {meta} {what}, not a list of class names: re-download the dataset")
+    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
+
+
+def _cifar_batch(file: Path, batch: dict, label_key: str, classes: list[str], meta: Path):
+    """(uint8 N x 3072 images, int64 N labels) of one CIFAR batch: exactly what a batch holds (a uint8 array,
+    N integer labels of the meta file's classes), anything else refused in one line, never converted."""
+    data, labels = batch.get("data"), batch.get(label_key)
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+        what = ("lacks 'data'" if data is None else f"holds 'data' of {data.dtype} and shape {data.shape}"
+                if isinstance(data, np.ndarray) else f"holds 'data' of type {type(data).__name__}")
+        raise SelfSupError(f"CIFAR batch {file} {what}, not a uint8 N x 3072 array: re-download the dataset")
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        labels = labels.astype(np.int64)
+    elif isinstance(labels, list) and all(isinstance(v, (int, np.integer)) for v in labels):
+        labels = np.array([v if 0 <= v < len(classes) else -1 for v in labels], dtype=np.int64).reshape(-1)
+    else:
+        what = f"lacks {label_key!r}" if labels is None else f"holds {label_key!r} of type {type(labels).__name__}"
+        raise SelfSupError(f"CIFAR batch {file} {what}, not a list of integer labels: re-download the dataset")
+    if len(labels) != len(data):
+        raise SelfSupError(f"CIFAR batch {file} holds {len(data)} images and {len(labels)} labels: the file is "
+                           f"damaged; re-download the dataset")
+    wrong = np.flatnonzero((labels < 0) | (labels >= len(classes)))
+    if len(wrong):
+        value = batch[label_key][wrong[0]]
+        raise SelfSupError(f"CIFAR batch {file} holds label {value} (image {wrong[0]}), outside the {len(classes)} "
+                           f"classes of {meta.name} (0 to {len(classes) - 1}): re-download the dataset")
+    return data, labels
 
 
 def _stat(files) -> str:
