@@ -221,3 +221,20 @@ def test_a_damaged_extra_state_is_refused_in_one_line_on_resume(tmp_path, capsys
     torch.save(ckpt, out / "last.pt")
     code, _, err = run(capsys, "pretrain", "moco_v2", *common, "--epochs", 1, "--resume-with-changes")
     assert one_line_error(code, err, "is damaged (its model state: "), err
+
+
+def test_a_resume_with_a_changed_weight_decay_and_momentum_trains_with_them(tmp_path, capsys, finished):
+    from selfsup.config import resolve_config
+    from selfsup.engine.trainer import Trainer
+    from selfsup.methods import get_method
+
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    overrides = [f"data={TINY}", "backbone=convnet", "batch_size=16", "epochs=2", f"out={out}", "device=cpu",
+                 "resume=true", "resume_with_changes=true", "optim.weight_decay=0.003", "optim.momentum=0.5"]
+    trainer = Trainer(resolve_config(get_method("simclr"), overrides=overrides))
+    changes = trainer.restore(out / "last.pt")
+    assert changes["optim.weight_decay"][1] == 0.003 and changes["optim.momentum"][1] == 0.5
+    groups = trainer.optimizer.param_groups
+    assert {g["momentum"] for g in groups} == {0.5} and {g["weight_decay"] for g in groups} == {0.0, 0.003}
+    assert trainer.optimizer.state                                 # the momentum buffers are the checkpoint's

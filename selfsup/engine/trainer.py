@@ -354,6 +354,7 @@ class Trainer:
             changed = " / ".join(changes) or "the code that builds the model"    # tensors of other shapes or names
             raise SelfSupError(f"{changed} change the model's shapes: they cannot change on resume; resume with the "
                                f"run's settings, or start a new run (init={path} to keep the backbone)") from None
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
@@ -367,6 +368,8 @@ class Trainer:
             if any(not (v is None or isinstance(v, (int, float, torch.Tensor)))
                    or isinstance(v, torch.Tensor) and v.dim() and v.shape != param.shape for v in state.values()):
                 raise _damaged(path, "its optimiser state holds buffers of other shapes than the parameters")
+        for group, own_settings in zip(self.optimizer.param_groups, settings):   # the run's settings, not the file's
+            group.update(own_settings)                                     # (a changed weight decay or momentum)
         try:
             self.scaler.load_state_dict(ckpt["scaler"])
             _set_rng_state(own["rng"])
