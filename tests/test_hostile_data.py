@@ -252,3 +252,56 @@ def test_cifar_batch_with_label_array_loads(tmp_path):
     batch = {"data": np.zeros((2, 3072), np.uint8), "labels": np.array([3, 1], np.uint8)}
     data = load_dataset(f"cifar10:{cifar(tmp_path / 'c', batch)}")
     assert len(data) == 18 and list(data.labels[:2]) == [3, 1] and data.labels.dtype == np.int64
+
+
+# ------------------------------------------------------------------ 5, 8. IDX files are read as far as their header says
+
+def idx_bytes(array, dims=None):
+    dims = array.shape if dims is None else dims
+    return bytes([0, 0, 8, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + array.tobytes()
+
+
+def mnist(root, images=None, labels=None, gz=False):
+    root.mkdir(parents=True, exist_ok=True)
+    images = idx_bytes(np.zeros((4, 28, 28), np.uint8)) if images is None else images
+    labels = idx_bytes(np.arange(4, dtype=np.uint8)) if labels is None else labels
+    (root / "train-labels-idx1-ubyte").write_bytes(labels)
+    if gz:
+        with gzip.open(root / "train-images-idx3-ubyte.gz", "wb") as f:
+            f.write(images)
+    else:
+        (root / "train-images-idx3-ubyte").write_bytes(images)
+    return root
+
+
+def test_gzipped_idx_claiming_gigabytes_is_refused_unread(tmp_path, monkeypatch):
+    """The header claims 100000 x 200 x 200 (3.7 GiB); a few zeros follow: what a 3.8 MB gzip bomb holds, whole."""
+    read, original = [], D.gzip.GzipFile.read
+    monkeypatch.setattr(D.gzip.GzipFile, "read", lambda self, n=-1: read.append(n) or original(self, n))
+    root = mnist(tmp_path / "m", bytes([0, 0, 8, 3]) + struct.pack(">III", 100000, 200, 200) + bytes(1000), gz=True)
+    refused(f"mnist:{root}", r"train-images-idx3-ubyte.gz claims a 100000 x 200 x 200 array \(3.7 GiB unpacked\), "
+                             r"over the 1 GiB that a gzipped IDX file may unpack to")
+    assert -1 not in read and max(read) <= 12
+
+
+def test_idx_longer_than_its_header_is_refused(tmp_path):
+    extra = idx_bytes(np.zeros((4, 28, 28), np.uint8)) + b"\0"
+    refused(f"mnist:{mnist(tmp_path / 'm', extra, gz=True)}", r"holds more bytes than its header's 4 x 28 x 28")
+    refused(f"mnist:{mnist(tmp_path / 'n', extra[:-10])}", r"is truncated \(3127 of 3136 bytes\)")
+
+
+@pytest.mark.parametrize("dims", [(), (4 * 28 * 28,), (4, 1, 1, 28, 28), (4, 28, 28, 1)])
+def test_idx_images_of_other_dimensions_are_refused(tmp_path, dims):
+    images = idx_bytes(np.zeros(int(np.prod(dims)), np.uint8), dims)
+    refused(f"mnist:{mnist(tmp_path / 'm', images)}", rf"holds an array of {len(dims)} dimensions, not 3 \(N x H x W "
+                                                      rf"images\)")
+
+
+def test_idx_counts_and_labels_must_match(tmp_path):
+    refused(f"mnist:{mnist(tmp_path / 'a', labels=idx_bytes(np.zeros(3, np.uint8)))}",
+            r"train-images-idx3-ubyte holds 4 images and train-labels-idx1-ubyte 3 labels: they must be the same")
+    refused(f"mnist:{mnist(tmp_path / 'b', labels=idx_bytes(np.array([0, 1, 255, 2], np.uint8)))}",
+            r"train-labels-idx1-ubyte holds label 255 \(image 2\), outside the 10 classes 0 to 9")
+    refused(f"mnist:{mnist(tmp_path / 'c', labels=idx_bytes(np.zeros((4, 1), np.uint8)))}",
+            r"train-labels-idx1-ubyte holds an array of 2 dimensions, not 1 \(N labels\)")
+    assert len(load_dataset(f"mnist:{mnist(tmp_path / 'd', gz=True)}")) == 4

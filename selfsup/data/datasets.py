@@ -26,6 +26,7 @@ import stat
 import tarfile
 import warnings
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -517,18 +518,44 @@ def read_stl10(path: Path, split: str) -> ImageArrayDataset:
                              _short_hash(f"stl10|{path.resolve()}|{split}|{_stat(files)}"))
 
 
-def _read_idx_file(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise SelfSupError(f"{path} is not an unsigned-byte IDX file: check the file or re-install the dataset")
-    ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise SelfSupError(f"{path} is truncated ({data.size} of {int(np.prod(dims))} bytes): re-install the dataset")
-    return data.reshape(*dims)
+IDX_GZIP_BYTES = 1 << 30     # the most a gzipped IDX file may unpack to (MNIST's images: 47 MB)
+
+
+def _read_idx_file(path: Path, ndim: int) -> np.ndarray:
+    """The array of an unsigned-byte IDX file of ``ndim`` dimensions (3: images, 1: labels), read no further
+    than its header says: a file of other dimensions, or that holds fewer or more bytes than they need, is
+    refused, and a gzipped one that would unpack to over IDX_GZIP_BYTES is refused unread."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise SelfSupError(f"{path} is {_file_kind(st.st_mode)}, not an IDX file: give the dataset's files")
+    gz = path.suffix == ".gz"
+    try:
+        with (gzip.open if gz else open)(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:3] != b"\0\0\x08":
+                raise SelfSupError(f"{path} is not an unsigned-byte IDX file: check the file or re-install the dataset")
+            if head[3] != ndim:
+                raise SelfSupError(f"{path} holds an array of {head[3]} dimensions, not {ndim} "
+                                   f"({'N x H x W images' if ndim == 3 else 'N labels'}): re-install the dataset")
+            dims = [int(d) for d in np.frombuffer(f.read(4 * ndim).ljust(4 * ndim, b"\0"), dtype=">u4")]
+            expected = int(np.prod(dims, dtype=object))
+            if gz and expected > IDX_GZIP_BYTES:
+                raise SelfSupError(f"{path} claims a {' x '.join(map(str, dims))} array ({expected / 2**30:.1f} GiB "
+                                   f"unpacked), over the {IDX_GZIP_BYTES >> 30} GiB that a gzipped IDX file may "
+                                   f"unpack to: re-install the dataset")
+            if not gz and expected > st.st_size:
+                raw = b""                    # truncated: said below, without reading
+            else:
+                raw = f.read(expected + 1)   # one byte more: a file longer than its header says is damaged too
+    except (OSError, EOFError, zlib.error) as exc:
+        raise SelfSupError(f"cannot read {path} ({exc}): the file is truncated or corrupt; re-install the "
+                           f"dataset") from None
+    if len(raw) < expected:
+        raise SelfSupError(f"{path} is truncated ({len(raw)} of {expected} bytes): re-install the dataset")
+    if len(raw) > expected:
+        raise SelfSupError(f"{path} holds more bytes than its header's {' x '.join(map(str, dims))}: the file is "
+                           f"damaged; re-install the dataset")
+    return np.frombuffer(raw, dtype=np.uint8, count=expected).reshape(dims)
 
 
 def read_idx(path: Path, split: str, fashion: bool) -> ImageArrayDataset:
@@ -543,9 +570,15 @@ def read_idx(path: Path, split: str, fashion: bool) -> ImageArrayDataset:
         raise SelfSupError(f"{path} lacks {prefix}-{kind}[.gz]: point at the folder with the IDX files")
 
     image_file, label_file = find("images-idx3-ubyte"), find("labels-idx1-ubyte")
-    images = _read_idx_file(image_file)[:, None]
-    labels = _read_idx_file(label_file).astype(np.int64)
+    images = _read_idx_file(image_file, 3)[:, None]
+    labels = _read_idx_file(label_file, 1).astype(np.int64)
     classes = FASHION_CLASSES if fashion else [str(i) for i in range(10)]
+    if len(images) != len(labels) or not len(images):
+        raise SelfSupError(f"{path}: {image_file.name} holds {len(images)} images and {label_file.name} "
+                           f"{len(labels)} labels: they must be the same number, at least 1; re-install the dataset")
+    if labels.max() >= len(classes):
+        raise SelfSupError(f"{label_file} holds label {labels.max()} (image {int(labels.argmax())}), outside the "
+                           f"{len(classes)} classes 0 to {len(classes) - 1}: re-install the dataset")
     return ImageArrayDataset(images, labels, classes,
                              _short_hash(f"idx|{path.resolve()}|{split}|{_stat([image_file, label_file])}"))
 
