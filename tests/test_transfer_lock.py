@@ -56,3 +56,14 @@ def test_another_teacher_is_refused_naming_the_student_before_the_teacher_runs(t
     code, _, err = _transfer(capsys, teacher, out)
     assert one_line_error(code, err, "was trained on pseudo-labels"), err
     assert not (out / "pseudo_labels.npz").exists()                   # the teacher did not run
+
+
+def test_a_link_in_the_transfer_out_is_refused_before_the_teacher_runs(tmp_path, capsys, random_ckpt):
+    """The student's folder is checked by its lock; the labels file beside it was not."""
+    out, elsewhere = tmp_path / "tr", tmp_path / "elsewhere.npz"
+    out.mkdir()
+    elsewhere.write_bytes(b"someone's file")
+    (out / "pseudo_labels.npz").symlink_to(elsewhere)
+    code, _, err = _transfer(capsys, random_ckpt, out)
+    assert one_line_error(code, err, "pseudo_labels.npz is a symbolic link"), err
+    assert elsewhere.read_bytes() == b"someone's file" and not (out / "student" / "last.pt").exists()
