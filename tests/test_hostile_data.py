@@ -305,3 +305,58 @@ def test_idx_counts_and_labels_must_match(tmp_path):
     refused(f"mnist:{mnist(tmp_path / 'c', labels=idx_bytes(np.zeros((4, 1), np.uint8)))}",
             r"train-labels-idx1-ubyte holds an array of 2 dimensions, not 1 \(N labels\)")
     assert len(load_dataset(f"mnist:{mnist(tmp_path / 'd', gz=True)}")) == 4
+
+
+# ------------------------------------------------------------------ 6. label files are checked from their headers
+
+def npz(path, **arrays):
+    """An .npz of ``arrays``; an entry (shape, descr) is written as a bare .npy header claiming that shape."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for key, value in arrays.items():
+            buf = io.BytesIO()
+            if isinstance(value, tuple):
+                np.lib.format.write_array_header_1_0(buf, {"descr": value[1], "fortran_order": False,
+                                                           "shape": value[0]})
+                buf.write(bytes(64))
+            else:
+                np.save(buf, value)
+            z.writestr(f"{key}.npy", buf.getvalue())
+    return path
+
+
+def labelled(tmp_path, **change):
+    data = load_dataset("synthetic:8?classes=4&size=8")
+    arrays = dict(labels=np.arange(8) % 4, data_fingerprint=np.array(data.fingerprint), teacher=np.array("t"),
+                  num_classes=np.array(4))
+    arrays.update(change)
+    return f"synthetic:8?classes=4&size=8&labels={npz(tmp_path / 'l.npz', **arrays)}"
+
+
+def test_label_file_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
+    """labels.npy claiming 4e9 int8: a 3.9 MB deflated zip of zeros would unpack to 3.7 GiB."""
+    monkeypatch.setattr(np.lib.format, "read_array", lambda *a, **k: pytest.fail("read an array"))
+    spec = labelled(tmp_path, labels=((4_000_000_000,), "|i1"))
+    refused(spec, r"l.npz is not one `selfsup transfer` wrote: it holds 4000000000 labels, more than the 8 images")
+    with pytest.raises(SelfSupError, match=r"holds 4000000000 labels, more than the 134217728 images"):
+        D.read_label_file(tmp_path / "l.npz")
+    labelled(tmp_path, teacher=((), "<U2000000"))
+    with pytest.raises(SelfSupError, match=r"its teacher is a <U2000000 array of shape \(\), not a string"):
+        D.read_label_file(tmp_path / "l.npz")
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (dict(labels=np.zeros((8, 3))), r"its labels are a float64 array of shape \(8, 3\), not one integer class index"),
+    (dict(labels=np.arange(8) % 4 + 0.5), r"its labels are a float64 array of shape \(8,\)"),
+    (dict(num_classes=np.array("four")), r"its num_classes is a <U4 array of shape \(\), not a whole number"),
+    (dict(num_classes=np.array(3_000_000_000)), r"claims 3000000000 classes: a label file has 1 to 1,000,000"),
+    (dict(num_classes=np.array(0)), r"claims 0 classes"),
+    (dict(labels=np.full(8, -7)), r"holds a negative label -7 \(image 0\), outside its 4 classes 0 to 3"),
+    (dict(labels=np.full(8, 1000)), r"holds label 1000 \(image 0\), outside its 4 classes 0 to 3"),
+])
+def test_label_file_not_of_labels_is_refused(tmp_path, change, fragment):
+    refused(labelled(tmp_path, **change), fragment)
+
+
+def test_label_file_of_labels_loads(tmp_path):
+    data = load_dataset(labelled(tmp_path, labels=np.array([0, 1, 2, 3, -1, 0, 1, 2], np.int32)))
+    assert list(data.labels) == [0, 1, 2, 3, -1, 0, 1, 2] and data.classes == ["0", "1", "2", "3"]

@@ -371,29 +371,76 @@ def write_label_file(path: str | Path, labels, data: ImageArrayDataset, teacher:
     os.replace(tmp, path)
 
 
-def read_label_file(path: Path) -> dict:
+LABEL_FILE_LIMIT = 1 << 27      # the most labels a label file may hold when the images are not counted
+LABEL_FILE_TEXT = 1 << 20       # the most characters of its fingerprint and teacher strings
+
+
+def _npy_header(archive: zipfile.ZipFile, key: str) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) of ``KEY.npy`` in an .npz, from its header alone: nothing of the array is unpacked."""
+    with archive.open(f"{key}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read is None:
+            raise ValueError(f"{key} is an .npy of format version {version}")
+        shape, _, dtype = read(f)
+    return shape, dtype
+
+
+def _label_file_problem(key: str, shape: tuple, dtype: np.dtype, count: int | None) -> str | None:
+    """What is wrong with array ``key`` of a label file (its shape and dtype), or None."""
+    if key == "labels":
+        most = LABEL_FILE_LIMIT if count is None else count
+        if len(shape) != 1 or dtype.kind not in "iu":
+            return f"its labels are a {dtype} array of shape {shape}, not one integer class index per image"
+        if shape[0] > most:
+            return f"it holds {shape[0]} labels, more than the {most} images they are for"
+    elif key == "num_classes":
+        if shape != () or dtype.kind not in "iu":
+            return f"its num_classes is a {dtype} array of shape {shape}, not a whole number"
+    elif shape != () or dtype.kind != "U" or dtype.itemsize > 4 * LABEL_FILE_TEXT:
+        return f"its {key} is a {dtype} array of shape {shape}, not a string"
+    return None
+
+
+def read_label_file(path: Path, count: int | None = None) -> dict:
+    """The arrays of a label file (``write_label_file``), each checked from its .npy header before it is read:
+    integer labels, at most ``count`` of them (the images they label; else LABEL_FILE_LIMIT), an integer
+    number of classes, strings of at most LABEL_FILE_TEXT characters. Anything else is refused in one line."""
     if path.is_file() and not zipfile.is_zipfile(path):      # np.load would try a pickle, and advise allowing it
         raise SelfSupError(f"label file {path} is not an .npz archive: give the file `selfsup transfer` wrote")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in LABEL_FILE_KEYS if k not in f.files]
+        with zipfile.ZipFile(path) as archive:
+            missing = [k for k in LABEL_FILE_KEYS if f"{k}.npy" not in archive.namelist()]
             if missing:
                 raise SelfSupError(f"label file {path} lacks {missing[0]!r}: write it with `selfsup transfer`")
+            for key in LABEL_FILE_KEYS:
+                problem = _label_file_problem(key, *_npy_header(archive, key), count)
+                if problem:
+                    raise SelfSupError(f"label file {path} is not one `selfsup transfer` wrote: {problem}")
+        with np.load(path, allow_pickle=False) as f:
             return {k: f[k].item() if f[k].ndim == 0 else f[k] for k in LABEL_FILE_KEYS}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise SelfSupError(f"cannot read label file {path}: {str(exc).splitlines()[0]}") from None
 
 
 def with_label_file(data: ImageArrayDataset, path: Path) -> ImageArrayDataset:
     """``SPEC?labels=FILE``: the images of SPEC with the labels of FILE (pseudo-labels), which must have
     been written for exactly these images (the dataset's fingerprint is in the file)."""
-    f = read_label_file(path)
+    f = read_label_file(path, len(data))
     if str(f["data_fingerprint"]) != data.fingerprint or len(f["labels"]) != len(data):
         raise SelfSupError(f"label file {path} was written for other images ({len(f['labels'])} labels, data "
                            f"{f['data_fingerprint']}) than this spec's {len(data)} ({data.fingerprint}): give the "
                            f"spec the labels were made for, or make them again")
     k = int(f["num_classes"])
+    if not 1 <= k <= MAX_CLASSES:
+        raise SelfSupError(f"label file {path} claims {k} classes: a label file has 1 to {MAX_CLASSES:,}; make "
+                           f"the labels again")
     labels = np.asarray(f["labels"], dtype=np.int64)
+    wrong = np.flatnonzero((labels < -1) | (labels >= k))
+    if len(wrong):
+        what = "a negative label" if labels[wrong[0]] < 0 else "label"
+        raise SelfSupError(f"label file {path} holds {what} {labels[wrong[0]]} (image {wrong[0]}), outside its {k} "
+                           f"classes 0 to {k - 1} (-1: unlabeled): make the labels again")
     tag = hashlib.sha1(labels.tobytes()).hexdigest()[:12]
     return data.with_labels(labels, [str(i) for i in range(k)], f"labels-{tag}")
 
