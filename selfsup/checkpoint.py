@@ -27,6 +27,7 @@ from selfsup.tempfiles import writer_suffix
 # has 384-768-1536-3072 channels; a side of 4096 px is 64x the pixels of ImageNet's 512.
 MAX_WIDTH = 16
 MAX_IMAGE_SIZE = 4096
+MAX_DEPTH = 64            # containers within containers: selfsup's checkpoints nest 5 deep
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -143,10 +144,44 @@ def load_checkpoint(path: str | Path) -> dict:
     ckpt = safe_load(path)
     if not isinstance(ckpt, dict):
         raise SelfSupError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict: pass a file written by `selfsup pretrain` or a state dict")
+    if any(depth > MAX_DEPTH for _, depth in _containers(ckpt)):
+        raise SelfSupError(f"checkpoint {path} is damaged: it nests containers over {MAX_DEPTH} levels deep; pass a "
+                           f"file written by `selfsup pretrain`, or the state dict of a network")
     if ckpt.get("config") is not None:
         _expect(path, ckpt, "config", dict)
+        _check_config(path, ckpt["config"])
     pretraining_size(ckpt, path)
     return ckpt
+
+
+def _containers(obj):
+    """Each dict, list and tuple within ``obj`` (``obj`` too) and its depth, found without recursion (a
+    container nested 100000 deep would overflow any recursive walk, such as ``json.dumps`` or ``deepcopy``)."""
+    stack = [(obj, 0)]
+    while stack:
+        obj, depth = stack.pop()
+        if isinstance(obj, dict):
+            stack.extend((item, depth + 1) for item in (*obj.keys(), *obj.values()))
+        elif isinstance(obj, (list, tuple)):
+            stack.extend((item, depth + 1) for item in obj)
+        else:
+            continue
+        yield obj, depth
+
+
+def _check_config(path, config: dict) -> None:
+    """A one-line error unless a checkpoint's config is as ``selfsup pretrain`` writes it: string keys, the
+    method's name a string, and its section (e.g. ``simclr``) a dict."""
+    if not all(isinstance(key, str) for obj, _ in _containers(config) if isinstance(obj, dict) for key in obj):
+        raise SelfSupError(f"checkpoint {path} is damaged: its 'config' has keys that are not strings; pass a file "
+                           f"written by `selfsup pretrain`")
+    method = config.get("method")
+    if method is not None and not isinstance(method, str):
+        raise SelfSupError(f"checkpoint {path} is damaged: its config's 'method' is a {type(method).__name__}, not "
+                           f"a str; pass a file written by `selfsup pretrain`")
+    if method is not None and config.get(method) is not None and not isinstance(config[method], dict):
+        raise SelfSupError(f"checkpoint {path} is damaged: its config's {method!r} is a "
+                           f"{type(config[method]).__name__}, not a dict; pass a file written by `selfsup pretrain`")
 
 
 def pretraining_size(ckpt: dict, path: str | Path | None = None) -> int | None:
@@ -183,7 +218,7 @@ def _expect(path, ckpt: dict, key: str, kind: type) -> None:
     """A one-line error unless ``ckpt[key]`` (a field of a ``selfsup pretrain`` checkpoint) is a ``kind``."""
     if key not in ckpt or not isinstance(ckpt[key], kind):
         held = f"a {type(ckpt[key]).__name__}" if key in ckpt else "missing"
-        raise SelfSupError(f"checkpoint {path} is damaged: its {key!r} is {held}, not a {kind.__name__}; pass a file "
+        raise SelfSupError(f"{_name(path)} is damaged: its {key!r} is {held}, not a {kind.__name__}; pass a file "
                            f"written by `selfsup pretrain`, or the state dict of a network")
 
 
@@ -235,6 +270,9 @@ def _check_weights(path, state: dict) -> None:
     elements: a view that repeats them (zero strides, overlapping windows) claims any size over a tiny
     storage, and the first computation on it would allocate that size."""
     for key, value in state.items():
+        if not isinstance(key, str):
+            raise SelfSupError(f"checkpoint {path} is damaged: its weight named {_shown(key)} has a name that is not "
+                               f"a string; pass a file written by `selfsup pretrain`, or the state dict of a network")
         if not isinstance(value, torch.Tensor):
             raise SelfSupError(f"checkpoint {path} is damaged: its weight {key!r} is a {type(value).__name__}, not a "
                                f"tensor; pass a file written by `selfsup pretrain`, or the state dict of a network")
@@ -358,27 +396,34 @@ def plain_state(ckpt: dict) -> dict:
     return state
 
 
-def load_method(ckpt: dict, backbone):
+def load_method(ckpt: dict, backbone, path: str | Path | None = None):
     """The whole pretrained method (backbone and heads, eval mode) of a ``selfsup pretrain``
-    checkpoint around ``backbone`` (from ``load_backbone``), or None for a plain state dict."""
+    checkpoint around ``backbone`` (from ``load_backbone``), or None for a plain state dict.
+    ``path`` names the checkpoint in errors."""
     from selfsup.methods import build_method
 
     config = ckpt.get("config") or {}
     name = config.get("method")
     if "model" not in ckpt or not name:
         return None
+    _expect(path, ckpt, "model", dict)
     # around a copy: building a method may change its backbone (Jigsaw runs AlexNet's conv1 at stride 2
     # on tiles), and the caller's backbone must stay exactly as the checkpoint records it
     size = pretraining_size(ckpt) or 224
     method = build_method(name, backbone=copy.deepcopy(backbone), image_size=size, **(config.get(name) or {}))
-    method.load_state_dict(ckpt["model"])
+    try:
+        method.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise SelfSupError(f"{_name(path)} is damaged: its 'model' does not fit method {name} ({first[:120]}); pass "
+                           f"a file written by `selfsup pretrain`") from None
     return method.eval()
 
 
-def load_projector(ckpt: dict, backbone):
+def load_projector(ckpt: dict, backbone, path: str | Path | None = None):
     """The pretraining projector of a ``selfsup pretrain`` checkpoint (eval mode), or None when
     the checkpoint has none (a torchvision state dict, or a method without a projector)."""
-    method = load_method(ckpt, backbone)
+    method = load_method(ckpt, backbone, path)
     return method.projector if method is not None and hasattr(method, "projector") else None
 
 

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from selfsup import __version__
-from selfsup.checkpoint import (backbone_spec, load_backbone, load_checkpoint, pretraining_size, save_atomic,
-                                write_atomic)
+from selfsup.checkpoint import (_expect, backbone_spec, load_backbone, load_checkpoint, pretraining_size,
+                                save_atomic, write_atomic)
 from selfsup.data.views import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.errors import SelfSupError
 from selfsup.models.backbones import InputStage, ResNet, TileNorm
@@ -231,6 +231,9 @@ def export(checkpoint_path: str | Path, fmt: str, out_path: str | Path, force: b
             raise SelfSupError("--format safetensors needs the safetensors package: pip install 'selfsup[export]'") from None
 
     ckpt = load_checkpoint(checkpoint_path)
+    for key, kind in (("method", str), ("eval_tap", str), ("epoch", int)):       # the sidecar's JSON holds them
+        if ckpt.get(key) is not None:
+            _expect(checkpoint_path, ckpt, key, kind)
     name, cifar_stem, options = backbone_spec(checkpoint_path, ckpt)
     backbone = load_backbone(checkpoint_path, ckpt)
     net = backbone.net if isinstance(backbone, InputStage) else backbone       # drop the ``net.`` prefix

@@ -4,6 +4,7 @@ the files only claim it)."""
 import io
 import os
 import re
+import sys
 import zipfile
 
 import pytest
@@ -142,8 +143,8 @@ def test_resnet_last_stride_is_1_or_2(tmp_path, random_ckpt, last_stride):
     path = tmp_path / "rn.pt"
     torch.save({"backbone": "resnet18", "cifar_stem": True, "backbone_options": {"last_stride": last_stride},
                 "backbone_state": build_backbone("resnet18", cifar_stem=True).state_dict()}, path)
-    with pytest.raises(SelfSupError, match=f"is damaged: its backbone option last_stride is {re.escape(repr(last_stride))}, "
-                                           f"not 1 or 2"):
+    fragment = f"is damaged: its backbone option last_stride is {last_stride!r}, not 1 or 2"
+    with pytest.raises(SelfSupError, match=re.escape(fragment)):
         load_backbone(path)
 
 
@@ -185,3 +186,45 @@ def test_timm_options_are_plain_values(tmp_path):
             backbone_spec("v.pt", {**ckpt, "backbone_options": options})
     assert backbone_spec("v.pt", {**ckpt, "backbone_options": {"depth": 2, "img_size": 32}})[2] == {"depth": 2,
                                                                                                     "img_size": 32}
+
+
+def nested(depth: int) -> list:
+    deep = inner = []
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return deep
+
+
+@pytest.mark.parametrize("change, fragment, commands", [
+    (lambda c: with_weight(c, 5, torch.zeros(1)), "its weight named 5 has a name that is not a string", "eval"),
+    (lambda c: {**c, "config": {**c["config"], "simclr": [1, 2]}}, "its config's 'simclr' is a list, not a dict",
+     "eval viz"),
+    (lambda c: {**c, "config": {**c["config"], "method": ["simclr"]}}, "its config's 'method' is a list, not a str",
+     "eval viz"),
+    (lambda c: {**c, "config": {**c["config"], 7: "x"}}, "its 'config' has keys that are not strings", "export"),
+    (lambda c: {**c, "model": [1, 2]}, "its 'model' is a list, not a dict", "viz"),
+    (lambda c: {**c, "model": dict(list(c["model"].items())[1:])}, "its 'model' does not fit method simclr",
+     "viz"),
+    (lambda c: {**c, "config": {**c["config"], "note": nested(3000)}}, "it nests containers over 64 levels deep",
+     "eval viz export"),
+    (lambda c: {**c, "deep": nested(100)}, "it nests containers over 64 levels deep", "eval"),
+    (lambda c: {**c, "epoch": torch.tensor(1)}, "its 'epoch' is a Tensor, not a int", "export"),
+    (lambda c: {**c, "method": 3}, "its 'method' is a int, not a str", "export"),
+])
+def test_fields_of_the_wrong_type_are_one_line(tmp_path, capsys, random_ckpt, change, fragment, commands):
+    """An int weight name was an AttributeError in load_state_dict, config['simclr'] a list one in viz heatmap,
+    model a list a TypeError, a config nested 100000 deep a RecursionError in export --format safetensors."""
+    path = tmp_path / "bad.pt"
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)             # torch.save of the deep config
+    try:
+        torch.save(change(selfsup_ckpt(random_ckpt)), path)
+    finally:
+        sys.setrecursionlimit(limit)
+    argvs = {"eval": ("eval", "knn", "--checkpoint", path, "--train-data", TINY, "--test-data", TINY),
+             "viz": ("viz", "heatmap", "--checkpoint", path, "--data", TINY, "--out", tmp_path / "h.png"),
+             "export": ("export", path, "--format", "safetensors", "--out", tmp_path / "x.safetensors")}
+    for command in commands.split():
+        code, _, err = run(capsys, *argvs[command])
+        assert one_line_error(code, err, f"is damaged: {fragment}"), (command, err)
