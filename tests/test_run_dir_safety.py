@@ -238,3 +238,15 @@ def test_a_resume_with_a_changed_weight_decay_and_momentum_trains_with_them(tmp_
     groups = trainer.optimizer.param_groups
     assert {g["momentum"] for g in groups} == {0.5} and {g["weight_decay"] for g in groups} == {0.0, 0.003}
     assert trainer.optimizer.state                                 # the momentum buffers are the checkpoint's
+
+
+def test_read_metrics_skips_cut_and_foreign_lines(tmp_path, capsys):
+    """The demo's loss curves read metrics.jsonl with read_metrics, which crashed on a line cut by a kill."""
+    from selfsup.report.plots import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 0, "step": 1, "loss": 2.0, "lr": 0.1, "images_per_s": 5.0}\n[1]\n'
+                    '{"epoch": 0, "epoch_end": true, "loss": 2.0}\n{"epoch": 0, "st')
+    assert [r["step"] for r in read_metrics(path)] == [1]
+    assert [r["epoch"] for r in read_metrics(path, epoch_end=True)] == [0]
+    assert "1 record(s) that selfsup does not write were skipped" in capsys.readouterr().err

@@ -1,7 +1,6 @@
 """Markdown tables and PNG plots of runs (matplotlib, headless)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -15,10 +14,11 @@ def _plt():
 
 
 def read_metrics(path: str | Path, epoch_end: bool = False) -> list[dict]:
-    """The per-step records of a run's metrics.jsonl, or with ``epoch_end`` the per-epoch ones."""
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return [r for r in records if bool(r.get("epoch_end")) == epoch_end]
+    """The per-step records of a run's metrics.jsonl, or with ``epoch_end`` the per-epoch ones (the engine's own
+    records only: a line cut by a kill, or edited by hand, is skipped, ``metrics_records``)."""
+    from selfsup.engine.rundir import metrics_records
+
+    return [r for r in metrics_records(Path(path)) if bool(r.get("epoch_end")) == epoch_end]
 
 
 def _finish(plt, fig, ax, png: str | Path, legend_size: int = 8) -> None:
