@@ -271,21 +271,21 @@ def _check_weights(path, state: dict) -> None:
     storage, and the first computation on it would allocate that size."""
     for key, value in state.items():
         if not isinstance(key, str):
-            raise SelfSupError(f"checkpoint {path} is damaged: its weight named {_shown(key)} has a name that is not "
+            raise SelfSupError(f"{_name(path)} is damaged: its weight named {_shown(key)} has a name that is not "
                                f"a string; pass a file written by `selfsup pretrain`, or the state dict of a network")
         if not isinstance(value, torch.Tensor):
-            raise SelfSupError(f"checkpoint {path} is damaged: its weight {key!r} is a {type(value).__name__}, not a "
+            raise SelfSupError(f"{_name(path)} is damaged: its weight {key!r} is a {type(value).__name__}, not a "
                                f"tensor; pass a file written by `selfsup pretrain`, or the state dict of a network")
         if value.layout != torch.strided:
-            raise SelfSupError(f"checkpoint {path} is damaged: its weight {key!r} is a {value.layout} tensor, not a "
+            raise SelfSupError(f"{_name(path)} is damaged: its weight {key!r} is a {value.layout} tensor, not a "
                                f"dense one; pass a file written by `selfsup pretrain`, or the state dict of a network")
         if value.numel() * value.element_size() > value.untyped_storage().nbytes():
-            raise SelfSupError(f"checkpoint {path} is damaged: its weight {key!r} is a view of {value.numel()} "
+            raise SelfSupError(f"{_name(path)} is damaged: its weight {key!r} is a view of {value.numel()} "
                                f"elements over a storage of {value.untyped_storage().nbytes() // value.element_size()} "
                                f"(zero or overlapping strides); pass a file written by `selfsup pretrain`, or the "
                                f"state dict of a network")
         if value.is_floating_point() and not torch.isfinite(value).all():
-            raise SelfSupError(f"checkpoint {path} holds NaN or infinite weights in {key}: the run diverged before it "
+            raise SelfSupError(f"{_name(path)} holds NaN or infinite weights in {key}: the run diverged before it "
                                f"was saved; pass a checkpoint from before it diverged")
 
 
@@ -407,6 +407,7 @@ def load_method(ckpt: dict, backbone, path: str | Path | None = None):
     if "model" not in ckpt or not name:
         return None
     _expect(path, ckpt, "model", dict)
+    _check_weights(path, {k: v for k, v in ckpt["model"].items() if not str(k).endswith("_extra_state")})  # queues
     # around a copy: building a method may change its backbone (Jigsaw runs AlexNet's conv1 at stride 2
     # on tiles), and the caller's backbone must stay exactly as the checkpoint records it
     size = pretraining_size(ckpt) or 224

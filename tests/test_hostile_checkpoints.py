@@ -228,3 +228,34 @@ def test_fields_of_the_wrong_type_are_one_line(tmp_path, capsys, random_ckpt, ch
     for command in commands.split():
         code, _, err = run(capsys, *argvs[command])
         assert one_line_error(code, err, f"is damaged: {fragment}"), (command, err)
+
+
+@pytest.mark.parametrize("value, fragment", [
+    (float("nan"), "holds NaN or infinite weights in {key}"),
+    (float("inf"), "holds NaN or infinite weights in {key}"),
+])
+def test_heads_are_checked_as_the_backbone_is(tmp_path, capsys, random_ckpt, value, fragment):
+    """viz heatmap exited 0 with a NaN projection map from a checkpoint whose projector was NaN."""
+    from selfsup.checkpoint import load_checkpoint, load_projector
+
+    ckpt = selfsup_ckpt(random_ckpt)
+    key = next(k for k in ckpt["model"] if k.startswith("projector.") and ckpt["model"][k].is_floating_point())
+    path = tmp_path / "nan.pt"
+    torch.save(with_weight(ckpt, key, torch.full_like(ckpt["model"][key], value), "model"), path)
+    fragment = fragment.format(key=key)
+    code, _, err = run(capsys, "viz", "heatmap", "--checkpoint", path, "--data", TINY, "--out", tmp_path / "h.png")
+    assert one_line_error(code, err, fragment) and not (tmp_path / "h.png").exists()
+    with pytest.raises(SelfSupError, match=f"checkpoint {path} {re.escape(fragment)}"):
+        load_projector(load_checkpoint(path), load_backbone(path), path)
+
+
+def test_head_weights_of_the_wrong_kind_are_one_line(tmp_path, capsys, random_ckpt):
+    ckpt = selfsup_ckpt(random_ckpt)
+    key = next(k for k in ckpt["model"] if k.startswith("projector."))
+    for change, fragment in ((with_weight(ckpt, 3, torch.zeros(1), "model"), "its weight named 3 has a name"),
+                             (with_weight(ckpt, key, torch.zeros(1).expand(100_000, 100_000), "model"),
+                              f"its weight '{key}' is a view of 10000000000 elements over a storage of 1")):
+        torch.save(change, tmp_path / "bad.pt")
+        code, _, err = run(capsys, "viz", "heatmap", "--checkpoint", tmp_path / "bad.pt", "--data", TINY, "--out",
+                           tmp_path / "h.png")
+        assert one_line_error(code, err, f"the checkpoint is damaged: {fragment}"), err
