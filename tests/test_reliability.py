@@ -158,6 +158,19 @@ def test_a_start_over_a_run_killed_before_its_first_checkpoint_logs_each_step_on
     assert not (out / "tb" / "events.out.tfevents.1.host.1.0").exists() and list((out / "tb").glob("events.*"))
 
 
+def test_a_non_finite_loss_before_any_save_is_worded_for_the_runs_precision(tmp_path, monkeypatch):
+    """It said 'no checkpoint was written, not overwritten' and advised precision=fp32 to an fp32 run."""
+    for precision, advice in (("fp32", "lower optim.lr$"), ("bf16", "lower optim.lr, or use precision=fp32$")):
+        cfg = make_cfg(tmp_path / precision, epochs=1, log_every=1, precision=precision)
+        trainer = Trainer(cfg)
+        forward = type(trainer.method).forward
+        monkeypatch.setattr(type(trainer.method), "forward",
+                            lambda self, batch: {**(o := forward(self, batch)), "loss": o["loss"] * float("nan")})
+        with pytest.raises(SelfSupError, match=r"by step 1: no checkpoint was written; " + advice):
+            trainer.fit()
+        monkeypatch.undo()
+
+
 def test_checkpoints_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:

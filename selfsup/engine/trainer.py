@@ -296,16 +296,20 @@ class Trainer:
         return bool(weights & ~self.nonfinite)
 
     def _kept(self) -> str:
-        return (f"last.pt from step {self.saved_step} is kept" if self.saved_step is not None
+        return (f"last.pt from step {self.saved_step} is kept, not overwritten" if self.saved_step is not None
                 else "no checkpoint was written")
+
+    def _nonfinite_fix(self) -> str:
+        """What to try after a non-finite loss: a lower lr, and full precision where the run was not in it."""
+        return "lower optim.lr" + (", or use precision=fp32" if self.amp_dtype is not None else "")
 
     def save(self) -> None:
         """Write last.pt (every process's own state gathered into it) unless the weights
         went non-finite; every process agrees on the outcome, so none is left waiting."""
         (bad,) = dist.agree_any(not self._finite())
         if bad:
-            raise SelfSupError(f"the loss or the weights became non-finite by step {self.global_step}: {self._kept()}, "
-                               f"not overwritten; lower optim.lr, or use precision=fp32")
+            raise SelfSupError(f"the loss or the weights became non-finite by step {self.global_step}: {self._kept()}; "
+                               f"{self._nonfinite_fix()}")
         ranks = dist.gather_objects(self._rank_state())
         error = None
         if dist.is_main():
@@ -511,8 +515,8 @@ class Trainer:
                 nonfinite = bool(self.nonfinite) if log else False
                 stopping, nonfinite = dist.agree_any(stop.signal is not None, nonfinite)
                 if nonfinite:
-                    raise SelfSupError(f"the loss became non-finite by step {step + 1}: {self._kept()}, not overwritten; "
-                                       f"lower optim.lr, or use precision=fp32")
+                    raise SelfSupError(f"the loss became non-finite by step {step + 1}: {self._kept()}; "
+                                       f"{self._nonfinite_fix()}")
                 if log:
                     value = float(loss.detach())
                     elapsed = time.perf_counter() - t0
