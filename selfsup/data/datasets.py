@@ -391,14 +391,14 @@ def _label_file_problem(key: str, shape: tuple, dtype: np.dtype, count: int | No
     if key == "labels":
         most = LABEL_FILE_LIMIT if count is None else count
         if len(shape) != 1 or dtype.kind not in "iu":
-            return f"its labels are a {dtype} array of shape {shape}, not one integer class index per image"
+            return f"its labels have dtype {dtype} and shape {shape}, not one integer class index per image"
         if shape[0] > most:
             return f"it holds {shape[0]} labels, more than the {most} images they are for"
     elif key == "num_classes":
         if shape != () or dtype.kind not in "iu":
-            return f"its num_classes is a {dtype} array of shape {shape}, not a whole number"
+            return f"its num_classes has dtype {dtype} and shape {shape}, not a whole number"
     elif shape != () or dtype.kind != "U" or dtype.itemsize > 4 * LABEL_FILE_TEXT:
-        return f"its {key} is a {dtype} array of shape {shape}, not a string"
+        return f"its {key} has dtype {dtype} and shape {shape}, not a string"
     return None
 
 
@@ -416,7 +416,8 @@ def read_label_file(path: Path, count: int | None = None) -> dict:
             for key in LABEL_FILE_KEYS:
                 problem = _label_file_problem(key, *_npy_header(archive, key), count)
                 if problem:
-                    raise SelfSupError(f"label file {path} is not one `selfsup transfer` wrote: {problem}")
+                    raise SelfSupError(f"cannot read label file {path}: {problem}; give the file `selfsup transfer` "
+                                       f"wrote")
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k].item() if f[k].ndim == 0 else f[k] for k in LABEL_FILE_KEYS}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
