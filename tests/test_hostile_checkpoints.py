@@ -259,3 +259,38 @@ def test_head_weights_of_the_wrong_kind_are_one_line(tmp_path, capsys, random_ck
         code, _, err = run(capsys, "viz", "heatmap", "--checkpoint", tmp_path / "bad.pt", "--data", TINY, "--out",
                            tmp_path / "h.png")
         assert one_line_error(code, err, f"the checkpoint is damaged: {fragment}"), err
+
+
+@pytest.mark.parametrize("patches", [False, True])
+@pytest.mark.parametrize("entry", [
+    {"features": 1, "labels": 2},
+    [1, 2],
+    {"features": torch.zeros(8, 3)},
+    {"features": torch.zeros(8), "labels": torch.zeros(8, dtype=torch.long)},
+    {"features": torch.zeros(8, 3), "labels": torch.zeros(7, dtype=torch.long)},
+    {"features": torch.zeros(8, 3, dtype=torch.long), "labels": torch.zeros(8, dtype=torch.long)},
+    {"features": torch.zeros(8, 3), "labels": torch.zeros(8)},
+    {"features": torch.zeros(1).expand(8, 10_000_000), "labels": torch.zeros(8, dtype=torch.long)},
+])
+def test_a_tampered_feature_cache_is_recomputed(tmp_path, capsys, patches, entry):
+    """{'features': 1, 'labels': 2} was a TypeError; the entry is now absent: recomputed and written over."""
+    from selfsup.data.datasets import load_dataset
+    from selfsup.eval.features import extract_features
+    from selfsup.eval.patches import aggregated_features
+    from selfsup.models import build_backbone
+
+    data = load_dataset("synthetic:8?classes=2&size=16")
+    net = build_backbone("convnet")
+    extract = (lambda: aggregated_features(net, data, num_patches=2, cache_key="k", cache_dir=tmp_path)) if patches \
+        else (lambda: extract_features(net, data, cache_key="k", cache_dir=tmp_path))
+    features, labels = extract()
+    (cache_file,) = (tmp_path / "features").iterdir()
+    torch.save(entry, cache_file)
+    capsys.readouterr()
+    again, labels_again = extract()
+    assert torch.allclose(again, features) and torch.equal(labels_again, labels)
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"feature cache {cache_file} is damaged" in err
+    assert torch.equal(torch.load(cache_file, weights_only=True)["features"], again)       # written over
+    extract()
+    assert capsys.readouterr().err == ""

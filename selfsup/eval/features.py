@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +131,24 @@ def feature_cache(cache_key: str | None, what: str, cache_dir: str | Path | None
     if not path.exists():
         return path, None
     cached = safe_load(path, "feature cache")
+    if not _is_feature_cache(cached):           # damaged or tampered: recomputed and written over
+        print(f"feature cache {path} is damaged (not N x D float features and N integer labels): computing the "
+              f"features again", file=sys.stderr)
+        return path, None
     return path, (cached["features"], cached["labels"])
+
+
+def _is_feature_cache(cached) -> bool:
+    """Whether a feature cache file holds what the extractions write: {"features": N x D floats, "labels": N
+    integers}, each tensor holding its own elements (not a view that repeats them: zero strides)."""
+    if not isinstance(cached, dict):
+        return False
+    features, labels = cached.get("features"), cached.get("labels")
+    if not all(isinstance(t, torch.Tensor) and t.layout == torch.strided
+               and t.numel() * t.element_size() <= t.untyped_storage().nbytes() for t in (features, labels)):
+        return False
+    return (features.dim() == 2 and features.is_floating_point() and labels.dim() == 1 and len(labels) == len(features)
+            and labels.dtype in (torch.int64, torch.int32))
 
 
 class CenterView:
