@@ -360,3 +360,40 @@ def test_label_file_not_of_labels_is_refused(tmp_path, change, fragment):
 def test_label_file_of_labels_loads(tmp_path):
     data = load_dataset(labelled(tmp_path, labels=np.array([0, 1, 2, 3, -1, 0, 1, 2], np.int32)))
     assert list(data.labels) == [0, 1, 2, 3, -1, 0, 1, 2] and data.classes == ["0", "1", "2", "3"]
+
+
+# ------------------------------------------------------------------ 8. STL-10 and VOC07 files that do not add up
+
+def stl(root, n=4, x_bytes=None, y=None, names=None):
+    root.mkdir(parents=True)
+    (root / "train_X.bin").write_bytes(bytes(n * 3 * 96 * 96) if x_bytes is None else bytes(x_bytes))
+    (root / "train_y.bin").write_bytes(bytes([1, 2, 3, 4][:n] if y is None else y))
+    if names is not None:
+        (root / "class_names.txt").write_text("\n".join(names) + "\n")
+    return f"stl10:{root}"
+
+
+@pytest.mark.parametrize("kw, fragment", [
+    (dict(x_bytes=3 * 96 * 96 + 5), r"train_X.bin is not whole 3 x 96 x 96 images \(27653 bytes\)"),
+    (dict(y=[1, 2]), r"train_y.bin must hold one label byte for each of the 4 images of train_X.bin \(2 labels\)"),
+    (dict(y=[1, 0, 2, 3]), r"train_y.bin holds label 0 \(image 1\): STL-10 labels are 1 to 10"),
+    (dict(y=[1, 2, 200, 3]), r"train_y.bin holds label 200 \(image 2\)"),
+    (dict(names=["cat", "dog"]), r"holds label 3 \(image 2\): STL-10 labels are 1 to 2, the classes of class_names.txt"),
+])
+def test_stl10_files_that_do_not_add_up_are_refused(tmp_path, kw, fragment):
+    refused(stl(tmp_path / "s", **kw), fragment)
+
+
+def test_stl10_that_adds_up_loads(tmp_path):
+    data = load_dataset(stl(tmp_path / "s"))
+    assert len(data) == 4 and list(data.labels) == [0, 1, 2, 3]
+
+
+def test_voc_image_that_is_a_folder_is_refused(tmp_path):
+    root = tmp_path / "voc"
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "ImageSets" / "Main" / "cat_trainval.txt").write_text("000010 1\n000011 -1\n")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "JPEGImages" / "000010.jpg")
+    (root / "JPEGImages" / "000011.jpg").mkdir()
+    refused(f"voc07:{root}", r"JPEGImages/000011.jpg is a folder, not an image file", tmp_path / "c")

@@ -547,20 +547,34 @@ def read_stl10(path: Path, split: str) -> ImageArrayDataset:
     parts = {"train": ["train"], "test": ["test"], "unlabeled": ["unlabeled"], "train+unlabeled": ["train", "unlabeled"]}
     if split not in parts:
         raise SelfSupError(f"stl10 has no split {split!r}: use one of {', '.join(parts)}")
+    names_file = path / "class_names.txt"
+    classes = names_file.read_text().split() if names_file.exists() else [str(i) for i in range(10)]
     images, labels, files = [], [], []
     for part in parts[split]:
         xf = path / f"{part}_X.bin"
         if not xf.exists():
             raise SelfSupError(f"{path} lacks {xf.name}: point at the stl10_binary folder")
+        if not stat.S_ISREG(xf.stat().st_mode) or xf.stat().st_size % (3 * 96 * 96):
+            raise SelfSupError(f"{xf} is not whole 3 x 96 x 96 images ({xf.stat().st_size} bytes): the file is "
+                               f"truncated or damaged; re-download the dataset")
         x = np.memmap(xf, dtype=np.uint8, mode="r").reshape(-1, 3, 96, 96)
         images.append(np.transpose(x, (0, 1, 3, 2)))            # stored column-major
         files.append(xf)
         if part == "unlabeled":
             labels.append(np.full(len(x), -1, dtype=np.int64))
-        else:
-            labels.append(np.fromfile(path / f"{part}_y.bin", dtype=np.uint8).astype(np.int64) - 1)
-    names_file = path / "class_names.txt"
-    classes = names_file.read_text().split() if names_file.exists() else [str(i) for i in range(10)]
+            continue
+        yf = path / f"{part}_y.bin"
+        if not yf.is_file() or yf.stat().st_size != len(x):
+            got = f"{yf.stat().st_size} labels" if yf.is_file() else "missing, or not a file"
+            raise SelfSupError(f"{yf} must hold one label byte for each of the {len(x)} images of {xf.name} "
+                               f"({got}): re-download the dataset")
+        y = np.fromfile(yf, dtype=np.uint8).astype(np.int64)
+        wrong = np.flatnonzero((y < 1) | (y > len(classes)))
+        if len(wrong):
+            raise SelfSupError(f"{yf} holds label {y[wrong[0]]} (image {wrong[0]}): STL-10 labels are 1 to "
+                               f"{len(classes)}, the classes of {names_file.name if names_file.exists() else 'STL-10'}; "
+                               f"re-download the dataset")
+        labels.append(y - 1)
     images = images[0] if len(images) == 1 else np.concatenate(images)
     return ImageArrayDataset(images, np.concatenate(labels), classes,
                              _short_hash(f"stl10|{path.resolve()}|{split}|{_stat(files)}"))

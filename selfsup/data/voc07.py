@@ -16,11 +16,12 @@ with a warning, and their target rows with them.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
 
-from selfsup.data.datasets import ImageArrayDataset, _decode_all, _short_hash, _Source, _stat_line
+from selfsup.data.datasets import ImageArrayDataset, _decode_all, _short_hash, _Source, _stat_line, image_file_problem
 from selfsup.errors import SelfSupError
 
 SPLITS = ("trainval", "test", "train", "val")
@@ -104,10 +105,14 @@ def read_voc07(path: Path, split: str = "trainval", size: int | None = None,
     names, stats = [f"{i}.jpg" for i in ids], []
     for name in names:
         try:
-            stats.append(_stat_line(images / name))
+            st = os.stat(images / name)
         except OSError:
             raise SelfSupError(f"image {images / name}, listed for split {split}, does not exist: restore it "
                                f"(re-extract the VOC tar) or remove its id from ImageSets/Main") from None
+        problem = image_file_problem(images / name, st)        # e.g. a folder of that name
+        if problem:
+            raise problem
+        stats.append(_stat_line(images / name, st))
     digest = hashlib.sha1("".join(stats + [_stat_line(f) for f in list_files]).encode()).hexdigest()
     fingerprint = _short_hash(f"voc07-v1|{root.resolve()}|{split}|{size}|{digest}")
     cache = Path(cache_root or default_cache_root()) / "arrays"
