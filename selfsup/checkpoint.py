@@ -238,6 +238,7 @@ def load_backbone(path: str | Path, ckpt: dict | None = None):
     state = {k: v for k, v in state.items() if not str(k).startswith("fc.")}
     _check_weights(path, state)
     backbone = build_backbone(name, cifar_stem=cifar_stem, **options)
+    _check_dtypes(path, state, backbone.state_dict())
     try:
         backbone.load_state_dict(state)
     except RuntimeError as exc:
@@ -289,6 +290,18 @@ def _check_weights(path, state: dict) -> None:
                                f"was saved; pass a checkpoint from before it diverged")
 
 
+def _check_dtypes(path, state: dict, held: dict) -> None:
+    """A one-line error for a weight of ``state`` that is not floating point (complex, integer) where the network's
+    own state ``held`` has floats: ``load_state_dict`` would cast it, dropping imaginary parts or fractions."""
+    for key, value in state.items():
+        own = held.get(key)
+        if isinstance(value, torch.Tensor) and isinstance(own, torch.Tensor) and own.is_floating_point() \
+                and not value.is_floating_point():
+            raise SelfSupError(f"{_name(path)} is damaged: its weight {key!r} holds {str(value.dtype)[6:]} values "
+                               f"where the network has floating point ones; pass a file written by `selfsup "
+                               f"pretrain`, or the state dict of a network")
+
+
 def load_timm_weights(path: str | Path, ckpt: dict, name: str, options: dict):
     """Backbone ``name`` (``timm:MODEL``, built with ``options``) holding the weights of timm's own state dict
     (``timm.create_model(MODEL).state_dict()``, bare or under ``state_dict``, as ``selfsup export --format timm``
@@ -313,6 +326,7 @@ def load_timm_weights(path: str | Path, ckpt: dict, name: str, options: dict):
         reference = timm.create_model(model, pretrained=False, **{k: v for k, v in kwargs.items() if k != "img_size"})
     head = reference.pretrained_cfg.get("classifier") or "fc"
     is_head = lambda key: key == head or key.startswith(f"{head}.")        # noqa: E731
+    _check_dtypes(path, state, reference.state_dict())
     try:
         missing, unexpected = reference.load_state_dict({k: v for k, v in state.items() if not is_head(k)}, strict=False)
     except RuntimeError as exc:
@@ -412,6 +426,7 @@ def load_method(ckpt: dict, backbone, path: str | Path | None = None):
     # on tiles), and the caller's backbone must stay exactly as the checkpoint records it
     size = pretraining_size(ckpt) or 224
     method = build_method(name, backbone=copy.deepcopy(backbone), image_size=size, **(config.get(name) or {}))
+    _check_dtypes(path, ckpt["model"], method.state_dict())
     try:
         method.load_state_dict(ckpt["model"])
     except RuntimeError as exc:

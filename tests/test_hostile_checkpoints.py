@@ -294,3 +294,28 @@ def test_a_tampered_feature_cache_is_recomputed(tmp_path, capsys, patches, entry
     assert torch.equal(torch.load(cache_file, weights_only=True)["features"], again)       # written over
     extract()
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int64, torch.bool])
+def test_weights_that_are_not_floats_are_refused(tmp_path, capsys, random_ckpt, dtype):
+    """complex weights were cast to real with only a torch warning (integers silently)."""
+    import torchvision
+
+    ckpt = selfsup_ckpt(random_ckpt)
+    key = first_weight(ckpt)
+    name = str(dtype)[len("torch."):]
+    torch.save(with_weight(ckpt, key, ckpt["backbone_state"][key].to(dtype)), tmp_path / "a.pt")
+    code, _, err = run(capsys, "eval", "knn", "--checkpoint", tmp_path / "a.pt", "--train-data", TINY,
+                       "--test-data", TINY)
+    assert one_line_error(code, err, f"its weight '{key}' holds {name} values where the network has floating point")
+    assert "warning" not in err
+    head = next(k for k in ckpt["model"] if k.startswith("projector.") and ckpt["model"][k].is_floating_point())
+    torch.save(with_weight(ckpt, head, ckpt["model"][head].to(dtype), "model"), tmp_path / "b.pt")
+    code, _, err = run(capsys, "viz", "heatmap", "--checkpoint", tmp_path / "b.pt", "--data", TINY, "--out",
+                       tmp_path / "h.png")
+    assert one_line_error(code, err, f"its weight '{head}' holds {name} values")
+    tv = torchvision.models.resnet18().state_dict()
+    tv["layer1.0.conv1.weight"] = tv["layer1.0.conv1.weight"].to(dtype)
+    torch.save(tv, tmp_path / "c.pt")
+    with pytest.raises(SelfSupError, match=f"its weight 'layer1.0.conv1.weight' holds {name} values"):
+        load_backbone(tmp_path / "c.pt")
