@@ -163,7 +163,8 @@ def test_lowshot_says_which_k_values_it_skipped_and_refuses_when_all_are():
     (["--teacher", "hog:many"], "--teacher hog:many: the HOG codebook needs a whole number"),
 ])
 def test_transfer_refuses_bad_values_before_extracting(ckpt, tmp_path, capsys, monkeypatch, argv, fragment):
-    from selfsup.cluster import hog, transfer
+    from selfsup import transfer
+    from selfsup.cluster import hog
 
     def no_work(*a, **k):
         raise AssertionError("features extracted before the settings were checked")
