@@ -20,13 +20,12 @@ from pathlib import Path
 
 import torch
 
+from selfsup.config import MAX_IMAGE_SIZE, MAX_WIDTH
 from selfsup.errors import SelfSupError
 from selfsup.tempfiles import writer_suffix
 
-# The largest sizes a checkpoint may claim, checked before anything is built from them: a convnet of width 16
-# has 384-768-1536-3072 channels; a side of 4096 px is 64x the pixels of ImageNet's 512.
-MAX_WIDTH = 16
-MAX_IMAGE_SIZE = 4096
+# The largest sizes a checkpoint may claim, those a run may set (selfsup.config), checked before anything is built
+# from them: a convnet of width 16 has 384-768-1536-3072 channels; a side of 4096 px is 64x the pixels of 512 px.
 MAX_DEPTH = 64            # containers within containers: selfsup's checkpoints nest 5 deep
 
 

@@ -291,12 +291,14 @@ def fit_schedule(cfg, recipe_epochs: int, user_keys: set[str]) -> dict[str, tupl
     return changed
 
 
+MAX_WIDTH, MAX_IMAGE_SIZE = 16, 4096      # bounds a checkpoint's width and sizes are read within too
+
 # (key, test, what it must be): the numbers a run cannot be meaningful without
 _CHECKS = [
     ("epochs", lambda v: v >= 0, "0 or more"),
     ("batch_size", lambda v: v >= 1, "at least 1"),
-    ("image_size", lambda v: v is None or v >= 1, "at least 1"),
-    ("width", lambda v: v > 0, "positive"),
+    ("image_size", lambda v: v is None or 1 <= v <= MAX_IMAGE_SIZE, f"from 1 to {MAX_IMAGE_SIZE}"),
+    ("width", lambda v: 0 < v <= MAX_WIDTH, f"above 0 and at most {MAX_WIDTH}"),
     ("optim.lr", lambda v: v > 0, "positive"),
     ("optim.min_lr", lambda v: v >= 0, "0 or more"),
     ("optim.warmup_start_lr", lambda v: v >= 0, "0 or more"),

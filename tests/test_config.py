@@ -225,6 +225,9 @@ def test_a_seed_outside_numpys_range_is_refused_before_the_run(seed):
     ("optim.lr=inf", "optim.lr=inf is not valid: it must be a finite number"),
     ("optim.weight_decay=nan", "optim.weight_decay=nan is not valid: it must be a finite number"),
     ("optim.warmup_epochs=inf", "optim.warmup_epochs=inf is not valid: it must be a finite number"),
+    # beyond what a checkpoint may hold: the run would train, then its own evaluation refuse it
+    ("width=32", "width=32.0 is not valid: it must be above 0 and at most 16"),
+    ("image_size=5000", "image_size=5000 is not valid: it must be from 1 to 4096"),
 ])
 def test_non_finite_numbers_and_non_positive_temperatures_are_refused(override, fragment):
     from selfsup.config import check_config

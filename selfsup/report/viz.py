@@ -137,7 +137,7 @@ def colorize_figure(ckpt: dict, checkpoint: str, backbone, dataset, out: str | P
     if name != "colorization" or "model" not in ckpt:
         raise SelfSupError(f"checkpoint {checkpoint} was not pretrained with colorization (method: {name or 'none'}): "
                            "pass a checkpoint of `selfsup pretrain colorization`")
-    method = load_method(ckpt, backbone).to(device)
+    method = load_method(ckpt, backbone, checkpoint).to(device)
     stop = min(len(dataset), index + max(1, count))
     x = EvalTransform(image_size)(torch.from_numpy(np.array(dataset.images[index:stop])).to(device))
     predicted = method.colorize(x)
@@ -274,7 +274,7 @@ def visualise(kind: str, checkpoint: str, data: str | None, out: str | Path, ind
     stride = stride or max(1, side // 4)
     if kind in ("heatmap", "patch-knn"):
         image = torch.from_numpy(np.array(dataset.images[index]))
-        head = load_projector(ckpt, backbone) if kind == "heatmap" else None
+        head = load_projector(ckpt, backbone, checkpoint) if kind == "heatmap" else None
         result = similarity_map(backbone, image, side, stride, query, input_size, head=head, device=device,
                                 image_size=input_size)
     if kind == "heatmap":
