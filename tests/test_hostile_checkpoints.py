@@ -258,7 +258,7 @@ def test_head_weights_of_the_wrong_kind_are_one_line(tmp_path, capsys, random_ck
         torch.save(change, tmp_path / "bad.pt")
         code, _, err = run(capsys, "viz", "heatmap", "--checkpoint", tmp_path / "bad.pt", "--data", TINY, "--out",
                            tmp_path / "h.png")
-        assert one_line_error(code, err, f"the checkpoint is damaged: {fragment}"), err
+        assert one_line_error(code, err, f"bad.pt is damaged: {fragment}"), err
 
 
 @pytest.mark.parametrize("patches", [False, True])
