@@ -166,9 +166,9 @@ def _cluster(args) -> int:
 def _eval(args) -> int:
     from selfsup.eval.run import evaluate
 
-    if args.protocol in ("knn", "linear", "svm") and args.seed is not None:
-        raise SelfSupError(f"--seed applies to eval patches, cluster and lowshot: eval {args.protocol} draws nothing "
-                           f"at random; drop --seed")
+    if args.protocol in ("knn", "svm") and args.seed is not None:
+        raise SelfSupError(f"--seed applies to eval linear, patches, cluster and lowshot: eval {args.protocol} draws "
+                           f"nothing at random; drop --seed")
     if args.protocol == "cluster":
         return _cluster(args)
     if not args.train_data:
@@ -185,7 +185,7 @@ def _eval(args) -> int:
                       batch_size=args.batch_size, k=args.k, temperature=args.temperature, epochs=args.probe_epochs, lr=args.lr,
                       cache=not args.no_cache, progress=not args.json, patches=patches,
                       probes=tuple(args.probe.split(",")), preset=args.preset,
-                      taps=_taps(args.taps), cached=args.cached)
+                      taps=_taps(args.taps), cached=args.cached, seed=args.seed or 0)
     if args.json:
         print(json.dumps(result))
     elif "taps" in result and isinstance(result["taps"], dict):
@@ -397,8 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stride", type=int, help="local window stride (default window / 4)")
     g.add_argument("--probe", default="knn,linear", help="probes to run on the aggregated features (default knn,linear)")
     g.add_argument("--chunk", type=int, default=2048, help="patches embedded at once (bounds memory, default 2048)")
-    g.add_argument("--seed", type=int, help="seed of the patch positions (patches), of k-means (cluster) and of the "
-                                           "draws (lowshot); default 0")
+    g.add_argument("--seed", type=int, help="seed of the linear probe (its head, batches and views), the patch positions "
+                                           "(patches), k-means (cluster) and the draws (lowshot); default 0")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("viz", help="visualise what a backbone learned (BagSSL Fig. 3a, 4, 5; colourisations)",

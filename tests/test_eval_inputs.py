@@ -91,13 +91,28 @@ def test_test_classes_missing_from_the_training_data_are_refused(tmp_path, capsy
     (["eval", "linear", "--preset", "goyal", "--pool", "max"], "layer-wise probes (--preset goyal, --taps) pool "
                                                                  "every tap"),                  # was ignored
     (["eval", "linear", "--taps", "conv3", "--pool", "avg"], "layer-wise probes"),
-    (["eval", "knn", "--seed", "3"], "--seed applies to eval patches, cluster and lowshot"),  # was ignored
-    (["eval", "linear", "--seed", "3"], "--seed applies to eval patches, cluster and lowshot"),
-    (["eval", "svm", "--seed", "3"], "--seed applies to eval patches, cluster and lowshot"),
+    (["eval", "knn", "--seed", "3"], "--seed applies to eval linear, patches, cluster and lowshot"),  # was ignored
+    (["eval", "svm", "--seed", "3"], "--seed applies to eval linear, patches, cluster and lowshot"),
+    (["eval", "knn", "--probe-epochs", "3"], "--probe-epochs and --lr set the linear probe"),         # was ignored
+    (["eval", "knn", "--lr", "0.5"], "--probe-epochs and --lr set the linear probe"),
+    (["eval", "patches", "--probe", "knn", "--lr", "0.5"], "--probe-epochs and --lr set the linear probe"),
 ])
 def test_meaningless_eval_settings_are_refused(capsys, ckpt, argv, fragment):
     code, _, err = run(capsys, *argv, "--checkpoint", ckpt, "--train-data", TINY, "--test-data", TINY)
     assert one_line_error(code, err, fragment), err
+
+
+def test_seed_reaches_the_linear_probe(capsys, ckpt, monkeypatch):
+    """eval linear --seed was refused, though the probe draws its head, batches and views from a seed (0)."""
+    import selfsup.eval.run as run_mod
+
+    seen, real = [], run_mod.linear_probe
+    monkeypatch.setattr(run_mod, "linear_probe", lambda *a, seed=0, **k: seen.append(seed) or real(*a, seed=seed, **k))
+    for seed in (["--seed", "7"], []):
+        code, _, err = run(capsys, "eval", "linear", "--checkpoint", ckpt, "--train-data", TINY, "--test-data",
+                           TINY, "--probe-epochs", 1, "--no-cache", *seed)
+        assert code == 0, err
+    assert seen == [7, 0]
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -146,8 +161,8 @@ def without_cuda(monkeypatch):
 @pytest.mark.parametrize("protocol", ["knn", "linear", "patches"])
 def test_eval_refuses_an_absent_cuda_with_and_without_a_cached_result(capsys, monkeypatch, ckpt, protocol):
     without_cuda(monkeypatch)
-    argv = ["eval", protocol, "--checkpoint", ckpt, "--train-data", TINY, "--test-data", TINY, "--probe-epochs", 1,
-            "--num-patches", 2, "--json"]
+    argv = ["eval", protocol, "--checkpoint", ckpt, "--train-data", TINY, "--test-data", TINY, "--num-patches", 2,
+            "--json", *(["--probe-epochs", 1] if protocol != "knn" else [])]
     code, _, err = run(capsys, *argv)                        # fills the feature cache, on the CPU
     assert code == 0, err
     for extra in ([], ["--no-cache"]):

@@ -25,7 +25,8 @@ def labelled(dataset, spec: str):
         raise SelfSupError(f"{spec} has no labels (unlabeled data, for pretraining): evaluation needs labelled train "
                            f"and test sets, e.g. a folder of class subfolders or a 'path label' file list")
     if (dataset.labels < 0).any():
-        raise SelfSupError(f"{spec} has unlabeled images: evaluation needs labels (use a labelled split, e.g. ?split=train)")
+        raise SelfSupError(f"{spec} has unlabeled images: evaluation needs a label on every image (a labelled split, "
+                           f"e.g. STL-10's ?split=train, or a label on every line of a file list)")
     return dataset
 
 
@@ -86,6 +87,9 @@ def evaluation_settings(protocol: str, pool: str | None = None, image_size: int 
         raise SelfSupError(f"--preset applies to eval linear only: drop --preset {preset}, or use eval linear")
     if (taps or cached) and protocol != "linear":
         raise SelfSupError("--taps and --cached apply to eval linear only (layer-wise probes): drop them, or use eval linear")
+    if "linear" not in used and (epochs is not None or lr is not None):   # they were accepted and ignored
+        raise SelfSupError("--probe-epochs and --lr set the linear probe, which this evaluation does not train: "
+                           "drop them, or use eval linear (or --probe knn,linear with eval patches)")
     probe = get_preset(preset or ("goyal" if taps else "fast"))
     if taps and not probe.layerwise:
         raise SelfSupError(f"--taps trains Goyal's layer-wise heads: use --preset goyal (or no --preset), or "
@@ -118,12 +122,13 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
              k: int = 20, temperature: float = 0.07, epochs: int | None = None, lr: float | None = None,
              cache: bool = True, progress: bool = False, patches: dict | None = None,
              probes: tuple[str, ...] = ("knn", "linear"), preset: str | None = None,
-             taps: tuple[str, ...] | None = None, cached: bool = False) -> dict:
+             taps: tuple[str, ...] | None = None, cached: bool = False, seed: int = 0) -> dict:
     """Run ``protocol`` ("knn", "linear" or "patches") and return its metrics as a dict.
 
     The linear probe follows ``preset`` (fast, moco or swav; None: fast), with ``epochs``
     and ``lr`` (None: the preset's) overriding it; the result names the preset, the
-    overrides and the settings used. Only ``eval linear`` takes a preset.
+    overrides and the settings used. Only ``eval linear`` takes a preset. ``seed``: the linear probe's draws (its
+    head's initial weights, the order of its batches, an augmented preset's views).
 
     ``patches`` holds the options of ``aggregated_features`` (num_patches, patch_size,
     aggregate, window, stride, chunk, seed); patch_size "auto" (the default) means the
@@ -165,12 +170,12 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
             taps = (asked_tap,)
         taps = backbone.taps if not taps or tuple(taps) == ("all",) else taps
         result = layerwise_linear_probe(backbone, train, test, taps, not cached, epochs, lr,
-                                        image_size, batch_size, device, key, to_train, progress=progress)
+                                        image_size, batch_size, device, key, to_train, seed=seed, progress=progress)
         return {"protocol": protocol, **result, "checkpoint": str(checkpoint), "overrides": overrides,
                 "image_size": image_size, "n_train": len(train), "n_test": len(test)}
     if protocol == "linear" and probe.augment:
         result = augmented_linear_probe(backbone, train, test, probe, epochs, lr, tap, pool, image_size, batch_size,
-                                        device, key, to_train, progress=progress)
+                                        device, key, to_train, seed=seed, progress=progress)
         return {"protocol": protocol, **result, **info, "n_train": len(train), "n_test": len(test)}
     if protocol == "patches":
         if image_size is None:                # a foreign state dict: the images' own size, one for both sets
@@ -185,7 +190,7 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
         xtr, ytr = aggregated_features(backbone, train, **common)
         xte, yte = aggregated_features(backbone, test, **common)
         yte = yte if to_train is None else to_train[yte]
-        results = {p: _probe(p, xtr, ytr, xte, yte, k, temperature, epochs, lr) for p in probes}
+        results = {p: _probe(p, xtr, ytr, xte, yte, k, temperature, epochs, lr, seed) for p in probes}
         return {"protocol": protocol, **results, **info, **opts, "feature_dim": xtr.shape[1],
                 "n_train": len(ytr), "n_test": len(yte)}
     common = dict(tap=tap, pool=pool, image_size=image_size, batch_size=batch_size, device=device,
@@ -193,17 +198,17 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
     xtr, ytr = extract_features(backbone, train, **common)
     xte, yte = extract_features(backbone, test, **common)
     yte = yte if to_train is None else to_train[yte]
-    return {"protocol": protocol, **_probe(protocol, xtr, ytr, xte, yte, k, temperature, epochs, lr), **info,
+    return {"protocol": protocol, **_probe(protocol, xtr, ytr, xte, yte, k, temperature, epochs, lr, seed), **info,
             "feature_dim": xtr.shape[1], "n_train": len(ytr), "n_test": len(yte)}
 
 
-def _probe(name, xtr, ytr, xte, yte, k, temperature, epochs, lr) -> dict:
+def _probe(name, xtr, ytr, xte, yte, k, temperature, epochs, lr, seed=0) -> dict:
     finite(xtr, "training features")
     finite(xte, "test features")
     if name == "knn":
         num_classes = int(max(ytr.max(), yte.max())) + 1
         return knn_accuracy(knn_scores(xtr, ytr, xte, k, temperature, num_classes), yte)
-    return linear_probe(xtr, ytr, xte, yte, epochs=epochs, lr=lr)
+    return linear_probe(xtr, ytr, xte, yte, epochs=epochs, lr=lr, seed=seed)
 
 
 __all__ = ["evaluate"]
