@@ -262,9 +262,9 @@ def transfer(teacher: str, student: str, cluster_spec: str, label_spec: str | No
                                  seed, device=device or "cpu", progress=True, check=check)
             source = f"pseudo-labels {labels_file.name}@{file_hash(labels_file)} ({info['teacher']})"
         record_trained_on(student_out, source, cfg.resume)
+        run_dir, status = pretrain(cfg, held=lock)   # under the same lock: no moment unlocked since the labels
     finally:
         if lock is not None:
-            lock.release()            # the student's trainer takes it again (flock: a second one would conflict)
-    run_dir, status = pretrain(cfg)
+            lock.release()
     return {"protocol": "transfer", "objective": objective, "status": status, "pseudo_labels": info, "student": student,
             "student_lr": cfg.optim.lr, "checkpoint": str(run_dir / "last.pt")}

@@ -67,3 +67,19 @@ def test_a_link_in_the_transfer_out_is_refused_before_the_teacher_runs(tmp_path,
     code, _, err = _transfer(capsys, random_ckpt, out)
     assert one_line_error(code, err, "pseudo_labels.npz is a symbolic link"), err
     assert elsewhere.read_bytes() == b"someone's file" and not (out / "student" / "last.pt").exists()
+
+
+def test_the_student_trains_under_the_lock_taken_before_its_labels(tmp_path, capsys, random_ckpt, monkeypatch):
+    """transfer released the student's lock before its trainer took it again: another transfer could slip in."""
+    import selfsup.engine.trainer as trainer_mod
+
+    seen, real = [], trainer_mod.pretrain
+
+    def pretrain(cfg, held=None, **kw):
+        seen.append(held is not None and held.fd is not None)
+        return real(cfg, held=held, **kw)
+
+    monkeypatch.setattr(trainer_mod, "pretrain", pretrain)      # transfer imports it when it runs
+    assert _transfer(capsys, random_ckpt, tmp_path / "tr")[0] == 0
+    assert seen == [True]
+    assert RunLock(tmp_path / "tr" / "student").acquire().release() is None      # released at the end

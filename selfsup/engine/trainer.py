@@ -406,10 +406,11 @@ class Trainer:
             raise _damaged(path, f"its position, epoch {shown[0]} step {shown[1]}, is not one of a run of {of}")
 
     # ------------------------------------------------------------ the loop
-    def fit(self, on_epoch_end=None) -> str:
-        """Train to ``cfg.epochs``; returns "done" or "interrupted" (after saving)."""
+    def fit(self, on_epoch_end=None, held: RunLock | None = None) -> str:
+        """Train to ``cfg.epochs``; returns "done" or "interrupted" (after saving). ``held``: the run directory's
+        lock, taken by the caller before it wrote there (``transfer``), kept by it: the run starts under it."""
         lock, error = None, None
-        if dist.is_main():
+        if dist.is_main() and held is None:
             try:
                 prepare_out(self.out)
                 lock = RunLock(self.out).acquire()
@@ -568,13 +569,14 @@ def _progress(total: int, initial: int, desc: str, enabled: bool, every: int | N
     return progress(total, initial, desc, enabled=enabled, every=every)
 
 
-def pretrain(cfg, on_epoch_end=None) -> tuple[Path, str]:
+def pretrain(cfg, on_epoch_end=None, held: RunLock | None = None) -> tuple[Path, str]:
     """Run ``cfg`` to completion (or interruption); returns (run dir, status). ``on_epoch_end(trainer)``
-    runs after every epoch's save; a dict it returns is logged with the epoch (``epoch_end`` record)."""
+    runs after every epoch's save; a dict it returns is logged with the epoch (``epoch_end`` record).
+    ``held``: the run directory's lock, already taken by the caller (``Trainer.fit``)."""
     trainer = Trainer(cfg)
     finished = False
     try:
-        status = trainer.fit(on_epoch_end)
+        status = trainer.fit(on_epoch_end, held)
         finished = True
     finally:
         dist.shutdown(finished)                 # under torchrun: every rank leaves the group before exiting
