@@ -161,3 +161,8 @@ def test_the_same_init_spelled_otherwise_continues_and_another_file_is_named(pre
     code, _, err = run(capsys, *args, "--init", "other.pt")
     assert one_line_error(code, err, "ft holds a fine-tuning of pre/last.pt, not of other.pt (other weights)"), err
     assert "changed since" not in err
+    import shutil                                                # the same weights, copied elsewhere: continues
+
+    shutil.copy(pretrained, tmp_path / "copy.pt")
+    code, _, err = run(capsys, *args, "--init", "copy.pt")
+    assert code == 0, err
