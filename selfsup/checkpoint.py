@@ -92,6 +92,11 @@ def write_atomic(path: str | Path, write) -> None:
         raise
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """``text`` (UTF-8) into ``path`` as ``write_atomic`` writes: a kill or a full disk keeps the previous file."""
+    write_atomic(path, lambda f: f.write(text.encode()))
+
+
 def safe_load(path: str | Path, what: str = "checkpoint"):
     """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors.
 

@@ -134,7 +134,7 @@ def pretrain(method: str, run_dir: Path, train_spec: str, epochs: int, device: s
     epochs, ...) is refused in one line."""
     from omegaconf import OmegaConf
 
-    from selfsup.checkpoint import load_checkpoint
+    from selfsup.checkpoint import load_checkpoint, write_text_atomic
     from selfsup.config import check_config, resolve_config
     from selfsup.data.datasets import load_dataset
     from selfsup.engine.rundir import config_changes, refuse_changes
@@ -162,9 +162,9 @@ def pretrain(method: str, run_dir: Path, train_spec: str, epochs: int, device: s
     seconds = before + time.perf_counter() - t0
     if status != "done":
         if (run_dir / "last.pt").exists():          # what a rerun resumes: its seconds count too
-            partial.write_text(f"{seconds:.1f}\n")
+            write_text_atomic(partial, f"{seconds:.1f}\n")
         return None
-    timing.write_text(f"{seconds:.1f}\n")
+    write_text_atomic(timing, f"{seconds:.1f}\n")
     partial.unlink(missing_ok=True)
     return seconds
 
@@ -237,9 +237,11 @@ def results_table(results: dict) -> str:
 
 def write_report(out: Path, results: dict, budgets: dict[str, int], best: str, feats: dict, train, test, yte,
                  total: float) -> None:
-    methods = list(budgets)
+    from selfsup.checkpoint import write_text_atomic
     from selfsup.report.plots import accuracy_bars, loss_curves, read_metrics, series_plot
     from selfsup.report.viz import retrieval_png
+
+    methods = list(budgets)
 
     loss_curves({m: read_metrics(out / m / "metrics.jsonl") for m in methods}, out / "loss.png")
     accuracy_bars({name: {"kNN": r["knn"], "linear": r["linear"], "SVM mAP": r["svm_map"],
@@ -284,8 +286,8 @@ times (evaluation: feature extraction and the four protocols).
 
 ![loss](loss.png)
 """
-    (out / "report.md").write_text(report)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_text_atomic(out / "report.md", report)
+    write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     print("\n" + table + "\n")
 
 

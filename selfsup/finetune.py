@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from selfsup.checkpoint import backbone_spec, load_backbone, load_checkpoint
+from selfsup.checkpoint import backbone_spec, load_backbone, load_checkpoint, write_text_atomic
 from selfsup.config import resolve_config
 from selfsup.data.datasets import load_dataset
 from selfsup.distributed import resolve_device
@@ -154,7 +154,7 @@ def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", e
     new, created = not mark.exists() and not last.exists(), not Path(cfg.out).exists()
     if new:
         prepare_out(Path(cfg.out))           # a file as --out, an uncreatable folder: one line, before writing
-        mark.write_text(digest + "\n")
+        write_text_atomic(mark, digest + "\n")
     try:
         run_dir, status = pretrain(cfg)
     except SelfSupError:
@@ -179,7 +179,7 @@ def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", e
     if warning:
         result["warning"] = warning
         warnings.warn(warning, stacklevel=2)
-    (run_dir / "finetune.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_text_atomic(run_dir / "finetune.json", json.dumps(result, indent=1) + "\n")
     return result
 
 

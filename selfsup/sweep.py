@@ -546,9 +546,9 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from selfsup.checkpoint import write_atomic
+    from selfsup.checkpoint import write_text_atomic
 
-    write_atomic(path, lambda f: f.write(text.encode()))
+    write_text_atomic(path, text)
 
 
 def run_sweep(path: str | Path, parallel: int = 1, out: str | None = None, overrides: list[str] | None = None) -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfsup.checkpoint import load_backbone, load_checkpoint
+from selfsup.checkpoint import load_backbone, load_checkpoint, write_text_atomic
 from selfsup.data.datasets import load_dataset, read_label_file, write_label_file
 from selfsup.distributed import resolve_device
 from selfsup.errors import SelfSupError
@@ -202,7 +202,7 @@ def record_trained_on(student_out: Path, source: str, resuming: bool) -> None:
             raise SelfSupError(f"the student in {student_out} was trained on {old}, this command gives it {source}: "
                                f"remove {student_out} or choose another --out")
         return
-    (student_out / "trained_on.txt").write_text(source + "\n")
+    write_text_atomic(student_out / "trained_on.txt", source + "\n")
 
 
 def transfer(teacher: str, student: str, cluster_spec: str, label_spec: str | None = None, clusters: int = 2000,
