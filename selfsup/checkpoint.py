@@ -241,6 +241,7 @@ def load_backbone(path: str | Path, ckpt: dict | None = None):
     state = ckpt["backbone_state"] if "backbone_state" in ckpt else _without_release_heads(path, plain_state(ckpt))
     state = {k: v for k, v in state.items() if not str(k).startswith("fc.")}
     _check_weights(path, state)
+    _check_size(path, name, cifar_stem, options, state)
     backbone = build_backbone(name, cifar_stem=cifar_stem, **options)
     _check_dtypes(path, state, backbone.state_dict())
     try:
@@ -257,6 +258,26 @@ def load_backbone(path: str | Path, ckpt: dict | None = None):
 # ``prototypes.prototypes0.weight``, ``prototypes.prototypes1.weight``, ...); the ResNet of
 # dvlab-research/JigsawClustering has ``fc_clu`` (Linear, ReLU, Linear) and ``fc_loc`` (Linear).
 RELEASE_HEADS = ("projection_head", "prototypes", "fc_clu", "fc_loc")
+
+
+def _check_size(path, name: str, cifar_stem: bool, options: dict, state: dict) -> None:
+    """A timm backbone's options (depth, embed_dim, ...) are only type-checked (``_check_options``): before it is
+    built, its parameters are counted on the meta device (nothing allocated) and a network far larger than the
+    weights the file holds is refused in one line (depth=10000 in a small file would allocate hundreds of GB)."""
+    from selfsup.models import build_backbone
+    from selfsup.models.backbones import TIMM_PREFIX
+
+    if not name.startswith(TIMM_PREFIX):         # selfsup's own backbones: their options are bounded already
+        return
+    try:
+        with torch.device("meta"):
+            wanted = sum(t.numel() for t in build_backbone(name, cifar_stem=cifar_stem, **options).state_dict().values())
+    except Exception:                             # a model that cannot be built on the meta device: built as it is
+        return
+    held = sum(v.numel() for v in state.values() if isinstance(v, torch.Tensor))
+    if wanted > 2 * held + 1_000_000:
+        raise SelfSupError(f"checkpoint {path} is damaged: its backbone options {options} describe {name} with "
+                           f"{wanted:,} weights, but it holds {held:,}; pass a file written by `selfsup pretrain`")
 
 
 def _without_release_heads(path, state: dict) -> dict:

@@ -188,6 +188,28 @@ def test_timm_options_are_plain_values(tmp_path):
                                                                                                     "img_size": 32}
 
 
+def test_timm_options_describing_a_network_far_larger_than_the_file_are_refused_unbuilt(tmp_path, monkeypatch):
+    """depth=10000 passed the type check, and timm then built (allocated) 10,000 blocks for a file of two."""
+    pytest.importorskip("timm")
+    import selfsup.models as models
+    from selfsup.checkpoint import load_backbone
+    from selfsup.models import build_backbone
+
+    options = {"img_size": 32, "depth": 2}
+    small = build_backbone("timm:vit_tiny_patch16_224", **options)
+    ckpt = {"backbone": "timm:vit_tiny_patch16_224", "backbone_options": {**options, "depth": 500},
+            "backbone_state": small.state_dict()}
+    built = []
+    real = models.build_backbone
+    monkeypatch.setattr(models, "build_backbone", lambda *a, **k: built.append(torch.get_default_device().type)
+                        or real(*a, **k))
+    with pytest.raises(SelfSupError, match=r"its backbone options .* describe timm:vit_tiny_patch16_224 with "
+                                           r"[\d,]+ weights, but it holds [\d,]+"):
+        load_backbone(tmp_path / "v.pt", ckpt)
+    assert built == ["meta"]                                      # counted on the meta device, never allocated
+    assert load_backbone(tmp_path / "v.pt", {**ckpt, "backbone_options": options}) is not None
+
+
 def nested(depth: int) -> list:
     deep = inner = []
     for _ in range(depth):
