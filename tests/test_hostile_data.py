@@ -357,6 +357,13 @@ def test_label_file_not_of_labels_is_refused(tmp_path, change, fragment):
     refused(labelled(tmp_path, **change), fragment)
 
 
+def test_label_file_that_breaks_the_zip_check_is_refused(tmp_path):
+    """150 bytes whose zip64 locator claims several disks: zipfile.is_zipfile itself raises BadZipFile."""
+    (tmp_path / "md.npz").write_bytes(b"PK\x03\x04" + bytes(100) + struct.pack("<4sIQI", b"PK\x06\x07", 1, 0, 2)
+                                      + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0, 0, 0, 0, 0))
+    refused(f"synthetic:8?classes=4&size=8&labels={tmp_path / 'md.npz'}", r"cannot read label file .*md.npz: ")
+
+
 def test_label_file_of_labels_loads(tmp_path):
     data = load_dataset(labelled(tmp_path, labels=np.array([0, 1, 2, 3, -1, 0, 1, 2], np.int32)))
     assert list(data.labels) == [0, 1, 2, 3, -1, 0, 1, 2] and data.classes == ["0", "1", "2", "3"]

@@ -406,9 +406,9 @@ def read_label_file(path: Path, count: int | None = None) -> dict:
     """The arrays of a label file (``write_label_file``), each checked from its .npy header before it is read:
     integer labels, at most ``count`` of them (the images they label; else LABEL_FILE_LIMIT), an integer
     number of classes, strings of at most LABEL_FILE_TEXT characters. Anything else is refused in one line."""
-    if path.is_file() and not zipfile.is_zipfile(path):      # np.load would try a pickle, and advise allowing it
-        raise SelfSupError(f"label file {path} is not an .npz archive: give the file `selfsup transfer` wrote")
     try:
+        if path.is_file() and not zipfile.is_zipfile(path):      # np.load would try a pickle, and advise allowing it
+            raise SelfSupError(f"label file {path} is not an .npz archive: give the file `selfsup transfer` wrote")
         with zipfile.ZipFile(path) as archive:
             missing = [k for k in LABEL_FILE_KEYS if f"{k}.npy" not in archive.namelist()]
             if missing:
