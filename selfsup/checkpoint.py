@@ -97,6 +97,10 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     write_atomic(path, lambda f: f.write(text.encode()))
 
 
+class UnreadableFile(SelfSupError):
+    """A file that is not a PyTorch file or is truncated (not one that would run code: that is refused apart)."""
+
+
 def safe_load(path: str | Path, what: str = "checkpoint"):
     """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors.
 
@@ -117,25 +121,30 @@ def safe_load(path: str | Path, what: str = "checkpoint"):
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
         if found is None:
-            raise SelfSupError(f"cannot read {what} {path}: it is not a PyTorch file or it is truncated") from None
+            raise UnreadableFile(f"cannot read {what} {path}: it is not a PyTorch file or it is truncated") from None
         raise SelfSupError(f"refusing to load {what} {path}: it would call {found.group(1)}, and loading it could run "
                            f"code; selfsup reads only tensors and plain data: re-save it as a state dict of tensors") from None
     except Exception as exc:
-        raise SelfSupError(f"cannot read {what} {path} ({type(exc).__name__}): it is not a PyTorch file or it is "
-                           f"truncated") from None
+        raise UnreadableFile(f"cannot read {what} {path} ({type(exc).__name__}): it is not a PyTorch file or it is "
+                             f"truncated") from None
 
 
 def _check_zip(path: Path, what: str) -> None:
     """A one-line error for a zip file (torch.save's format) that is not what torch.save writes: its records
     are stored, never compressed, so together they hold no more bytes than the file. A record deflated from
     gigabytes of zeros (a zip bomb) would be inflated in memory by ``torch.load`` before anything is checked."""
-    if not zipfile.is_zipfile(path):
+    try:                          # torch.load's own test: a zip starts with a local file header (is_zipfile looks
+        with open(path, "rb") as f:        # for a directory at the end, which a legacy file's weights may mimic)
+            head = f.read(4)
+    except OSError as exc:
+        raise SelfSupError(f"cannot read {what} {path} ({exc.strerror}): pass a readable .pt file") from None
+    if head != b"PK\x03\x04":
         return                    # torch's legacy format, or not a PyTorch file: torch.load says which
     try:
         with zipfile.ZipFile(path) as archive:
             records = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError):
-        raise SelfSupError(f"cannot read {what} {path}: it is not a PyTorch file or it is truncated") from None
+        raise UnreadableFile(f"cannot read {what} {path}: it is not a PyTorch file or it is truncated") from None
     compressed = any(r.compress_type != zipfile.ZIP_STORED for r in records)
     if compressed or sum(r.file_size for r in records) > path.stat().st_size:
         raise SelfSupError(f"{what} {path} holds {'compressed' if compressed else 'overlapping'} records (a zip "

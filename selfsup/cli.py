@@ -166,7 +166,7 @@ def _cluster(args) -> int:
 def _eval(args) -> int:
     from selfsup.eval.run import evaluate
 
-    if args.protocol in ("knn", "svm") and args.seed is not None:
+    if args.protocol == "svm" and args.seed is not None:          # knn: refused by evaluation_settings
         raise SelfSupError(f"--seed applies to eval linear, patches, cluster and lowshot: eval {args.protocol} draws "
                            f"nothing at random; drop --seed")
     if args.protocol == "cluster":
@@ -185,7 +185,7 @@ def _eval(args) -> int:
                       batch_size=args.batch_size, k=args.k, temperature=args.temperature, epochs=args.probe_epochs, lr=args.lr,
                       cache=not args.no_cache, progress=not args.json, patches=patches,
                       probes=tuple(args.probe.split(",")), preset=args.preset,
-                      taps=_taps(args.taps), cached=args.cached, seed=args.seed or 0)
+                      taps=_taps(args.taps), cached=args.cached, seed=args.seed)
     if args.json:
         print(json.dumps(result))
     elif "taps" in result and isinstance(result["taps"], dict):

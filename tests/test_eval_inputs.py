@@ -109,10 +109,16 @@ def test_seed_reaches_the_linear_probe(capsys, ckpt, monkeypatch):
     seen, real = [], run_mod.linear_probe
     monkeypatch.setattr(run_mod, "linear_probe", lambda *a, seed=0, **k: seen.append(seed) or real(*a, seed=seed, **k))
     for seed in (["--seed", "7"], []):
-        code, _, err = run(capsys, "eval", "linear", "--checkpoint", ckpt, "--train-data", TINY, "--test-data",
-                           TINY, "--probe-epochs", 1, "--no-cache", *seed)
+        code, out, err = run(capsys, "eval", "linear", "--checkpoint", ckpt, "--train-data", TINY, "--test-data",
+                             TINY, "--probe-epochs", 1, "--no-cache", "--json", *seed)
         assert code == 0, err
+        assert json.loads(out.strip().splitlines()[-1])["seed"] == (7 if seed else 0)     # recorded in the result
     assert seen == [7, 0]
+    # a sweep's knn eval with a seed is refused when the file is read, as the command line refuses it
+    from selfsup.eval.run import evaluation_settings
+
+    with pytest.raises(SelfSupError, match="eval knn draws nothing at random; drop --seed"):
+        evaluation_settings("knn", seed=3)
 
 
 @pytest.mark.parametrize("argv, fragment", [

@@ -59,6 +59,29 @@ def test_a_plain_torch_save_still_loads(tmp_path):
     assert torch.equal(safe_load(tmp_path / "ok.pt")["w"], torch.ones(3))
 
 
+def test_a_legacy_file_whose_weights_mimic_a_zip_directory_loads(tmp_path):
+    """zipfile.is_zipfile looks for an end-of-directory signature in the last 64 KB: a legacy (non-zip) file
+    whose last weight's bytes are PK\\x05\\x06 was refused as a damaged zip."""
+    import struct
+
+    as_float = lambda b: struct.unpack("<f", b)[0]                # noqa: E731
+    weight = torch.tensor([as_float(b"PK\x05\x06"), 0.0, as_float(b"\x01\x00\x01\x00"),   # one record, whose
+                           as_float(b"\x00\x00\x00\x7f"), 0.0, 0.0])                       # directory is 2 GB
+    torch.save({"w": weight}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert torch.equal(safe_load(tmp_path / "legacy.pt")["w"], weight)
+
+
+def test_a_zip_that_zipfile_cannot_open_is_one_line(tmp_path, capsys):
+    """A zip64 locator claiming several disks made zipfile.is_zipfile raise (a BadZipFile traceback)."""
+    import struct
+
+    (tmp_path / "md.pt").write_bytes(b"PK\x03\x04" + bytes(100) + struct.pack("<4sIQI", b"PK\x06\x07", 1, 0, 2)
+                                     + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0, 0, 0, 0, 0))
+    code, _, err = run(capsys, "eval", "knn", "--checkpoint", tmp_path / "md.pt", "--train-data", TINY,
+                       "--test-data", TINY)
+    assert one_line_error(code, err, "md.pt: it is not a PyTorch file or it is truncated"), err
+
+
 def test_a_fifo_or_device_is_not_a_regular_file(tmp_path, capsys):
     os.mkfifo(tmp_path / "fifo.pt")
     for path in (tmp_path / "fifo.pt", "/dev/zero"):
@@ -293,6 +316,7 @@ def test_head_weights_of_the_wrong_kind_are_one_line(tmp_path, capsys, random_ck
     {"features": torch.zeros(8, 3, dtype=torch.long), "labels": torch.zeros(8, dtype=torch.long)},
     {"features": torch.zeros(8, 3), "labels": torch.zeros(8)},
     {"features": torch.zeros(1).expand(8, 10_000_000), "labels": torch.zeros(8, dtype=torch.long)},
+    b"PK\x03\x04 cut short",                                      # not a PyTorch file, or truncated: was a refusal
 ])
 def test_a_tampered_feature_cache_is_recomputed(tmp_path, capsys, patches, entry):
     """{'features': 1, 'labels': 2} was a TypeError; the entry is now absent: recomputed and written over."""
@@ -307,7 +331,7 @@ def test_a_tampered_feature_cache_is_recomputed(tmp_path, capsys, patches, entry
         else (lambda: extract_features(net, data, cache_key="k", cache_dir=tmp_path))
     features, labels = extract()
     (cache_file,) = (tmp_path / "features").iterdir()
-    torch.save(entry, cache_file)
+    cache_file.write_bytes(entry) if isinstance(entry, bytes) else torch.save(entry, cache_file)
     capsys.readouterr()
     again, labels_again = extract()
     assert torch.allclose(again, features) and torch.equal(labels_again, labels)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from selfsup.data.datasets import cache_root
 from selfsup.data.views import EvalTransform, normalize, to_float
-from selfsup.checkpoint import safe_load, save_atomic
+from selfsup.checkpoint import UnreadableFile, safe_load, save_atomic
 from selfsup.tempfiles import remove_dead_temporaries
 from selfsup.errors import SelfSupError
 from selfsup.models.pooling import cc_max_pool
@@ -130,8 +130,11 @@ def feature_cache(cache_key: str | None, what: str, cache_dir: str | Path | None
     remove_dead_temporaries(path.parent, f".{path.name}.")      # a killed extraction's partial file
     if not path.exists():
         return path, None
-    cached = safe_load(path, "feature cache")
-    if not _is_feature_cache(cached):           # damaged or tampered: recomputed and written over
+    try:                                        # one that would run code is refused, not overwritten
+        cached = safe_load(path, "feature cache")
+    except UnreadableFile:
+        cached = None
+    if not _is_feature_cache(cached):           # truncated, damaged or tampered: recomputed and written over
         print(f"feature cache {path} is damaged (not N x D float features and N integer labels): computing the "
               f"features again", file=sys.stderr)
         return path, None

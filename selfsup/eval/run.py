@@ -72,7 +72,8 @@ def pretraining_patch_size(ckpt: dict) -> int | None:
 def evaluation_settings(protocol: str, pool: str | None = None, image_size: int | None = None, device: str = "cpu",
                         batch_size: int = 256, k: int = 20, temperature: float = 0.07, epochs: int | None = None,
                         lr: float | None = None, probes: tuple[str, ...] = ("knn", "linear"),
-                        preset: str | None = None, taps: tuple[str, ...] | None = None, cached: bool = False):
+                        preset: str | None = None, taps: tuple[str, ...] | None = None, cached: bool = False,
+                        seed: int | None = None):
     """``evaluate``'s settings checked, each refused in one line before anything is read (a sweep checks
     its evals with it when the sweep file is read): (device, probe preset, epochs, lr, overrides of the
     preset, the probes used)."""
@@ -90,6 +91,9 @@ def evaluation_settings(protocol: str, pool: str | None = None, image_size: int 
     if "linear" not in used and (epochs is not None or lr is not None):   # they were accepted and ignored
         raise SelfSupError("--probe-epochs and --lr set the linear probe, which this evaluation does not train: "
                            "drop them, or use eval linear (or --probe knn,linear with eval patches)")
+    if protocol == "knn" and seed is not None:
+        raise SelfSupError("--seed applies to eval linear, patches, cluster and lowshot: eval knn draws nothing at "
+                           "random; drop --seed")
     probe = get_preset(preset or ("goyal" if taps else "fast"))
     if taps and not probe.layerwise:
         raise SelfSupError(f"--taps trains Goyal's layer-wise heads: use --preset goyal (or no --preset), or "
@@ -122,7 +126,7 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
              k: int = 20, temperature: float = 0.07, epochs: int | None = None, lr: float | None = None,
              cache: bool = True, progress: bool = False, patches: dict | None = None,
              probes: tuple[str, ...] = ("knn", "linear"), preset: str | None = None,
-             taps: tuple[str, ...] | None = None, cached: bool = False, seed: int = 0) -> dict:
+             taps: tuple[str, ...] | None = None, cached: bool = False, seed: int | None = None) -> dict:
     """Run ``protocol`` ("knn", "linear" or "patches") and return its metrics as a dict.
 
     The linear probe follows ``preset`` (fast, moco or swav; None: fast), with ``epochs``
@@ -144,7 +148,8 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
     ``device`` (auto, cpu or cuda) are refused before anything runs (``evaluation_settings``)."""
     asked_tap = tap
     device, probe, epochs, lr, overrides, used = evaluation_settings(
-        protocol, pool, image_size, device, batch_size, k, temperature, epochs, lr, probes, preset, taps, cached)
+        protocol, pool, image_size, device, batch_size, k, temperature, epochs, lr, probes, preset, taps, cached, seed)
+    seed = seed or 0
     pool = pool or "avg"
     ckpt = load_checkpoint(checkpoint)
     opts = dict(patches or {})
@@ -162,7 +167,7 @@ def evaluate(protocol: str, checkpoint: str, train_spec: str, test_spec: str, ta
     key = file_hash(checkpoint) if cache else None
     info = {"checkpoint": str(checkpoint), "tap": tap, "image_size": image_size}
     if protocol == "linear":
-        info.update(preset=probe.name, overrides=overrides, probe_epochs=epochs, lr=lr, pool=pool)
+        info.update(preset=probe.name, overrides=overrides, probe_epochs=epochs, lr=lr, pool=pool, seed=seed)
     if protocol == "linear" and probe.layerwise:
         from selfsup.eval.layerwise import layerwise_linear_probe
 
