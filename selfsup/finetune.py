@@ -136,8 +136,8 @@ def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", e
     class_map(load_dataset(data), labelled(load_dataset(test_data), test_data), data, test_data)
     # a rerun continues (or re-scores) the run in OUT: only if it started from these weights, not from another
     # file or from other weights that have since been written to the same --init path; the same file under
-    # another spelling (absolute, relative), or the same weights moved or copied elsewhere (init.sha1 matches),
-    # keeps the run's spelling
+    # another spelling (absolute, relative) keeps the run's spelling (the same weights moved or copied elsewhere
+    # continue with --resume-with-changes: the trainer builds the backbone from the file --init names)
     last, mark, digest = Path(cfg.out) / "last.pt", Path(cfg.out) / "init.sha1", file_hash(init)
     started = (load_checkpoint(last).get("config") or {}).get("init") if last.exists() else None
     same_file = started is not None and Path(started).resolve() == Path(init).resolve()
@@ -147,7 +147,7 @@ def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", e
                                f"another --out, or remove {cfg.out} to fine-tune {init}")
         raise SelfSupError(f"{cfg.out} holds a fine-tuning of other weights than {init} holds now (the file changed "
                            f"since): choose another --out, or remove {cfg.out} to fine-tune again")
-    if same_file or (started is not None and mark.exists()):     # the mark matched: the same weights
+    if same_file:
         cfg.init = started
     # a new fine-tuning marks its folder; a folder holding another run is left as it is (the engine refuses it,
     # or resumes it); a refused start (a batch larger than the data, ...) leaves nothing behind

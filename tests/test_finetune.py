@@ -161,8 +161,10 @@ def test_the_same_init_spelled_otherwise_continues_and_another_file_is_named(pre
     code, _, err = run(capsys, *args, "--init", "other.pt")
     assert one_line_error(code, err, "ft holds a fine-tuning of pre/last.pt, not of other.pt (other weights)"), err
     assert "changed since" not in err
-    import shutil                                                # the same weights, copied elsewhere: continues
+    import shutil                           # the same weights moved elsewhere: continued with --resume-with-changes
 
-    shutil.copy(pretrained, tmp_path / "copy.pt")
-    code, _, err = run(capsys, *args, "--init", "copy.pt")
+    shutil.move(pretrained, tmp_path / "moved.pt")
+    code, _, err = run(capsys, *args, "--init", "moved.pt")
+    assert one_line_error(code, err, "has init=pre/last.pt, this command init=moved.pt"), err
+    code, _, err = run(capsys, *args, "--init", "moved.pt", "--resume-with-changes")
     assert code == 0, err
