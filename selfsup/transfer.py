@@ -217,7 +217,7 @@ def transfer(teacher: str, student: str, cluster_spec: str, label_spec: str | No
     nothing is written in ``out`` but under the student's run lock: a second ``transfer`` to the same ``out``
     is refused while one runs. Returns what was done."""
     from selfsup.config import resolve_config
-    from selfsup.engine.rundir import RunLock, check_entries, prepare_out
+    from selfsup.engine.rundir import RunLock, prepare_out
     from selfsup.engine.trainer import pretrain
     from selfsup.methods import get_method
     from selfsup.models import build_backbone
@@ -246,7 +246,6 @@ def transfer(teacher: str, student: str, cluster_spec: str, label_spec: str | No
     build_backbone(student)                   # an unknown student is refused before the teacher runs
     for folder in (out, student_out):         # an --out that is a file, or not writable: refused before it too
         prepare_out(folder)
-    check_entries(out)                        # no link or special file where the labels go (the student's lock checks its own)
     # the student's run lock before anything is written: the labels and trained_on.txt belong to the student
     lock = RunLock(student_out).acquire() if os.environ.get("RANK", "0") == "0" else None
     try:

@@ -30,8 +30,8 @@ def finished(tmp_path_factory):
 
 # ------------------------------------------------------------------ links and special files in the run directory
 
-@pytest.mark.parametrize("name", [".lock", "config.yaml", "metrics.jsonl", "report.md", "loss.png", "last.pt",
-                                  ".last.pt.1.x.tmp", "tb", "tb/events.out.tfevents.1.host.1.0"])
+@pytest.mark.parametrize("name", [".lock", "config.yaml", "metrics.jsonl", "report.md", "loss.png", "tb",
+                                  "tb/events.out.tfevents.1.host.1.0"])
 def test_a_link_in_the_run_directory_is_refused_and_its_target_kept(tmp_path, capsys, name):
     out, victim = tmp_path / "run", tmp_path / "victim"
     (out / "tb").mkdir(parents=True)
@@ -50,6 +50,30 @@ def test_a_link_in_the_run_directory_is_refused_and_its_target_kept(tmp_path, ca
     else:
         assert victim.read_text() == "keep"
     assert not (out / "config.yaml").exists() or (out / "config.yaml").is_symlink()
+
+
+@pytest.mark.parametrize("name", ["data", "notes.txt", ".last.pt.1.x.tmp"])
+def test_a_link_beside_the_runs_files_is_the_users_and_left_alone(tmp_path, capsys, name):
+    """Every link in OUT was refused (a data folder or notes linked beside a run, DVC-style links): only the names
+    the run writes are checked; a killed save's partial file is unlinked, which removes the link, not its target."""
+    out, victim = tmp_path / "run", tmp_path / "victim"
+    out.mkdir()
+    victim.write_text("keep")
+    (out / name).symlink_to(victim)
+    code, _, err = pretrain(capsys, out)
+    assert code == 0, err
+    assert victim.read_text() == "keep"
+
+
+def test_a_checkpoint_linked_into_the_run_directory_is_replaced_not_written_through(tmp_path, capsys, finished):
+    out, elsewhere = tmp_path / "run", tmp_path / "elsewhere.pt"
+    shutil.copytree(finished, out)
+    shutil.move(out / "last.pt", elsewhere)
+    kept = elsewhere.read_bytes()
+    (out / "last.pt").symlink_to(elsewhere)                    # resumed from it, then replaced by a rename
+    code, _, err = pretrain(capsys, out, "--resume-with-changes", epochs=2)
+    assert code == 0, err
+    assert elsewhere.read_bytes() == kept and not (out / "last.pt").is_symlink()
 
 
 def test_resuming_someone_elses_run_directory_with_links_writes_nothing_through_them(tmp_path, capsys, finished):
@@ -200,6 +224,39 @@ def test_a_damaged_checkpoint_is_refused_in_one_line_on_resume(tmp_path, capsys,
     assert one_line_error(code, err, f"checkpoint {out / 'last.pt'} is damaged ("), err
     assert fragment in err and "resume from another checkpoint or start a new run" in err, err
     assert "resumed at step" not in printed and (out / "config.yaml").read_text() == config
+
+
+def test_a_stop_on_an_epochs_last_step_resumes(tmp_path, capsys):
+    """A SIGTERM landing on the last step of an epoch saves step_in_epoch == the epoch's steps; the position
+    check refused that checkpoint, the trainer's own, as damaged."""
+    import signal
+
+    from selfsup.engine.trainer import Trainer
+
+    from conftest import tiny_overrides
+    from selfsup.config import resolve_config
+    from selfsup.methods import get_method
+
+    out = tmp_path / "run"
+    cfg = resolve_config(get_method("simclr"), overrides=tiny_overrides(out, epochs=2))
+    trainer = Trainer(cfg)
+    steps = trainer.steps_per_epoch
+    forward = type(trainer.method).forward
+
+    def stop_on_last(self, batch):
+        if trainer.epoch == 0 and trainer.global_step == steps - 1:      # the last step of the first epoch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(self, batch)
+
+    type(trainer.method).forward = stop_on_last
+    try:
+        assert trainer.fit() == "interrupted"
+    finally:
+        type(trainer.method).forward = forward
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert (saved["epoch"], saved["step_in_epoch"]) == (0, steps)
+    cfg.resume = True
+    assert Trainer(cfg).fit() == "done"
 
 
 def test_a_change_of_the_optimisers_groups_is_named_as_such(tmp_path, capsys, finished):

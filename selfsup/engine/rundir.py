@@ -53,9 +53,13 @@ def _not_own(path: Path, what: str) -> SelfSupError:
 
 
 def _foreign(entry: os.DirEntry, top: bool) -> str | None:
-    """What makes ``entry`` (of a run directory, ``top``, or of its ``tb``) no file of the run's, or None."""
+    """What makes ``entry`` (of a run directory, ``top``, or of its ``tb``) no file of the run's, or None. Only the
+    names the run writes are checked (the user's other files beside a run are left alone), and a link to a
+    checkpoint is fine: checkpoints are replaced by a rename, never written through."""
+    if top and entry.name != "tb" and not any(fnmatch(entry.name, p) for p in RUN_FILES):
+        return None
     if entry.is_symlink():
-        return "a symbolic link"
+        return None if top and entry.name.endswith(".pt") else "a symbolic link"
     if entry.is_dir(follow_symlinks=False):
         return "a folder, where the run writes a file" if top and any(fnmatch(entry.name, p) for p in RUN_FILES) else None
     if entry.is_file(follow_symlinks=False):
@@ -66,8 +70,9 @@ def _foreign(entry: os.DirEntry, top: bool) -> str | None:
 
 def check_entries(out: Path) -> None:
     """Refuse in one line a run directory where what the run writes or deletes would land elsewhere or hang: a
-    symbolic link or a special file (FIFO, device, socket) in it or in its ``tb`` folder, a ``tb`` that is a file,
-    a folder under the name of a file the run writes. ``out`` itself may be a link to a folder."""
+    symbolic link (but to a checkpoint) or a special file (FIFO, device, socket) under a name the run writes
+    (``RUN_FILES``, ``tb``) or in its ``tb`` folder, a ``tb`` that is a file, a folder under the name of a file the
+    run writes. Other files beside the run are the user's; ``out`` itself may be a link to a folder."""
     for folder in (out, out / "tb"):
         try:
             entries = list(os.scandir(folder)) if folder == out or folder.is_dir() else []

@@ -385,8 +385,9 @@ class Trainer:
 
     def _check_fields(self, path: Path, ckpt: dict, own, changes: dict) -> None:
         """Refuse, as damaged, a checkpoint whose fields ``restore`` reads are not of the kinds ``state`` writes, or
-        whose position (epoch, step of the epoch) is not one of the run's: ``state`` writes 0 <= step < the steps of
-        an epoch (0 at an epoch's end), and an epoch up to the run's length."""
+        whose position (epoch, step of the epoch) is not one of the run's: ``state`` writes 0 <= step <= the steps
+        of an epoch (0 at an epoch's end; all of them when a stop lands on its last step), and an epoch up to the
+        run's length."""
         for key in ("model", "optimizer", "scaler"):
             if not isinstance(ckpt.get(key), dict):
                 raise _damaged(path, f"its {key!r} is {_held(ckpt, key)}, not a dict")
@@ -399,7 +400,7 @@ class Trainer:
         epochs = max(self.cfg.epochs, saved if _whole(saved) else 0)
         # the steps of an epoch are known unless the settings that set them changed
         steps = None if {"batch_size", "data"} & set(changes) else self.steps_per_epoch
-        if not (_whole(epoch) and _whole(step) and (epoch, step) <= (epochs, 0) and (steps is None or step < steps)):
+        if not (_whole(epoch) and _whole(step) and (epoch, step) <= (epochs, 0) and (steps is None or step <= steps)):
             of = f"{epochs} epochs" + (f" of {steps} steps" if steps is not None else "")
             shown = [repr(v)[:40] if isinstance(v, (int, float, str, type(None))) else f"a {type(v).__name__}"
                      for v in (epoch, step)]
