@@ -59,16 +59,18 @@ def test_another_teacher_is_refused_naming_the_student_before_the_teacher_runs(t
 
 
 def test_links_in_the_transfer_out_are_never_written_through(tmp_path, capsys, random_ckpt):
-    """The labels replace a link at pseudo_labels.npz by a rename (its target is left as it was); other links in
-    --out are the user's (they were refused as 'not the run's own files')."""
+    """A link at pseudo_labels.npz is read as the labels there, never written through; other links in --out are
+    the user's (they were refused as 'not the run's own files')."""
     out, elsewhere = tmp_path / "tr", tmp_path / "elsewhere.npz"
     out.mkdir()
     elsewhere.write_bytes(b"someone's file")
     (out / "pseudo_labels.npz").symlink_to(elsewhere)
+    code, _, err = _transfer(capsys, random_ckpt, out)             # read as the labels there: not labels
+    assert one_line_error(code, err, "pseudo_labels.npz is not an .npz archive"), err
+    assert elsewhere.read_bytes() == b"someone's file"
+    (out / "pseudo_labels.npz").unlink()
     (out / "notes").symlink_to(tmp_path)
-    code, _, err = _transfer(capsys, random_ckpt, out)
-    assert code == 0, err
-    assert elsewhere.read_bytes() == b"someone's file" and not (out / "pseudo_labels.npz").is_symlink()
+    assert _transfer(capsys, random_ckpt, out)[0] == 0
 
 
 def test_the_student_trains_under_the_lock_taken_before_its_labels(tmp_path, capsys, random_ckpt, monkeypatch):
