@@ -5,9 +5,11 @@ import gzip
 import io
 import os
 import pickle
+import re
 import shutil
 import struct
 import subprocess
+import sys
 import tarfile
 import warnings
 import zipfile
@@ -141,6 +143,72 @@ def test_file_list_that_is_a_fifo_is_refused(tmp_path):
     os.mkfifo(tmp_path / "l.txt")
     refused(f"filelist:{tmp_path / 'l.txt'}", r"file list .*l.txt is a FIFO, not a file", tmp_path / "c")
     refused(f"{tmp_path / 'l.txt'}", r"data path .*l.txt is a FIFO", tmp_path / "c")
+
+
+def refused_in_time(spec, fragment, tmp_path):
+    """refused(), in a child process killed after 60 s: a reader blocked on a FIFO fails the test, never hangs it."""
+    code = ("import sys, warnings; warnings.simplefilter('ignore')\n"
+            "from selfsup.data.datasets import load_dataset\n"
+            "from selfsup.errors import SelfSupError\n"
+            "try:\n    load_dataset(sys.argv[1], cache_dir=sys.argv[2])\n"
+            "except SelfSupError as exc:\n    print(exc)\n    sys.exit(2)\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(spec), str(tmp_path / "c")], capture_output=True,
+                              text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{spec}: still reading after 60 s (blocked on a FIFO or reading a device)")
+    assert done.returncode == 2 and done.stdout.count("\n") == 1, done.stdout + done.stderr
+    assert re.search(fragment, done.stdout), done.stdout
+
+
+def fifo(path):
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def link_to_dev_zero(path):
+    path.unlink(missing_ok=True)
+    path.symlink_to("/dev/zero")
+    return path
+
+
+def cifar_with(tmp_path, name, spoil):
+    root = cifar(tmp_path / "cifar")
+    spoil(root / name)
+    return f"cifar10:{root}"
+
+
+def stl_with(tmp_path, name, spoil):
+    spec = stl(tmp_path / "stl", names=[f"c{i}" for i in range(10)])
+    spoil(tmp_path / "stl" / name)
+    return spec
+
+
+def folder(path):
+    path.unlink()
+    path.mkdir()
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda t: cifar_with(t, "data_batch_3", fifo), r"CIFAR file .*data_batch_3 is a FIFO, not a file: re-download"),
+    (lambda t: cifar_with(t, "batches.meta", fifo), r"CIFAR file .*batches.meta is a FIFO, not a file"),
+    (lambda t: stl_with(t, "class_names.txt", fifo), r"STL-10 class names .*class_names.txt is a FIFO, not a file"),
+    (lambda t: stl_with(t, "class_names.txt", folder), r"STL-10 class names .*class_names.txt is a folder, not a file"),
+    (lambda t: stl_with(t, "train_X.bin", fifo), r"STL-10 file .*train_X.bin is a FIFO, not a file: re-download"),
+    (lambda t: stl_with(t, "train_X.bin", link_to_dev_zero), r"STL-10 file .*train_X.bin is a character device"),
+    (lambda t: f"mnist:{fifo(mnist(t / 'm') / 'train-labels-idx1-ubyte').parent}",
+     r"IDX file .*train-labels-idx1-ubyte is a FIFO, not a file"),
+    (lambda t: f"synthetic:8?labels={fifo(t / 'l.npz')}",
+     r"label file .*l.npz is a FIFO, not a file: give the file `selfsup transfer` wrote"),
+    (lambda t: f"synthetic:8?labels={link_to_dev_zero(t / 'l.npz')}", r"label file .*l.npz is a character device"),
+    (lambda t: f"imagefolder:{fifo(t / 'f.tar')}", r"data path .*f.tar is a FIFO, not a file: pass a folder or a .tar"),
+    (lambda t: f"unlabeled:{fifo(t / 'f.tar')}?stream=1", r"data path .*f.tar is a FIFO, not a file"),
+    (lambda t: f"{fifo(t / 'f.tar')}", r"data path .*f.tar is a FIFO, not a file: pass a folder, a .tar or a file list"),
+], ids=["cifar-batch", "cifar-meta", "stl-names", "stl-names-folder", "stl-x", "stl-x-device", "idx", "labels",
+        "labels-device", "imagefolder-tar", "unlabeled-tar", "detected-tar"])
+def test_fifo_or_device_in_place_of_a_data_file_is_refused_without_waiting(tmp_path, make, fragment):
+    refused_in_time(make(tmp_path), fragment, tmp_path)
 
 
 def test_write_shards_refuses_a_device(tmp_path):

@@ -232,15 +232,13 @@ def _positive(options: dict, key: str, default=None, example=32):
 
 def detect_format(path: Path) -> str:
     name = path.name.lower()
-    if path.is_file():
+    if not path.is_dir():
+        regular_file(path, "data path", "pass a folder, a .tar or a file list")
         if name.endswith((".tar", ".tar.gz", ".tgz")):
             return "imagefolder"
         if name.endswith((".txt", ".lst", ".list")):
             return "filelist"
         raise SelfSupError(f"cannot tell the format of file {path}: give FORMAT:PATH with one of {', '.join(FORMATS)}")
-    if not path.is_dir():
-        raise SelfSupError(f"data path {path} is {_file_kind(path.stat().st_mode)}: pass a folder, a .tar or a "
-                           f"file list")
     entries = {p.name for p in path.iterdir()}
     if not entries:
         raise SelfSupError(f"data folder {path} is empty: point --data at a folder that holds the images")
@@ -406,8 +404,9 @@ def read_label_file(path: Path, count: int | None = None) -> dict:
     """The arrays of a label file (``write_label_file``), each checked from its .npy header before it is read:
     integer labels, at most ``count`` of them (the images they label; else LABEL_FILE_LIMIT), an integer
     number of classes, strings of at most LABEL_FILE_TEXT characters. Anything else is refused in one line."""
+    regular_file(path, "label file", "give the file `selfsup transfer` wrote")
     try:
-        if path.is_file() and not zipfile.is_zipfile(path):      # np.load would try a pickle, and advise allowing it
+        if not zipfile.is_zipfile(path):      # np.load would try a pickle, and advise allowing it
             raise SelfSupError(f"label file {path} is not an .npz archive: give the file `selfsup transfer` wrote")
         with zipfile.ZipFile(path) as archive:
             missing = [k for k in LABEL_FILE_KEYS if f"{k}.npy" not in archive.namelist()]
@@ -468,6 +467,7 @@ class _CifarUnpickler(pickle.Unpickler):
 
 
 def _unpickle(path: Path) -> dict:
+    regular_file(path, "CIFAR file", "re-download the dataset")
     with open(path, "rb") as f:
         unpickler = _CifarUnpickler(f, encoding="latin1")
         unpickler.path = path
@@ -548,13 +548,15 @@ def read_stl10(path: Path, split: str) -> ImageArrayDataset:
     if split not in parts:
         raise SelfSupError(f"stl10 has no split {split!r}: use one of {', '.join(parts)}")
     names_file = path / "class_names.txt"
+    if names_file.exists():
+        regular_file(names_file, "STL-10 class names", "re-download the dataset")
     classes = names_file.read_text().split() if names_file.exists() else [str(i) for i in range(10)]
     images, labels, files = [], [], []
     for part in parts[split]:
         xf = path / f"{part}_X.bin"
         if not xf.exists():
             raise SelfSupError(f"{path} lacks {xf.name}: point at the stl10_binary folder")
-        if not stat.S_ISREG(xf.stat().st_mode) or xf.stat().st_size % (3 * 96 * 96):
+        if regular_file(xf, "STL-10 file", "re-download the dataset").st_size % (3 * 96 * 96):
             raise SelfSupError(f"{xf} is not whole 3 x 96 x 96 images ({xf.stat().st_size} bytes): the file is "
                                f"truncated or damaged; re-download the dataset")
         x = np.memmap(xf, dtype=np.uint8, mode="r").reshape(-1, 3, 96, 96)
@@ -587,9 +589,7 @@ def _read_idx_file(path: Path, ndim: int) -> np.ndarray:
     """The array of an unsigned-byte IDX file of ``ndim`` dimensions (3: images, 1: labels), read no further
     than its header says: a file of other dimensions, or that holds fewer or more bytes than they need, is
     refused, and a gzipped one that would unpack to over IDX_GZIP_BYTES is refused unread."""
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise SelfSupError(f"{path} is {_file_kind(st.st_mode)}, not an IDX file: give the dataset's files")
+    st = regular_file(path, "IDX file", "give the dataset's files")
     gz = path.suffix == ".gz"
     try:
         with (gzip.open if gz else open)(path, "rb") as f:
@@ -659,6 +659,18 @@ def _file_kind(mode: int) -> str:
         if test(mode):
             return kind
     return "not a regular file"
+
+
+def regular_file(path: Path, what: str, fix: str) -> os.stat_result:
+    """The stat (following links) of the dataset, label or meta file ``path``, checked before it is opened:
+    anything but a regular file is refused in one line (a FIFO would block its reader, a device never end)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise SelfSupError(f"cannot read {what} {path} ({exc.strerror}): {fix}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SelfSupError(f"{what} {path} is {_file_kind(st.st_mode)}, not a file: {fix}")
+    return st
 
 
 def image_file_problem(what, st: os.stat_result) -> SelfSupError | None:
@@ -1086,6 +1098,8 @@ def read_imagefolder(path: Path, split: str | None, size: int | None, cache_root
     """Class subfolders (``unlabeled``: any tree of images, labels -1), decoded into memory, or streamed when
     ``stream=1`` or when the decoded array would not fit in half of the RAM (``selfsup.data.stream``)."""
     options = options or {}
+    if not path.is_dir():
+        regular_file(path, "data path", "pass a folder or a .tar of images")
     kind = "unlabeled" if unlabeled else "imagefolder"
     mode = channel_mode(options)
     shape = f"{size}" if mode is None else f"{size}|{mode}"      # as before when channels= is not given
@@ -1132,9 +1146,7 @@ def read_filelist(path: Path, size: int | None, cache_root: Path, options: dict 
     options = options or {}
     mode = channel_mode(options)
     names, labels, stats = [], [], []
-    if not stat.S_ISREG(path.stat().st_mode):          # a FIFO would block, a device never end
-        raise SelfSupError(f"file list {path} is {_file_kind(path.stat().st_mode)}, not a file: give a text file "
-                           f"of 'path label' lines")
+    regular_file(path, "file list", "give a text file of 'path label' lines")
     lines = path.read_text().splitlines()
     stream = options.get("stream") == "1"
     for number, line in enumerate(lines, 1):
@@ -1163,9 +1175,6 @@ def read_filelist(path: Path, size: int | None, cache_root: Path, options: dict 
         except OSError:
             raise SelfSupError(f"{path} line {number}: image {file} does not exist: fix the path or drop the "
                                f"line") from None
-        if stat.S_ISDIR(st.st_mode):
-            raise SelfSupError(f"{path} line {number}: {file} is a folder, not an image: list image files, one "
-                               f"a line")
         problem = image_file_problem(file, st)
         if problem:
             raise SelfSupError(f"{path} line {number}: {problem}")
