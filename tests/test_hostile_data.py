@@ -420,6 +420,8 @@ def test_label_file_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
     (dict(num_classes=np.array(0)), r"claims 0 classes"),
     (dict(labels=np.full(8, -7)), r"holds a negative label -7 \(image 0\), outside its 4 classes 0 to 3"),
     (dict(labels=np.full(8, 1000)), r"holds label 1000 \(image 0\), outside its 4 classes 0 to 3"),
+    (dict(labels=np.full(8, 2 ** 64 - 1, np.uint64)), r"holds label 18446744073709551615 \(image 0\), outside its 4"),
+    (dict(labels=np.full(8, 2 ** 32 - 1, np.uint32)), r"holds label 4294967295 \(image 0\), outside its 4"),
 ])
 def test_label_file_not_of_labels_is_refused(tmp_path, change, fragment):
     refused(labelled(tmp_path, **change), fragment)
@@ -435,6 +437,8 @@ def test_label_file_that_breaks_the_zip_check_is_refused(tmp_path):
 def test_label_file_of_labels_loads(tmp_path):
     data = load_dataset(labelled(tmp_path, labels=np.array([0, 1, 2, 3, -1, 0, 1, 2], np.int32)))
     assert list(data.labels) == [0, 1, 2, 3, -1, 0, 1, 2] and data.classes == ["0", "1", "2", "3"]
+    data = load_dataset(labelled(tmp_path, labels=np.array([3, 1, 2, 0, 0, 0, 1, 2], np.uint64)))
+    assert list(data.labels) == [3, 1, 2, 0, 0, 0, 1, 2] and data.labels.dtype == np.int64
 
 
 # ------------------------------------------------------------------ 8. STL-10 and VOC07 files that do not add up

@@ -435,12 +435,13 @@ def with_label_file(data: ImageArrayDataset, path: Path) -> ImageArrayDataset:
     if not 1 <= k <= MAX_CLASSES:
         raise SelfSupError(f"label file {path} claims {k} classes: a label file has 1 to {MAX_CLASSES:,}; make "
                            f"the labels again")
-    labels = np.asarray(f["labels"], dtype=np.int64)
+    labels = f["labels"]                 # checked in its own dtype: cast first, uint64 2**64-1 would become -1
     wrong = np.flatnonzero((labels < -1) | (labels >= k))
     if len(wrong):
         what = "a negative label" if labels[wrong[0]] < 0 else "label"
         raise SelfSupError(f"label file {path} holds {what} {labels[wrong[0]]} (image {wrong[0]}), outside its {k} "
                            f"classes 0 to {k - 1} (-1: unlabeled): make the labels again")
+    labels = labels.astype(np.int64)
     tag = hashlib.sha1(labels.tobytes()).hexdigest()[:12]
     return data.with_labels(labels, [str(i) for i in range(k)], f"labels-{tag}")
 
