@@ -322,6 +322,32 @@ def test_cifar_batch_with_label_array_loads(tmp_path):
     assert len(data) == 18 and list(data.labels[:2]) == [3, 1] and data.labels.dtype == np.int64
 
 
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_cifar_repickled_with_bytes_keys_loads(tmp_path, protocol):
+    """Mirrors re-pickle the batches under Python 3 as loaded with encoding="bytes": b"data", b"label_names"."""
+    root = tmp_path / "c"
+    root.mkdir()
+    for i in range(1, 6):
+        batch = {b"batch_label": b"training batch", b"data": np.full((4, 3072), i, np.uint8), b"labels": [0, 1, 2, 3],
+                 b"filenames": [b"x.png"] * 4}
+        (root / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=protocol))
+    meta = {b"label_names": [f"c{i}".encode() for i in range(10)], b"num_vis": 3072}
+    (root / "batches.meta").write_bytes(pickle.dumps(meta, protocol=protocol))
+    data = load_dataset(f"cifar10:{root}")
+    assert len(data) == 20 and data.classes == [f"c{i}" for i in range(10)] and list(data.labels[:4]) == [0, 1, 2, 3]
+
+
+def test_cifar_meta_pickled_by_python_2_loads(tmp_path):
+    """The meta file as distributed: Python 2 str keys and names (SHORT_BINSTRING), read as latin1 str."""
+    names = b"".join(b"U" + bytes([len(n)]) + n for n in (b"c%d" % i for i in range(10)))
+    meta = b"\x80\x02}(U\x0blabel_names](" + names + b"eU\x07num_visM\x00\x0cu."
+    assert pickle.loads(meta, encoding="latin1") == {"label_names": [f"c{i}" for i in range(10)], "num_vis": 3072}
+    root = cifar(tmp_path / "c")
+    (root / "batches.meta").write_bytes(meta)
+    data = load_dataset(f"cifar10:{root}")
+    assert len(data) == 20 and data.classes == [f"c{i}" for i in range(10)]
+
+
 # ------------------------------------------------------------------ 5, 8. IDX files are read as far as their header says
 
 def idx_bytes(array, dims=None):

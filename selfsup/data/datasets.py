@@ -479,7 +479,7 @@ def _unpickle(path: Path) -> dict:
                                f"or corrupt; re-download the dataset") from None
     if not isinstance(batch, dict):
         raise SelfSupError(f"{path} holds a {type(batch).__name__}, not a CIFAR batch dict: re-download the dataset")
-    return batch
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}   # b"data": re-pickled
 
 
 def read_cifar(path: Path, fmt: str, split: str) -> ImageArrayDataset:
