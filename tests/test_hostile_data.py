@@ -66,7 +66,21 @@ def test_tar_member_over_the_image_bound_is_refused(tmp_path, monkeypatch):
         t.add(root / "a", "a")
         t.add(root / "b", "b")
     monkeypatch.setattr(D, "MAX_IMAGE_BYTES", 100)        # the PNGs are ~250 bytes: each stands for a huge member
-    refused(tar, r"is 0.0 GiB, over the 0 GiB that any image file stays under", tmp_path / "c")
+    refused(tar, r"is 2\d\d bytes, over the 100 bytes that any image file stays under", tmp_path / "c")
+
+
+def test_file_just_over_the_image_bound_says_by_how_much(tmp_path):
+    """Sizes are said in bytes: in GiB a file one byte over would read "1.0 GiB, over the 1 GiB"."""
+    root = images(tmp_path / "img")
+    with open(root / "a" / "big.png", "wb") as f:
+        f.truncate(D.MAX_IMAGE_BYTES + 1)                  # sparse: takes no disk
+    refused(root, r"big.png is 1,073,741,825 bytes, over the 1,073,741,824 bytes that any image", tmp_path / "c")
+    member = tarfile.TarInfo("a/big.png")
+    member.size = D.MAX_IMAGE_BYTES + 1
+    assert "is 1,073,741,825 bytes, over the 1,073,741,824 bytes" in str(D.tar_member_problem("t.tar:a/big.png", member))
+    root = mnist(tmp_path / "m", bytes([0, 0, 8, 3]) + struct.pack(">III", 1, 1, 2 ** 30 + 1), gz=True)
+    refused(f"mnist:{root}", r"\(1,073,741,825 bytes unpacked\), over the 1,073,741,824 bytes that a gzipped IDX")
+    refused("synthetic:699051", r"would take 2,147,484,672 bytes: .* under 2,147,483,648 \(fewer images")
 
 
 def shard(path, entries, fmt=tarfile.GNU_FORMAT):
@@ -104,7 +118,7 @@ def test_oversized_cls_and_image_members_in_a_shard(tmp_path, monkeypatch):
                                         r"text \(at most 65536 bytes\)", tmp_path / "c")
     shard(tmp_path / "t" / "s0.tar", [("k0.png", png_bytes()), ("k0.cls", b"0")])
     monkeypatch.setattr(D, "MAX_IMAGE_BYTES", 100)
-    refused(f"shards:{tmp_path / 't'}", r"k0.png is 0.0 GiB, over the 0 GiB", tmp_path / "c")
+    refused(f"shards:{tmp_path / 't'}", r"k0.png is \d+ bytes, over the 100 bytes", tmp_path / "c")
 
 
 # ------------------------------------------------------------------ 2. devices and FIFOs are no images
@@ -373,8 +387,8 @@ def test_gzipped_idx_claiming_gigabytes_is_refused_unread(tmp_path, monkeypatch)
     read, original = [], D.gzip.GzipFile.read
     monkeypatch.setattr(D.gzip.GzipFile, "read", lambda self, n=-1: read.append(n) or original(self, n))
     root = mnist(tmp_path / "m", bytes([0, 0, 8, 3]) + struct.pack(">III", 100000, 200, 200) + bytes(1000), gz=True)
-    refused(f"mnist:{root}", r"train-images-idx3-ubyte.gz claims a 100000 x 200 x 200 array \(3.7 GiB unpacked\), "
-                             r"over the 1 GiB that a gzipped IDX file may unpack to")
+    refused(f"mnist:{root}", r"train-images-idx3-ubyte.gz claims a 100000 x 200 x 200 array \(4,000,000,000 bytes "
+                             r"unpacked\), over the 1,073,741,824 bytes that a gzipped IDX file may unpack to")
     assert -1 not in read and max(read) <= 12
 
 

@@ -603,8 +603,8 @@ def _read_idx_file(path: Path, ndim: int) -> np.ndarray:
             dims = [int(d) for d in np.frombuffer(f.read(4 * ndim).ljust(4 * ndim, b"\0"), dtype=">u4")]
             expected = int(np.prod(dims, dtype=object))
             if gz and expected > IDX_GZIP_BYTES:
-                raise SelfSupError(f"{path} claims a {' x '.join(map(str, dims))} array ({expected / 2**30:.1f} GiB "
-                                   f"unpacked), over the {IDX_GZIP_BYTES >> 30} GiB that a gzipped IDX file may "
+                raise SelfSupError(f"{path} claims a {' x '.join(map(str, dims))} array ({expected:,} bytes "
+                                   f"unpacked), over the {IDX_GZIP_BYTES:,} bytes that a gzipped IDX file may "
                                    f"unpack to: re-install the dataset")
             if not gz and expected > st.st_size:
                 raw = b""                    # truncated: said below, without reading
@@ -681,7 +681,7 @@ def image_file_problem(what, st: os.stat_result) -> SelfSupError | None:
         return SelfSupError(f"{what} is {_file_kind(st.st_mode)}, not an image file: images are regular files; "
                             f"remove it (or the link to it)")
     if st.st_size > MAX_IMAGE_BYTES:
-        return SelfSupError(f"{what} is {st.st_size / 2**30:.1f} GiB, over the {MAX_IMAGE_BYTES >> 30} GiB that "
+        return SelfSupError(f"{what} is {st.st_size:,} bytes, over the {MAX_IMAGE_BYTES:,} bytes that "
                             f"any image file stays under: remove it, or keep only images in the data")
     return None
 
@@ -693,7 +693,7 @@ def tar_member_problem(what, member: tarfile.TarInfo) -> SelfSupError | None:
         return SelfSupError(f"{what} is a sparse tar member ({member.size / 2**30:.1f} GiB unpacked), not an image: "
                             f"re-create the tar without --sparse, holding only images")
     if member.size > MAX_IMAGE_BYTES:
-        return SelfSupError(f"{what} is {member.size / 2**30:.1f} GiB, over the {MAX_IMAGE_BYTES >> 30} GiB that "
+        return SelfSupError(f"{what} is {member.size:,} bytes, over the {MAX_IMAGE_BYTES:,} bytes that "
                             f"any image file stays under: re-create the tar with only images")
     return None
 
@@ -1227,9 +1227,9 @@ def synthetic(count: str, options: dict) -> ImageArrayDataset:
     if split not in ("train", "test"):
         raise SelfSupError(f"synthetic data has no split {split!r}: use split=train (the default) or split=test")
     if n * channels * size * size > SYNTHETIC_BYTES:
-        raise SelfSupError(f"synthetic:{n}?size={size} would take {n * channels * size * size / 2**30:.1f} GiB: "
+        raise SelfSupError(f"synthetic:{n}?size={size} would take {n * channels * size * size:,} bytes: "
                            f"synthetic data is for tests, keep images x channels x size x size under "
-                           f"{SYNTHETIC_BYTES / 2**30:.0f} GiB (fewer images or a smaller size=)")
+                           f"{SYNTHETIC_BYTES:,} (fewer images or a smaller size=)")
     rng = np.random.default_rng(seed if split == "train" else [seed, 1])
     labels = np.arange(n) % k
     rng.shuffle(labels)
