@@ -121,6 +121,19 @@ def test_oversized_cls_and_image_members_in_a_shard(tmp_path, monkeypatch):
     refused(f"shards:{tmp_path / 't'}", r"k0.png is \d+ bytes, over the 100 bytes", tmp_path / "c")
 
 
+@pytest.mark.parametrize("spec", ["synthetic:1?size=4097", "IMG?size=100000", "shards:IMG?size=5000"])
+def test_size_over_what_a_checkpoint_records_is_refused(tmp_path, spec):
+    """Trained at size=5000, the run's own checkpoint (image sizes read within 4096) would be refused as damaged."""
+    spec = spec.replace("IMG", str(images(tmp_path / "img")))
+    refused(spec, r"data option size=\d+ is over 4096 px, the largest image size a checkpoint records: give "
+                  r"size=4096 or less", tmp_path / "c")
+
+
+def test_size_at_the_checkpoint_bound_is_accepted():
+    for fmt in ("synthetic", "imagefolder", "filelist", "shards", "voc07"):
+        D._check_options({"size": "4096"}, fmt)
+
+
 # ------------------------------------------------------------------ 2. devices and FIFOs are no images
 
 @pytest.mark.parametrize("stream", ["", "?stream=1&workers=0"])

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from selfsup.config import MAX_IMAGE_SIZE
 from selfsup.data.subsets import fraction_per_class, holdout_split
 from selfsup.errors import SelfSupError
 from selfsup.tempfiles import remove_dead_temporaries, writer_suffix
@@ -305,7 +306,12 @@ OPTION_FORMATS = {       # the formats that take these options; the others refus
 
 
 def _check_options(options: dict, fmt: str) -> None:
-    """Refuse, in one line, an option that the format would ignore."""
+    """Refuse, in one line, an option that the format would ignore, and a size= that the run's checkpoints could
+    not record (over MAX_IMAGE_SIZE: the run would train, then refuse its own checkpoint as damaged)."""
+    size = _positive(options, "size")
+    if size is not None and size > MAX_IMAGE_SIZE:
+        raise SelfSupError(f"data option size={size} is over {MAX_IMAGE_SIZE} px, the largest image size a checkpoint "
+                           f"records: give size={MAX_IMAGE_SIZE} or less")
     used = [k for k in STREAM_OPTIONS if k in options]
     if used and fmt not in IMAGE_FILES + ("shards",):
         raise SelfSupError(f"data option {used[0]}= applies to image files (imagefolder, unlabeled, filelist, "
