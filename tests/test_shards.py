@@ -147,6 +147,18 @@ def test_a_shard_named_twice_is_refused(shards):
         load_dataset(f"shards:{shards}/{{shard-000000,link}}.tar")
 
 
+def test_a_link_in_a_shard_folder_to_a_shard_of_it_is_refused(shards):
+    # the folder's *.tar holds the shard twice: its images would count twice an epoch
+    (shards / "link.tar").symlink_to(shards / "shard-000000.tar")
+    with pytest.raises(SelfSupError, match=r"shard .*shard-000000\.tar is named twice by .* \(as .*link\.tar\): "
+                                           r"remove it from .*, or name the shards to read"):
+        load_dataset(f"shards:{shards}")
+    (shards / "link.tar").unlink()
+    (shards / "sub.tar").mkdir()
+    with pytest.raises(SelfSupError, match=r"shard .*sub\.tar is not a file: remove it from"):
+        load_dataset(f"shards:{shards}")
+
+
 def test_a_glob_matching_no_shard_is_refused(shards):
     with pytest.raises(SelfSupError, match=r"no \.tar shards found at .*train-\*\.tar"):
         load_dataset(f"shards:{shards}/train-*.tar")

@@ -61,12 +61,29 @@ def shard_files(spec: str) -> list[Path]:
     name without a wildcard must be a file and every glob must match one: a list naming shards that are not
     there is refused, never read as the shards that are."""
     path = Path(spec).expanduser()
+    fix = "fix the shard list"
     if path.is_dir():
         files = sorted(path.glob("*.tar"))
         if not files:
             raise SelfSupError(f"no .tar shards found at {spec}: give a folder of .tar files, a brace list "
                                f"(train-{{000..009}}.tar) or a glob (train-*.tar)")
-        return files
+        fix = f"remove it from {spec}, or name the shards to read (a brace list or a glob)"
+    else:
+        files = _listed_files(spec, path)
+    folders = [f for f in files if not f.is_file()]          # a folder named, or matched by a glob
+    if folders:
+        raise SelfSupError(f"shard {folders[0]} is not a file: {fix}")
+    seen: dict[Path, Path] = {}
+    for f in files:                                          # read twice, its images would count twice an epoch
+        first = seen.setdefault(f.resolve(), f)
+        if first is not f:
+            also = "" if first == f else f" (as {first})"
+            raise SelfSupError(f"shard {f} is named twice by {spec}{also}: {fix}")
+    return files
+
+
+def _listed_files(spec: str, path: Path) -> list[Path]:
+    """The files a brace list or glob names, in order; refused if a name is missing or a glob matches nothing."""
     names = expand_braces(str(path))
     files, missing = [], []
     for name in names:
@@ -85,15 +102,6 @@ def shard_files(spec: str) -> list[Path]:
     if missing:
         of = f" ({len(missing)} of {len(names)} shards named by {spec} are missing)" if len(missing) > 1 else ""
         raise SelfSupError(f"shard {missing[0]} does not exist{of}: fix the shard list")
-    folders = [f for f in files if not f.is_file()]          # a folder named, or matched by a glob
-    if folders:
-        raise SelfSupError(f"shard {folders[0]} is not a file: fix the shard list")
-    seen: dict[Path, Path] = {}
-    for f in files:                                          # read twice, its images would count twice an epoch
-        first = seen.setdefault(f.resolve(), f)
-        if first is not f:
-            also = "" if first == f else f" (as {first})"
-            raise SelfSupError(f"shard {f} is named twice by {spec}{also}: fix the shard list")
     return files
 
 
