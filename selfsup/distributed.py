@@ -4,6 +4,7 @@ Everything here is a no-op in a single process, so the same code runs everywhere
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 
@@ -17,8 +18,23 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+_ALONE = False          # inside ``alone()``: this process works as if it were the only one
+
+
+@contextlib.contextmanager
+def alone():
+    """Run a block on this process as a single process would (world size 1: no collectives), for work one process
+    does for all while the others wait (``transfer``'s pseudo-labels, made on rank 0)."""
+    global _ALONE
+    before, _ALONE = _ALONE, True
+    try:
+        yield
+    finally:
+        _ALONE = before
+
+
 def world_size() -> int:
-    return dist.get_world_size() if is_initialized() else 1
+    return dist.get_world_size() if is_initialized() and not _ALONE else 1
 
 
 def rank() -> int:
@@ -147,6 +163,15 @@ def broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
+
+
+def wait_for_all(hours: float = 48) -> None:
+    """A barrier over the control group (gloo) that waits up to ``hours``, not the process group's timeout
+    (30 minutes by default): for the processes that wait while one works alone (``alone``)."""
+    if world_size() > 1:
+        import datetime
+
+        dist.monitored_barrier(group=_control_group(), timeout=datetime.timedelta(hours=hours))
 
 
 def shutdown(finished: bool = True) -> None:

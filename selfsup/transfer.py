@@ -19,7 +19,6 @@ lr 0.01 per 256 images, weight decay 5e-4, cosine; for a random teacher the pape
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch
 
 from selfsup.checkpoint import load_backbone, load_checkpoint, write_text_atomic
 from selfsup.data.datasets import load_dataset, read_label_file, write_label_file
+from selfsup import distributed as dist
 from selfsup.distributed import resolve_device
 from selfsup.errors import SelfSupError
 from selfsup.eval.checks import at_least_one, eval_image_size
@@ -205,6 +205,24 @@ def record_trained_on(student_out: Path, source: str, resuming: bool) -> None:
     write_text_atomic(student_out / "trained_on.txt", source + "\n")
 
 
+def _label_student(cfg, student_out: Path, labels_file: Path, objective: str, teacher: str, cluster_spec: str,
+                   label_spec: str, clusters: int, tap, pool: str, iterations: int, seed: int, device) -> dict | None:
+    """Under the student's run lock: check that a student being resumed can continue, make its pseudo-labels
+    (classify) or check its teacher (regress), and record what it learns from (``trained_on.txt``)."""
+    if cfg.resume:
+        check_student(cfg, student_out, objective)
+    if objective == "regress":
+        load_checkpoint(teacher)              # a missing or broken teacher: its one-line error
+        info, source = None, f"teacher {Path(teacher).name}@{file_hash(teacher)}"
+    else:
+        check = (lambda made_by: same_teacher(student_out, labels_file, made_by)) if cfg.resume else None
+        info = pseudo_labels(teacher, cluster_spec, labels_file, label_spec, clusters, tap, pool, iterations,
+                             seed, device=device or "cpu", progress=True, check=check)
+        source = f"pseudo-labels {labels_file.name}@{file_hash(labels_file)} ({info['teacher']})"
+    record_trained_on(student_out, source, cfg.resume)
+    return info
+
+
 def transfer(teacher: str, student: str, cluster_spec: str, label_spec: str | None = None, clusters: int = 2000,
              tap: str | None = None, pool: str = "max", iterations: int = 20, epochs: int | None = None,
              batch_size: int | None = None, out: str = "runs/transfer", device: str | None = None,
@@ -215,7 +233,8 @@ def transfer(teacher: str, student: str, cluster_spec: str, label_spec: str | No
     (the ``distill`` method; resumed with the same teacher's content only). The student's settings and an
     existing student run, and ``out`` (a folder that can be written), are checked before the teacher runs, and
     nothing is written in ``out`` but under the student's run lock: a second ``transfer`` to the same ``out``
-    is refused while one runs. Returns what was done."""
+    is refused while one runs. Under torchrun rank 0 makes the labels alone, under the lock, while the others
+    wait; all then train the student. Returns what was done."""
     from selfsup.config import resolve_config
     from selfsup.engine.rundir import RunLock, prepare_out
     from selfsup.engine.trainer import pretrain
@@ -246,21 +265,25 @@ def transfer(teacher: str, student: str, cluster_spec: str, label_spec: str | No
     build_backbone(student)                   # an unknown student is refused before the teacher runs
     for folder in (out, student_out):         # an --out that is a file, or not writable: refused before it too
         prepare_out(folder)
-    # the student's run lock before anything is written: the labels and trained_on.txt belong to the student
-    lock = RunLock(student_out).acquire() if os.environ.get("RANK", "0") == "0" else None
+    # under torchrun one process (rank 0) takes the student's run lock before anything is written (the labels and
+    # trained_on.txt belong to the student), makes the labels and records them; the others wait for it, and all
+    # then train the student, rank 0 still holding the lock
+    dist.init_from_env("cuda" if (device or "cpu") in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
+    cfg.resume = (student_out / "last.pt").exists()
+    lock, error, info = None, None, None
+    if dist.is_main():
+        try:
+            lock = RunLock(student_out).acquire()
+            with dist.alone():                # k-means and extraction on this process only: the others wait
+                info = _label_student(cfg, student_out, labels_file, objective, teacher, cluster_spec, label_spec,
+                                      clusters, tap, pool, iterations, seed, device)
+        except SelfSupError as exc:
+            error = exc
+    dist.wait_for_all()                       # labelling a large set may take longer than the group's timeout
+    (failed,) = dist.agree_any(error is not None)
     try:
-        cfg.resume = (student_out / "last.pt").exists()
-        if cfg.resume:
-            check_student(cfg, student_out, objective)
-        if objective == "regress":
-            load_checkpoint(teacher)              # a missing or broken teacher: its one-line error
-            info, source = None, f"teacher {Path(teacher).name}@{file_hash(teacher)}"
-        else:
-            check = (lambda made_by: same_teacher(student_out, labels_file, made_by)) if cfg.resume else None
-            info = pseudo_labels(teacher, cluster_spec, labels_file, label_spec, clusters, tap, pool, iterations,
-                                 seed, device=device or "cpu", progress=True, check=check)
-            source = f"pseudo-labels {labels_file.name}@{file_hash(labels_file)} ({info['teacher']})"
-        record_trained_on(student_out, source, cfg.resume)
+        if failed:
+            raise error or SelfSupError("rank 0 could not make the student's labels: see its message")
         run_dir, status = pretrain(cfg, held=lock)   # under the same lock: no moment unlocked since the labels
     finally:
         if lock is not None:

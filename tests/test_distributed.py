@@ -129,3 +129,23 @@ def test_jigclu_montage_over_the_global_batch():
     grads = torch.cat([p.grad.flatten() for p in method.parameters()])
     assert out[0][0].item() == pytest.approx(loss.item(), abs=1e-5) and out[1][0].item() == pytest.approx(loss.item(), abs=1e-5)
     assert torch.allclose(out[0][1], grads, atol=1e-5) and torch.allclose(out[1][1], grads, atol=1e-5)
+
+
+def test_transfer_under_torchrun_labels_once_under_the_lock(tmp_path):
+    """Every process made and wrote the pseudo-labels (the same temporary file: a FileNotFoundError traceback in one
+    run of five) outside the lock rank 0 held; now rank 0 labels under the student's lock, the others wait."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "selfsup", "transfer", "--teacher", "random:convnet", "--student",
+           "convnet", "--cluster-data", "synthetic:64?classes=4&size=16", "--clusters", "4", "--epochs", "1",
+           "--batch-size", "16", "--out", str(tmp_path / "tr"), "--device", "cpu", "progress=false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert (tmp_path / "tr" / "student" / "last.pt").exists()
+    assert not list((tmp_path / "tr").glob("*.tmp*"))
