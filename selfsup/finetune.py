@@ -157,11 +157,10 @@ def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", e
         write_text_atomic(mark, digest + "\n")
     try:
         run_dir, status = pretrain(cfg)
-    except SelfSupError:
-        if new and not last.exists():
+    except SelfSupError:                     # refused before any run took the folder (no .lock: not "in use")
+        if new and not last.exists() and not (Path(cfg.out) / ".lock").exists():
             mark.unlink(missing_ok=True)
             if created:                      # the folder this call made, if nothing else is in it
-                (Path(cfg.out) / ".lock").unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     Path(cfg.out).rmdir()
         raise

@@ -171,6 +171,26 @@ def test_a_non_finite_loss_before_any_save_is_worded_for_the_runs_precision(tmp_
         monkeypatch.undo()
 
 
+def test_a_rerun_of_a_zero_epoch_run_keeps_its_checkpoint(tmp_path, capsys):
+    """It was saved again with config.resume flipped: a new content hash, so a sweep evaluated the cell again."""
+    out = tmp_path / "run"
+    assert pretrain(capsys, out, epochs=0)[0] == 0
+    before = (out / "last.pt").read_bytes()
+    assert pretrain(capsys, out, "--resume", epochs=0)[0] == 0
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_a_file_system_without_locks_is_said_as_such(tmp_path, capsys, monkeypatch):
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    code, _, err = pretrain(capsys, tmp_path / "run")
+    assert one_line_error(code, err, "cannot lock ") and "No locks available): choose an --out on a file system" in err
+
+
 def test_checkpoints_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:

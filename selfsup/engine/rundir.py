@@ -105,7 +105,11 @@ class RunLock:
             raise _not_own(self.path, "not a file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):      # ENOLCK: an NFS mount without locks
+                os.close(fd)
+                raise SelfSupError(f"cannot lock {self.path} ({exc.strerror}): choose an --out on a file system "
+                                   f"with locks") from None
             owner = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise SelfSupError(f"{self.path.parent} is in use by another run ({owner}): wait for it to end, or "

@@ -445,7 +445,8 @@ class Trainer:
             else:                          # a start over a run killed before its first checkpoint: its logs go
                 drop_logs(self.out)
         if cfg.epochs == 0:
-            self.save()
+            if not (cfg.resume and last.exists()):    # a rerun of a 0-epoch run: its last.pt stays as it is
+                self.save()
             return "done"
         writer = _tensorboard(self.out, self.global_step + 1 if cfg.resume else None) if main else None
         metrics = open(self.out / "metrics.jsonl", "a") if main else None
