@@ -184,17 +184,11 @@ def finetune(init: str, data: str, test_data: str, recipe: str = "swav-10pct", e
 
 def resumed_with_changes(run_dir: Path) -> list[dict]:
     """The resumptions with changed settings of the run in ``run_dir``, as the engine logged them in its
-    ``metrics.jsonl``: [{"epoch", "step", "changes": {key: [before, after]}}], oldest first."""
-    path, resumed = run_dir / "metrics.jsonl", []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            record = json.loads(line)
-        except ValueError:                     # a line cut by a kill
-            continue
-        if "resumed_with_changes" in record:
-            resumed.append({"epoch": record["epoch"], "step": record["step"],
-                            "changes": record["resumed_with_changes"]})
-    return resumed
+    ``metrics.jsonl`` (``metrics_records``: its own records only): [{"epoch", "step", "changes"}], oldest first."""
+    from selfsup.engine.rundir import metrics_records
+
+    return [{"epoch": r["epoch"], "step": r["step"], "changes": r["resumed_with_changes"]}
+            for r in metrics_records(run_dir / "metrics.jsonl") if "resumed_with_changes" in r]
 
 
 def _select(cfg, key: str):

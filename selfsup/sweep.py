@@ -242,10 +242,12 @@ def check_data_paths(spec: dict) -> None:
             command = f"selfsup sweep {spec.get('given', spec['name'])} data=/path/to/{Path(data_path).name}"
             fix = (f"pass the dataset's location, `{command}` (the evals on the same path follow it), or run from "
                    f"a directory where {data_path} exists")
-        else:
+        elif len({p for _, p in checks[1:] if p is not None and p != base_path}) == 1:   # eval_data= moves it
             command = f"selfsup sweep {spec.get('given', spec['name'])} eval_data=/path/to/{Path(data_path).name}"
             fix = (f"pass its location, `{command}` (every eval on that path follows), or run from a directory "
                    f"where {data_path} exists")
+        else:
+            fix = f"run from a directory where {data_path} exists, or copy {spec['file']} and set the evals' paths"
         raise SelfSupError(f"sweep {spec['name']}: {what} path {data_path} does not exist{relative}: {fix}")
 
 

@@ -28,6 +28,8 @@ def imported_layers(package: str) -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("selfsup."):
                 names.add(node.module.split(".")[1])
+            elif isinstance(node, ast.ImportFrom) and node.module == "selfsup":       # from selfsup import engine
+                names |= {a.name for a in node.names}
             elif isinstance(node, ast.Import):
                 names |= {a.name.split(".")[1] for a in node.names if a.name.startswith("selfsup.")}
         found[str(f.relative_to(ROOT.parent))] = names

@@ -472,3 +472,18 @@ def test_an_alias_bomb_or_a_deeply_nested_sweep_file_is_refused_in_one_line(tmp_
     (tmp_path / "deep.yaml").write_text("plot: " + "[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(SelfSupError, match=r"deep\.yaml: it is nested too deeply"):
         load_sweep(tmp_path / "deep.yaml")
+
+
+def test_a_missing_eval_path_suggests_eval_data_only_where_it_can_move_it(tmp_path, monkeypatch):
+    from selfsup.sweep import check_data_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(
+        'name: two\nbase: {method: simclr, backbone: convnet, epochs: 0, data: "synthetic:64?classes=4&size=16"}\n'
+        'grid: {width: [1]}\nevals:\n'
+        '  - {protocol: knn, train_data: "/nope/a", test_data: "/nope/a"}\n'
+        '  - {protocol: knn, train_data: "/nope/b", test_data: "/nope/b"}\n')
+    with pytest.raises(SelfSupError, match=r"/nope/a does not exist: run from a directory where /nope/a exists, or "
+                                           r"copy .*s\.yaml and set the evals' paths") as info:
+        check_data_paths(load_sweep(tmp_path / "s.yaml"))
+    assert "eval_data=" not in str(info.value)
