@@ -87,3 +87,13 @@ def test_the_student_trains_under_the_lock_taken_before_its_labels(tmp_path, cap
     assert _transfer(capsys, random_ckpt, tmp_path / "tr")[0] == 0
     assert seen == [True]
     RunLock(tmp_path / "tr" / "student").acquire().release()     # released at the end: another can take it
+
+
+def test_the_labels_are_written_through_no_planted_temporary(tmp_path, capsys, random_ckpt):
+    """The labels went to a fixed temporary name (pseudo_labels.npz.tmp.npz), written through a link planted there."""
+    out, victim = tmp_path / "tr", tmp_path / "victim"
+    out.mkdir()
+    victim.write_bytes(b"keep")
+    (out / "pseudo_labels.npz.tmp.npz").symlink_to(victim)
+    assert _transfer(capsys, random_ckpt, out)[0] == 0
+    assert victim.read_bytes() == b"keep"

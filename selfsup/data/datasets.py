@@ -368,11 +368,17 @@ def write_label_file(path: str | Path, labels, data: ImageArrayDataset, teacher:
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != len(data):
         raise SelfSupError(f"{len(labels)} labels for {len(data)} images")
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, labels=labels, data_fingerprint=np.array(data.fingerprint), teacher=np.array(teacher),
-             num_classes=np.array(num_classes))
-    os.replace(tmp, path)
+    path = Path(path)                  # a temporary of this process's own (O_EXCL: never a planted link), renamed
+    tmp = path.with_name(f".{path.name}.{writer_suffix()}")
+    try:
+        with open(tmp, "xb") as f:
+            np.savez(f, labels=labels, data_fingerprint=np.array(data.fingerprint), teacher=np.array(teacher),
+                     num_classes=np.array(num_classes))
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SelfSupError(f"cannot write the label file {path} ({exc.strerror}): free disk space or choose a "
+                           f"writable location") from None
 
 
 LABEL_FILE_LIMIT = 1 << 27      # the most labels a label file may hold when the images are not counted
