@@ -2,7 +2,7 @@
 # The first run learns (issue 14): every method with its default settings, as a newcomer runs it.
 # `selfsup pretrain METHOD --data TR --backbone B --epochs E` with no other setting, against the same command with
 # `--epochs 0` (the method's own initial weights), scored by `selfsup eval knn` (its defaults: k 20, T 0.07) at the
-# method's default tap on the 5,000 held-out images (the last 500 per class). Prints one markdown row per method:
+# method's default tap on the 5,000 held-out images (500 per class, drawn with val_seed 0). Prints one markdown row per method:
 # its tap, the pretraining time, kNN top-1 at 0 and at E epochs, the gain, and the gain the requirement asks.
 # Usage: bash experiments/defaults_cifar10.sh OUT
 #   BACKBONE=convnet EPOCHS=2 (default; all 13 methods), or

@@ -1,8 +1,8 @@
 """kNN top-1 on a tuning split carved from the training part, so that defaults are chosen without the validation split.
 
 The training part TR (``val_per_class=500&part=train``, 45,000 images) is split once more, with another seed: 500
-images per class become the tuning queries and the other 40,000 the kNN bank. The validation split (the last 500
-per class of the shared copy) is never read. Same kNN as ``selfsup eval knn`` (k 20, T 0.07) at the checkpoint's
+images per class become the tuning queries and the other 40,000 the kNN bank. The validation split (500 per class
+of the shared copy, drawn with val_seed 0) is never read. Same kNN as ``selfsup eval knn`` (k 20, T 0.07) at the checkpoint's
 evaluation tap.
 
 Usage: python experiments/tune_knn.py CHECKPOINT [CHECKPOINT ...] [--data TAR]
