@@ -102,9 +102,9 @@ def _damaged(path, what: str) -> SelfSupError:
     return SelfSupError(f"checkpoint {path} is damaged ({what}): resume from another checkpoint or start a new run")
 
 
-# the settings that decide the optimiser's parameter groups (``param_groups``): a change fails its state's load
-OPTIMIZER_GROUP_KEYS = {"optim.weight_decay", "optim.exclude_bias_norm", "optim.bias_lr_mult", "optim.head_lr",
-                        "optim.lr"}
+# the settings that decide how the parameters are grouped (``param_groups``): a change fails the state's load (a
+# changed weight decay or lr only changes the groups' values, which the resumed run takes from its own settings)
+OPTIMIZER_GROUP_KEYS = {"optim.exclude_bias_norm", "optim.bias_lr_mult", "optim.head_lr"}
 BACKBONE_DEFAULTS = {"input": "rgb", "last_stride": 2}     # build_backbone's, when an option is not given
 
 
