@@ -148,7 +148,8 @@ def drop_logs(out: Path) -> None:
         p.unlink()
 
 
-def _count(value) -> bool:
+def is_count(value) -> bool:
+    """A count: an int (not a bool) >= 0, as the engine writes epochs and steps."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -160,11 +161,11 @@ def is_metrics_record(record) -> bool:
     """Whether ``record`` is one the engine writes to ``metrics.jsonl``: a step's (epoch, step, loss, lr, images_per_s
     and the method's other numbers), an epoch's (epoch, epoch_end, numbers) or a resumption's (epoch, step,
     resumed_with_changes: {key: [before, after]})."""
-    if not isinstance(record, dict) or not _count(record.get("epoch")):
+    if not isinstance(record, dict) or not is_count(record.get("epoch")):
         return False
     if record.get("epoch_end") is True:
         return _numbers(record, ("epoch", "epoch_end"))
-    if not _count(record.get("step")):
+    if not is_count(record.get("step")):
         return False
     if "resumed_with_changes" in record:
         changes = record["resumed_with_changes"]

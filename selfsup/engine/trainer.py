@@ -28,7 +28,7 @@ from selfsup.data.loader import BatchLoader
 from selfsup.checkpoint import SaveError, backbone_spec, load_backbone, load_checkpoint, load_timm_weights, save_atomic
 from selfsup.engine.clock import NO_CLOCK
 from selfsup.engine.optim import build_optimizer, lr_at
-from selfsup.engine.rundir import (RunLock, config_changes, drop_logs, prepare_out, refuse_changes,
+from selfsup.engine.rundir import (RunLock, config_changes, drop_logs, is_count, prepare_out, refuse_changes,
                                    remove_temporaries, truncate_metrics)
 from selfsup.config import check_config, check_process_batch
 from selfsup.errors import SelfSupError
@@ -83,11 +83,6 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _whole(value) -> bool:
-    """A count: an int (not a bool) >= 0."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _held(ckpt: dict, key: str) -> str:
@@ -397,10 +392,10 @@ class Trainer:
             raise _damaged(path, f"the extra state of process {self.rank} is not the {self.cfg.method} method's")
         epoch, step = ckpt.get("epoch"), ckpt.get("step_in_epoch")
         saved = (ckpt.get("config") or {}).get("epochs")
-        epochs = max(self.cfg.epochs, saved if _whole(saved) else 0)
+        epochs = max(self.cfg.epochs, saved if is_count(saved) else 0)
         # the steps of an epoch are known unless the settings that set them changed
         steps = None if {"batch_size", "data"} & set(changes) else self.steps_per_epoch
-        if not (_whole(epoch) and _whole(step) and (epoch, step) <= (epochs, 0) and (steps is None or step <= steps)):
+        if not (is_count(epoch) and is_count(step) and (epoch, step) <= (epochs, 0) and (steps is None or step <= steps)):
             of = f"{epochs} epochs" + (f" of {steps} steps" if steps is not None else "")
             shown = [repr(v)[:40] if isinstance(v, (int, float, str, type(None))) else f"a {type(v).__name__}"
                      for v in (epoch, step)]
