@@ -70,6 +70,7 @@ from pathlib import Path
 
 import yaml
 
+from selfsup.checkpoint import write_text_atomic
 from selfsup.config import find_config, flatten
 from selfsup.errors import SelfSupError
 
@@ -544,13 +545,7 @@ def _read_evals(path: Path) -> dict:
 
 def _write_json(path: Path, obj) -> None:
     """``obj`` as JSON, written atomically (a kill or a full disk keeps the previous file)."""
-    _write_text(path, json.dumps(obj, indent=1))
-
-
-def _write_text(path: Path, text: str) -> None:
-    from selfsup.checkpoint import write_text_atomic
-
-    write_text_atomic(path, text)
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def run_sweep(path: str | Path, parallel: int = 1, out: str | None = None, overrides: list[str] | None = None) -> dict:
@@ -655,7 +650,7 @@ def write_outputs(spec: dict, records: list[dict], root: Path) -> None:
     writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore", lineterminator="\r\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_text(root / "results.csv", table.getvalue())
+    write_text_atomic(root / "results.csv", table.getvalue())
     lines = [f"# Sweep {spec['name']}", ""]
     for entry, label in zip(spec["evals"], spec["labels"]):
         for metric in dict.fromkeys(r["metric"] for r in rows if r["eval"] == label):
@@ -672,7 +667,7 @@ def write_outputs(spec: dict, records: list[dict], root: Path) -> None:
             safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in label)
             plot_axis(group, spec["x"], spec["lines"], f"{label} {metric}",
                       root / f"{safe}_{metric}_vs_{spec['x'].replace('.', '_')}.png")
-    _write_text(root / "results.md", "\n".join(lines))
+    write_text_atomic(root / "results.md", "\n".join(lines))
 
 
 def plot_axis(rows: list[dict], x: str, lines: list[str], title: str, png: Path) -> None:

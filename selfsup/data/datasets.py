@@ -692,9 +692,14 @@ def image_file_problem(what, st: os.stat_result) -> SelfSupError | None:
     if not stat.S_ISREG(st.st_mode):
         return SelfSupError(f"{what} is {_file_kind(st.st_mode)}, not an image file: images are regular files; "
                             f"remove it (or the link to it)")
-    if st.st_size > MAX_IMAGE_BYTES:
-        return SelfSupError(f"{what} is {st.st_size:,} bytes, over the {MAX_IMAGE_BYTES:,} bytes that "
-                            f"any image file stays under: remove it, or keep only images in the data")
+    return _over_image_bound(what, st.st_size, "remove it, or keep only images in the data")
+
+
+def _over_image_bound(what, size: int, fix: str) -> SelfSupError | None:
+    """A file or tar member of ``size`` bytes over MAX_IMAGE_BYTES is no image: its refusal, else None."""
+    if size > MAX_IMAGE_BYTES:
+        return SelfSupError(f"{what} is {size:,} bytes, over the {MAX_IMAGE_BYTES:,} bytes that any image file "
+                            f"stays under: {fix}")
     return None
 
 
@@ -704,10 +709,7 @@ def tar_member_problem(what, member: tarfile.TarInfo) -> SelfSupError | None:
     if member.issparse():
         return SelfSupError(f"{what} is a sparse tar member ({member.size / 2**30:.1f} GiB unpacked), not an image: "
                             f"re-create the tar without --sparse, holding only images")
-    if member.size > MAX_IMAGE_BYTES:
-        return SelfSupError(f"{what} is {member.size:,} bytes, over the {MAX_IMAGE_BYTES:,} bytes that "
-                            f"any image file stays under: re-create the tar with only images")
-    return None
+    return _over_image_bound(what, member.size, "re-create the tar with only images")
 
 
 def read_image_file(file, limit: int = -1) -> bytes:
